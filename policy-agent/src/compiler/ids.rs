@@ -1,0 +1,79 @@
+//! Stable numeric ids for things the maps refer to by number (identities, rulesets, CIDR
+//! classes, endpoints, policies). An id stays with its key across compilations, so an
+//! unchanged pod or policy keeps its map entries and only real changes reach the kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Assigns ids from `first` upwards and recycles those of keys that disappear.
+#[derive(Clone, Debug)]
+pub struct IdAllocator<K: Ord + Clone> {
+    ids: BTreeMap<K, u32>,
+    free: BTreeSet<u32>,
+    next: u32,
+    seen: BTreeSet<u32>,
+}
+
+impl<K: Ord + Clone> IdAllocator<K> {
+    /// An allocator whose first id is `first`.
+    pub fn new(first: u32) -> Self {
+        Self {
+            ids: BTreeMap::new(),
+            free: BTreeSet::new(),
+            next: first,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// The id of `key`, assigning one if it is new; marks it as in use by this compilation.
+    pub fn id(&mut self, key: &K) -> u32 {
+        let id = match self.ids.get(key) {
+            Some(&id) => id,
+            None => {
+                let id = self.free.pop_first().unwrap_or_else(|| {
+                    let id = self.next;
+                    self.next += 1;
+                    id
+                });
+                self.ids.insert(key.clone(), id);
+                id
+            }
+        };
+        self.seen.insert(id);
+        id
+    }
+
+    /// Forgets keys not used since the previous call, freeing their ids for reuse.
+    pub fn sweep(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        let free = &mut self.free;
+        self.ids.retain(|_, id| {
+            let keep = seen.contains(id);
+            if !keep {
+                free.insert(*id);
+            }
+            keep
+        });
+    }
+
+    /// The key that has `id`, if any (a linear scan: for explanations, not hot paths).
+    pub fn key_of(&self, id: u32) -> Option<&K> {
+        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_recycled() {
+        let mut ids = IdAllocator::new(10);
+        assert_eq!(ids.id(&"a"), 10);
+        assert_eq!(ids.id(&"b"), 11);
+        ids.sweep();
+        assert_eq!(ids.id(&"b"), 11, "a surviving key keeps its id");
+        ids.sweep();
+        assert_eq!(ids.id(&"c"), 10, "the id of a vanished key is reused");
+        assert_eq!(ids.id(&"a"), 12);
+    }
+}

@@ -1,0 +1,362 @@
+//! The compiler: cluster model -> the contents every BPF map should have on one node.
+//!
+//! - identities: pods with the same namespace, labels and named ports share an identity;
+//!   the ipcache maps every pod address of the cluster to it (and the node's own
+//!   addresses to the host identity);
+//! - rulesets: for each local pod and direction that policies isolate, the allowed
+//!   (peer, ports) pairs. Pods whose allowed pairs are equal share one ruleset, so a new
+//!   replica usually adds no policy entry at all;
+//! - selector peers become policy entries keyed by identity; ipBlock peers (and rules that
+//!   allow every peer, as 0.0.0.0/0 and ::/0) become CIDR-trie nodes whose values are
+//!   CIDR classes, keyed in the policy trie like identities.
+//!
+//! Ids are stable across compilations (see [`ids`]), so recompiling after a change yields
+//! the previous contents plus the change, which the datapath sync turns into few updates.
+
+mod cidr;
+pub mod ids;
+mod ports;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use policy_common::maps::{
+    CIDR_CLASS_NONE, CidrKey, CidrValue, Direction, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
+    EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, IDENTITY_HOST, IpKey, IpcacheValue,
+    PolicyKey, PolicyValue, peer_kind,
+};
+
+pub use self::ports::{PortMatch, PortSet};
+use self::{ids::IdAllocator, ports::RulePorts};
+use crate::{
+    model::{Cluster, Labels, ObjectRef, Pod, Protocol},
+    semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError},
+};
+
+/// A key of an LPM-trie map: prefix length in bits, and the data it applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LpmKey<K> {
+    /// Bits of `data` that must match.
+    pub prefix_len: u32,
+    /// Key data.
+    pub data: K,
+}
+
+/// The node being compiled for.
+#[derive(Clone, Debug, Default)]
+pub struct NodeConfig {
+    /// Pods with this `spec.nodeName` are the node's endpoints.
+    pub name: String,
+    /// The node's own addresses: traffic between them and local pods is always allowed.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What a pod's identity is made of: everything a policy can select or resolve on it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityKey {
+    /// Namespace (podSelector-only peers select within the policy's namespace).
+    pub namespace: String,
+    /// Labels of the namespace.
+    pub namespace_labels: Labels,
+    /// Labels of the pod.
+    pub pod_labels: Labels,
+    /// Named container ports, which egress rules resolve on the destination pod.
+    pub named_ports: BTreeSet<(String, Protocol, u16)>,
+}
+
+impl IdentityKey {
+    fn of(cluster: &Cluster, pod: &Pod) -> Self {
+        Self {
+            namespace: pod.id.namespace.clone(),
+            namespace_labels: cluster
+                .namespace_labels(&pod.id.namespace)
+                .cloned()
+                .unwrap_or_default(),
+            pod_labels: pod.labels.clone(),
+            named_ports: pod
+                .ports
+                .iter()
+                .filter_map(|p| Some((p.name.clone()?, p.protocol, p.port)))
+                .collect(),
+        }
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.named_ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == protocol)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+/// The allowed (peer, ports) pairs of one endpoint and direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RulesetContent {
+    /// Selector peers, by identity.
+    pub identities: BTreeMap<u32, PortSet>,
+    /// ipBlock peers, as CIDR-trie nodes.
+    pub cidrs: BTreeMap<IpNet, PortSet>,
+}
+
+/// Desired contents of the maps for one node, plus what explains them.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// Local pods and their endpoint entries (the datapath adds the interface index).
+    pub endpoints: BTreeMap<ObjectRef, EndpointInfo>,
+    /// IPCACHE contents.
+    pub ipcache: BTreeMap<IpKey, IpcacheValue>,
+    /// POLICY contents.
+    pub policy: BTreeMap<LpmKey<PolicyKey>, PolicyValue>,
+    /// CIDR contents.
+    pub cidr: BTreeMap<LpmKey<CidrKey>, CidrValue>,
+    /// Policy ids as the maps and flow records carry them.
+    pub policy_names: BTreeMap<u32, ObjectRef>,
+    /// Identity of each pod (absent for host-network pods).
+    pub pod_identities: BTreeMap<ObjectRef, u32>,
+    /// Policies that failed validation and are not enforced.
+    pub rejected: Vec<PolicyError>,
+    /// Things an operator should know (e.g. pods that cannot be enforced).
+    pub warnings: Vec<String>,
+}
+
+/// Compiles clusters for one node, keeping ids stable from one compilation to the next.
+#[derive(Debug)]
+pub struct Compiler {
+    identities: IdAllocator<IdentityKey>,
+    rulesets: IdAllocator<RulesetContent>,
+    classes: IdAllocator<PortSet>,
+    endpoints: IdAllocator<ObjectRef>,
+    policies: IdAllocator<ObjectRef>,
+}
+
+impl Default for Compiler {
+    fn default() -> Self {
+        Self {
+            identities: IdAllocator::new(FIRST_POD_IDENTITY),
+            rulesets: IdAllocator::new(1),
+            classes: IdAllocator::new(CIDR_CLASS_NONE + 1),
+            endpoints: IdAllocator::new(1),
+            policies: IdAllocator::new(1),
+        }
+    }
+}
+
+impl Compiler {
+    /// A compiler with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Desired map contents for `node`.
+    #[tracing::instrument(skip_all, fields(node = %node.name, pods = cluster.pods.len(), policies = cluster.policies.len()))]
+    pub fn compile(&mut self, cluster: &Cluster, node: &NodeConfig) -> Compiled {
+        let mut out = Compiled::default();
+
+        let mut policies = Vec::new();
+        for policy in cluster.policies.values() {
+            match ParsedPolicy::parse(policy) {
+                Ok(parsed) => {
+                    let id = self.policies.id(&parsed.id);
+                    out.policy_names.insert(id, parsed.id.clone());
+                    policies.push((id, parsed));
+                }
+                Err(e) => out.rejected.push(e),
+            }
+        }
+
+        let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
+        let mut pods_by_ip: BTreeMap<IpAddr, &Pod> = BTreeMap::new();
+        for pod in cluster.pods.values() {
+            // Host-network pods share the node's addresses; their traffic is the node's.
+            if pod.host_network {
+                continue;
+            }
+            let key = IdentityKey::of(cluster, pod);
+            let id = self.identities.id(&key);
+            identities.insert(id, key);
+            out.pod_identities.insert(pod.id.clone(), id);
+            for &ip in &pod.ips {
+                out.ipcache.insert(ip_key(ip), IpcacheValue { identity: id });
+                pods_by_ip.insert(ip, pod);
+            }
+        }
+        for &ip in &node.addresses {
+            out.ipcache.insert(
+                ip_key(ip),
+                IpcacheValue {
+                    identity: IDENTITY_HOST,
+                },
+            );
+        }
+
+        let mut emitted = BTreeSet::new();
+        for pod in cluster.pods_on(&node.name) {
+            if pod.host_network {
+                out.warnings.push(format!(
+                    "pod {} uses the host network: NetworkPolicy cannot be enforced on it",
+                    pod.id
+                ));
+                continue;
+            }
+            if pod.ips.is_empty() {
+                out.warnings.push(format!(
+                    "pod {} has no IP address yet: all its traffic is dropped until it has one",
+                    pod.id
+                ));
+            }
+            let mut info = endpoint_addresses(pod);
+            info.endpoint_id = self.endpoints.id(&pod.id);
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let selecting: Vec<(u32, &ParsedPolicy)> = policies
+                    .iter()
+                    .filter(|(_, p)| p.rules(dir).is_some() && semantics::applies_to(p, pod))
+                    .map(|(id, p)| (*id, p))
+                    .collect();
+                if selecting.is_empty() {
+                    continue;
+                }
+                let content = ruleset(&identities, &pods_by_ip, dir, pod, &selecting);
+                let id = self.rulesets.id(&content);
+                match dir {
+                    Direction::Ingress => {
+                        info.flags |= EP_INGRESS_ISOLATED;
+                        info.ingress_ruleset = id;
+                    }
+                    Direction::Egress => {
+                        info.flags |= EP_EGRESS_ISOLATED;
+                        info.egress_ruleset = id;
+                    }
+                }
+                if emitted.insert(id) {
+                    self.emit(id, &content, &mut out);
+                }
+            }
+            out.endpoints.insert(pod.id.clone(), info);
+        }
+
+        self.identities.sweep();
+        self.rulesets.sweep();
+        self.classes.sweep();
+        self.endpoints.sweep();
+        self.policies.sweep();
+        out
+    }
+
+    /// Writes the policy and CIDR entries of ruleset `id`.
+    fn emit(&mut self, id: u32, content: &RulesetContent, out: &mut Compiled) {
+        for (&identity, ports) in &content.identities {
+            out.policy
+                .extend(ports.entries(id, peer_kind::IDENTITY, identity));
+        }
+        let mut classes = BTreeSet::new();
+        for (net, ports) in &content.cidrs {
+            let class = if ports.is_empty() {
+                CIDR_CLASS_NONE
+            } else {
+                self.classes.id(ports)
+            };
+            let (prefix_len, data) =
+                CidrKey::new(id, ip_key(net.network()), u32::from(net.prefix_len()));
+            out.cidr
+                .insert(LpmKey { prefix_len, data }, CidrValue { class });
+            if class != CIDR_CLASS_NONE && classes.insert(class) {
+                out.policy.extend(ports.entries(id, peer_kind::CIDR, class));
+            }
+        }
+    }
+}
+
+/// The allowed (peer, ports) pairs for `pod` in `dir`, from the policies selecting it.
+fn ruleset(
+    identities: &BTreeMap<u32, IdentityKey>,
+    pods_by_ip: &BTreeMap<IpAddr, &Pod>,
+    dir: Direction,
+    pod: &Pod,
+    selecting: &[(u32, &ParsedPolicy)],
+) -> RulesetContent {
+    // Ingress ports name the selected pod's ports; egress ports the remote pod's.
+    let destination = (dir == Direction::Ingress).then_some(pod);
+    let mut content = RulesetContent::default();
+    let mut blocks: Vec<(IpBlock, RulePorts)> = Vec::new();
+    for &(policy_id, policy) in selecting {
+        for rule in policy.rules(dir).unwrap_or_default() {
+            let ports = RulePorts::new(&rule.ports, policy_id, destination);
+            let peers = match &rule.peers {
+                // "If this field is empty or missing, this rule matches all sources" (or
+                // destinations): every address, pods included.
+                Peers::All => {
+                    for all in ["0.0.0.0/0", "::/0"] {
+                        blocks.push((
+                            IpBlock {
+                                cidr: all.parse().expect("valid literal"),
+                                except: Vec::new(),
+                            },
+                            ports.clone(),
+                        ));
+                    }
+                    continue;
+                }
+                Peers::Only(peers) => peers,
+            };
+            for peer in peers {
+                match peer {
+                    Peer::IpBlock(block) => blocks.push((block.clone(), ports.clone())),
+                    Peer::Pods { namespaces, pods } => {
+                        for (&id, key) in identities {
+                            if !semantics::selector_peer_admits(
+                                namespaces.as_ref(),
+                                pods,
+                                &policy.id.namespace,
+                                &key.namespace,
+                                &key.namespace_labels,
+                                &key.pod_labels,
+                            ) {
+                                continue;
+                            }
+                            let lookup = |name: &str, proto| key.named_port(name, proto);
+                            let allowed = ports.resolve(Some(&lookup));
+                            if !allowed.is_empty() {
+                                content.identities.entry(id).or_default().merge(&allowed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    content.cidrs = cidr::classify(
+        &blocks,
+        |ip| pods_by_ip.get(&ip).copied(),
+        pods_by_ip.keys().copied(),
+    );
+    content
+}
+
+/// The addresses part of a pod's endpoint entry.
+fn endpoint_addresses(pod: &Pod) -> EndpointInfo {
+    let mut info = EndpointInfo::default();
+    for ip in &pod.ips {
+        match ip {
+            IpAddr::V4(v4) => {
+                info.ipv4 = v4.octets();
+                info.flags |= EP_HAS_IPV4;
+            }
+            IpAddr::V6(v6) => {
+                info.ipv6 = v6.octets();
+                info.flags |= EP_HAS_IPV6;
+            }
+        }
+    }
+    info
+}
+
+/// The map key of an address.
+pub fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(v4) => IpKey::v4(v4.octets()),
+        IpAddr::V6(v6) => IpKey::v6(v6.octets()),
+    }
+}

@@ -1,0 +1,14 @@
+//! policy-agent: enforces Kubernetes NetworkPolicy with eBPF.
+//!
+//! Data flows through the modules in this order:
+//! [`manifests`] (a source) -> [`model`] -> [`semantics`] -> [`compiler`] -> [`datapath`]
+//! (load, pin, attach, sync the maps) -> kernel. [`lab`] builds a simulated node from
+//! network namespaces and drives all of it with real packets.
+
+pub mod compiler;
+pub mod datapath;
+pub mod lab;
+pub mod manifests;
+pub mod model;
+pub mod netns;
+pub mod semantics;

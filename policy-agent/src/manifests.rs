@@ -1,0 +1,364 @@
+//! A directory of manifests as the cluster model: YAML or JSON files, several documents per
+//! file, `kind: List` as `kubectl get -o yaml` prints it. Namespaces, Pods and
+//! NetworkPolicies are read; other kinds are skipped with a note.
+//!
+//! One bad object never spoils the others: each error names the file, the object and the
+//! field, and the rest still loads.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+        networking::v1::NetworkPolicy as ApiNetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::{
+    Cluster, ContainerPort, Namespace, ObjectRef, Origin, Pod, Policy, Protocol,
+};
+
+/// Namespace of objects that do not say.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An object (or document) that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    /// File it is in.
+    pub file: PathBuf,
+    /// `Kind namespace/name`, when known.
+    pub object: Option<String>,
+    /// Path of the offending field, when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(object) = &self.object {
+            write!(f, ": {object}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// A loaded directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Everything that was read.
+    pub cluster: Cluster,
+    /// Objects that were not.
+    pub errors: Vec<ManifestError>,
+    /// Objects of kinds the enforcer does not use.
+    pub skipped: Vec<String>,
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file of `dir` (not recursively, in name order).
+pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading manifest directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
+        .collect();
+    files.sort();
+    let mut loaded = Loaded::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_str(&text, &file, &mut loaded),
+            Err(e) => loaded.errors.push(ManifestError {
+                file,
+                object: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    Ok(loaded)
+}
+
+/// Adds the objects of one file's text to `loaded`.
+pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
+    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            loaded.errors.push(ManifestError {
+                file: file.to_owned(),
+                object: None,
+                field: None,
+                message: format!("not valid YAML: {e}"),
+            });
+            return;
+        }
+    };
+    for doc in docs {
+        load_value(doc, file, loaded);
+    }
+}
+
+fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
+    if doc.is_null() {
+        return;
+    }
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let label = object_label(&kind, &doc);
+    let error = |field: Option<String>, message: String| ManifestError {
+        file: file.to_owned(),
+        object: Some(label.clone()),
+        field,
+        message,
+    };
+    let result = match kind.as_str() {
+        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+            if let Some(Value::Array(items)) = doc.get("items") {
+                for item in items.clone() {
+                    load_value(item, file, loaded);
+                }
+            }
+            return;
+        }
+        "Namespace" => typed::<ApiNamespace>(doc).and_then(|ns| {
+            let (name, _) = name_of(&ns.metadata, false)?;
+            loaded.cluster.add_namespace(Namespace::new(
+                name,
+                ns.metadata.labels.unwrap_or_default(),
+            ));
+            Ok(())
+        }),
+        "Pod" => typed::<ApiPod>(doc).and_then(|pod| {
+            let pod = convert_pod(pod)?;
+            loaded.cluster.add_pod(pod);
+            Ok(())
+        }),
+        "NetworkPolicy" => typed::<ApiNetworkPolicy>(doc).and_then(|np| {
+            let (name, namespace) = name_of(&np.metadata, true)?;
+            loaded.cluster.add_policy(Policy {
+                id: ObjectRef::new(namespace, name),
+                spec: np.spec.unwrap_or_default(),
+                origin: Origin {
+                    file: Some(file.to_owned()),
+                },
+            });
+            Ok(())
+        }),
+        "" => Err((None, "document has no kind".to_owned())),
+        _ => {
+            loaded.skipped.push(format!("{}: {label}", file.display()));
+            return;
+        }
+    };
+    if let Err((field, message)) = result {
+        loaded.errors.push(error(field, message));
+    }
+}
+
+type FieldResult<T> = Result<T, (Option<String>, String)>;
+
+/// Deserializes with the path of the first field that does not fit.
+fn typed<T: DeserializeOwned>(doc: Value) -> FieldResult<T> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            (path != ".").then_some(path),
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+fn object_label(kind: &str, doc: &Value) -> String {
+    let meta = doc.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+    match (field("namespace"), field("name")) {
+        (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
+        (None, Some(name)) => format!("{kind} {name}"),
+        _ => format!("{kind} (unnamed)"),
+    }
+}
+
+/// Name and namespace (defaulted when `namespaced`).
+fn name_of(meta: &ObjectMeta, namespaced: bool) -> FieldResult<(String, String)> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| (Some("metadata.name".to_owned()), "required".to_owned()))?;
+    let namespace = if namespaced {
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+    } else {
+        String::new()
+    };
+    Ok((name, namespace))
+}
+
+fn convert_pod(pod: ApiPod) -> FieldResult<Pod> {
+    let (name, namespace) = name_of(&pod.metadata, true)?;
+    let spec = pod.spec.unwrap_or_default();
+    let status = pod.status.unwrap_or_default();
+
+    let mut ips = Vec::new();
+    let listed: Vec<(String, String)> = match &status.pod_ips {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.clone()))
+            .collect(),
+        _ => status
+            .pod_ip
+            .iter()
+            .map(|ip| ("status.podIP".to_owned(), ip.clone()))
+            .collect(),
+    };
+    for (field, text) in listed {
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|_| (Some(field.clone()), format!("invalid IP address {text:?}")))?;
+        if ips.iter().any(|o: &IpAddr| o.is_ipv4() == ip.is_ipv4()) {
+            return Err((Some(field), "at most one address per family".to_owned()));
+        }
+        ips.push(ip);
+    }
+
+    let mut ports = Vec::new();
+    for (c, container) in spec.containers.iter().enumerate() {
+        for (i, p) in container.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{c}].ports[{i}]");
+            let port = u16::try_from(p.container_port)
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| {
+                    (
+                        Some(format!("{field}.containerPort")),
+                        format!("{} is not a valid port number (1-65535)", p.container_port),
+                    )
+                })?;
+            let protocol = match p.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(s) => Protocol::parse(s).ok_or_else(|| {
+                    (
+                        Some(format!("{field}.protocol")),
+                        format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"),
+                    )
+                })?,
+            };
+            ports.push(ContainerPort {
+                name: p.name.clone(),
+                port,
+                protocol,
+            });
+        }
+    }
+
+    Ok(Pod {
+        id: ObjectRef::new(namespace, name),
+        labels: pod.metadata.labels.unwrap_or_default(),
+        ips,
+        node: spec.node_name,
+        ports,
+        host_network: spec.host_network.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "test.yaml";
+
+    fn load(text: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        load_str(text, Path::new(FILE), &mut loaded);
+        loaded
+    }
+
+    #[test]
+    fn reads_documents_and_lists() {
+        let loaded = load(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: x, labels: {app: a}}
+  spec:
+    nodeName: n1
+    containers:
+    - name: c
+      ports: [{containerPort: 80, name: http}, {containerPort: 53, protocol: UDP}]
+  status:
+    podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: deny}
+  spec: {podSelector: {}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+"#,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let c = &loaded.cluster;
+        assert_eq!(c.namespaces["x"].labels["team"], "a");
+        assert_eq!(c.namespaces["x"].labels["kubernetes.io/metadata.name"], "x");
+        let pod = &c.pods[&ObjectRef::new("x", "a")];
+        assert_eq!(pod.ips.len(), 2);
+        assert_eq!(pod.named_port("http", Protocol::Tcp), Some(80));
+        assert_eq!(pod.ports[1].protocol, Protocol::Udp);
+        assert!(c.policies.contains_key(&ObjectRef::new("default", "deny")));
+        assert!(c.namespaces.contains_key("default"), "implied namespace");
+        assert_eq!(loaded.skipped.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_object_names_file_object_and_field_and_spares_the_rest() {
+        let loaded = load(
+            r#"
+kind: Pod
+metadata: {name: bad, namespace: x}
+status: {podIP: "10.0.0.300"}
+---
+kind: NetworkPolicy
+metadata: {name: typo, namespace: x}
+spec: {ingress: [{ports: [{port: {}}]}]}
+---
+kind: Pod
+metadata: {name: good, namespace: x}
+status: {podIP: 10.0.0.2}
+"#,
+        );
+        assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
+        let pod_err = loaded.errors[0].to_string();
+        assert!(
+            pod_err.contains("test.yaml: Pod x/bad: status.podIP: invalid IP address"),
+            "{pod_err}"
+        );
+        let np_err = loaded.errors[1].to_string();
+        assert!(np_err.contains("NetworkPolicy x/typo: spec.ingress[0].ports[0].port"), "{np_err}");
+        assert!(loaded.cluster.pods.contains_key(&ObjectRef::new("x", "good")));
+    }
+}

@@ -1,0 +1,479 @@
+//! Keys, values, names and capacities of every BPF map.
+//!
+//! Both sides use these definitions: the eBPF programs declare their maps with them and the
+//! agent writes and reads them through aya. Every struct is `#[repr(C)]` without implicit
+//! padding (bytemuck checks it), so keys hash identically on both sides and `bpftool map dump`
+//! prints the field names from BTF.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::net::{FAMILY_IPV4, FAMILY_IPV6};
+
+/// Map names, as the eBPF object declares them and as they are pinned.
+pub mod names {
+    /// Interface index -> endpoint (the pod behind a host-side veth).
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Pod and node address -> identity.
+    pub const IPCACHE: &str = "IPCACHE";
+    /// (ruleset, peer, protocol, port prefix) -> allowing policy. LPM trie.
+    pub const POLICY: &str = "POLICY";
+    /// (ruleset, address prefix) -> CIDR class. LPM trie.
+    pub const CIDR: &str = "CIDR";
+    /// Connection tracking, per endpoint. LRU hash.
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Ports of first fragments, so that later fragments get the same verdict. LRU hash.
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Per-endpoint packet and byte counters by verdict and reason. Per-CPU hash.
+    pub const STATS: &str = "STATS";
+    /// Flow records for drops and new allowed flows. Ring buffer.
+    pub const EVENTS: &str = "EVENTS";
+
+    /// Every map, in a stable order (for pinning and status output).
+    pub const ALL: [&str; 8] = [
+        ENDPOINTS, IPCACHE, POLICY, CIDR, CONNTRACK, FRAGMENTS, STATS, EVENTS,
+    ];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// Attached to the TCX ingress hook of a pod's host-side veth: traffic leaving the pod.
+    pub const FROM_POD: &str = "from_pod";
+    /// Attached to the TCX egress hook of a pod's host-side veth: traffic entering the pod.
+    pub const TO_POD: &str = "to_pod";
+    /// Returns "pass" and nothing else: the baseline of the per-packet benchmarks.
+    pub const BASELINE: &str = "bench_baseline";
+}
+
+/// Maximum entries of each map.
+pub mod capacity {
+    /// Pods on one node.
+    pub const ENDPOINTS: u32 = 1024;
+    /// Pod addresses in the cluster (two per dual-stack pod) plus node addresses.
+    pub const IPCACHE: u32 = 65_536;
+    /// Policy entries of all rulesets on the node.
+    pub const POLICY: u32 = 524_288;
+    /// CIDR prefixes of all rulesets on the node.
+    pub const CIDR: u32 = 262_144;
+    /// Tracked connections on the node (both ends of a local connection count twice).
+    pub const CONNTRACK: u32 = 65_536;
+    /// Fragmented datagrams in flight.
+    pub const FRAGMENTS: u32 = 8_192;
+    /// (endpoint, direction, verdict, reason) counters.
+    pub const STATS: u32 = 16_384;
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// Direction of a packet relative to the pod it is enforced for.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Entering the pod: the pod's ingress policy applies.
+    Ingress = 0,
+    /// Leaving the pod: the pod's egress policy applies.
+    Egress = 1,
+}
+
+impl Direction {
+    /// Decodes the byte stored in keys and events.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    /// The other direction.
+    pub const fn reverse(self) -> Self {
+        match self {
+            Self::Ingress => Self::Egress,
+            Self::Egress => Self::Ingress,
+        }
+    }
+
+    /// Lower-case name, as the CLI prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// Identity of a remote address that is not in the ipcache: anything outside the cluster.
+pub const IDENTITY_WORLD: u32 = 0;
+/// Identity of the local node's own addresses. Kubernetes always allows traffic between a
+/// pod and the node it runs on ("traffic to and from the node where a Pod is running is
+/// always allowed"), so policy lookups are skipped for it.
+pub const IDENTITY_HOST: u32 = 1;
+/// First identity the agent allocates for pods; lower values are reserved.
+pub const FIRST_POD_IDENTITY: u32 = 256;
+
+/// An IP address as stored in keys: IPv4 in the first four bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct IpKey {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+    /// Address in network byte order.
+    pub addr: [u8; 16],
+}
+
+impl IpKey {
+    /// Key of an IPv4 address.
+    #[inline(always)]
+    pub fn v4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&octets);
+        Self {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+
+    /// Key of an IPv6 address.
+    #[inline(always)]
+    pub fn v6(octets: [u8; 16]) -> Self {
+        Self {
+            family: FAMILY_IPV6,
+            _pad: [0; 3],
+            addr: octets,
+        }
+    }
+}
+
+/// Value of [`names::IPCACHE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct IpcacheValue {
+    /// Identity of the pod owning the address, or [`IDENTITY_HOST`].
+    pub identity: u32,
+}
+
+/// The endpoint's ingress policy isolates it: only allowed flows may enter.
+pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
+/// The endpoint's egress policy isolates it: only allowed flows may leave.
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+/// [`EndpointInfo::ipv4`] holds the pod's IPv4 address.
+pub const EP_HAS_IPV4: u32 = 1 << 2;
+/// [`EndpointInfo::ipv6`] holds the pod's IPv6 address.
+pub const EP_HAS_IPV6: u32 = 1 << 3;
+
+/// Value of [`names::ENDPOINTS`], keyed by the ifindex of the pod's host-side interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct EndpointInfo {
+    /// Agent-assigned id, stable for the pod's life; keys conntrack, stats and events.
+    pub endpoint_id: u32,
+    /// Ruleset that decides traffic entering the pod (when ingress-isolated).
+    pub ingress_ruleset: u32,
+    /// Ruleset that decides traffic leaving the pod (when egress-isolated).
+    pub egress_ruleset: u32,
+    /// `EP_*` bits.
+    pub flags: u32,
+    /// The pod's IPv4 address (anti-spoofing), valid with [`EP_HAS_IPV4`].
+    pub ipv4: [u8; 4],
+    /// The pod's IPv6 address (anti-spoofing), valid with [`EP_HAS_IPV6`].
+    pub ipv6: [u8; 16],
+}
+
+impl EndpointInfo {
+    /// Whether policy isolates the pod in `dir`.
+    #[inline(always)]
+    pub const fn is_isolated(&self, dir: Direction) -> bool {
+        let bit = match dir {
+            Direction::Ingress => EP_INGRESS_ISOLATED,
+            Direction::Egress => EP_EGRESS_ISOLATED,
+        };
+        self.flags & bit != 0
+    }
+
+    /// Ruleset deciding `dir`.
+    #[inline(always)]
+    pub const fn ruleset(&self, dir: Direction) -> u32 {
+        match dir {
+            Direction::Ingress => self.ingress_ruleset,
+            Direction::Egress => self.egress_ruleset,
+        }
+    }
+
+    /// Whether `addr` (an [`IpKey`]-style address) is one of the pod's own.
+    #[inline(always)]
+    pub fn owns(&self, family: u8, addr: &[u8; 16]) -> bool {
+        if family == FAMILY_IPV4 {
+            self.flags & EP_HAS_IPV4 != 0 && addr[..4] == self.ipv4
+        } else {
+            self.flags & EP_HAS_IPV6 != 0 && *addr == self.ipv6
+        }
+    }
+}
+
+/// Peer kinds in [`PolicyKey::peer_kind`].
+pub mod peer_kind {
+    /// [`super::PolicyKey::peer`] is a pod identity from the ipcache.
+    pub const IDENTITY: u8 = 1;
+    /// [`super::PolicyKey::peer`] is a CIDR class from the CIDR trie.
+    pub const CIDR: u8 = 2;
+}
+
+/// Data part of a [`names::POLICY`] LPM-trie key.
+///
+/// The trie matches `ruleset`, `peer` and `peer_kind` exactly (they are always inside the
+/// prefix) and then `proto` and `port` by prefix: a rule without ports stops the prefix
+/// before `proto` ([`POLICY_PREFIX_ANY_PROTO`]), a rule with a protocol but no port stops it
+/// before `port` ([`POLICY_PREFIX_ANY_PORT`]), and an `endPort` range becomes a few port
+/// prefixes. One longest-prefix lookup per peer then answers "does any rule allow it".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct PolicyKey {
+    /// Ruleset of the endpoint and direction being decided.
+    pub ruleset: u32,
+    /// Identity or CIDR class of the remote side, per `peer_kind`.
+    pub peer: u32,
+    /// One of [`peer_kind`].
+    pub peer_kind: u8,
+    /// IP protocol of the flow.
+    pub proto: u8,
+    /// Destination port of the flow's first packet, in network byte order so that port
+    /// prefixes are bit prefixes. Zero for protocols without ports.
+    pub port_be: u16,
+}
+
+/// Prefix length of a [`PolicyKey`] that matches every protocol and port.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+/// Prefix length of a [`PolicyKey`] that matches every port of one protocol.
+pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
+/// Prefix length of a [`PolicyKey`] that matches one protocol and port exactly.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+impl PolicyKey {
+    /// Lookup key for a flow (always used with [`POLICY_PREFIX_FULL`]).
+    #[inline(always)]
+    pub const fn new(ruleset: u32, peer_kind: u8, peer: u32, proto: u8, port: u16) -> Self {
+        Self {
+            ruleset,
+            peer,
+            peer_kind,
+            proto,
+            port_be: port.to_be(),
+        }
+    }
+}
+
+/// Value of [`names::POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct PolicyValue {
+    /// Agent-assigned id of the NetworkPolicy whose rule produced the entry (for events).
+    pub policy_id: u32,
+}
+
+/// Data part of a [`names::CIDR`] LPM-trie key.
+///
+/// `ruleset` and `family` are always inside the prefix ([`CIDR_PREFIX_BASE`] bits), so
+/// one trie holds the ipBlock prefixes of every ruleset, and a prefix of one family never
+/// matches an address of the other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct CidrKey {
+    /// Ruleset of the endpoint and direction being decided.
+    pub ruleset: u32,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+    /// Address in network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+}
+
+/// Bits of a [`CidrKey`] before the address.
+pub const CIDR_PREFIX_BASE: u32 = 64;
+
+impl CidrKey {
+    /// Key for `addr/prefix` in `ruleset`; returns the key data and its LPM prefix length.
+    #[inline(always)]
+    pub const fn new(ruleset: u32, ip: IpKey, prefix: u32) -> (u32, Self) {
+        (
+            CIDR_PREFIX_BASE + prefix,
+            Self {
+                ruleset,
+                family: ip.family,
+                _pad: [0; 3],
+                addr: ip.addr,
+            },
+        )
+    }
+}
+
+/// Value of [`names::CIDR`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct CidrValue {
+    /// CIDR class: the set of ipBlock rules containing the prefix and not excepting it.
+    /// [`CIDR_CLASS_NONE`] when no rule does (an `except` hole).
+    pub class: u32,
+}
+
+/// CIDR class of a prefix that no rule allows.
+pub const CIDR_CLASS_NONE: u32 = 0;
+
+/// Key of [`names::CONNTRACK`]: one connection as seen by one endpoint, whichever way the
+/// packet goes (`local` is the pod's side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    /// Endpoint the entry belongs to: both ends of a node-local connection have their own
+    /// entry, so each end's policy is applied independently.
+    pub endpoint_id: u32,
+    /// The pod's address.
+    pub local_addr: [u8; 16],
+    /// The peer's address.
+    pub remote_addr: [u8; 16],
+    /// The pod's port (the ICMP echo identifier for echo flows).
+    pub local_port: u16,
+    /// The peer's port (zero for ICMP).
+    pub remote_port: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// A TCP FIN left the pod.
+pub const CT_FIN_FROM_POD: u8 = 1 << 0;
+/// A TCP FIN entered the pod.
+pub const CT_FIN_TO_POD: u8 = 1 << 1;
+/// A TCP RST was seen.
+pub const CT_RST: u8 = 1 << 2;
+/// A packet in the reply direction was seen.
+pub const CT_REPLY_SEEN: u8 = 1 << 3;
+
+/// Value of [`names::CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most every [`ct_timeout::REFRESH_NS`]).
+    pub last_seen_ns: u64,
+    /// `bpf_ktime_get_ns` of the first packet.
+    pub created_ns: u64,
+    /// Policy that allowed the first packet (0 if the direction was not isolated).
+    pub policy_id: u32,
+    /// [`Direction`] of the first packet.
+    pub origin: u8,
+    /// `CT_*` bits.
+    pub flags: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Conntrack lifetimes, as in Cilium's defaults.
+pub mod ct_timeout {
+    const SEC: u64 = 1_000_000_000;
+    /// TCP connection that has seen a reply and no FIN/RST.
+    pub const TCP_ESTABLISHED_NS: u64 = 21_600 * SEC;
+    /// TCP connection that has not seen a reply yet.
+    pub const TCP_SYN_NS: u64 = 60 * SEC;
+    /// TCP connection after RST, or FIN in both directions.
+    pub const TCP_CLOSE_NS: u64 = 10 * SEC;
+    /// UDP, SCTP, ICMP and other protocols.
+    pub const OTHER_NS: u64 = 60 * SEC;
+    /// How often `last_seen_ns` is rewritten: saves a write per packet.
+    pub const REFRESH_NS: u64 = SEC;
+}
+
+impl CtEntry {
+    /// Lifetime after the last packet, from the protocol and state.
+    #[inline(always)]
+    pub const fn lifetime_ns(&self, proto: u8) -> u64 {
+        if proto != crate::net::proto::TCP {
+            return ct_timeout::OTHER_NS;
+        }
+        let both_fins = CT_FIN_FROM_POD | CT_FIN_TO_POD;
+        if self.flags & CT_RST != 0 || self.flags & both_fins == both_fins {
+            ct_timeout::TCP_CLOSE_NS
+        } else if self.flags & CT_REPLY_SEEN != 0 {
+            ct_timeout::TCP_ESTABLISHED_NS
+        } else {
+            ct_timeout::TCP_SYN_NS
+        }
+    }
+
+    /// Whether the entry has outlived its lifetime at `now_ns`.
+    #[inline(always)]
+    pub const fn is_expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns > self.last_seen_ns + self.lifetime_ns(proto)
+    }
+
+    /// Whether a TCP connection has ended (a new SYN on the same tuple is a new flow).
+    #[inline(always)]
+    pub const fn is_closing(&self) -> bool {
+        self.flags & (CT_RST | CT_FIN_FROM_POD | CT_FIN_TO_POD) != 0
+    }
+}
+
+/// Key of [`names::FRAGMENTS`]: the IP identification of a fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// IP protocol of the datagram.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+/// Value of [`names::FRAGMENTS`]: what the first fragment said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FragValue {
+    /// When the first fragment passed.
+    pub seen_ns: u64,
+    /// Source port of the datagram.
+    pub src_port: u16,
+    /// Destination port of the datagram.
+    pub dst_port: u16,
+    /// Always zero.
+    pub _pad: [u8; 4],
+}
+
+/// Fragments of one datagram must arrive within this time of the first (Linux's ipfrag_time).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Key of [`names::STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct StatsKey {
+    /// Endpoint counted (0 for packets on an interface with no endpoint).
+    pub endpoint_id: u32,
+    /// [`Direction`].
+    pub direction: u8,
+    /// [`crate::reason::Verdict`].
+    pub verdict: u8,
+    /// [`crate::reason::AllowReason`] or [`crate::reason::DropReason`], per `verdict`.
+    pub reason: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// Value of [`names::STATS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct StatsValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (skb length, L2 included).
+    pub bytes: u64,
+}

@@ -1,0 +1,144 @@
+//! Why a packet passed or was dropped: the one list both sides use.
+
+/// Outcome of a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// The packet continues.
+    Allow = 0,
+    /// The packet is dropped (`TC_ACT_SHOT`).
+    Drop = 1,
+}
+
+impl Verdict {
+    /// Decodes the byte stored in stats keys and events.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Allow),
+            1 => Some(Self::Drop),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as the CLI prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+/// Why a packet was allowed.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllowReason {
+    /// No policy isolates the pod in this direction (the Kubernetes default).
+    NotIsolated = 1,
+    /// A policy rule allowed the first packet of a new flow.
+    Policy = 2,
+    /// The packet belongs to a tracked connection whose first packet was allowed.
+    Established = 3,
+    /// An ICMP error about a tracked connection.
+    Related = 4,
+    /// ARP or IPv6 neighbour discovery, which the pod needs to reach anything.
+    NeighbourDiscovery = 5,
+    /// Traffic between the pod and the node it runs on, always allowed by Kubernetes.
+    Host = 6,
+}
+
+/// Why a packet was dropped.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// The pod is isolated in this direction and no rule allows the flow.
+    PolicyDenied = 1,
+    /// The packet left the pod with a source address that is not the pod's.
+    SpoofedSource = 2,
+    /// A non-first fragment whose first fragment was not seen or not allowed.
+    UnknownFragment = 3,
+    /// Truncated or inconsistent headers.
+    Malformed = 4,
+    /// A header the datapath does not decide on (non-IP EtherType, IPv6 routing header with
+    /// segments left, too long an extension-header chain) to or from an isolated pod.
+    UnsupportedHeader = 5,
+    /// The interface has no endpoint entry (yet): fail closed.
+    UnknownEndpoint = 6,
+}
+
+impl AllowReason {
+    /// Decodes the byte stored in stats keys and events.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::NotIsolated,
+            2 => Self::Policy,
+            3 => Self::Established,
+            4 => Self::Related,
+            5 => Self::NeighbourDiscovery,
+            6 => Self::Host,
+            _ => return None,
+        })
+    }
+
+    /// Kebab-case name, as the CLI and metrics print it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotIsolated => "not-isolated",
+            Self::Policy => "policy",
+            Self::Established => "established",
+            Self::Related => "related",
+            Self::NeighbourDiscovery => "neighbour-discovery",
+            Self::Host => "host",
+        }
+    }
+}
+
+impl DropReason {
+    /// Decodes the byte stored in stats keys and events.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::PolicyDenied,
+            2 => Self::SpoofedSource,
+            3 => Self::UnknownFragment,
+            4 => Self::Malformed,
+            5 => Self::UnsupportedHeader,
+            6 => Self::UnknownEndpoint,
+            _ => return None,
+        })
+    }
+
+    /// Kebab-case name, as the CLI and metrics print it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyDenied => "policy-denied",
+            Self::SpoofedSource => "spoofed-source",
+            Self::UnknownFragment => "unknown-fragment",
+            Self::Malformed => "malformed",
+            Self::UnsupportedHeader => "unsupported-header",
+            Self::UnknownEndpoint => "unknown-endpoint",
+        }
+    }
+}
+
+/// Name of the reason byte stored with `verdict`, or "unknown".
+pub const fn reason_name(verdict: u8, reason: u8) -> &'static str {
+    match Verdict::from_u8(verdict) {
+        Some(Verdict::Allow) => match AllowReason::from_u8(reason) {
+            Some(r) => r.as_str(),
+            None => "unknown",
+        },
+        Some(Verdict::Drop) => match DropReason::from_u8(reason) {
+            Some(r) => r.as_str(),
+            None => "unknown",
+        },
+        None => "unknown",
+    }
+}
+
+/// TC return code: pass the packet now, skipping later programs on the hook.
+pub const TC_ACT_OK: i32 = 0;
+/// TC return code: no opinion; later programs on the hook decide, and with none the
+/// packet passes (TCX calls it "next"). The datapath's "allow".
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// TC return code: drop the packet.
+pub const TC_ACT_SHOT: i32 = 2;

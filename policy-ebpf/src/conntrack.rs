@@ -1,0 +1,110 @@
+//! Connection tracking: the first packet of a flow is decided by policy, every later packet
+//! in either direction by the entry it created. Entries are per endpoint, so the two pods of
+//! a node-local connection each keep their own verdict.
+
+use policy_common::{
+    maps::{
+        CT_FIN_FROM_POD, CT_FIN_TO_POD, CT_REPLY_SEEN, CT_RST, CtEntry, CtKey, Direction,
+        ct_timeout,
+    },
+    net::proto,
+};
+
+use crate::{
+    l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::CONNTRACK,
+    packet::Flow,
+};
+
+/// The flow's key from the endpoint's point of view: the same for both directions.
+#[inline(always)]
+pub fn key(endpoint_id: u32, dir: Direction, flow: &Flow) -> CtKey {
+    let (local_addr, remote_addr, local_port, remote_port) = match dir {
+        Direction::Egress => (flow.src, flow.dst, flow.sport, flow.dport),
+        Direction::Ingress => (flow.dst, flow.src, flow.dport, flow.sport),
+    };
+    CtKey {
+        endpoint_id,
+        local_addr,
+        remote_addr,
+        local_port,
+        remote_port,
+        family: flow.family,
+        proto: flow.proto,
+        _pad: [0; 2],
+    }
+}
+
+/// Connection-state bits a TCP packet sets.
+#[inline(always)]
+fn tcp_state_bits(dir: Direction, flow: &Flow) -> u8 {
+    if flow.proto != proto::TCP {
+        return 0;
+    }
+    let mut bits = 0;
+    if flow.tcp_flags & TCP_FIN != 0 {
+        bits |= match dir {
+            Direction::Egress => CT_FIN_FROM_POD,
+            Direction::Ingress => CT_FIN_TO_POD,
+        };
+    }
+    if flow.tcp_flags & TCP_RST != 0 {
+        bits |= CT_RST;
+    }
+    bits
+}
+
+/// Whether the packet belongs to a live tracked connection; refreshes the entry if so.
+///
+/// An expired entry does not count, and neither does a closed TCP connection that a new
+/// SYN reopens on the same ports: that is a new connection and the policy decides it again.
+#[inline(always)]
+pub fn track(key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: the pointer comes from a successful lookup; concurrent updates of the same
+    // entry from another CPU can at worst lose a refresh, as in any BPF conntrack.
+    let entry = unsafe { &mut *entry };
+    if entry.is_expired(flow.proto, now) {
+        return false;
+    }
+    let new_syn = flow.proto == proto::TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if new_syn && entry.is_closing() {
+        return false;
+    }
+    let mut flags = entry.flags | tcp_state_bits(dir, flow);
+    if dir as u8 != entry.origin {
+        flags |= CT_REPLY_SEEN;
+    }
+    if flags != entry.flags || now.saturating_sub(entry.last_seen_ns) > ct_timeout::REFRESH_NS {
+        entry.flags = flags;
+        entry.last_seen_ns = now;
+    }
+    true
+}
+
+/// Whether a tracked, unexpired connection has this key (for ICMP errors about it).
+#[inline(always)]
+pub fn is_tracked(key: &CtKey, proto: u8, now: u64) -> bool {
+    match CONNTRACK.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup and is only read here.
+        Some(entry) => !unsafe { &*entry }.is_expired(proto, now),
+        None => false,
+    }
+}
+
+/// Starts tracking a flow whose first packet was allowed.
+#[inline(always)]
+pub fn create(key: &CtKey, dir: Direction, flow: &Flow, policy_id: u32, now: u64) {
+    let entry = CtEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        policy_id,
+        origin: dir as u8,
+        flags: tcp_state_bits(dir, flow),
+        _pad: [0; 2],
+    };
+    // Best effort: a full LRU evicts the oldest entry.
+    let _ = CONNTRACK.insert(key, entry, 0);
+}

@@ -1,0 +1,75 @@
+//! The facts parsers extract from a packet, and the one way they read it.
+
+use aya_ebpf::programs::TcContext;
+use policy_common::reason::DropReason;
+
+/// Not a fragment, or an atomic one.
+pub const FRAG_NONE: u8 = 0;
+/// First fragment: carries the L4 header, later ones do not.
+pub const FRAG_FIRST: u8 = 1;
+/// Non-first fragment: no L4 header, its ports come from the first fragment.
+pub const FRAG_LATER: u8 = 2;
+
+/// An IP packet as the decisions see it. Ports are in host byte order; for ICMP echo
+/// messages both hold the echo identifier, so that request and reply share a conntrack key.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// Upper-layer protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// One of `FRAG_*`.
+    pub frag: u8,
+    /// TCP flags byte (TCP only).
+    pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type (ICMP only).
+    pub icmp_type: u8,
+    /// TTL or hop limit.
+    pub hop_limit: u8,
+    /// Fragment identification (fragments only).
+    pub frag_id: u32,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_off: u32,
+    /// Offset of the end of the IP payload (Ethernet padding may follow).
+    pub l3_end: u32,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Source address (IPv4 in the first four bytes).
+    pub src: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst: [u8; 16],
+}
+
+impl Flow {
+    /// A flow with only the network-layer fields known.
+    #[inline(always)]
+    pub const fn new(family: u8, proto: u8, hop_limit: u8, l4_off: u32, l3_end: u32) -> Self {
+        Self {
+            family,
+            proto,
+            frag: FRAG_NONE,
+            tcp_flags: 0,
+            icmp_type: 0,
+            hop_limit,
+            frag_id: 0,
+            l4_off,
+            l3_end,
+            sport: 0,
+            dport: 0,
+            src: [0; 16],
+            dst: [0; 16],
+        }
+    }
+}
+
+/// Reads a `T` at `offset` from the start of the frame.
+///
+/// Everything goes through `bpf_skb_load_bytes`: the helper checks bounds, also for
+/// non-linear skbs, so no parser does pointer arithmetic that the verifier must follow, and a
+/// read past the end is simply a truncated (malformed) packet.
+#[inline(always)]
+pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
+    ctx.load::<T>(offset).map_err(|_| DropReason::Malformed)
+}

@@ -1,0 +1,139 @@
+//! `cargo xtask`: the project's commands beyond plain cargo.
+//!
+//! - `build-ebpf`: bootstrap the eBPF toolchain (idempotent) and build the eBPF object;
+//! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
+//! - `test [ARGS]`: build everything and run the whole test suite;
+//! - `bench [datapath]`: run the benchmarks, results under `target/bench/`.
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use xtask::{ebpf, workspace_root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "policy-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain if missing (nightly rust-src, bpf-linker) and build the
+    /// eBPF object.
+    BuildEbpf,
+    /// Run the network-namespace lab on a manifest directory (needs root).
+    Lab {
+        /// Directory of Namespace, Pod and NetworkPolicy manifests.
+        manifests: PathBuf,
+        /// Further arguments for `policy-agent lab` (e.g. `--nodes 2 --json`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test (unit, BPF_PROG_TEST_RUN, network-namespace end-to-end).
+    Test {
+        /// Further arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run a benchmark suite and write JSON under target/bench/.
+    Bench {
+        /// Which suite.
+        #[arg(default_value = "datapath")]
+        suite: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::BuildEbpf => {
+            let object = build_ebpf()?;
+            log(&format!("eBPF object: {}", object.display()));
+            Ok(())
+        }
+        Task::Lab { manifests, args } => {
+            build_ebpf()?;
+            cargo(["build", "--release", "--package", "policy-agent"])?;
+            require_root("the lab creates network namespaces and loads eBPF programs")?;
+            let agent = workspace_root().join("target/release/policy-agent");
+            let status = Command::new(&agent)
+                .arg("lab")
+                .arg("--manifests")
+                .arg(&manifests)
+                .args(args)
+                .status()
+                .with_context(|| format!("running {}", agent.display()))?;
+            exit_status("policy-agent lab", status)
+        }
+        Task::Test { args } => {
+            build_ebpf()?;
+            require_root("the tests create network namespaces and load eBPF programs")?;
+            let mut cmd = cargo_cmd();
+            cmd.args(["test", "--workspace"]).args(args);
+            exit_status("cargo test", cmd.status()?)
+        }
+        Task::Bench { suite } => {
+            build_ebpf()?;
+            require_root("the benchmarks load eBPF programs")?;
+            cargo(["bench", "--package", "policy-agent", "--bench", suite.as_str()])
+        }
+    }
+}
+
+/// Bootstraps the toolchain and builds the object where policy-agent's build script expects it.
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    let toolchain = ebpf::bootstrap(log)?;
+    let root = workspace_root();
+    log("building the eBPF object");
+    ebpf::build_object(
+        &toolchain,
+        &root.join(ebpf::EBPF_PACKAGE),
+        &root.join("target").join("ebpf"),
+    )
+}
+
+fn cargo_cmd() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn cargo<const N: usize>(args: [&str; N]) -> anyhow::Result<()> {
+    let status = cargo_cmd().args(args).status()?;
+    exit_status(&format!("cargo {}", args.join(" ")), status)
+}
+
+fn exit_status(what: &str, status: std::process::ExitStatus) -> anyhow::Result<()> {
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this needs root: {why}. Rerun as root (e.g. with sudo -E).");
+    }
+    Ok(())
+}
