@@ -11,4 +11,5 @@ pub mod lab;
 pub mod manifests;
 pub mod model;
 pub mod netns;
+pub mod report;
 pub mod semantics;

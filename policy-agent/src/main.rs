@@ -1,1 +1,19 @@
-fn main() {}
+//! `policy-agent`: the node agent and its tools.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(args.log_json);
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("policy-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

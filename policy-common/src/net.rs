@@ -97,6 +97,12 @@ pub mod icmpv6 {
     pub const ECHO_REQUEST: u8 = 128;
     /// Echo reply.
     pub const ECHO_REPLY: u8 = 129;
+    /// Multicast listener query (first MLDv1 type).
+    pub const MLD_QUERY: u8 = 130;
+    /// MLDv1 done (last MLDv1 type).
+    pub const MLD_DONE: u8 = 132;
+    /// MLDv2 report.
+    pub const MLD2_REPORT: u8 = 143;
     /// Router solicitation (first neighbour-discovery type).
     pub const ROUTER_SOLICIT: u8 = 133;
     /// Redirect (last neighbour-discovery type).
@@ -114,9 +120,16 @@ pub mod icmpv6 {
         matches!(ty, ECHO_REQUEST | ECHO_REPLY)
     }
 
-    /// Neighbour discovery (RFC 4861) is the IPv6 equivalent of ARP and always passes.
+    /// Neighbour discovery (RFC 4861): the IPv6 equivalent of ARP.
     #[inline(always)]
     pub const fn is_neighbour_discovery(ty: u8) -> bool {
         ty >= ROUTER_SOLICIT && ty <= REDIRECT
+    }
+
+    /// Multicast listener discovery (RFC 2710, RFC 3810), which every IPv6 interface
+    /// speaks with its router.
+    #[inline(always)]
+    pub const fn is_multicast_listener(ty: u8) -> bool {
+        (ty >= MLD_QUERY && ty <= MLD_DONE) || ty == MLD2_REPORT
     }
 }

@@ -41,8 +41,9 @@ pub enum AllowReason {
     Established = 3,
     /// An ICMP error about a tracked connection.
     Related = 4,
-    /// ARP or IPv6 neighbour discovery, which the pod needs to reach anything.
-    NeighbourDiscovery = 5,
+    /// ARP, IPv6 neighbour and multicast listener discovery: what the pod needs to reach
+    /// anything, and which never leaves the link.
+    LinkControl = 5,
     /// Traffic between the pod and the node it runs on, always allowed by Kubernetes.
     Host = 6,
 }
@@ -74,7 +75,7 @@ impl AllowReason {
             2 => Self::Policy,
             3 => Self::Established,
             4 => Self::Related,
-            5 => Self::NeighbourDiscovery,
+            5 => Self::LinkControl,
             6 => Self::Host,
             _ => return None,
         })
@@ -87,7 +88,7 @@ impl AllowReason {
             Self::Policy => "policy",
             Self::Established => "established",
             Self::Related => "related",
-            Self::NeighbourDiscovery => "neighbour-discovery",
+            Self::LinkControl => "link-control",
             Self::Host => "host",
         }
     }

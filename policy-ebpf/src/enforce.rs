@@ -135,10 +135,10 @@ fn decide(ctx: &TcContext, ep: &EndpointInfo, dir: Direction, flow: &mut Flow, n
         return Decision::unless_isolated(isolated, reason);
     }
 
-    // Neighbour discovery uses link-local and unspecified sources, so it comes before the
-    // anti-spoofing check; its hop limit of 255 keeps it on the link.
-    if icmp::is_neighbour_discovery(flow) {
-        return Decision::allow(AllowReason::NeighbourDiscovery);
+    // Neighbour and multicast listener discovery use link-local and unspecified sources,
+    // so they come before the anti-spoofing check; their hop limits keep them on the link.
+    if icmp::is_link_control(flow) {
+        return Decision::allow(AllowReason::LinkControl);
     }
     if spoofed {
         return Decision::drop(DropReason::SpoofedSource);
@@ -230,5 +230,5 @@ fn arp(ctx: &TcContext, ep: &EndpointInfo, dir: Direction) -> Decision {
             return Decision::drop(DropReason::SpoofedSource);
         }
     }
-    Decision::allow(AllowReason::NeighbourDiscovery)
+    Decision::allow(AllowReason::LinkControl)
 }

@@ -17,14 +17,19 @@ const QUOTE_OFF: usize = 8;
 /// Neighbour discovery is only valid with this hop limit (RFC 4861 §6.1): it proves the
 /// packet was not forwarded, so it cannot have come from beyond the link.
 const ND_HOP_LIMIT: u8 = 255;
+/// Multicast listener discovery is sent with this hop limit (RFC 3810 §5), so no router
+/// forwards it off the link.
+const MLD_HOP_LIMIT: u8 = 1;
 
-/// Whether the packet is IPv6 neighbour discovery that never crossed a router.
+/// Whether the packet is IPv6 link control (neighbour discovery, multicast listener
+/// discovery) that never crossed, and will never cross, a router. Such packets use
+/// link-local or unspecified sources and carry nothing a policy could be about.
 #[inline(always)]
-pub fn is_neighbour_discovery(flow: &Flow) -> bool {
+pub fn is_link_control(flow: &Flow) -> bool {
     flow.family == FAMILY_IPV6
         && flow.proto == proto::ICMPV6
-        && icmpv6::is_neighbour_discovery(flow.icmp_type)
-        && flow.hop_limit == ND_HOP_LIMIT
+        && ((icmpv6::is_neighbour_discovery(flow.icmp_type) && flow.hop_limit == ND_HOP_LIMIT)
+            || (icmpv6::is_multicast_listener(flow.icmp_type) && flow.hop_limit == MLD_HOP_LIMIT))
 }
 
 /// The packet an ICMP error reports on, as quoted in its payload: addresses, protocol and

@@ -1,0 +1,44 @@
+//! Command-line interface (see the CLI contract in the README).
+
+mod lab;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Enforces Kubernetes NetworkPolicy with eBPF.
+#[derive(Parser)]
+#[command(name = "policy-agent", version)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a simulated node from network namespaces, enforce the manifests with the real
+    /// datapath, probe every pair of hosts and print who reaches whom. Root only.
+    Lab(lab::LabArgs),
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
+pub fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs a command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab(args) => lab::run(args),
+    }
+}

@@ -1,0 +1,251 @@
+//! The datapath's maps, typed, and how desired contents reach them.
+//!
+//! A sync diffs the desired contents against what the kernel holds and writes only the
+//! difference, in an order that never opens a gap: new policy, CIDR and ipcache entries
+//! first, then the endpoints that refer to them, and only then the entries nothing refers
+//! to any more ("make before break").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
+};
+use policy_common::maps::{
+    CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, IpKey, IpcacheValue,
+    PolicyKey, PolicyValue, StatsKey, StatsValue, names,
+};
+
+use crate::compiler::LpmKey;
+
+/// Errors reading or writing a map.
+#[derive(Debug, thiserror::Error)]
+#[error("map {map}: {source}")]
+pub struct MapOpError {
+    /// The map.
+    pub map: &'static str,
+    /// The cause.
+    #[source]
+    pub source: MapError,
+}
+
+fn op<T>(map: &'static str, r: Result<T, MapError>) -> Result<T, MapOpError> {
+    r.map_err(|source| MapOpError { map, source })
+}
+
+/// Every map of one loaded datapath.
+pub struct Maps {
+    /// Interface index -> endpoint.
+    pub endpoints: HashMap<MapData, u32, EndpointInfo>,
+    /// Address -> identity.
+    pub ipcache: HashMap<MapData, IpKey, IpcacheValue>,
+    /// Policy trie.
+    pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    /// CIDR trie.
+    pub cidr: LpmTrie<MapData, CidrKey, CidrValue>,
+    /// Connection tracking.
+    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// First fragments.
+    pub fragments: HashMap<MapData, FragKey, FragValue>,
+    /// Counters.
+    pub stats: PerCpuHashMap<MapData, StatsKey, StatsValue>,
+    /// Flow records.
+    pub events: RingBuf<MapData>,
+}
+
+/// Map contents to write; `endpoints` is keyed by interface index.
+#[derive(Clone, Debug)]
+pub struct Desired<'a> {
+    /// ENDPOINTS.
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// IPCACHE.
+    pub ipcache: &'a BTreeMap<IpKey, IpcacheValue>,
+    /// POLICY.
+    pub policy: &'a BTreeMap<LpmKey<PolicyKey>, PolicyValue>,
+    /// CIDR.
+    pub cidr: &'a BTreeMap<LpmKey<CidrKey>, CidrValue>,
+}
+
+/// How many entries a sync wrote and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Entries inserted or changed.
+    pub written: usize,
+    /// Entries deleted.
+    pub removed: usize,
+}
+
+/// Upserts and removals that take a map from its live contents to the desired ones.
+struct Diff<K, V> {
+    upserts: Vec<(K, V)>,
+    removes: Vec<K>,
+}
+
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    live: BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    let upserts = desired
+        .iter()
+        .filter(|(k, v)| live.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let removes = live
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
+    Diff { upserts, removes }
+}
+
+fn live_hash<K: Pod + Ord, V: Pod>(
+    name: &'static str,
+    map: &HashMap<MapData, K, V>,
+) -> Result<BTreeMap<K, V>, MapOpError> {
+    map.iter()
+        .map(|r| op(name, r))
+        .collect::<Result<_, _>>()
+}
+
+fn live_lpm<K: Pod + Ord, V: Pod>(
+    name: &'static str,
+    map: &LpmTrie<MapData, K, V>,
+) -> Result<BTreeMap<LpmKey<K>, V>, MapOpError> {
+    map.iter()
+        .map(|r| {
+            op(name, r).map(|(k, v)| {
+                (
+                    LpmKey {
+                        prefix_len: k.prefix_len(),
+                        data: k.data(),
+                    },
+                    v,
+                )
+            })
+        })
+        .collect()
+}
+
+fn lpm_key<K: Pod>(k: &LpmKey<K>) -> Key<K> {
+    Key::new(k.prefix_len, k.data)
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| MapError::InvalidName {
+                    name: name.to_owned(),
+                })
+        };
+        Ok(Self {
+            endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
+            ipcache: HashMap::try_from(take(names::IPCACHE)?)?,
+            policy: LpmTrie::try_from(take(names::POLICY)?)?,
+            cidr: LpmTrie::try_from(take(names::CIDR)?)?,
+            conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
+            fragments: HashMap::try_from(take(names::FRAGMENTS)?)?,
+            stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
+            events: RingBuf::try_from(take(names::EVENTS)?)?,
+        })
+    }
+
+    /// Brings the maps to `desired`, make before break.
+    pub fn sync(&mut self, desired: &Desired<'_>) -> Result<SyncReport, MapOpError> {
+        let endpoints = diff(live_hash(names::ENDPOINTS, &self.endpoints)?, &desired.endpoints);
+        let ipcache = diff(live_hash(names::IPCACHE, &self.ipcache)?, desired.ipcache);
+        let policy = diff(live_lpm(names::POLICY, &self.policy)?, desired.policy);
+        let cidr = diff(live_lpm(names::CIDR, &self.cidr)?, desired.cidr);
+        let mut report = SyncReport::default();
+
+        for (k, v) in &ipcache.upserts {
+            op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
+        }
+        for (k, v) in &policy.upserts {
+            op(names::POLICY, self.policy.insert(&lpm_key(k), v, 0))?;
+        }
+        for (k, v) in &cidr.upserts {
+            op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
+        }
+        for (k, v) in &endpoints.upserts {
+            op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
+        }
+        report.written =
+            ipcache.upserts.len() + policy.upserts.len() + cidr.upserts.len() + endpoints.upserts.len();
+
+        let mut gone = BTreeSet::new();
+        for k in &endpoints.removes {
+            if let Ok(info) = self.endpoints.get(k, 0) {
+                gone.insert(info.endpoint_id);
+            }
+            op(names::ENDPOINTS, self.endpoints.remove(k))?;
+        }
+        // An endpoint id is reused by the next pod: its connections must not outlive it.
+        gone.retain(|id| !desired.endpoints.values().any(|e| e.endpoint_id == *id));
+        if !gone.is_empty() {
+            self.forget_connections(&gone)?;
+        }
+        for k in &cidr.removes {
+            op(names::CIDR, self.cidr.remove(&lpm_key(k)))?;
+        }
+        for k in &policy.removes {
+            op(names::POLICY, self.policy.remove(&lpm_key(k)))?;
+        }
+        for k in &ipcache.removes {
+            op(names::IPCACHE, self.ipcache.remove(k))?;
+        }
+        report.removed =
+            endpoints.removes.len() + cidr.removes.len() + policy.removes.len() + ipcache.removes.len();
+        Ok(report)
+    }
+
+    /// Deletes the conntrack entries of `endpoints`.
+    pub fn forget_connections(&mut self, endpoints: &BTreeSet<u32>) -> Result<(), MapOpError> {
+        let stale: Vec<CtKey> = self
+            .conntrack
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| endpoints.contains(&k.endpoint_id))
+            .collect();
+        for k in stale {
+            match self.conntrack.remove(&k) {
+                // The LRU may have evicted it meanwhile.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: names::CONNTRACK,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<BTreeMap<StatsKey, StatsValue>, MapOpError> {
+        let mut out = BTreeMap::new();
+        for entry in self.stats.iter() {
+            let (key, per_cpu) = op(names::STATS, entry)?;
+            let total = per_cpu.iter().fold(StatsValue::default(), |acc, v| StatsValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            });
+            out.insert(key, total);
+        }
+        Ok(out)
+    }
+
+    /// Number of entries of each map with a fixed capacity (for status and tests).
+    pub fn fill(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::from([
+            (names::ENDPOINTS, self.endpoints.keys().count()),
+            (names::IPCACHE, self.ipcache.keys().count()),
+            (names::POLICY, self.policy.keys().count()),
+            (names::CIDR, self.cidr.keys().count()),
+            (names::CONNTRACK, self.conntrack.keys().count()),
+            (names::FRAGMENTS, self.fragments.keys().count()),
+        ])
+    }
+}

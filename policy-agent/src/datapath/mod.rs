@@ -1,0 +1,256 @@
+//! The kernel side, from user space: load the embedded eBPF object, pin its maps, attach its
+//! programs to pods' host-side interfaces, and keep the maps in sync with the compiler.
+
+pub mod bpffs;
+pub mod maps;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
+};
+use policy_common::{
+    event::FlowEvent,
+    maps::{EndpointInfo, StatsKey, StatsValue, names, programs},
+};
+
+pub use self::maps::{Desired, MapOpError, Maps, SyncReport};
+use crate::{compiler::Compiled, model::ObjectRef, netns::NetNs};
+
+/// The eBPF object built from policy-ebpf, embedded so the agent is one binary.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(env!("POLICY_EBPF_OBJECT"));
+
+/// Errors of the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// bpffs could not be mounted or the pin directory made.
+    #[error("bpffs: {0}")]
+    Bpffs(#[from] bpffs::BpffsError),
+    /// The object could not be loaded (maps created or reused).
+    #[error("loading the eBPF object (are you root, with bpffs at /sys/fs/bpf?): {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load (the verifier log says why) or attach.
+    #[error("program {program}: {source}")]
+    Program {
+        /// The program.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error(transparent)]
+    Map(#[from] MapOpError),
+    /// A map is missing from the object.
+    #[error("the eBPF object lacks map {0}")]
+    MissingMap(#[source] aya::maps::MapError),
+    /// Entering a namespace failed.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// An interface is not known in its namespace.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+}
+
+fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { program, source }
+}
+
+/// A loaded datapath instance: programs, pinned maps, attachments.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    pin_dir: PathBuf,
+    /// Host-side interface index of each attached pod.
+    interfaces: BTreeMap<ObjectRef, u32>,
+    unpin_on_drop: bool,
+}
+
+impl Datapath {
+    /// Loads the programs and maps of `instance`, pinning the maps under
+    /// `/sys/fs/bpf/policy-agent/<instance>/` and reusing maps already pinned there.
+    pub fn load(instance: &str) -> Result<Self, DatapathError> {
+        let pin_dir = bpffs::instance_dir(instance)?;
+        let pins: Vec<(&str, PathBuf)> = names::ALL
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in [programs::FROM_POD, programs::TO_POD, programs::BASELINE] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(program_error(name))?;
+        }
+        let maps = Maps::take(&mut ebpf).map_err(DatapathError::MissingMap)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir,
+            interfaces: BTreeMap::new(),
+            unpin_on_drop: false,
+        })
+    }
+
+    /// Removes the pinned maps when dropped (labs and tests; the agent keeps them).
+    pub fn unpin_on_drop(mut self) -> Self {
+        self.unpin_on_drop = true;
+        self
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The maps.
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The maps, for writing.
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// Attaches `from_pod` and `to_pod` to the pod's host-side interface `ifname` (in `netns`,
+    /// or the current namespace) with TCX, and returns the interface index. Write the pod's
+    /// endpoint entry first: until then the programs drop its traffic.
+    pub fn attach(
+        &mut self,
+        pod: &ObjectRef,
+        netns: Option<&NetNs>,
+        ifname: &str,
+    ) -> Result<u32, DatapathError> {
+        let ebpf = &mut self.ebpf;
+        let mut attach = move || -> Result<u32, DatapathError> {
+            let ifindex = nix::net::if_::if_nametoindex(ifname)
+                .map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
+            // Traffic the pod sends arrives on the host side's ingress, and traffic for the
+            // pod leaves through its egress.
+            for (name, hook) in [
+                (programs::FROM_POD, TcAttachType::Ingress),
+                (programs::TO_POD, TcAttachType::Egress),
+            ] {
+                classifier(ebpf, name)?
+                    .attach(ifname, hook)
+                    .map_err(program_error(name))?;
+            }
+            Ok(ifindex)
+        };
+        let ifindex = match netns {
+            Some(ns) => ns.run(attach)??,
+            None => attach()?,
+        };
+        self.interfaces.insert(pod.clone(), ifindex);
+        Ok(ifindex)
+    }
+
+    /// Records that a pod's interface has `ifindex` without attaching (it already is).
+    pub fn adopt_interface(&mut self, pod: &ObjectRef, ifindex: u32) {
+        self.interfaces.insert(pod.clone(), ifindex);
+    }
+
+    /// Brings the maps to what `compiled` says, for the pods whose interfaces are known.
+    pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
+        let endpoints: BTreeMap<u32, EndpointInfo> = compiled
+            .endpoints
+            .iter()
+            .filter_map(|(pod, info)| Some((*self.interfaces.get(pod)?, *info)))
+            .collect();
+        let desired = Desired {
+            endpoints,
+            ipcache: &compiled.ipcache,
+            policy: &compiled.policy,
+            cidr: &compiled.cidr,
+        };
+        Ok(self.maps.sync(&desired)?)
+    }
+
+    /// Writes one endpoint entry directly (tests and the CNI path).
+    pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), DatapathError> {
+        self.maps
+            .endpoints
+            .insert(ifindex, info, 0)
+            .map_err(|source| MapOpError {
+                map: names::ENDPOINTS,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
+    /// its TC action. The packet appears on the loopback interface (ifindex 1) of the
+    /// calling thread's network namespace.
+    pub fn test_run(&self, program: &'static str, packet: &[u8]) -> Result<i32, DatapathError> {
+        Ok(self.test_run_repeat(program, packet, 1)?.0)
+    }
+
+    /// Runs `program` `repeat` times on `packet`; returns its TC action and the mean time
+    /// per run in nanoseconds, as the kernel measured it.
+    pub fn test_run_repeat(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, u64), DatapathError> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or(ProgramError::NotLoaded)
+            .and_then(|p| p.try_into())
+            .map_err(program_error(program))?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = prog.test_run(opts).map_err(program_error(program))?;
+        Ok((result.return_value as i32, result.duration.as_nanos() as u64))
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<BTreeMap<StatsKey, StatsValue>, DatapathError> {
+        Ok(self.maps.stats()?)
+    }
+
+    /// Takes every flow record waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<FlowEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.maps.events.next() {
+            if item.len() >= size_of::<FlowEvent>() {
+                events.push(bytemuck::pod_read_unaligned(&item[..size_of::<FlowEvent>()]));
+            }
+        }
+        events
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // Links and programs go with `ebpf` (TCX links are not pinned); pinned maps stay
+        // unless asked, so a restarted agent finds its state.
+        if self.unpin_on_drop {
+            bpffs::remove_instance_dir(&self.pin_dir);
+        }
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(|p| p.try_into())
+        .map_err(program_error(name))
+}

@@ -1,0 +1,117 @@
+//! Lab settings: defaults, an optional `lab.toml` next to the manifests, and flags.
+//!
+//! ```toml
+//! # examples/torchpod/lab.toml
+//! nodes = 1
+//! external = ["192.168.0.10", "172.17.4.8"]
+//! external-ports = ["22", "80", "443", "53/udp"]
+//! ```
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::model::Protocol;
+
+/// File the lab reads from the manifest directory, if present.
+pub const LAB_FILE: &str = "lab.toml";
+
+/// What external hosts serve unless told otherwise: SSH, HTTP, HTTPS and DNS.
+pub const DEFAULT_EXTERNAL_PORTS: [(Protocol, u16); 4] = [
+    (Protocol::Tcp, 22),
+    (Protocol::Tcp, 80),
+    (Protocol::Tcp, 443),
+    (Protocol::Udp, 53),
+];
+
+/// How to build a lab.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabConfig {
+    /// Simulated nodes; pods are spread over them in name order.
+    pub nodes: usize,
+    /// Hosts outside the cluster, each in its own namespace behind a node.
+    pub externals: Vec<IpAddr>,
+    /// Ports every external host serves.
+    pub external_ports: Vec<(Protocol, u16)>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            externals: Vec::new(),
+            external_ports: DEFAULT_EXTERNAL_PORTS.to_vec(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LabFile {
+    nodes: Option<usize>,
+    external: Option<Vec<IpAddr>>,
+    external_ports: Option<Vec<String>>,
+}
+
+impl LabConfig {
+    /// Defaults, overridden by `dir/lab.toml` when it exists.
+    pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
+        let mut config = Self::default();
+        let path = dir.join(LAB_FILE);
+        if !path.exists() {
+            return Ok(config);
+        }
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file: LabFile =
+            toml::from_str(&text).with_context(|| format!("{}: invalid lab settings", path.display()))?;
+        if let Some(n) = file.nodes {
+            config.nodes = n;
+        }
+        if let Some(ext) = file.external {
+            config.externals = ext;
+        }
+        if let Some(ports) = file.external_ports {
+            config.external_ports = ports
+                .iter()
+                .map(|p| parse_port(p))
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{}: external-ports", path.display()))?;
+        }
+        Ok(config)
+    }
+}
+
+/// Parses `PORT` (TCP) or `PORT/PROTOCOL`, e.g. `22`, `53/udp`, `9000/SCTP`.
+pub fn parse_port(s: &str) -> anyhow::Result<(Protocol, u16)> {
+    let (port, protocol) = match s.split_once('/') {
+        Some((port, proto)) => (
+            port,
+            Protocol::parse(&proto.to_ascii_uppercase())
+                .with_context(|| format!("{s:?}: protocol must be tcp, udp or sctp"))?,
+        ),
+        None => (s, Protocol::Tcp),
+    };
+    let port: u16 = port
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .with_context(|| format!("{s:?}: not a port number (1-65535)"))?;
+    Ok((protocol, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("22").unwrap(), (Protocol::Tcp, 22));
+        assert_eq!(parse_port("53/udp").unwrap(), (Protocol::Udp, 53));
+        assert_eq!(parse_port("9/SCTP").unwrap(), (Protocol::Sctp, 9));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("80/icmp").is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! The network-namespace lab: a simulated node (or several) built from the manifests, the
+//! real datapath attached to every pod, probe servers on every declared port, and probes
+//! between every ordered pair of hosts. Everything is torn down on drop, also on error.
+
+pub mod config;
+pub mod probe;
+pub mod sctp;
+pub mod topology;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use futures::future::join_all;
+use tokio::{sync::Semaphore, task::JoinSet};
+
+pub use self::config::LabConfig;
+use self::topology::{Host, HostKind, HostSpec, PIN_PREFIX, Topology, node_name};
+use crate::{
+    compiler::{Compiled, Compiler, NodeConfig},
+    datapath::{Datapath, bpffs},
+    model::{Cluster, ObjectRef, Protocol},
+    netns::{self, NetNs},
+    report::{Family, Probe, Reachability},
+};
+
+/// Probes in flight at once.
+const MAX_CONCURRENT_PROBES: usize = 128;
+
+/// A running lab.
+pub struct Lab {
+    /// Probe servers; aborted first on drop.
+    servers: JoinSet<()>,
+    /// One datapath per node (programs detach and pins go when dropped).
+    datapaths: Vec<Datapath>,
+    compilers: Vec<Compiler>,
+    compiled: Vec<Compiled>,
+    /// The namespaces, deleted last.
+    topology: Topology,
+    cluster: Cluster,
+}
+
+impl Lab {
+    /// Builds the lab for `cluster` and starts enforcing. Needs root and a tokio runtime.
+    pub async fn start(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
+        netns::sweep_stale(topology::NETNS_PREFIX);
+        bpffs::sweep_stale(PIN_PREFIX);
+
+        let nodes = config.nodes.max(1);
+        let mut cluster = cluster.clone();
+        let mut hosts = Vec::new();
+        let mut missing = Vec::new();
+        let mut enforceable: Vec<ObjectRef> = Vec::new();
+        for pod in cluster.pods.values() {
+            if pod.host_network {
+                tracing::warn!(pod = %pod.id, "host-network pod left out of the lab");
+            } else if pod.ips.is_empty() {
+                missing.push(pod.id.to_string());
+            } else {
+                enforceable.push(pod.id.clone());
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "the lab needs pod addresses, but these pods have no status.podIPs/status.podIP: {}",
+                missing.join(", ")
+            );
+        }
+        // Pods are spread over the nodes in name order; external hosts too.
+        for (i, id) in enforceable.iter().enumerate() {
+            let node = i % nodes;
+            let pod = cluster.pods.get_mut(id).expect("listed above");
+            pod.node = Some(node_name(node));
+            let mut serves: Vec<(Protocol, u16)> =
+                pod.ports.iter().map(|p| (p.protocol, p.port)).collect();
+            serves.sort();
+            serves.dedup();
+            hosts.push(HostSpec {
+                kind: HostKind::Pod(id.clone()),
+                label: id.to_string(),
+                ips: pod.ips.clone(),
+                node,
+                serves,
+            });
+        }
+        for (i, ip) in config.externals.iter().enumerate() {
+            hosts.push(HostSpec {
+                kind: HostKind::External,
+                label: ip.to_string(),
+                ips: vec![*ip],
+                node: i % nodes,
+                serves: config.external_ports.clone(),
+            });
+        }
+
+        let topology = Topology::build(nodes, hosts).context("building the lab network")?;
+        let mut lab = Self {
+            servers: JoinSet::new(),
+            datapaths: Vec::new(),
+            compilers: Vec::new(),
+            compiled: Vec::new(),
+            topology,
+            cluster,
+        };
+        for (i, node) in lab.topology.nodes.iter().enumerate() {
+            let instance = format!("{PIN_PREFIX}{}-n{}", lab.topology.id, i + 1);
+            let mut datapath = Datapath::load(&instance)
+                .with_context(|| format!("loading the datapath of {}", node.name))?
+                .unpin_on_drop();
+            for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
+                if let HostKind::Pod(pod) = &host.kind {
+                    let ifindex = node.netns.ifindex(&host.node_if)?;
+                    datapath.adopt_interface(pod, ifindex);
+                }
+            }
+            lab.datapaths.push(datapath);
+            lab.compilers.push(Compiler::new());
+            lab.compiled.push(Compiled::default());
+        }
+        lab.sync().context("writing the maps")?;
+        for (i, node) in lab.topology.nodes.iter().enumerate() {
+            for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
+                if let HostKind::Pod(pod) = &host.kind {
+                    lab.datapaths[i]
+                        .attach(pod, Some(&node.netns), &host.node_if)
+                        .with_context(|| format!("attaching to the interface of {pod}"))?;
+                }
+            }
+        }
+        for host in &lab.topology.hosts {
+            probe::serve(host, &mut lab.servers)
+                .with_context(|| format!("starting probe servers in {}", host.label))?;
+        }
+        Ok(lab)
+    }
+
+    /// Recompiles every node for the lab's cluster and writes the maps.
+    fn sync(&mut self) -> anyhow::Result<()> {
+        for (i, node) in self.topology.nodes.iter().enumerate() {
+            let config = NodeConfig {
+                name: node.name.clone(),
+                addresses: node.addresses.clone(),
+            };
+            let compiled = self.compilers[i].compile(&self.cluster, &config);
+            self.datapaths[i].sync(&compiled)?;
+            self.compiled[i] = compiled;
+        }
+        Ok(())
+    }
+
+    /// Replaces the NetworkPolicies (and namespace labels) with those of `cluster` and
+    /// updates the maps. Pods stay where they are.
+    pub fn update_policies(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        self.cluster.policies = cluster.policies.clone();
+        self.cluster.namespaces = cluster.namespaces.clone();
+        self.sync()
+    }
+
+    /// What node `i` compiled (rejected policies, warnings, map contents).
+    pub fn compiled(&self, node: usize) -> &Compiled {
+        &self.compiled[node]
+    }
+
+    /// The datapath of node `i`.
+    pub fn datapath(&self, node: usize) -> &Datapath {
+        &self.datapaths[node]
+    }
+
+    /// The datapath of node `i`, mutable (to drain events).
+    pub fn datapath_mut(&mut self, node: usize) -> &mut Datapath {
+        &mut self.datapaths[node]
+    }
+
+    /// The hosts (pods and external hosts).
+    pub fn hosts(&self) -> &[Host] {
+        &self.topology.hosts
+    }
+
+    /// A host by its label (`namespace/pod` or the external address).
+    pub fn host(&self, label: &str) -> anyhow::Result<&Host> {
+        self.topology
+            .hosts
+            .iter()
+            .find(|h| h.label == label)
+            .with_context(|| format!("no host {label} in the lab"))
+    }
+
+    /// The namespace of a host, to run custom traffic from it.
+    pub fn netns(&self, label: &str) -> anyhow::Result<&NetNs> {
+        Ok(&self.host(label)?.netns)
+    }
+
+    /// The namespace of node `i`.
+    pub fn node_netns(&self, node: usize) -> &NetNs {
+        &self.topology.nodes[node].netns
+    }
+
+    /// The name and index of each node.
+    pub fn node_names(&self) -> Vec<String> {
+        self.topology.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// One probe from host `from` to host `to` over `family`.
+    pub async fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: Protocol,
+        family: Family,
+    ) -> anyhow::Result<bool> {
+        let dst = self.host(to)?;
+        let ip = dst
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(ip) == family)
+            .with_context(|| format!("{to} has no {family:?} address"))?;
+        Ok(probe::probe(&self.host(from)?.netns, ip, port, protocol).await?)
+    }
+
+    /// Probes every ordered pair of hosts (external to external excepted) on every port the
+    /// destination serves, once per address family both have.
+    pub async fn probe_all(&self) -> anyhow::Result<Reachability> {
+        let mut plan = Vec::new();
+        for src in &self.topology.hosts {
+            for dst in &self.topology.hosts {
+                if src.kind == HostKind::External && dst.kind == HostKind::External {
+                    continue;
+                }
+                let families: BTreeSet<Family> = src.ips.iter().map(Family::of).collect();
+                for ip in dst.ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
+                    for &(protocol, port) in &dst.serves {
+                        plan.push((src, dst, *ip, protocol, port));
+                    }
+                }
+            }
+        }
+        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
+        let results = join_all(plan.into_iter().map(|(src, dst, ip, protocol, port)| {
+            let limit = Arc::clone(&limit);
+            async move {
+                let _permit = limit.acquire().await.expect("never closed");
+                let allowed = probe::probe(&src.netns, ip, port, protocol)
+                    .await
+                    .with_context(|| format!("probing {} -> {ip}:{port}/{protocol}", src.label))?;
+                anyhow::Ok(Probe {
+                    from: src.label.clone(),
+                    to: dst.label.clone(),
+                    port,
+                    protocol,
+                    family: Family::of(&ip),
+                    allowed,
+                })
+            }
+        }))
+        .await;
+        Ok(Reachability::new(results.into_iter().collect::<Result<_, _>>()?))
+    }
+
+    /// Stops the probe servers and waits for them, then tears everything down.
+    pub async fn shutdown(mut self) {
+        self.servers.shutdown().await;
+    }
+}
+

@@ -1,0 +1,214 @@
+//! Probe servers and probes: real TCP, UDP and (crafted) SCTP exchanges between hosts.
+//!
+//! A probe succeeds when the first packet reaches the destination and its answer comes
+//! back: a TCP handshake, a UDP echo, an SCTP INIT answered by an INIT ACK. Sockets are
+//! created inside the host's namespace and then driven by tokio from anywhere.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+use tokio::{
+    net::{TcpListener, TcpSocket, UdpSocket},
+    task::JoinSet,
+    time::timeout,
+};
+
+use super::{
+    sctp::{self, CHUNK_INIT, CHUNK_INIT_ACK, RawSctp},
+    topology::Host,
+};
+use crate::{model::Protocol, netns::NetNs};
+
+/// How long a TCP handshake may take: long enough for one SYN retransmission (after 1 s),
+/// so a single lost SYN does not read as "denied".
+pub const TCP_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Datagrams sent per UDP or SCTP probe before it counts as denied.
+pub const DATAGRAM_ATTEMPTS: u32 = 4;
+/// How long to wait for each datagram's answer.
+pub const DATAGRAM_WAIT: Duration = Duration::from_millis(500);
+const LISTEN_BACKLOG: i32 = 1024;
+/// Ephemeral range for SCTP probe source ports.
+const SCTP_PORT_BASE: u16 = 49_152;
+
+fn unspecified(ipv6: bool) -> IpAddr {
+    if ipv6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    }
+}
+
+fn socket(ipv6: bool, ty: Type) -> io::Result<Socket> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, ty, None)?;
+    if ipv6 {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Starts a host's servers on every port it serves, for each of its address families.
+pub fn serve(host: &Host, tasks: &mut JoinSet<()>) -> io::Result<()> {
+    let families: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|v6| host.ips.iter().any(|ip| ip.is_ipv6() == *v6))
+        .collect();
+    let serves = host.serves.clone();
+    let (tcp, udp, raw) = host.netns.run(|| -> io::Result<_> {
+        let (mut tcp, mut udp, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        for &v6 in &families {
+            for &(protocol, port) in &serves {
+                let addr = SocketAddr::new(unspecified(v6), port).into();
+                match protocol {
+                    Protocol::Tcp => {
+                        let s = socket(v6, Type::STREAM)?;
+                        s.set_reuse_address(true)?;
+                        s.bind(&addr)?;
+                        s.listen(LISTEN_BACKLOG)?;
+                        tcp.push(s);
+                    }
+                    Protocol::Udp => {
+                        let s = socket(v6, Type::DGRAM)?;
+                        s.bind(&addr)?;
+                        udp.push(s);
+                    }
+                    Protocol::Sctp => {}
+                }
+            }
+            if serves.iter().any(|(p, _)| *p == Protocol::Sctp) {
+                raw.push(RawSctp::open(v6)?);
+            }
+        }
+        Ok((tcp, udp, raw))
+    })??;
+
+    for s in tcp {
+        let listener = TcpListener::from_std(std::net::TcpListener::from(s))?;
+        tasks.spawn(async move {
+            // Completing the handshake is the answer; the connection is closed at once.
+            while listener.accept().await.is_ok() {}
+        });
+    }
+    for s in udp {
+        let socket = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
+        tasks.spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+    }
+    let sctp_ports: Vec<u16> = serves
+        .iter()
+        .filter(|(p, _)| *p == Protocol::Sctp)
+        .map(|(_, port)| *port)
+        .collect();
+    for s in raw {
+        let raw = RawSctp::new(s)?;
+        let ports = sctp_ports.clone();
+        tasks.spawn(async move {
+            while let Ok((from, bytes)) = raw.recv().await {
+                let Some(init) = sctp::parse(&bytes) else {
+                    continue;
+                };
+                if init.chunk != CHUNK_INIT || !ports.contains(&init.dst_port) {
+                    continue;
+                }
+                let ack = sctp::Packet {
+                    src_port: init.dst_port,
+                    dst_port: init.src_port,
+                    vtag: init.initiate_tag,
+                    chunk: CHUNK_INIT_ACK,
+                    initiate_tag: init.initiate_tag.wrapping_add(1),
+                };
+                let _ = raw.send(from, &sctp::build(&ack)).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+static NONCE: AtomicU32 = AtomicU32::new(0);
+
+/// A value no other probe of this process uses.
+fn nonce() -> u32 {
+    let seed = std::process::id().rotate_left(16);
+    seed ^ NONCE.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9)
+}
+
+/// Whether `from_ns` can open a `protocol` exchange with `to:port`.
+pub async fn probe(from_ns: &NetNs, to: IpAddr, port: u16, protocol: Protocol) -> io::Result<bool> {
+    let dst = SocketAddr::new(to, port);
+    let v6 = to.is_ipv6();
+    match protocol {
+        Protocol::Tcp => {
+            let s = from_ns.run(|| socket(v6, Type::STREAM))??;
+            let s = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+            Ok(match timeout(TCP_TIMEOUT, s.connect(dst)).await {
+                Ok(Ok(_)) => true,
+                // A reset also crossed the datapath both ways.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => true,
+                Ok(Err(_)) | Err(_) => false,
+            })
+        }
+        Protocol::Udp => {
+            let s = from_ns.run(|| -> io::Result<Socket> {
+                let s = socket(v6, Type::DGRAM)?;
+                s.bind(&SocketAddr::new(unspecified(v6), 0).into())?;
+                Ok(s)
+            })??;
+            let s = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
+            s.connect(dst).await?;
+            let token = nonce().to_be_bytes();
+            let mut buf = [0u8; 16];
+            for _ in 0..DATAGRAM_ATTEMPTS {
+                s.send(&token).await?;
+                match timeout(DATAGRAM_WAIT, s.recv(&mut buf)).await {
+                    Ok(Ok(n)) if buf[..n] == token => return Ok(true),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(true),
+                    _ => {}
+                }
+            }
+            Ok(false)
+        }
+        Protocol::Sctp => {
+            let raw = RawSctp::new(from_ns.run(|| RawSctp::open(v6))??)?;
+            let tag = nonce() | 1;
+            let init = sctp::Packet {
+                src_port: SCTP_PORT_BASE + (tag % 16_384) as u16,
+                dst_port: port,
+                vtag: 0,
+                chunk: CHUNK_INIT,
+                initiate_tag: tag,
+            };
+            let bytes = sctp::build(&init);
+            for _ in 0..DATAGRAM_ATTEMPTS {
+                raw.send(to, &bytes).await?;
+                let answered = timeout(DATAGRAM_WAIT, async {
+                    loop {
+                        let (from, reply) = raw.recv().await?;
+                        if from == to
+                            && sctp::parse(&reply).is_some_and(|r| {
+                                r.chunk == CHUNK_INIT_ACK && r.vtag == tag && r.src_port == port
+                            })
+                        {
+                            return io::Result::Ok(());
+                        }
+                    }
+                })
+                .await;
+                if let Ok(r) = answered {
+                    r?;
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
