@@ -97,7 +97,11 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
 
 /// Adds the objects of one file's text to `loaded`.
 pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
-    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+    // Only true/false are booleans (YAML 1.2): `namespace: y` names a namespace, as
+    // kubectl reads it, rather than being YAML 1.1's "yes".
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, options) {
         Ok(docs) => docs,
         Err(e) => {
             loaded.errors.push(ManifestError {

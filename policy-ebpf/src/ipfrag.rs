@@ -1,6 +1,10 @@
 //! Fragments: later fragments carry no ports, so they inherit those of their datagram's
 //! first fragment, which passed the policy. A later fragment whose first fragment was not
 //! allowed (or not seen) has nothing to inherit and cannot get past an isolated pod.
+//!
+//! The table is node-wide: a first fragment allowed anywhere on the node (say, leaving its
+//! sender) teaches its datagram's ports; each endpoint still decides the later fragments
+//! with those ports, by its own conntrack and policy.
 
 use policy_common::maps::{FRAG_TIMEOUT_NS, FragKey, FragValue};
 

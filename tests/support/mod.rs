@@ -1,1 +1,116 @@
-//! Shared test helpers.
+//! Shared test helpers: clusters from YAML, the standard two-namespace model, a runtime per
+//! test, and reachability assertions that list every wrong verdict.
+
+pub mod packets;
+
+use std::{fmt::Write as _, future::Future, path::Path};
+
+use policy_agent::{
+    manifests::{self, Loaded},
+    model::{Cluster, Protocol},
+    report::{Family, Probe, Reachability},
+};
+
+/// A cluster from manifest text; panics on any manifest error.
+pub fn cluster(yaml: &str) -> Cluster {
+    let mut loaded = Loaded::default();
+    manifests::load_str(yaml, Path::new("test.yaml"), &mut loaded);
+    assert!(loaded.errors.is_empty(), "manifest errors: {:?}", loaded.errors);
+    loaded.cluster
+}
+
+/// The standard model: namespaces x (team=x) and y (team=y), pods a and b in each
+/// (labels app=a / app=b), all dual-stack, each serving TCP 80 and 81, UDP 80 and SCTP 80.
+pub const STANDARD: &str = r#"
+kind: Namespace
+metadata: {name: x, labels: {team: x}}
+---
+kind: Namespace
+metadata: {name: y, labels: {team: y}}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 81}, {containerPort: 80, protocol: UDP}, {containerPort: 80, protocol: SCTP}]}]}
+status: {podIPs: [{ip: 10.100.0.1}, {ip: "fd00:100::1"}]}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 81}, {containerPort: 80, protocol: UDP}, {containerPort: 80, protocol: SCTP}]}]}
+status: {podIPs: [{ip: 10.100.0.2}, {ip: "fd00:100::2"}]}
+---
+kind: Pod
+metadata: {name: a, namespace: y, labels: {app: a}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 81}, {containerPort: 80, protocol: UDP}, {containerPort: 80, protocol: SCTP}]}]}
+status: {podIPs: [{ip: 10.100.0.3}, {ip: "fd00:100::3"}]}
+---
+kind: Pod
+metadata: {name: b, namespace: y, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 81}, {containerPort: 80, protocol: UDP}, {containerPort: 80, protocol: SCTP}]}]}
+status: {podIPs: [{ip: 10.100.0.4}, {ip: "fd00:100::4"}]}
+"#;
+
+/// The standard model plus `policies`.
+pub fn standard_with(policies: &str) -> Cluster {
+    cluster(&format!("{STANDARD}\n---\n{policies}"))
+}
+
+/// Runs `f` on a fresh multi-threaded runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Asserts every probe's verdict is `expected(probe)`; the message lists all that are not.
+pub fn assert_reachability(r: &Reachability, expected: impl Fn(&Probe) -> bool) {
+    assert!(!r.probes.is_empty(), "no probes were made");
+    let mut wrong = String::new();
+    for p in &r.probes {
+        let want = expected(p);
+        if p.allowed != want {
+            let _ = writeln!(
+                wrong,
+                "  {} -> {} {}/{} {:?}: got {}, want {}",
+                p.from,
+                p.to,
+                p.protocol,
+                p.port,
+                p.family,
+                verdict(p.allowed),
+                verdict(want)
+            );
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "wrong verdicts:\n{wrong}\nfull table:\n{}",
+        r.render_table()
+    );
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed { "allowed" } else { "denied" }
+}
+
+/// Namespace part of a pod label (`x/a` -> `x`), or `None` for an external host.
+pub fn ns(label: &str) -> Option<&str> {
+    label.split_once('/').map(|(ns, _)| ns)
+}
+
+/// Whether a probe is TCP on `port`.
+pub fn tcp(p: &Probe, port: u16) -> bool {
+    p.protocol == Protocol::Tcp && p.port == port
+}
+
+/// Whether a probe goes from a host to itself (always allowed).
+pub fn to_self(p: &Probe) -> bool {
+    p.from == p.to
+}
+
+/// Whether a probe uses IPv6.
+pub fn v6(p: &Probe) -> bool {
+    p.family == Family::IPv6
+}
