@@ -44,11 +44,9 @@ fn with_externals(externals: &[&str]) -> LabConfig {
 
 #[test]
 fn pods_no_policy_selects_accept_everything() {
-    check(
-        "",
-        with_externals(&["203.0.113.5", "2001:db8::5"]),
-        |_| true,
-    );
+    check("", with_externals(&["203.0.113.5", "2001:db8::5"]), |_| {
+        true
+    });
 }
 
 #[test]
@@ -152,7 +150,12 @@ spec:
     - ipBlock: {cidr: "2001:db8::/32", except: ["2001:db8:2::/48"]}
     - ipBlock: {cidr: 10.100.0.2/32}
 "#,
-        with_externals(&["192.168.1.10", "192.168.2.10", "2001:db8:1::10", "2001:db8:2::10"]),
+        with_externals(&[
+            "192.168.1.10",
+            "192.168.2.10",
+            "2001:db8:1::10",
+            "2001:db8:2::10",
+        ]),
         |p| {
             p.to != "x/a"
                 || to_self(p)
@@ -239,8 +242,8 @@ spec:
 fn replies_pass_but_the_reverse_connection_is_denied() {
     // y/a is egress-isolated with no egress rule: it can answer x/a, never call it.
     check(Y_A_SERVES_X_A_ONLY, LabConfig::default(), |p| {
-        let into_y_a = p.to != "y/a"
-            || (p.from == "x/a" && p.port == 80 && p.protocol != Protocol::Sctp);
+        let into_y_a =
+            p.to != "y/a" || (p.from == "x/a" && p.port == 80 && p.protocol != Protocol::Sctp);
         to_self(p) || (p.from != "y/a" && into_y_a)
     });
 
@@ -346,7 +349,10 @@ fn a_spoofed_source_address_is_dropped() {
             let x_a = lab.host("x/a").unwrap().ips[usize::from(v6)];
             let x_b = lab.host("x/b").unwrap().ips[usize::from(v6)];
             let y_a = lab.host("y/a").unwrap().ips[usize::from(v6)];
-            let receiver = lab.netns("y/a").unwrap().run(move || bind(v6, Type::DGRAM, 9999));
+            let receiver = lab
+                .netns("y/a")
+                .unwrap()
+                .run(move || bind(v6, Type::DGRAM, 9999));
             let receiver = UdpSocket::from_std(receiver.unwrap().unwrap().into()).unwrap();
 
             let raw = lab
@@ -364,13 +370,22 @@ fn a_spoofed_source_address_is_dropped() {
                 .unwrap();
             let send = |src, payload: &[u8]| {
                 let packet = Packet::udp(src, y_a, 5555, 9999, payload).ip_packet();
-                raw.send_to(&packet, &SocketAddr::new(y_a, 0).into()).unwrap();
+                raw.send_to(&packet, &SocketAddr::new(y_a, 0).into())
+                    .unwrap();
             };
 
             send(x_a, b"honest");
-            assert_eq!(receive(&receiver).await.as_deref(), Some(&b"honest"[..]), "control packet");
+            assert_eq!(
+                receive(&receiver).await.as_deref(),
+                Some(&b"honest"[..]),
+                "control packet"
+            );
             send(x_b, b"spoofed");
-            assert_eq!(receive(&receiver).await, None, "a packet claiming to be x/b got through");
+            assert_eq!(
+                receive(&receiver).await,
+                None,
+                "a packet claiming to be x/b got through"
+            );
         }
         assert!(drops(&lab, Direction::Egress, DropReason::SpoofedSource) >= 2);
         lab.shutdown().await;
@@ -386,17 +401,33 @@ fn fragments_of_a_denied_flow_are_dropped() {
         let datagram: Vec<u8> = (0..4000).map(|i| i as u8).collect();
         for v6 in [false, true] {
             let y_a = lab.host("y/a").unwrap().ips[usize::from(v6)];
-            let receiver = lab.netns("y/a").unwrap().run(move || bind(v6, Type::DGRAM, 9000));
+            let receiver = lab
+                .netns("y/a")
+                .unwrap()
+                .run(move || bind(v6, Type::DGRAM, 9000));
             let receiver = UdpSocket::from_std(receiver.unwrap().unwrap().into()).unwrap();
             for (from, allowed) in [("x/a", true), ("x/b", false)] {
-                let sender = lab.netns(from).unwrap().run(move || bind(v6, Type::DGRAM, 0));
+                let sender = lab
+                    .netns(from)
+                    .unwrap()
+                    .run(move || bind(v6, Type::DGRAM, 0));
                 let sender = UdpSocket::from_std(sender.unwrap().unwrap().into()).unwrap();
-                sender.send_to(&datagram, SocketAddr::new(y_a, 9000)).await.unwrap();
+                sender
+                    .send_to(&datagram, SocketAddr::new(y_a, 9000))
+                    .await
+                    .unwrap();
                 let got = receive(&receiver).await;
                 if allowed {
-                    assert_eq!(got.as_deref(), Some(&datagram[..]), "{from} v6={v6}: reassembled");
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(&datagram[..]),
+                        "{from} v6={v6}: reassembled"
+                    );
                 } else {
-                    assert_eq!(got, None, "{from} v6={v6}: no fragment of a denied flow passes");
+                    assert_eq!(
+                        got, None,
+                        "{from} v6={v6}: no fragment of a denied flow passes"
+                    );
                 }
             }
         }

@@ -91,12 +91,16 @@ impl Fixture {
 
     /// Packet entering the pod.
     fn ingress(&self, p: &Packet) -> i32 {
-        self.datapath.test_run(programs::TO_POD, &p.frame()).unwrap()
+        self.datapath
+            .test_run(programs::TO_POD, &p.frame())
+            .unwrap()
     }
 
     /// Packet leaving the pod.
     fn egress(&self, p: &Packet) -> i32 {
-        self.datapath.test_run(programs::FROM_POD, &p.frame()).unwrap()
+        self.datapath
+            .test_run(programs::FROM_POD, &p.frame())
+            .unwrap()
     }
 
     /// Packets counted for `dir` with this verdict and reason.
@@ -105,7 +109,9 @@ impl Fixture {
             .stats()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.direction == dir as u8 && k.verdict == verdict as u8 && k.reason == reason)
+            .filter(|(k, _)| {
+                k.direction == dir as u8 && k.verdict == verdict as u8 && k.reason == reason
+            })
             .map(|(_, v)| v.packets)
             .sum()
     }
@@ -136,10 +142,22 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 #[test]
 fn tcp_is_decided_by_peer_and_port() {
     let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
-    assert_eq!(f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN)), ALLOW);
-    assert_eq!(f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40001, 81, SYN)), DROP);
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 40000, 80, SYN)), DROP);
-    assert_eq!(f.ingress(&Packet::tcp(ip(PEER6), ip(LOCAL6), 40000, 80, SYN)), ALLOW);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40001, 81, SYN)),
+        DROP
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 40000, 80, SYN)),
+        DROP
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER6), ip(LOCAL6), 40000, 80, SYN)),
+        ALLOW
+    );
     assert_eq!(f.dropped(Direction::Ingress, DropReason::PolicyDenied), 2);
     assert_eq!(f.allowed(Direction::Ingress, AllowReason::Policy), 2);
 }
@@ -153,10 +171,19 @@ fn truncated_headers_are_dropped_for_isolated_pods_only() {
     let mut lying = Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN).frame();
     let claimed = u16::from_be_bytes([lying[16], lying[17]]) + 100;
     lying[16..18].copy_from_slice(&claimed.to_be_bytes());
-    assert_eq!(isolated.datapath.test_run(programs::TO_POD, &lying).unwrap(), DROP);
+    assert_eq!(
+        isolated
+            .datapath
+            .test_run(programs::TO_POD, &lying)
+            .unwrap(),
+        DROP
+    );
     let cut_udp = Packet::udp(ip(PEER6), ip(LOCAL6), 5353, 53, &[]).truncated(2);
     assert_eq!(isolated.ingress(&cut_udp), DROP);
-    assert_eq!(isolated.dropped(Direction::Ingress, DropReason::Malformed), 3);
+    assert_eq!(
+        isolated.dropped(Direction::Ingress, DropReason::Malformed),
+        3
+    );
 
     // Not isolated: not ours to judge; the kernel drops what it cannot use.
     let open = Fixture::new("");
@@ -198,11 +225,15 @@ fn ipv6_extension_headers_are_walked_and_bounded() {
     assert_eq!(f.ingress(&routing(1)), DROP);
 
     // A chain longer than any real traffic uses fails closed.
-    let long = (0..9).fold(Packet::tcp(ip(PEER6), ip(LOCAL6), 40002, 80, SYN), |p, _| {
-        p.ext(proto::IPV6_DEST_OPTS, &PADN)
-    });
+    let long = (0..9).fold(
+        Packet::tcp(ip(PEER6), ip(LOCAL6), 40002, 80, SYN),
+        |p, _| p.ext(proto::IPV6_DEST_OPTS, &PADN),
+    );
     assert_eq!(f.ingress(&long), DROP);
-    assert_eq!(f.dropped(Direction::Ingress, DropReason::UnsupportedHeader), 2);
+    assert_eq!(
+        f.dropped(Direction::Ingress, DropReason::UnsupportedHeader),
+        2
+    );
 }
 
 #[test]
@@ -216,10 +247,22 @@ spec:
   ingress: [{ports: [{protocol: SCTP, port: 9000}]}]
 "#,
     );
-    assert_eq!(f.ingress(&Packet::sctp_init(ip(WORLD), ip(LOCAL), 5000, 9000)), ALLOW);
-    assert_eq!(f.ingress(&Packet::sctp_init(ip(WORLD), ip(LOCAL), 5000, 9001)), DROP);
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 5000, 9000, SYN)), DROP);
-    assert_eq!(f.ingress(&Packet::sctp_init(ip(PEER6), ip(LOCAL6), 5000, 9000)), ALLOW);
+    assert_eq!(
+        f.ingress(&Packet::sctp_init(ip(WORLD), ip(LOCAL), 5000, 9000)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::sctp_init(ip(WORLD), ip(LOCAL), 5000, 9001)),
+        DROP
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 5000, 9000, SYN)),
+        DROP
+    );
+    assert_eq!(
+        f.ingress(&Packet::sctp_init(ip(PEER6), ip(LOCAL6), 5000, 9000)),
+        ALLOW
+    );
 }
 
 const EGRESS_HTTPS_ONLY: &str = r#"
@@ -237,9 +280,18 @@ fn replies_and_related_icmp_errors_of_tracked_flows_pass() {
     let syn = Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, SYN);
     assert_eq!(f.egress(&syn), ALLOW);
     // The reply passes although ingress is deny-all; a new connection from there does not.
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN_ACK)), ALLOW);
-    assert_eq!(f.egress(&Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, ACK)), ALLOW);
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40001, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN_ACK)),
+        ALLOW
+    );
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, ACK)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40001, SYN)),
+        DROP
+    );
     assert_eq!(f.allowed(Direction::Ingress, AllowReason::Established), 1);
 
     // "Destination unreachable" from a router on the way, about that SYN: related.
@@ -255,18 +307,33 @@ fn replies_and_related_icmp_errors_of_tracked_flows_pass() {
     // IPv6: packet too big about a tracked flow (path MTU discovery must work).
     let syn6 = Packet::tcp(ip(LOCAL6), ip("2001:db8::9"), 40000, 443, SYN);
     assert_eq!(f.egress(&syn6), ALLOW);
-    let too_big = Packet::icmp_error(ip("2001:db8::1"), ip(LOCAL6), icmpv6::PACKET_TOO_BIG, 0, &syn6);
+    let too_big = Packet::icmp_error(
+        ip("2001:db8::1"),
+        ip(LOCAL6),
+        icmpv6::PACKET_TOO_BIG,
+        0,
+        &syn6,
+    );
     assert_eq!(f.ingress(&too_big), ALLOW);
 }
 
 #[test]
 fn a_new_syn_after_a_reset_is_decided_again() {
     let f = Fixture::new(EGRESS_HTTPS_ONLY);
-    assert_eq!(f.egress(&Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, SYN)), ALLOW);
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, SYN)),
+        ALLOW
+    );
     const RST: u8 = 0x04;
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, RST)), ALLOW);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, RST)),
+        ALLOW
+    );
     // The peer now opens a connection on the same ports: a new flow, denied by ingress.
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN)),
+        DROP
+    );
 }
 
 const INGRESS_DNS: &str = r#"
@@ -292,15 +359,24 @@ fn later_fragments_follow_their_first_fragment() {
         assert_eq!(f.ingress(&denied.clone().fragment(0, true, 9)), DROP);
         assert_eq!(f.ingress(&denied.clone().fragment(6, false, 9)), DROP);
     }
-    assert_eq!(f.dropped(Direction::Ingress, DropReason::UnknownFragment), 4);
+    assert_eq!(
+        f.dropped(Direction::Ingress, DropReason::UnknownFragment),
+        4
+    );
     assert_eq!(f.dropped(Direction::Ingress, DropReason::PolicyDenied), 2);
 }
 
 #[test]
 fn icmp_echo_needs_a_rule_without_ports() {
     let with_ports = Fixture::new(INGRESS_FROM_PEER_TCP_80);
-    assert_eq!(with_ports.ingress(&Packet::echo_request(ip(PEER), ip(LOCAL), 7)), DROP);
-    assert_eq!(with_ports.ingress(&Packet::echo_request(ip(PEER6), ip(LOCAL6), 7)), DROP);
+    assert_eq!(
+        with_ports.ingress(&Packet::echo_request(ip(PEER), ip(LOCAL), 7)),
+        DROP
+    );
+    assert_eq!(
+        with_ports.ingress(&Packet::echo_request(ip(PEER6), ip(LOCAL6), 7)),
+        DROP
+    );
 
     let without_ports = Fixture::new(
         r#"
@@ -312,21 +388,54 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {role: peer}}}]}]
 "#,
     );
-    assert_eq!(without_ports.ingress(&Packet::echo_request(ip(PEER), ip(LOCAL), 7)), ALLOW);
-    assert_eq!(without_ports.ingress(&Packet::echo_request(ip(PEER6), ip(LOCAL6), 7)), ALLOW);
+    assert_eq!(
+        without_ports.ingress(&Packet::echo_request(ip(PEER), ip(LOCAL), 7)),
+        ALLOW
+    );
+    assert_eq!(
+        without_ports.ingress(&Packet::echo_request(ip(PEER6), ip(LOCAL6), 7)),
+        ALLOW
+    );
     // The reply leaves through the egress-isolated pod on the tracked flow.
-    assert_eq!(without_ports.egress(&Packet::echo_reply(ip(LOCAL), ip(PEER), 7)), ALLOW);
-    assert_eq!(without_ports.allowed(Direction::Egress, AllowReason::Established), 1);
+    assert_eq!(
+        without_ports.egress(&Packet::echo_reply(ip(LOCAL), ip(PEER), 7)),
+        ALLOW
+    );
+    assert_eq!(
+        without_ports.allowed(Direction::Egress, AllowReason::Established),
+        1
+    );
 }
 
 #[test]
 fn arp_and_neighbour_discovery_pass_but_cannot_be_spoofed() {
     let f = Fixture::new(DENY_ALL);
     let run = |prog, frame: Vec<u8>| f.datapath.test_run(prog, &frame).unwrap();
-    assert_eq!(run(programs::FROM_POD, arp_request([10, 0, 0, 1], [10, 0, 0, 254])), ALLOW);
-    assert_eq!(run(programs::FROM_POD, arp_request([0, 0, 0, 0], [10, 0, 0, 1])), ALLOW);
-    assert_eq!(run(programs::TO_POD, arp_request([10, 0, 0, 254], [10, 0, 0, 1])), ALLOW);
-    assert_eq!(run(programs::FROM_POD, arp_request([10, 0, 0, 77], [10, 0, 0, 254])), DROP);
+    assert_eq!(
+        run(
+            programs::FROM_POD,
+            arp_request([10, 0, 0, 1], [10, 0, 0, 254])
+        ),
+        ALLOW
+    );
+    assert_eq!(
+        run(programs::FROM_POD, arp_request([0, 0, 0, 0], [10, 0, 0, 1])),
+        ALLOW
+    );
+    assert_eq!(
+        run(
+            programs::TO_POD,
+            arp_request([10, 0, 0, 254], [10, 0, 0, 1])
+        ),
+        ALLOW
+    );
+    assert_eq!(
+        run(
+            programs::FROM_POD,
+            arp_request([10, 0, 0, 77], [10, 0, 0, 254])
+        ),
+        DROP
+    );
 
     const NEIGHBOUR_SOLICIT: u8 = 135;
     let ns = |src, hop| Packet::icmpv6(ip(src), ip("ff02::1:ff00:1"), NEIGHBOUR_SOLICIT).ttl(hop);
@@ -341,20 +450,55 @@ fn arp_and_neighbour_discovery_pass_but_cannot_be_spoofed() {
 #[test]
 fn spoofed_sources_are_dropped_even_without_policy() {
     let f = Fixture::new("");
-    assert_eq!(f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 1000, 53, b"q")), ALLOW);
-    assert_eq!(f.egress(&Packet::udp(ip("10.0.0.99"), ip(WORLD), 1000, 53, b"q")), DROP);
-    assert_eq!(f.egress(&Packet::udp(ip(PEER), ip(WORLD), 1000, 53, b"q")), DROP);
-    assert_eq!(f.egress(&Packet::udp(ip("fd00::99"), ip("2001:db8::1"), 1000, 53, b"q")), DROP);
+    assert_eq!(
+        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 1000, 53, b"q")),
+        ALLOW
+    );
+    assert_eq!(
+        f.egress(&Packet::udp(ip("10.0.0.99"), ip(WORLD), 1000, 53, b"q")),
+        DROP
+    );
+    assert_eq!(
+        f.egress(&Packet::udp(ip(PEER), ip(WORLD), 1000, 53, b"q")),
+        DROP
+    );
+    assert_eq!(
+        f.egress(&Packet::udp(
+            ip("fd00::99"),
+            ip("2001:db8::1"),
+            1000,
+            53,
+            b"q"
+        )),
+        DROP
+    );
     assert_eq!(f.dropped(Direction::Egress, DropReason::SpoofedSource), 3);
 }
 
 #[test]
 fn other_ethertypes_reach_only_pods_that_are_not_isolated() {
     let isolated = Fixture::new(DENY_ALL);
-    assert_eq!(isolated.datapath.test_run(programs::TO_POD, &vlan_frame()).unwrap(), DROP);
-    assert_eq!(isolated.datapath.test_run(programs::FROM_POD, &vlan_frame()).unwrap(), DROP);
+    assert_eq!(
+        isolated
+            .datapath
+            .test_run(programs::TO_POD, &vlan_frame())
+            .unwrap(),
+        DROP
+    );
+    assert_eq!(
+        isolated
+            .datapath
+            .test_run(programs::FROM_POD, &vlan_frame())
+            .unwrap(),
+        DROP
+    );
     let open = Fixture::new("");
-    assert_eq!(open.datapath.test_run(programs::TO_POD, &vlan_frame()).unwrap(), ALLOW);
+    assert_eq!(
+        open.datapath
+            .test_run(programs::TO_POD, &vlan_frame())
+            .unwrap(),
+        ALLOW
+    );
 }
 
 #[test]
@@ -380,17 +524,32 @@ spec:
   ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]
 "#,
     );
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 1, 80, SYN)), ALLOW);
-    assert_eq!(f.ingress(&Packet::tcp(ip("2001:db8::9"), ip(LOCAL6), 1, 80, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 1, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip("2001:db8::9"), ip(LOCAL6), 1, 80, SYN)),
+        DROP
+    );
     // ::ffff:192.0.2.9 is an IPv6 address, whatever it embeds.
-    assert_eq!(f.ingress(&Packet::tcp(ip("::ffff:192.0.2.9"), ip(LOCAL6), 1, 80, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip("::ffff:192.0.2.9"), ip(LOCAL6), 1, 80, SYN)),
+        DROP
+    );
 }
 
 #[test]
 fn the_node_always_reaches_its_pods() {
     let f = Fixture::new(DENY_ALL);
-    assert_eq!(f.ingress(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)), ALLOW);
-    assert_eq!(f.egress(&Packet::tcp(ip(LOCAL), ip(NODE_IP), 1, 10250, SYN)), ALLOW);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip(NODE_IP), 1, 10250, SYN)),
+        ALLOW
+    );
     assert_eq!(f.allowed(Direction::Ingress, AllowReason::Host), 1);
 }
 
@@ -398,11 +557,24 @@ fn the_node_always_reaches_its_pods() {
 fn flow_records_say_who_allowed_or_dropped_what() {
     let mut f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
     f.datapath.drain_events();
-    assert_eq!(f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN)), ALLOW);
-    assert_eq!(f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, ACK)), ALLOW);
-    assert_eq!(f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 40001, 22, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, ACK)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 40001, 22, SYN)),
+        DROP
+    );
     let events = f.datapath.drain_events();
-    assert_eq!(events.len(), 2, "one new flow and one drop, not the established packet: {events:?}");
+    assert_eq!(
+        events.len(),
+        2,
+        "one new flow and one drop, not the established packet: {events:?}"
+    );
 
     let allowed = &events[0];
     assert_eq!(allowed.verdict, Verdict::Allow as u8);
@@ -424,4 +596,28 @@ fn flow_records_say_who_allowed_or_dropped_what() {
     assert_eq!(dropped.direction, Direction::Ingress as u8);
     assert_eq!(dropped.local_port, 22);
     assert_eq!(dropped.proto, proto::TCP);
+}
+
+#[test]
+fn pinned_maps_dump_with_their_field_names() {
+    let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
+    let dump = |map: &str| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(f.datapath.pin_dir().join(map))
+            .output()
+            .expect("bpftool runs (`cargo xtask test` installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // With BTF, bpftool adds the typed form of each entry under "formatted".
+    let endpoints = dump("ENDPOINTS");
+    let entry = &endpoints[0]["formatted"];
+    assert_eq!(entry["key"], LOOPBACK_IFINDEX, "{endpoints}");
+    assert!(entry["value"]["endpoint_id"].is_u64(), "{endpoints}");
+    let policy = dump("POLICY");
+    let key = &policy[0]["formatted"]["key"];
+    assert_eq!(key["prefix_len"], 96, "{policy}");
+    assert_eq!(key["data"]["proto"], proto::TCP, "{policy}");
+    assert_eq!(key["data"]["port_be"], 80u16.to_be(), "{policy}");
 }

@@ -22,9 +22,7 @@ use k8s_openapi::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{
-    Cluster, ContainerPort, Namespace, ObjectRef, Origin, Pod, Policy, Protocol,
-};
+use crate::model::{Cluster, ContainerPort, Namespace, ObjectRef, Origin, Pod, Policy, Protocol};
 
 /// Namespace of objects that do not say.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -122,7 +120,11 @@ fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
     if doc.is_null() {
         return;
     }
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let label = object_label(&kind, &doc);
     let error = |field: Option<String>, message: String| ManifestError {
         file: file.to_owned(),
@@ -141,10 +143,9 @@ fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
         }
         "Namespace" => typed::<ApiNamespace>(doc).and_then(|ns| {
             let (name, _) = name_of(&ns.metadata, false)?;
-            loaded.cluster.add_namespace(Namespace::new(
-                name,
-                ns.metadata.labels.unwrap_or_default(),
-            ));
+            loaded
+                .cluster
+                .add_namespace(Namespace::new(name, ns.metadata.labels.unwrap_or_default()));
             Ok(())
         }),
         "Pod" => typed::<ApiPod>(doc).and_then(|pod| {
@@ -180,10 +181,7 @@ type FieldResult<T> = Result<T, (Option<String>, String)>;
 fn typed<T: DeserializeOwned>(doc: Value) -> FieldResult<T> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
-        (
-            (path != ".").then_some(path),
-            e.into_inner().to_string(),
-        )
+        ((path != ".").then_some(path), e.into_inner().to_string())
     })
 }
 
@@ -362,7 +360,15 @@ status: {podIP: 10.0.0.2}
             "{pod_err}"
         );
         let np_err = loaded.errors[1].to_string();
-        assert!(np_err.contains("NetworkPolicy x/typo: spec.ingress[0].ports[0].port"), "{np_err}");
-        assert!(loaded.cluster.pods.contains_key(&ObjectRef::new("x", "good")));
+        assert!(
+            np_err.contains("NetworkPolicy x/typo: spec.ingress[0].ports[0].port"),
+            "{np_err}"
+        );
+        assert!(
+            loaded
+                .cluster
+                .pods
+                .contains_key(&ObjectRef::new("x", "good"))
+        );
     }
 }

@@ -79,11 +79,22 @@ impl Reachability {
     }
 
     /// The verdict of one probe, if it was made.
-    pub fn verdict(&self, from: &str, to: &str, port: u16, protocol: Protocol, family: Family) -> Option<bool> {
+    pub fn verdict(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: Protocol,
+        family: Family,
+    ) -> Option<bool> {
         self.probes
             .iter()
             .find(|p| {
-                p.from == from && p.to == to && p.port == port && p.protocol == protocol && p.family == family
+                p.from == from
+                    && p.to == to
+                    && p.port == port
+                    && p.protocol == protocol
+                    && p.family == family
             })
             .map(|p| p.allowed)
     }
@@ -93,7 +104,10 @@ impl Reachability {
     pub fn render_table(&self) -> String {
         let mut groups: BTreeMap<(Protocol, u16, Family), Vec<&Probe>> = BTreeMap::new();
         for p in &self.probes {
-            groups.entry((p.protocol, p.port, p.family)).or_default().push(p);
+            groups
+                .entry((p.protocol, p.port, p.family))
+                .or_default()
+                .push(p);
         }
         let mut out = String::new();
         for ((protocol, port, family), probes) in &groups {
@@ -108,7 +122,12 @@ impl Reachability {
                 .map(|p| ((p.from.as_str(), p.to.as_str()), p.allowed))
                 .collect();
             let title = format!("{protocol}/{port} {family:?}");
-            let first = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(title.len());
+            let first = rows
+                .iter()
+                .map(|r| r.len())
+                .max()
+                .unwrap_or(0)
+                .max(title.len());
             let _ = write!(out, "{title:<first$}");
             for c in &cols {
                 let _ = write!(out, "  {c}");
@@ -170,7 +189,12 @@ mod tests {
         );
         let table = r.render_table();
         assert!(table.contains("TCP/80 IPv4"), "{table}");
-        assert!(table.lines().any(|l| l.starts_with("10.1.2.3") && l.contains(DENIED)), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("10.1.2.3") && l.contains(DENIED)),
+            "{table}"
+        );
         assert!(table.contains("2 probes: 1 allowed, 1 denied"), "{table}");
     }
 }

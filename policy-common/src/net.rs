@@ -111,7 +111,10 @@ pub mod icmpv6 {
     /// Errors quote the packet that caused them.
     #[inline(always)]
     pub const fn is_error(ty: u8) -> bool {
-        matches!(ty, DEST_UNREACH | PACKET_TOO_BIG | TIME_EXCEEDED | PARAM_PROBLEM)
+        matches!(
+            ty,
+            DEST_UNREACH | PACKET_TOO_BIG | TIME_EXCEEDED | PARAM_PROBLEM
+        )
     }
 
     /// Echo messages carry an identifier that conntrack uses in place of ports.

@@ -50,7 +50,11 @@ mod tests {
 
     fn covers(prefixes: &[(u16, u8)], port: u16) -> bool {
         prefixes.iter().any(|&(p, bits)| {
-            let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u16::MAX << (16 - bits)
+            };
             port & mask == p & mask
         })
     }

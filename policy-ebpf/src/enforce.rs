@@ -114,7 +114,13 @@ pub fn enforce(ctx: &TcContext, dir: Direction) -> i32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, ep: &EndpointInfo, dir: Direction, flow: &mut Flow, now: u64) -> Decision {
+fn decide(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    dir: Direction,
+    flow: &mut Flow,
+    now: u64,
+) -> Decision {
     let isolated = ep.is_isolated(dir);
     let parsed = match eth::ether_type(ctx) {
         Ok(ETH_P_IP) => ipv4::parse(ctx),
@@ -167,13 +173,15 @@ fn decide_flow(
 ) -> Decision {
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
     // big") passes like the connection's own packets. The quoted packet went the other way.
-    if l4::is_icmp_error(flow) {
-        if let Ok(quoted) = icmp::quoted_flow(ctx, flow) {
-            let key = conntrack::key(ep.endpoint_id, dir.reverse(), &quoted);
-            if conntrack::is_tracked(&key, quoted.proto, now) {
-                return Decision::allow(AllowReason::Related);
-            }
-        }
+    if l4::is_icmp_error(flow)
+        && let Ok(quoted) = icmp::quoted_flow(ctx, flow)
+        && conntrack::is_tracked(
+            &conntrack::key(ep.endpoint_id, dir.reverse(), &quoted),
+            quoted.proto,
+            now,
+        )
+    {
+        return Decision::allow(AllowReason::Related);
     }
 
     let key = conntrack::key(ep.endpoint_id, dir, flow);

@@ -7,7 +7,15 @@ use crate::{enforce::Decision, maps::EVENTS, packet::Flow};
 /// Writes a record to the ring buffer; if it is full the record is lost (the counters in
 /// STATS still see the packet).
 #[inline(always)]
-pub fn report(ifindex: u32, endpoint_id: u32, dir: Direction, decision: &Decision, flow: &Flow, len: u32, now: u64) {
+pub fn report(
+    ifindex: u32,
+    endpoint_id: u32,
+    dir: Direction,
+    decision: &Decision,
+    flow: &Flow,
+    len: u32,
+    now: u64,
+) {
     let Some(mut entry) = EVENTS.reserve(0) else {
         return;
     };

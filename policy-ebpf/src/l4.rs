@@ -85,7 +85,8 @@ pub fn parse_quoted(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> 
 pub const fn is_icmp(flow: &Flow) -> bool {
     matches!(
         (flow.family, flow.proto),
-        (policy_common::net::FAMILY_IPV4, proto::ICMP) | (policy_common::net::FAMILY_IPV6, proto::ICMPV6)
+        (policy_common::net::FAMILY_IPV4, proto::ICMP)
+            | (policy_common::net::FAMILY_IPV6, proto::ICMPV6)
     )
 }
 

@@ -16,8 +16,7 @@ use policy_common::{
 
 /// Host-side interface index -> the pod behind it.
 #[btf_map]
-pub static ENDPOINTS: HashMap<u32, EndpointInfo, { capacity::ENDPOINTS as usize }> =
-    HashMap::new();
+pub static ENDPOINTS: HashMap<u32, EndpointInfo, { capacity::ENDPOINTS as usize }> = HashMap::new();
 
 /// Pod (and local node) address -> identity.
 #[btf_map]
@@ -25,8 +24,7 @@ pub static IPCACHE: HashMap<IpKey, IpcacheValue, { capacity::IPCACHE as usize }>
 
 /// (ruleset, peer, protocol, port prefix) -> policy that allows it.
 #[btf_map]
-pub static POLICY: LpmTrie<PolicyKey, PolicyValue, { capacity::POLICY as usize }> =
-    LpmTrie::new();
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue, { capacity::POLICY as usize }> = LpmTrie::new();
 
 /// (ruleset, ipBlock prefix) -> CIDR class.
 #[btf_map]

@@ -41,7 +41,11 @@ pub fn allowing_policy(
         }
     }
 
-    let bits = if family == FAMILY_IPV4 { IPV4_BITS } else { IPV6_BITS };
+    let bits = if family == FAMILY_IPV4 {
+        IPV4_BITS
+    } else {
+        IPV6_BITS
+    };
     let cidr = CidrKey {
         ruleset,
         family,

@@ -15,7 +15,11 @@ use policy_agent::{
 pub fn cluster(yaml: &str) -> Cluster {
     let mut loaded = Loaded::default();
     manifests::load_str(yaml, Path::new("test.yaml"), &mut loaded);
-    assert!(loaded.errors.is_empty(), "manifest errors: {:?}", loaded.errors);
+    assert!(
+        loaded.errors.is_empty(),
+        "manifest errors: {:?}",
+        loaded.errors
+    );
     loaded.cluster
 }
 

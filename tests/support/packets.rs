@@ -113,7 +113,11 @@ impl Packet {
     /// An ICMP error of `ty`/`code` quoting `quoted` (an IP packet, trimmed to what routers
     /// quote: its header and 8 bytes).
     pub fn icmp_error(src: IpAddr, dst: IpAddr, ty: u8, code: u8, quoted: &Packet) -> Self {
-        let p = if src.is_ipv6() { proto::ICMPV6 } else { proto::ICMP };
+        let p = if src.is_ipv6() {
+            proto::ICMPV6
+        } else {
+            proto::ICMP
+        };
         let mut h = vec![ty, code, 0, 0, 0, 0, 0, 0];
         let inner = quoted.ip_packet();
         let keep = quoted.l4_offset() + 8;
@@ -135,7 +139,7 @@ impl Packet {
     /// Adds IPv4 options (padded to 4 bytes with end-of-options).
     pub fn ipv4_options(mut self, options: &[u8]) -> Self {
         self.ipv4_options = options.to_vec();
-        while self.ipv4_options.len() % 4 != 0 {
+        while !self.ipv4_options.len().is_multiple_of(4) {
             self.ipv4_options.push(0);
         }
         self
@@ -144,7 +148,11 @@ impl Packet {
     /// Adds an IPv6 extension header of `ty` with `body` (which must make the header a
     /// multiple of 8 bytes together with its 2-byte start).
     pub fn ext(mut self, ty: u8, body: &[u8]) -> Self {
-        assert_eq!((body.len() + 2) % 8, 0, "extension headers are multiples of 8 bytes");
+        assert_eq!(
+            (body.len() + 2) % 8,
+            0,
+            "extension headers are multiples of 8 bytes"
+        );
         self.ext.push((ty, body.to_vec()));
         self
     }
@@ -283,7 +291,11 @@ impl Packet {
 
     /// The Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
-        let ether_type = if self.src.is_ipv6() { ETH_P_IPV6 } else { ETH_P_IP };
+        let ether_type = if self.src.is_ipv6() {
+            ETH_P_IPV6
+        } else {
+            ETH_P_IP
+        };
         let mut f = ethernet(ether_type);
         f.extend_from_slice(&self.ip_packet());
         f

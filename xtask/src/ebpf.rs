@@ -85,7 +85,12 @@ fn rustup(toolchain: &str, program: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", toolchain, program]);
     // The outer cargo's choices must not leak into the nightly build.
-    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN"] {
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -125,7 +130,10 @@ fn find_nightly() -> Option<(String, String)> {
 
 fn has_rust_src(toolchain: &str) -> bool {
     sysroot(toolchain)
-        .map(|s| s.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists())
+        .map(|s| {
+            s.join("lib/rustlib/src/rust/library/core/Cargo.toml")
+                .exists()
+        })
         .unwrap_or(false)
 }
 
@@ -170,7 +178,13 @@ pub fn bootstrap(log: impl Fn(&str)) -> anyhow::Result<Toolchain> {
                 "no nightly with LLVM {LLVM_MAJOR}; installing {PINNED_NIGHTLY}"
             ));
             let status = Command::new("rustup")
-                .args(["toolchain", "install", PINNED_NIGHTLY, "--profile", "minimal"])
+                .args([
+                    "toolchain",
+                    "install",
+                    PINNED_NIGHTLY,
+                    "--profile",
+                    "minimal",
+                ])
                 .args(["--component", "rust-src"])
                 .status()
                 .context("running rustup (is rustup installed and on PATH?)")?;
@@ -258,10 +272,7 @@ fn install_bpf_linker(toolchain: &str, llvm: &str, log: &impl Fn(&str)) -> anyho
         bail!("cargo install bpf-linker exited with {status}");
     }
     if !linker_works() {
-        bail!(
-            "{} was installed but does not run",
-            linker_bin().display()
-        );
+        bail!("{} was installed but does not run", linker_bin().display());
     }
     Ok(())
 }
@@ -280,25 +291,33 @@ fn encoded_rustflags() -> OsString {
 
 /// Builds the eBPF crate at `crate_dir` into `target_dir` and returns the object's path.
 /// On failure the error carries the compiler's output.
-pub fn build_object(tc: &Toolchain, crate_dir: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn build_object(
+    tc: &Toolchain,
+    crate_dir: &Path,
+    target_dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
-    let path = env::join_paths(
-        std::iter::once(tc.linker_dir.clone()).chain(env::split_paths(&path)),
-    )?;
+    let path =
+        env::join_paths(std::iter::once(tc.linker_dir.clone()).chain(env::split_paths(&path)))?;
     let mut cmd = rustup(&tc.rustup_name, "cargo");
-    cmd.args(["build", "--release", "--target", BPF_TARGET, "-Z", "build-std=core"])
-        .arg("--manifest-path")
-        .arg(crate_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .env("PATH", path)
-        .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags())
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET");
-    let out = cmd
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        BPF_TARGET,
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--manifest-path")
+    .arg(crate_dir.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(target_dir)
+    .env("PATH", path)
+    .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags())
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_TARGET_DIR")
+    .env_remove("CARGO_BUILD_TARGET");
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "building {EBPF_PACKAGE} failed ({}):\n{}",
@@ -306,5 +325,39 @@ pub fn build_object(tc: &Toolchain, crate_dir: &Path, target_dir: &Path) -> anyh
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(target_dir.join(BPF_TARGET).join("release").join(EBPF_PACKAGE))
+    Ok(target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join(EBPF_PACKAGE))
+}
+
+/// `cargo fmt --check` and `cargo clippy -D warnings` on the eBPF crate, for its target.
+pub fn lint(tc: &Toolchain, crate_dir: &Path) -> anyhow::Result<()> {
+    let manifest = crate_dir.join("Cargo.toml");
+    let mut fmt = rustup(&tc.rustup_name, "cargo");
+    fmt.args(["fmt", "--check", "--manifest-path"])
+        .arg(&manifest);
+    let mut clippy = rustup(&tc.rustup_name, "cargo");
+    clippy
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(crate_dir.join("../target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags());
+    for (what, mut cmd) in [("rustfmt", fmt), ("clippy", clippy)] {
+        let status = cmd.status().with_context(|| format!("running {what}"))?;
+        if !status.success() {
+            bail!("{what} found problems in {}", crate_dir.display());
+        }
+    }
+    Ok(())
 }

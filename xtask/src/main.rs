@@ -3,6 +3,7 @@
 //! - `build-ebpf`: bootstrap the eBPF toolchain (idempotent) and build the eBPF object;
 //! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
 //! - `test [ARGS]`: build everything and run the whole test suite;
+//! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
 //! - `bench [datapath]`: run the benchmarks, results under `target/bench/`.
 
 use std::{
@@ -41,6 +42,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Check formatting and lints of every crate, the eBPF crate included.
+    Lint,
     /// Run a benchmark suite and write JSON under target/bench/.
     Bench {
         /// Which suite.
@@ -85,16 +88,36 @@ fn run(task: Task) -> anyhow::Result<()> {
             exit_status("policy-agent lab", status)
         }
         Task::Test { args } => {
-            build_ebpf()?;
             require_root("the tests create network namespaces and load eBPF programs")?;
+            ensure_packages()?;
+            build_ebpf()?;
             let mut cmd = cargo_cmd();
             cmd.args(["test", "--workspace"]).args(args);
             exit_status("cargo test", cmd.status()?)
         }
+        Task::Lint => {
+            let toolchain = ebpf::bootstrap(log)?;
+            cargo(["fmt", "--all", "--", "--check"])?;
+            cargo([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            ebpf::lint(&toolchain, &workspace_root().join(ebpf::EBPF_PACKAGE))
+        }
         Task::Bench { suite } => {
             build_ebpf()?;
             require_root("the benchmarks load eBPF programs")?;
-            cargo(["bench", "--package", "policy-agent", "--bench", suite.as_str()])
+            cargo([
+                "bench",
+                "--package",
+                "policy-agent",
+                "--bench",
+                suite.as_str(),
+            ])
         }
     }
 }
@@ -109,6 +132,36 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
         &root.join(ebpf::EBPF_PACKAGE),
         &root.join("target").join("ebpf"),
     )
+}
+
+/// System tools the tests use, by the Debian package that provides them.
+const PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("bpftool", "bpftool")];
+
+/// Installs the missing ones with apt-get (the tests run as root anyway).
+fn ensure_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        // Spawning at all means the tool is on PATH.
+        .filter(|(tool, _)| Command::new(tool).arg("-V").output().is_err())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log(&format!("installing {}", missing.join(" ")));
+    let update = Command::new("apt-get").args(["update", "-qq"]).status();
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    match (update, install) {
+        (Ok(u), Ok(i)) if u.success() && i.success() => Ok(()),
+        _ => bail!(
+            "could not install {} with apt-get; install them by hand and rerun",
+            missing.join(" ")
+        ),
+    }
 }
 
 fn cargo_cmd() -> Command {

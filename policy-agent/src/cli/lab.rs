@@ -108,7 +108,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_report(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> anyhow::Result<()> {
-    let pods = lab.hosts().iter().filter(|h| h.node_if.starts_with("pod")).count();
+    let pods = lab
+        .hosts()
+        .iter()
+        .filter(|h| h.node_if.starts_with("pod"))
+        .count();
     println!(
         "Lab: {} node(s), {pods} pod(s), {} external host(s). Rows: source; columns: destination.\n",
         config.nodes.max(1),

@@ -179,7 +179,8 @@ impl Compiler {
             identities.insert(id, key);
             out.pod_identities.insert(pod.id.clone(), id);
             for &ip in &pod.ips {
-                out.ipcache.insert(ip_key(ip), IpcacheValue { identity: id });
+                out.ipcache
+                    .insert(ip_key(ip), IpcacheValue { identity: id });
                 pods_by_ip.insert(ip, pod);
             }
         }

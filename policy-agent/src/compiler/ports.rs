@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use policy_common::{
-    maps::{
-        POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
-    },
+    maps::{POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue},
     ports::port_prefixes,
 };
 
@@ -115,7 +113,8 @@ impl RulePorts {
                     Some(pod) => {
                         // "A name that does not resolve on a pod matches nothing there."
                         if let Some(n) = pod.named_port(name, spec.protocol) {
-                            out.fixed.add(PortMatch::Range(spec.protocol, n, n), policy_id);
+                            out.fixed
+                                .add(PortMatch::Range(spec.protocol, n, n), policy_id);
                         }
                     }
                     None => out.named.push((spec.protocol, name.clone(), policy_id)),

@@ -102,9 +102,7 @@ fn live_hash<K: Pod + Ord, V: Pod>(
     name: &'static str,
     map: &HashMap<MapData, K, V>,
 ) -> Result<BTreeMap<K, V>, MapOpError> {
-    map.iter()
-        .map(|r| op(name, r))
-        .collect::<Result<_, _>>()
+    map.iter().map(|r| op(name, r)).collect::<Result<_, _>>()
 }
 
 fn live_lpm<K: Pod + Ord, V: Pod>(
@@ -134,10 +132,9 @@ impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
         let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| MapError::InvalidName {
-                    name: name.to_owned(),
-                })
+            ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
+                name: name.to_owned(),
+            })
         };
         Ok(Self {
             endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
@@ -153,7 +150,10 @@ impl Maps {
 
     /// Brings the maps to `desired`, make before break.
     pub fn sync(&mut self, desired: &Desired<'_>) -> Result<SyncReport, MapOpError> {
-        let endpoints = diff(live_hash(names::ENDPOINTS, &self.endpoints)?, &desired.endpoints);
+        let endpoints = diff(
+            live_hash(names::ENDPOINTS, &self.endpoints)?,
+            &desired.endpoints,
+        );
         let ipcache = diff(live_hash(names::IPCACHE, &self.ipcache)?, desired.ipcache);
         let policy = diff(live_lpm(names::POLICY, &self.policy)?, desired.policy);
         let cidr = diff(live_lpm(names::CIDR, &self.cidr)?, desired.cidr);
@@ -171,8 +171,10 @@ impl Maps {
         for (k, v) in &endpoints.upserts {
             op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
         }
-        report.written =
-            ipcache.upserts.len() + policy.upserts.len() + cidr.upserts.len() + endpoints.upserts.len();
+        report.written = ipcache.upserts.len()
+            + policy.upserts.len()
+            + cidr.upserts.len()
+            + endpoints.upserts.len();
 
         let mut gone = BTreeSet::new();
         for k in &endpoints.removes {
@@ -195,8 +197,10 @@ impl Maps {
         for k in &ipcache.removes {
             op(names::IPCACHE, self.ipcache.remove(k))?;
         }
-        report.removed =
-            endpoints.removes.len() + cidr.removes.len() + policy.removes.len() + ipcache.removes.len();
+        report.removed = endpoints.removes.len()
+            + cidr.removes.len()
+            + policy.removes.len()
+            + ipcache.removes.len();
         Ok(report)
     }
 
@@ -228,10 +232,12 @@ impl Maps {
         let mut out = BTreeMap::new();
         for entry in self.stats.iter() {
             let (key, per_cpu) = op(names::STATS, entry)?;
-            let total = per_cpu.iter().fold(StatsValue::default(), |acc, v| StatsValue {
-                packets: acc.packets + v.packets,
-                bytes: acc.bytes + v.bytes,
-            });
+            let total = per_cpu
+                .iter()
+                .fold(StatsValue::default(), |acc, v| StatsValue {
+                    packets: acc.packets + v.packets,
+                    bytes: acc.bytes + v.bytes,
+                });
             out.insert(key, total);
         }
         Ok(out)

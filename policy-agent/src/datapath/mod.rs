@@ -215,7 +215,10 @@ impl Datapath {
             ..TestRunOptions::default()
         };
         let result = prog.test_run(opts).map_err(program_error(program))?;
-        Ok((result.return_value as i32, result.duration.as_nanos() as u64))
+        Ok((
+            result.return_value as i32,
+            result.duration.as_nanos() as u64,
+        ))
     }
 
     /// Counters summed over CPUs.
@@ -228,7 +231,9 @@ impl Datapath {
         let mut events = Vec::new();
         while let Some(item) = self.maps.events.next() {
             if item.len() >= size_of::<FlowEvent>() {
-                events.push(bytemuck::pod_read_unaligned(&item[..size_of::<FlowEvent>()]));
+                events.push(bytemuck::pod_read_unaligned(
+                    &item[..size_of::<FlowEvent>()],
+                ));
             }
         }
         events

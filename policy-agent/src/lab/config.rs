@@ -62,10 +62,10 @@ impl LabConfig {
         if !path.exists() {
             return Ok(config);
         }
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file: LabFile =
-            toml::from_str(&text).with_context(|| format!("{}: invalid lab settings", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let file: LabFile = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid lab settings", path.display()))?;
         if let Some(n) = file.nodes {
             config.nodes = n;
         }

@@ -228,7 +228,11 @@ impl Lab {
                     continue;
                 }
                 let families: BTreeSet<Family> = src.ips.iter().map(Family::of).collect();
-                for ip in dst.ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
+                for ip in dst
+                    .ips
+                    .iter()
+                    .filter(|ip| families.contains(&Family::of(ip)))
+                {
                     for &(protocol, port) in &dst.serves {
                         plan.push((src, dst, *ip, protocol, port));
                     }
@@ -254,7 +258,9 @@ impl Lab {
             }
         }))
         .await;
-        Ok(Reachability::new(results.into_iter().collect::<Result<_, _>>()?))
+        Ok(Reachability::new(
+            results.into_iter().collect::<Result<_, _>>()?,
+        ))
     }
 
     /// Stops the probe servers and waits for them, then tears everything down.
@@ -262,4 +268,3 @@ impl Lab {
         self.servers.shutdown().await;
     }
 }
-

@@ -139,7 +139,9 @@ static NONCE: AtomicU32 = AtomicU32::new(0);
 /// A value no other probe of this process uses.
 fn nonce() -> u32 {
     let seed = std::process::id().rotate_left(16);
-    seed ^ NONCE.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9)
+    seed ^ NONCE
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9e37_79b9)
 }
 
 /// Whether `from_ns` can open a `protocol` exchange with `to:port`.

@@ -95,7 +95,11 @@ impl RawSctp {
     /// Opens the socket; call it inside the network namespace it is for (then move it anywhere).
     pub fn open(ipv6: bool) -> io::Result<Socket> {
         let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
-        let socket = Socket::new(domain, Type::RAW, Some(SockProtocol::from(i32::from(proto::SCTP))))?;
+        let socket = Socket::new(
+            domain,
+            Type::RAW,
+            Some(SockProtocol::from(i32::from(proto::SCTP))),
+        )?;
         socket.set_nonblocking(true)?;
         Ok(socket)
     }
@@ -130,7 +134,10 @@ impl RawSctp {
                 Err(_would_block) => continue,
             };
             // SAFETY: recv_from initialised the first `n` bytes.
-            let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+            let data: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
             let Some(src) = from.as_socket().map(|s| s.ip()) else {
                 continue;
             };

@@ -194,14 +194,29 @@ impl Topology {
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let port = format!("port{}", i + 1);
             fabric.ip(&[
-                "link", "add", &port, "type", "veth", "peer", "name", FABRIC_IF, "netns",
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                FABRIC_IF,
+                "netns",
                 node.netns.name(),
             ])?;
             fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
             let (v4, v6) = (fabric_v4(i), fabric_v6(i));
-            node.netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", FABRIC_IF])?;
             node.netns
-                .ip(&["addr", "add", &format!("{v6}/64"), "dev", FABRIC_IF, "nodad"])?;
+                .ip(&["addr", "add", &format!("{v4}/24"), "dev", FABRIC_IF])?;
+            node.netns.ip(&[
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                FABRIC_IF,
+                "nodad",
+            ])?;
             node.netns.ip(&["link", "set", FABRIC_IF, "up"])?;
             node.addresses.extend([IpAddr::from(v4), IpAddr::from(v6)]);
         }
@@ -217,7 +232,15 @@ impl Topology {
         prepare(&netns)?;
         let node = &self.nodes[spec.node];
         node.netns.ip(&[
-            "link", "add", &node_if, "type", "veth", "peer", "name", HOST_IF, "netns",
+            "link",
+            "add",
+            &node_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
             netns.name(),
         ])?;
         node.netns

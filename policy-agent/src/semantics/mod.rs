@@ -4,7 +4,9 @@
 pub mod policy;
 pub mod selector;
 
-pub use policy::{FieldError, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule};
+pub use policy::{
+    FieldError, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule,
+};
 pub use selector::Selector;
 
 use crate::model::{Cluster, Labels, Pod};

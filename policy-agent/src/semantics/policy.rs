@@ -157,11 +157,7 @@ impl ParsedPolicy {
     pub fn parse(policy: &Policy) -> Result<Self, PolicyError> {
         let mut errors = Vec::new();
         let spec = &policy.spec;
-        let pod_selector = selector(
-            spec.pod_selector.as_ref(),
-            "spec.podSelector",
-            &mut errors,
-        );
+        let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector", &mut errors);
 
         // "If this field is not specified, it will default based on the existence of ingress
         // or egress rules; policies that contain an egress section are assumed to affect
@@ -277,7 +273,12 @@ fn parse_peers(
                 message: "must specify a peer: podSelector, namespaceSelector or ipBlock".into(),
             }),
             (Some(block), false) => {
-                if let Some(block) = parse_ip_block(&block.cidr, block.except.as_deref(), &format!("{field}.ipBlock"), errors) {
+                if let Some(block) = parse_ip_block(
+                    &block.cidr,
+                    block.except.as_deref(),
+                    &format!("{field}.ipBlock"),
+                    errors,
+                ) {
                     parsed.push(Peer::IpBlock(block));
                 }
             }

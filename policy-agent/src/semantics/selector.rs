@@ -276,6 +276,9 @@ mod tests {
             match_labels: Some([("-bad".to_owned(), "x".to_owned())].into()),
             ..Default::default()
         };
-        assert_eq!(Selector::parse(&bad_key).unwrap_err().field, "matchLabels.-bad");
+        assert_eq!(
+            Selector::parse(&bad_key).unwrap_err().field,
+            "matchLabels.-bad"
+        );
     }
 }
