@@ -607,7 +607,11 @@ fn pinned_maps_dump_with_their_field_names() {
             .arg(f.datapath.pin_dir().join(map))
             .output()
             .expect("bpftool runs (`cargo xtask test` installs it)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     // With BTF, bpftool adds the typed form of each entry under "formatted".
