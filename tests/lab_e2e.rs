@@ -50,16 +50,33 @@ fn pods_no_policy_selects_accept_everything() {
 }
 
 #[test]
-fn ingress_deny_all_isolates_the_namespace() {
-    check(
-        r#"
+fn a_policy_added_later_applies_at_once() {
+    let open = standard_with("");
+    let isolated = standard_with(DENY_INGRESS_X);
+    block_on(async {
+        let mut lab = Lab::start(&open, &LabConfig::default()).await.unwrap();
+        assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
+        lab.update_policies(&isolated).unwrap();
+        assert_reachability(&lab.probe_all().await.unwrap(), |p| {
+            to_self(p) || ns(&p.to) != Some("x")
+        });
+        lab.update_policies(&open).unwrap();
+        assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
+        lab.shutdown().await;
+    });
+}
+
+const DENY_INGRESS_X: &str = r#"
 kind: NetworkPolicy
 metadata: {name: deny-ingress, namespace: x}
 spec: {podSelector: {}}
-"#,
-        LabConfig::default(),
-        |p| to_self(p) || ns(&p.to) != Some("x"),
-    );
+"#;
+
+#[test]
+fn ingress_deny_all_isolates_the_namespace() {
+    check(DENY_INGRESS_X, LabConfig::default(), |p| {
+        to_self(p) || ns(&p.to) != Some("x")
+    });
 }
 
 #[test]

@@ -1,24 +1,13 @@
 //! A lab that fails half-built, or is dropped without shutdown, leaves nothing behind.
 //! Its own test binary, so that no other lab of this process runs meanwhile.
 
-use policy_agent::lab::{Lab, LabConfig};
+use std::path::PathBuf;
+
+use policy_agent::lab::{Lab, LabConfig, resources_of};
 use policy_tests::{block_on, cluster, standard_with};
 
-fn leftovers() -> Vec<String> {
-    let pid = std::process::id();
-    let mut found = Vec::new();
-    for (dir, prefix) in [
-        ("/var/run/netns", format!("polagent-{pid}-")),
-        ("/sys/fs/bpf/policy-agent", format!("lab-{pid}-")),
-    ] {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) {
-                found.push(name);
-            }
-        }
-    }
-    found
+fn leftovers() -> Vec<PathBuf> {
+    resources_of(std::process::id())
 }
 
 #[test]
@@ -41,7 +30,7 @@ status: {podIP: 10.1.1.1}
             err.is_some(),
             "two pods with one address cannot both be routed"
         );
-        assert_eq!(leftovers(), Vec::<String>::new(), "after a failed start");
+        assert_eq!(leftovers(), Vec::<PathBuf>::new(), "after a failed start");
 
         let lab = Lab::start(&standard_with(""), &LabConfig::default())
             .await
@@ -50,7 +39,7 @@ status: {podIP: 10.1.1.1}
         drop(lab);
         assert_eq!(
             leftovers(),
-            Vec::<String>::new(),
+            Vec::<PathBuf>::new(),
             "after a drop without shutdown"
         );
     });

@@ -144,11 +144,6 @@ impl Pod {
             .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
             .map(|p| p.port)
     }
-
-    /// The pod's IPv4 (`ipv4`) or IPv6 address.
-    pub fn ip_of_family(&self, ipv4: bool) -> Option<IpAddr> {
-        self.ips.iter().copied().find(|ip| ip.is_ipv4() == ipv4)
-    }
 }
 
 /// Where an object came from, for error messages.

@@ -78,27 +78,6 @@ impl Reachability {
         serde_json::to_string_pretty(self).expect("plain data serializes")
     }
 
-    /// The verdict of one probe, if it was made.
-    pub fn verdict(
-        &self,
-        from: &str,
-        to: &str,
-        port: u16,
-        protocol: Protocol,
-        family: Family,
-    ) -> Option<bool> {
-        self.probes
-            .iter()
-            .find(|p| {
-                p.from == from
-                    && p.to == to
-                    && p.port == port
-                    && p.protocol == protocol
-                    && p.family == family
-            })
-            .map(|p| p.allowed)
-    }
-
     /// One truth table per (protocol, port, family): rows are sources, columns the
     /// destinations serving that port.
     pub fn render_table(&self) -> String {

@@ -11,29 +11,13 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use policy_agent::lab::resources_of;
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_policy-agent");
 
 fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/torchpod")
-}
-
-/// Namespaces and pin directories created by process `pid`.
-fn leftovers(pid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for (dir, prefix) in [
-        ("/var/run/netns", format!("polagent-{pid}-")),
-        ("/sys/fs/bpf/policy-agent", format!("lab-{pid}-")),
-    ] {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) {
-                found.push(format!("{dir}/{name}"));
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -94,12 +78,12 @@ fn ctrl_c_tears_the_lab_down() {
     }
     assert!(waiting, "the lab did not come up");
     assert!(
-        !leftovers(pid).is_empty(),
+        !resources_of(pid).is_empty(),
         "the running lab has namespaces and pins"
     );
 
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    assert_eq!(leftovers(pid), Vec::<String>::new());
+    assert_eq!(resources_of(pid), Vec::<std::path::PathBuf>::new());
 }

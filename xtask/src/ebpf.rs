@@ -289,6 +289,31 @@ fn encoded_rustflags() -> OsString {
     .into()
 }
 
+/// `cargo <subcommand>` of the nightly for the eBPF crate at `crate_dir`: the BPF target,
+/// `core` built from source, bpf-linker on PATH, and the outer cargo's settings removed.
+fn bpf_cargo(
+    tc: &Toolchain,
+    subcommand: &str,
+    crate_dir: &Path,
+    target_dir: &Path,
+) -> anyhow::Result<Command> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let path =
+        env::join_paths(std::iter::once(tc.linker_dir.clone()).chain(env::split_paths(&path)))?;
+    let mut cmd = rustup(&tc.rustup_name, "cargo");
+    cmd.args([subcommand, "--release", "--target", BPF_TARGET])
+        .args(["-Z", "build-std=core", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("PATH", path)
+        .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
+    Ok(cmd)
+}
+
 /// Builds the eBPF crate at `crate_dir` into `target_dir` and returns the object's path.
 /// On failure the error carries the compiler's output.
 pub fn build_object(
@@ -296,27 +321,7 @@ pub fn build_object(
     crate_dir: &Path,
     target_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    let path =
-        env::join_paths(std::iter::once(tc.linker_dir.clone()).chain(env::split_paths(&path)))?;
-    let mut cmd = rustup(&tc.rustup_name, "cargo");
-    cmd.args([
-        "build",
-        "--release",
-        "--target",
-        BPF_TARGET,
-        "-Z",
-        "build-std=core",
-    ])
-    .arg("--manifest-path")
-    .arg(crate_dir.join("Cargo.toml"))
-    .arg("--target-dir")
-    .arg(target_dir)
-    .env("PATH", path)
-    .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags())
-    .env_remove("RUSTFLAGS")
-    .env_remove("CARGO_TARGET_DIR")
-    .env_remove("CARGO_BUILD_TARGET");
+    let mut cmd = bpf_cargo(tc, "build", crate_dir, target_dir)?;
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -332,27 +337,12 @@ pub fn build_object(
 }
 
 /// `cargo fmt --check` and `cargo clippy -D warnings` on the eBPF crate, for its target.
-pub fn lint(tc: &Toolchain, crate_dir: &Path) -> anyhow::Result<()> {
-    let manifest = crate_dir.join("Cargo.toml");
+pub fn lint(tc: &Toolchain, crate_dir: &Path, target_dir: &Path) -> anyhow::Result<()> {
     let mut fmt = rustup(&tc.rustup_name, "cargo");
     fmt.args(["fmt", "--check", "--manifest-path"])
-        .arg(&manifest);
-    let mut clippy = rustup(&tc.rustup_name, "cargo");
-    clippy
-        .args([
-            "clippy",
-            "--release",
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(crate_dir.join("../target/ebpf-clippy"))
-        .args(["--", "-D", "warnings"])
-        .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags());
+        .arg(crate_dir.join("Cargo.toml"));
+    let mut clippy = bpf_cargo(tc, "clippy", crate_dir, target_dir)?;
+    clippy.args(["--", "-D", "warnings"]);
     for (what, mut cmd) in [("rustfmt", fmt), ("clippy", clippy)] {
         let status = cmd.status().with_context(|| format!("running {what}"))?;
         if !status.success() {

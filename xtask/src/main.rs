@@ -106,7 +106,12 @@ fn run(task: Task) -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            ebpf::lint(&toolchain, &workspace_root().join(ebpf::EBPF_PACKAGE))
+            let root = workspace_root();
+            ebpf::lint(
+                &toolchain,
+                &root.join(ebpf::EBPF_PACKAGE),
+                &root.join("target").join("ebpf"),
+            )
         }
         Task::Bench { suite } => {
             build_ebpf()?;

@@ -64,13 +64,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         let mut terminate = signal(SignalKind::terminate())?;
         let work = async {
             let lab = Lab::start(&loaded.cluster, &config).await?;
-            for node in 0..config.nodes.max(1) {
-                for e in &lab.compiled(node).rejected {
-                    eprintln!("error: {e}");
-                }
+            // Every node rejects the same policies; warnings are about each node's pods.
+            for e in &lab.compiled(0).rejected {
+                eprintln!("error: {e}");
             }
-            for w in &lab.compiled(0).warnings {
-                eprintln!("warning: {w}");
+            for node in 0..config.nodes.max(1) {
+                for w in &lab.compiled(node).warnings {
+                    eprintln!("warning: {w}");
+                }
             }
             let reachability = lab.probe_all().await?;
             anyhow::Ok((lab, reachability))

@@ -54,11 +54,6 @@ impl<K: Ord + Clone> IdAllocator<K> {
             keep
         });
     }
-
-    /// The key that has `id`, if any (a linear scan: for explanations, not hot paths).
-    pub fn key_of(&self, id: u32) -> Option<&K> {
-        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
-    }
 }
 
 #[cfg(test)]

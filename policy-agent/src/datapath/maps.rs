@@ -242,16 +242,4 @@ impl Maps {
         }
         Ok(out)
     }
-
-    /// Number of entries of each map with a fixed capacity (for status and tests).
-    pub fn fill(&self) -> BTreeMap<&'static str, usize> {
-        BTreeMap::from([
-            (names::ENDPOINTS, self.endpoints.keys().count()),
-            (names::IPCACHE, self.ipcache.keys().count()),
-            (names::POLICY, self.policy.keys().count()),
-            (names::CIDR, self.cidr.keys().count()),
-            (names::CONNTRACK, self.conntrack.keys().count()),
-            (names::FRAGMENTS, self.fragments.keys().count()),
-        ])
-    }
 }

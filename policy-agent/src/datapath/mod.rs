@@ -110,16 +110,6 @@ impl Datapath {
         &self.pin_dir
     }
 
-    /// The maps.
-    pub fn maps(&self) -> &Maps {
-        &self.maps
-    }
-
-    /// The maps, for writing.
-    pub fn maps_mut(&mut self) -> &mut Maps {
-        &mut self.maps
-    }
-
     /// Attaches `from_pod` and `to_pod` to the pod's host-side interface `ifname` (in `netns`,
     /// or the current namespace) with TCX, and returns the interface index. Write the pod's
     /// endpoint entry first: until then the programs drop its traffic.
@@ -172,18 +162,6 @@ impl Datapath {
             cidr: &compiled.cidr,
         };
         Ok(self.maps.sync(&desired)?)
-    }
-
-    /// Writes one endpoint entry directly (tests and the CNI path).
-    pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), DatapathError> {
-        self.maps
-            .endpoints
-            .insert(ifindex, info, 0)
-            .map_err(|source| MapOpError {
-                map: names::ENDPOINTS,
-                source,
-            })?;
-        Ok(())
     }
 
     /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns

@@ -7,7 +7,7 @@ pub mod probe;
 pub mod sctp;
 pub mod topology;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use futures::future::join_all;
@@ -165,11 +165,6 @@ impl Lab {
         &self.datapaths[node]
     }
 
-    /// The datapath of node `i`, mutable (to drain events).
-    pub fn datapath_mut(&mut self, node: usize) -> &mut Datapath {
-        &mut self.datapaths[node]
-    }
-
     /// The hosts (pods and external hosts).
     pub fn hosts(&self) -> &[Host] {
         &self.topology.hosts
@@ -187,35 +182,6 @@ impl Lab {
     /// The namespace of a host, to run custom traffic from it.
     pub fn netns(&self, label: &str) -> anyhow::Result<&NetNs> {
         Ok(&self.host(label)?.netns)
-    }
-
-    /// The namespace of node `i`.
-    pub fn node_netns(&self, node: usize) -> &NetNs {
-        &self.topology.nodes[node].netns
-    }
-
-    /// The name and index of each node.
-    pub fn node_names(&self) -> Vec<String> {
-        self.topology.nodes.iter().map(|n| n.name.clone()).collect()
-    }
-
-    /// One probe from host `from` to host `to` over `family`.
-    pub async fn probe(
-        &self,
-        from: &str,
-        to: &str,
-        port: u16,
-        protocol: Protocol,
-        family: Family,
-    ) -> anyhow::Result<bool> {
-        let dst = self.host(to)?;
-        let ip = dst
-            .ips
-            .iter()
-            .copied()
-            .find(|ip| Family::of(ip) == family)
-            .with_context(|| format!("{to} has no {family:?} address"))?;
-        Ok(probe::probe(&self.host(from)?.netns, ip, port, protocol).await?)
     }
 
     /// Probes every ordered pair of hosts (external to external excepted) on every port the
@@ -267,4 +233,21 @@ impl Lab {
     pub async fn shutdown(mut self) {
         self.servers.shutdown().await;
     }
+}
+
+/// Namespaces and pin directories that labs of process `pid` created and still exist.
+pub fn resources_of(pid: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for (dir, prefix) in [
+        (netns::NETNS_DIR, topology::NETNS_PREFIX),
+        (bpffs::PIN_ROOT, PIN_PREFIX),
+    ] {
+        let prefix = format!("{prefix}{pid}-");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
 }

@@ -122,16 +122,6 @@ impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
-
-    /// Whether this is the empty selector, which matches everything.
-    pub fn is_everything(&self) -> bool {
-        self.requirements.is_empty()
-    }
-
-    /// The requirements, for explanations and lint checks.
-    pub fn requirements(&self) -> &[Requirement] {
-        &self.requirements
-    }
 }
 
 /// Label keys: an optional DNS-subdomain prefix and a name of at most 63 characters.
