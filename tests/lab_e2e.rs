@@ -270,7 +270,7 @@ fn replies_pass_but_the_reverse_connection_is_denied() {
         let lab = Lab::start(&cluster, &LabConfig::default()).await.unwrap();
         for family in [Family::IPv4, Family::IPv6] {
             let v6 = family == Family::IPv6;
-            let server_ip = lab.host("y/a").unwrap().ips[usize::from(v6)];
+            let server_ip = lab.host("y/a").unwrap().spec.ips[usize::from(v6)];
             let listener = lab
                 .netns("y/a")
                 .unwrap()
@@ -363,9 +363,9 @@ fn a_spoofed_source_address_is_dropped() {
     block_on(async {
         let lab = Lab::start(&cluster, &LabConfig::default()).await.unwrap();
         for v6 in [false, true] {
-            let x_a = lab.host("x/a").unwrap().ips[usize::from(v6)];
-            let x_b = lab.host("x/b").unwrap().ips[usize::from(v6)];
-            let y_a = lab.host("y/a").unwrap().ips[usize::from(v6)];
+            let x_a = lab.host("x/a").unwrap().spec.ips[usize::from(v6)];
+            let x_b = lab.host("x/b").unwrap().spec.ips[usize::from(v6)];
+            let y_a = lab.host("y/a").unwrap().spec.ips[usize::from(v6)];
             let receiver = lab
                 .netns("y/a")
                 .unwrap()
@@ -417,7 +417,7 @@ fn fragments_of_a_denied_flow_are_dropped() {
         // Larger than the 1500-byte MTU: the sender's kernel fragments it.
         let datagram: Vec<u8> = (0..4000).map(|i| i as u8).collect();
         for v6 in [false, true] {
-            let y_a = lab.host("y/a").unwrap().ips[usize::from(v6)];
+            let y_a = lab.host("y/a").unwrap().spec.ips[usize::from(v6)];
             let receiver = lab
                 .netns("y/a")
                 .unwrap()

@@ -7,9 +7,11 @@
 
 pub mod compiler;
 pub mod datapath;
+pub mod evaluate;
 pub mod lab;
 pub mod manifests;
 pub mod model;
 pub mod netns;
+pub mod plan;
 pub mod report;
 pub mod semantics;

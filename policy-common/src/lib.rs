@@ -5,6 +5,7 @@
 //! adds what aya needs to read and write the maps from user space.
 #![cfg_attr(not(test), no_std)]
 
+pub mod decide;
 pub mod event;
 pub mod maps;
 pub mod net;

@@ -4,17 +4,18 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use policy_common::{
-    maps::{Direction, EndpointInfo, IDENTITY_HOST, IDENTITY_WORLD},
+    decide,
+    maps::{Direction, EndpointInfo, IDENTITY_WORLD, IpKey},
     net::{ETH_P_IP, ETH_P_IPV6},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
 
 use crate::{
-    conntrack, eth, events, icmp, ipcache, ipfrag, ipv4, ipv6, l4,
+    conntrack, eth, events, icmp, ipfrag, ipv4, ipv6, l4,
     maps::ENDPOINTS,
     metrics,
     packet::{FRAG_FIRST, FRAG_LATER, Flow},
-    policy,
+    policy::KernelMaps,
 };
 
 /// What happens to a packet, and what the counters and flow record say about it.
@@ -154,7 +155,7 @@ fn decide(
         return Decision::unless_isolated(isolated, DropReason::UnknownFragment);
     }
 
-    let decision = decide_flow(ctx, ep, dir, flow, isolated, now);
+    let decision = decide_flow(ctx, ep, dir, flow, now);
     if flow.frag == FRAG_FIRST && decision.verdict == Verdict::Allow {
         ipfrag::remember_first(flow, now);
     }
@@ -168,7 +169,6 @@ fn decide_flow(
     ep: &EndpointInfo,
     dir: Direction,
     flow: &Flow,
-    isolated: bool,
     now: u64,
 ) -> Decision {
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
@@ -189,35 +189,23 @@ fn decide_flow(
         return Decision::allow(AllowReason::Established);
     }
 
-    let remote = match dir {
-        Direction::Egress => &flow.dst,
-        Direction::Ingress => &flow.src,
+    let remote = IpKey {
+        family: flow.family,
+        _pad: [0; 3],
+        addr: match dir {
+            Direction::Egress => flow.dst,
+            Direction::Ingress => flow.src,
+        },
     };
-    let identity = ipcache::identity(flow.family, remote);
-    let allowed = if !isolated {
-        Some((AllowReason::NotIsolated, 0))
-    } else if identity == IDENTITY_HOST {
-        Some((AllowReason::Host, 0))
-    } else {
-        policy::allowing_policy(
-            ep.ruleset(dir),
-            identity,
-            flow.family,
-            remote,
-            flow.proto,
-            flow.dport,
-        )
-        .map(|policy_id| (AllowReason::Policy, policy_id))
-    };
-
-    match allowed {
+    let decided = decide::new_flow(&KernelMaps, ep, dir, &remote, flow.proto, flow.dport);
+    match decided.allowed {
         Some((reason, policy_id)) => {
             conntrack::create(&key, dir, flow, policy_id, now);
-            Decision::new_flow(reason, policy_id, identity)
+            Decision::new_flow(reason, policy_id, decided.remote_identity)
         }
         None => {
             let mut denied = Decision::drop(DropReason::PolicyDenied);
-            denied.remote_identity = identity;
+            denied.remote_identity = decided.remote_identity;
             denied
         }
     }

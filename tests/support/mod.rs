@@ -1,7 +1,9 @@
 //! Shared test helpers: clusters from YAML, the standard two-namespace model, a runtime per
 //! test, and reachability assertions that list every wrong verdict.
 
+pub mod kernel;
 pub mod packets;
+pub mod scenarios;
 
 use std::{fmt::Write as _, future::Future, path::Path};
 

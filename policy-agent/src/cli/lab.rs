@@ -1,12 +1,11 @@
 //! `policy-agent lab`.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
 use policy_agent::{
-    lab::{Lab, LabConfig, config::parse_port},
-    manifests,
+    lab::{Lab, LabConfig},
     report::Reachability,
 };
 use policy_common::{
@@ -15,24 +14,18 @@ use policy_common::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::scenario::ScenarioArgs;
+
 /// Exit status after an interrupt (128 + SIGINT), as shells report it.
 const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Args)]
 pub struct LabArgs {
-    /// Directory of Namespace, Pod and NetworkPolicy manifests (and an optional lab.toml).
-    #[arg(long)]
-    manifests: PathBuf,
-    /// Simulated nodes to spread the pods over.
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+    /// Simulated nodes to spread the pods over [default: from lab.toml, else 1].
     #[arg(long)]
     nodes: Option<usize>,
-    /// External hosts (comma-separated addresses), each in its own namespace behind a node.
-    #[arg(long, value_delimiter = ',')]
-    external: Vec<IpAddr>,
-    /// Ports the external hosts serve: PORT or PORT/PROTOCOL, comma-separated
-    /// [default: 22,80,443,53/udp].
-    #[arg(long, value_delimiter = ',', value_parser = parse_port)]
-    external_ports: Vec<(policy_agent::model::Protocol, u16)>,
     /// Print the JSON contract instead of tables.
     #[arg(long)]
     json: bool,
@@ -43,19 +36,11 @@ pub struct LabArgs {
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
-    let loaded = manifests::load_dir(&args.manifests)?;
-    for e in &loaded.errors {
-        eprintln!("error: {e}");
-    }
-    let mut config = LabConfig::from_dir(&args.manifests)?;
+    let scenario = args.scenario.load()?;
+    scenario.report_policies();
+    let (loaded, mut config) = (scenario.loaded, scenario.config);
     if let Some(n) = args.nodes {
         config.nodes = n;
-    }
-    if !args.external.is_empty() {
-        config.externals = args.external;
-    }
-    if !args.external_ports.is_empty() {
-        config.external_ports = args.external_ports;
     }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -64,10 +49,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         let mut terminate = signal(SignalKind::terminate())?;
         let work = async {
             let lab = Lab::start(&loaded.cluster, &config).await?;
-            // Every node rejects the same policies; warnings are about each node's pods.
-            for e in &lab.compiled(0).rejected {
-                eprintln!("error: {e}");
-            }
+            // Warnings about each node's pods (rejected policies were reported above).
             for node in 0..config.nodes.max(1) {
                 for w in &lab.compiled(node).warnings {
                     eprintln!("warning: {w}");
@@ -109,11 +91,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_report(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> anyhow::Result<()> {
-    let pods = lab
-        .hosts()
-        .iter()
-        .filter(|h| h.node_if.starts_with("pod"))
-        .count();
+    let pods = lab.hosts().iter().filter(|h| h.spec.pod.is_some()).count();
     println!(
         "Lab: {} node(s), {pods} pod(s), {} external host(s). Rows: source; columns: destination.\n",
         config.nodes.max(1),

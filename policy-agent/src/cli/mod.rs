@@ -1,6 +1,9 @@
 //! Command-line interface (see the CLI contract in the README).
 
+mod explain;
 mod lab;
+mod matrix;
+mod scenario;
 
 use std::process::ExitCode;
 
@@ -23,6 +26,12 @@ enum Command {
     /// Build a simulated node from network namespaces, enforce the manifests with the real
     /// datapath, probe every pair of hosts and print who reaches whom. Root only.
     Lab(lab::LabArgs),
+    /// Compile the manifests and evaluate every ordered pair of hosts on every port the
+    /// destination declares, without touching the kernel; prints what `lab` would.
+    Matrix(matrix::MatrixArgs),
+    /// The verdict on one flow, and why: which policies isolate each side, which rule
+    /// allowed it, or that none did.
+    Explain(explain::ExplainArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
@@ -40,5 +49,7 @@ pub fn init_tracing(json: bool) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(args) => lab::run(args),
+        Command::Matrix(args) => matrix::run(args),
+        Command::Explain(args) => explain::run(args),
     }
 }

@@ -186,7 +186,7 @@ impl Maps {
         // An endpoint id is reused by the next pod: its connections must not outlive it.
         gone.retain(|id| !desired.endpoints.values().any(|e| e.endpoint_id == *id));
         if !gone.is_empty() {
-            self.forget_connections(&gone)?;
+            self.forget_connections(Some(&gone))?;
         }
         for k in &cidr.removes {
             op(names::CIDR, self.cidr.remove(&lpm_key(k)))?;
@@ -204,13 +204,16 @@ impl Maps {
         Ok(report)
     }
 
-    /// Deletes the conntrack entries of `endpoints`.
-    pub fn forget_connections(&mut self, endpoints: &BTreeSet<u32>) -> Result<(), MapOpError> {
+    /// Deletes the conntrack entries of `endpoints` (`None`: of every endpoint).
+    pub fn forget_connections(
+        &mut self,
+        endpoints: Option<&BTreeSet<u32>>,
+    ) -> Result<(), MapOpError> {
         let stale: Vec<CtKey> = self
             .conntrack
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| endpoints.contains(&k.endpoint_id))
+            .filter(|k| endpoints.is_none_or(|e| e.contains(&k.endpoint_id)))
             .collect();
         for k in stale {
             match self.conntrack.remove(&k) {

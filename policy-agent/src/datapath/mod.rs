@@ -164,6 +164,24 @@ impl Datapath {
         Ok(self.maps.sync(&desired)?)
     }
 
+    /// Writes one endpoint entry directly, outside any sync (evaluations that run every
+    /// endpoint on the same test interface).
+    pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), DatapathError> {
+        self.maps
+            .endpoints
+            .insert(ifindex, info, 0)
+            .map_err(|source| MapOpError {
+                map: names::ENDPOINTS,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Forgets every tracked connection.
+    pub fn clear_conntrack(&mut self) -> Result<(), DatapathError> {
+        Ok(self.maps.forget_connections(None)?)
+    }
+
     /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
     /// its TC action. The packet appears on the loopback interface (ifindex 1) of the
     /// calling thread's network namespace.

@@ -7,24 +7,25 @@ pub mod probe;
 pub mod sctp;
 pub mod topology;
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use futures::future::join_all;
 use tokio::{sync::Semaphore, task::JoinSet};
 
 pub use self::config::LabConfig;
-use self::topology::{Host, HostKind, HostSpec, PIN_PREFIX, Topology, node_name};
+use self::topology::{Host, PIN_PREFIX, Topology, node_name};
 use crate::{
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::{Datapath, bpffs},
-    model::{Cluster, ObjectRef, Protocol},
+    model::Cluster,
     netns::{self, NetNs},
-    report::{Family, Probe, Reachability},
+    plan,
+    report::Reachability,
 };
 
 /// Probes in flight at once.
-const MAX_CONCURRENT_PROBES: usize = 128;
+const MAX_CONCURRENT_PROBES: usize = 512;
 
 /// A running lab.
 pub struct Lab {
@@ -46,50 +47,42 @@ impl Lab {
         bpffs::sweep_stale(PIN_PREFIX);
 
         let nodes = config.nodes.max(1);
-        let mut cluster = cluster.clone();
-        let mut hosts = Vec::new();
-        let mut missing = Vec::new();
-        let mut enforceable: Vec<ObjectRef> = Vec::new();
-        for pod in cluster.pods.values() {
-            if pod.host_network {
-                tracing::warn!(pod = %pod.id, "host-network pod left out of the lab");
-            } else if pod.ips.is_empty() {
-                missing.push(pod.id.to_string());
-            } else {
-                enforceable.push(pod.id.clone());
-            }
-        }
+        let missing: Vec<String> = cluster
+            .pods
+            .values()
+            .filter(|p| !p.host_network && p.ips.is_empty())
+            .map(|p| p.id.to_string())
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "the lab needs pod addresses, but these pods have no status.podIPs/status.podIP: {}",
                 missing.join(", ")
             );
         }
-        // Pods are spread over the nodes in name order; external hosts too.
-        for (i, id) in enforceable.iter().enumerate() {
-            let node = i % nodes;
-            let pod = cluster.pods.get_mut(id).expect("listed above");
-            pod.node = Some(node_name(node));
-            let mut serves: Vec<(Protocol, u16)> =
-                pod.ports.iter().map(|p| (p.protocol, p.port)).collect();
-            serves.sort();
-            serves.dedup();
-            hosts.push(HostSpec {
-                kind: HostKind::Pod(id.clone()),
-                label: id.to_string(),
-                ips: pod.ips.clone(),
-                node,
-                serves,
-            });
+        for pod in cluster.pods.values().filter(|p| p.host_network) {
+            tracing::warn!(pod = %pod.id, "host-network pod left out of the lab");
         }
-        for (i, ip) in config.externals.iter().enumerate() {
-            hosts.push(HostSpec {
-                kind: HostKind::External,
-                label: ip.to_string(),
-                ips: vec![*ip],
-                node: i % nodes,
-                serves: config.external_ports.clone(),
-            });
+        // Pods are spread over the nodes in name order; external hosts too.
+        let mut cluster = cluster.clone();
+        let plan = plan::hosts(&cluster, &config.externals, &config.external_ports);
+        let (mut pods, mut externals) = (0, 0);
+        let mut hosts = Vec::new();
+        for host in plan {
+            let counter = if host.pod.is_some() {
+                &mut pods
+            } else {
+                &mut externals
+            };
+            let node = *counter % nodes;
+            *counter += 1;
+            if let Some(id) = &host.pod {
+                cluster
+                    .pods
+                    .get_mut(id)
+                    .expect("planned from the cluster")
+                    .node = Some(node_name(node));
+            }
+            hosts.push((host, node));
         }
 
         let topology = Topology::build(nodes, hosts).context("building the lab network")?;
@@ -107,7 +100,7 @@ impl Lab {
                 .with_context(|| format!("loading the datapath of {}", node.name))?
                 .unpin_on_drop();
             for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
-                if let HostKind::Pod(pod) = &host.kind {
+                if let Some(pod) = &host.spec.pod {
                     let ifindex = node.netns.ifindex(&host.node_if)?;
                     datapath.adopt_interface(pod, ifindex);
                 }
@@ -119,7 +112,7 @@ impl Lab {
         lab.sync().context("writing the maps")?;
         for (i, node) in lab.topology.nodes.iter().enumerate() {
             for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
-                if let HostKind::Pod(pod) = &host.kind {
+                if let Some(pod) = &host.spec.pod {
                     lab.datapaths[i]
                         .attach(pod, Some(&node.netns), &host.node_if)
                         .with_context(|| format!("attaching to the interface of {pod}"))?;
@@ -128,7 +121,7 @@ impl Lab {
         }
         for host in &lab.topology.hosts {
             probe::serve(host, &mut lab.servers)
-                .with_context(|| format!("starting probe servers in {}", host.label))?;
+                .with_context(|| format!("starting probe servers in {}", host.spec.label))?;
         }
         Ok(lab)
     }
@@ -175,7 +168,7 @@ impl Lab {
         self.topology
             .hosts
             .iter()
-            .find(|h| h.label == label)
+            .find(|h| h.spec.label == label)
             .with_context(|| format!("no host {label} in the lab"))
     }
 
@@ -185,42 +178,26 @@ impl Lab {
     }
 
     /// Probes every ordered pair of hosts (external to external excepted) on every port the
-    /// destination serves, once per address family both have.
+    /// destination serves, once per address family both have (see [`plan::questions`]).
     pub async fn probe_all(&self) -> anyhow::Result<Reachability> {
-        let mut plan = Vec::new();
-        for src in &self.topology.hosts {
-            for dst in &self.topology.hosts {
-                if src.kind == HostKind::External && dst.kind == HostKind::External {
-                    continue;
-                }
-                let families: BTreeSet<Family> = src.ips.iter().map(Family::of).collect();
-                for ip in dst
-                    .ips
-                    .iter()
-                    .filter(|ip| families.contains(&Family::of(ip)))
-                {
-                    for &(protocol, port) in &dst.serves {
-                        plan.push((src, dst, *ip, protocol, port));
-                    }
-                }
-            }
-        }
+        let hosts: Vec<plan::Host> = self.topology.hosts.iter().map(|h| h.spec.clone()).collect();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
-        let results = join_all(plan.into_iter().map(|(src, dst, ip, protocol, port)| {
+        let results = join_all(plan::questions(&hosts).into_iter().map(|q| {
             let limit = Arc::clone(&limit);
+            let (src, dst) = (&self.topology.hosts[q.from], &self.topology.hosts[q.to]);
+            let hosts = &hosts;
             async move {
                 let _permit = limit.acquire().await.expect("never closed");
-                let allowed = probe::probe(&src.netns, ip, port, protocol)
+                let ip = dst.spec.ip(q.family).expect("planned with this family");
+                let allowed = probe::probe(&src.netns, ip, q.port, q.protocol)
                     .await
-                    .with_context(|| format!("probing {} -> {ip}:{port}/{protocol}", src.label))?;
-                anyhow::Ok(Probe {
-                    from: src.label.clone(),
-                    to: dst.label.clone(),
-                    port,
-                    protocol,
-                    family: Family::of(&ip),
-                    allowed,
-                })
+                    .with_context(|| {
+                        format!(
+                            "probing {} -> {ip}:{}/{}",
+                            src.spec.label, q.port, q.protocol
+                        )
+                    })?;
+                anyhow::Ok(plan::probe(hosts, &q, allowed))
             }
         }))
         .await;

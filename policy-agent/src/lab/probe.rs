@@ -57,9 +57,9 @@ fn socket(ipv6: bool, ty: Type) -> io::Result<Socket> {
 pub fn serve(host: &Host, tasks: &mut JoinSet<()>) -> io::Result<()> {
     let families: Vec<bool> = [false, true]
         .into_iter()
-        .filter(|v6| host.ips.iter().any(|ip| ip.is_ipv6() == *v6))
+        .filter(|v6| host.spec.ips.iter().any(|ip| ip.is_ipv6() == *v6))
         .collect();
-    let serves = host.serves.clone();
+    let serves = host.spec.serves.clone();
     let (tcp, udp, raw) = host.netns.run(|| -> io::Result<_> {
         let (mut tcp, mut udp, mut raw) = (Vec::new(), Vec::new(), Vec::new());
         for &v6 in &families {

@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    model::{ObjectRef, Protocol},
     netns::{NetNs, NetnsError},
+    plan,
 };
 
 /// Prefix of every namespace a lab creates, followed by the creating process id.
@@ -51,47 +51,17 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
 }
 
-/// What a host is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostKind {
-    /// A pod.
-    Pod(ObjectRef),
-    /// A host outside the cluster.
-    External,
-}
-
-/// A pod or external host.
+/// A pod or external host, built.
 #[derive(Debug)]
 pub struct Host {
-    /// `namespace/pod` or the external address, as reports spell it.
-    pub label: String,
-    /// Pod or external.
-    pub kind: HostKind,
+    /// What it is: label, pod, addresses, served ports.
+    pub spec: plan::Host,
     /// Its namespace.
     pub netns: NetNs,
-    /// Its addresses.
-    pub ips: Vec<IpAddr>,
     /// Index of its node.
     pub node: usize,
     /// Name of its interface on the node side.
     pub node_if: String,
-    /// Ports its probe servers listen on.
-    pub serves: Vec<(Protocol, u16)>,
-}
-
-/// What to build a host from.
-#[derive(Clone, Debug)]
-pub struct HostSpec {
-    /// Pod or external.
-    pub kind: HostKind,
-    /// Report label.
-    pub label: String,
-    /// Addresses.
-    pub ips: Vec<IpAddr>,
-    /// Node index.
-    pub node: usize,
-    /// Served ports.
-    pub serves: Vec<(Protocol, u16)>,
 }
 
 /// The built network. Dropping it deletes every namespace (and with them every veth).
@@ -150,7 +120,8 @@ fn host_prefix(ip: IpAddr) -> String {
 
 impl Topology {
     /// Builds `nodes` nodes and the given hosts. On error, whatever was built is torn down.
-    pub fn build(nodes: usize, hosts: Vec<HostSpec>) -> Result<Self, NetnsError> {
+    /// Each host comes with the index of its node.
+    pub fn build(nodes: usize, hosts: Vec<(plan::Host, usize)>) -> Result<Self, NetnsError> {
         let id = unique_id();
         let mut topo = Self {
             prefix: format!("{NETNS_PREFIX}{id}"),
@@ -165,8 +136,8 @@ impl Topology {
         if topo.nodes.len() > 1 {
             topo.add_fabric()?;
         }
-        for (i, spec) in hosts.into_iter().enumerate() {
-            topo.add_host(i, spec)?;
+        for (i, (spec, node)) in hosts.into_iter().enumerate() {
+            topo.add_host(i, spec, node)?;
         }
         Ok(topo)
     }
@@ -207,9 +178,9 @@ impl Topology {
             ])?;
             fabric.ip(&["link", "set", &port, "master", "br0", "up"])?;
             let (v4, v6) = (fabric_v4(i), fabric_v6(i));
-            node.netns
-                .ip(&["addr", "add", &format!("{v4}/24"), "dev", FABRIC_IF])?;
-            node.netns.ip(&[
+            let node_ns = &node.netns;
+            node_ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", FABRIC_IF])?;
+            node_ns.ip(&[
                 "addr",
                 "add",
                 &format!("{v6}/64"),
@@ -217,21 +188,21 @@ impl Topology {
                 FABRIC_IF,
                 "nodad",
             ])?;
-            node.netns.ip(&["link", "set", FABRIC_IF, "up"])?;
+            node_ns.ip(&["link", "set", FABRIC_IF, "up"])?;
             node.addresses.extend([IpAddr::from(v4), IpAddr::from(v6)]);
         }
         Ok(())
     }
 
-    fn add_host(&mut self, index: usize, spec: HostSpec) -> Result<(), NetnsError> {
-        let (tag, node_if) = match spec.kind {
-            HostKind::Pod(_) => ("p", format!("pod{index}")),
-            HostKind::External => ("x", format!("ext{index}")),
+    fn add_host(&mut self, index: usize, spec: plan::Host, node: usize) -> Result<(), NetnsError> {
+        let (tag, node_if) = match spec.pod {
+            Some(_) => ("p", format!("pod{index}")),
+            None => ("x", format!("ext{index}")),
         };
         let netns = NetNs::create(&format!("{}-{tag}{index}", self.prefix))?;
         prepare(&netns)?;
-        let node = &self.nodes[spec.node];
-        node.netns.ip(&[
+        let node_ns = &self.nodes[node].netns;
+        node_ns.ip(&[
             "link",
             "add",
             &node_if,
@@ -243,9 +214,8 @@ impl Topology {
             "netns",
             netns.name(),
         ])?;
-        node.netns
-            .ip(&["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", &node_if])?;
-        node.netns.ip(&[
+        node_ns.ip(&["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", &node_if])?;
+        node_ns.ip(&[
             "addr",
             "add",
             &format!("{GATEWAY_V6}/64"),
@@ -253,7 +223,7 @@ impl Topology {
             &node_if,
             "nodad",
         ])?;
-        node.netns.ip(&["link", "set", &node_if, "up"])?;
+        node_ns.ip(&["link", "set", &node_if, "up"])?;
         netns.ip(&["link", "set", HOST_IF, "up"])?;
 
         for &ip in &spec.ips {
@@ -263,14 +233,14 @@ impl Topology {
                 add.push("nodad");
             }
             netns.ip(&add)?;
-            node.netns.ip(&["route", "add", &host, "dev", &node_if])?;
+            node_ns.ip(&["route", "add", &host, "dev", &node_if])?;
             for (i, other) in self.nodes.iter().enumerate() {
-                if i == spec.node {
+                if i == node {
                     continue;
                 }
                 let via = match ip {
-                    IpAddr::V4(_) => fabric_v4(spec.node).to_string(),
-                    IpAddr::V6(_) => fabric_v6(spec.node).to_string(),
+                    IpAddr::V4(_) => fabric_v4(node).to_string(),
+                    IpAddr::V6(_) => fabric_v6(node).to_string(),
                 };
                 other
                     .netns
@@ -288,13 +258,10 @@ impl Topology {
         }
 
         self.hosts.push(Host {
-            label: spec.label,
-            kind: spec.kind,
+            spec,
             netns,
-            ips: spec.ips,
-            node: spec.node,
+            node,
             node_if,
-            serves: spec.serves,
         });
         Ok(())
     }

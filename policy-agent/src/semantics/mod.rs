@@ -1,6 +1,8 @@
 //! NetworkPolicy semantics: parsing and validation, selectors, and the questions every
 //! evaluator asks ("does this policy apply to that pod", "does this peer admit that pod").
 
+pub mod describe;
+pub mod lint;
 pub mod policy;
 pub mod selector;
 

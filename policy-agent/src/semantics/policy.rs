@@ -448,3 +448,196 @@ pub fn validate_port_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::{Loaded, load_str};
+
+    /// Parses one policy from YAML and returns its field errors.
+    fn errors(spec: &str) -> Vec<FieldError> {
+        let yaml =
+            format!("kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n");
+        let mut loaded = Loaded::default();
+        load_str(&yaml, std::path::Path::new("p.yaml"), &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let policy = loaded.cluster.policies.values().next().unwrap();
+        match ParsedPolicy::parse(policy) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                assert_eq!(
+                    e.origin.file.as_deref(),
+                    Some(std::path::Path::new("p.yaml"))
+                );
+                assert!(
+                    e.to_string()
+                        .starts_with("p.yaml: NetworkPolicy x/p rejected"),
+                    "{e}"
+                );
+                e.errors
+            }
+        }
+    }
+
+    /// The single error of `spec`: its field and a fragment of its message.
+    fn error(spec: &str) -> (String, String) {
+        let errs = errors(spec);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        (errs[0].field.clone(), errs[0].message.clone())
+    }
+
+    #[test]
+    fn valid_policies_parse() {
+        for spec in [
+            "{podSelector: {}}",
+            "{podSelector: {}, policyTypes: [Ingress, Egress], ingress: [], egress: []}",
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}], ports: [{port: 80, endPort: 90}, {protocol: SCTP}, {port: http}]}]}",
+            "{egress: [{to: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a]}]}, podSelector: {}}]}]}",
+        ] {
+            assert_eq!(errors(spec), Vec::new(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn invalid_cidr() {
+        let (field, msg) = error("{ingress: [{from: [{ipBlock: {cidr: 10.0.0/8}}]}]}");
+        assert_eq!(field, "spec.ingress[0].from[0].ipBlock.cidr");
+        assert!(msg.contains("invalid CIDR"), "{msg}");
+        let (field, _) =
+            error("{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [nonsense]}}]}]}");
+        assert_eq!(field, "spec.egress[0].to[0].ipBlock.except[0]");
+    }
+
+    #[test]
+    fn except_outside_its_cidr() {
+        for except in ["192.168.0.0/24", "10.0.0.0/8", "10.0.0.0/7", "fd00::/64"] {
+            let (field, msg) = error(&format!(
+                "{{ingress: [{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [\"{except}\"]}}}}]}}]}}"
+            ));
+            assert_eq!(
+                field, "spec.ingress[0].from[0].ipBlock.except[0]",
+                "{except}"
+            );
+            assert!(msg.contains("strictly within"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn end_port_without_numeric_port_or_below_it() {
+        let (field, msg) = error("{ingress: [{ports: [{endPort: 90}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].endPort");
+        assert!(msg.contains("numeric port"), "{msg}");
+        let (field, _) = error("{ingress: [{ports: [{port: http, endPort: 90}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].endPort");
+        let (field, msg) = error("{ingress: [{ports: [{port: 100, endPort: 90}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].endPort");
+        assert!(msg.contains("no lower than port 100"), "{msg}");
+        let (field, _) = error("{ingress: [{ports: [{port: 100, endPort: 70000}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].endPort");
+    }
+
+    #[test]
+    fn invalid_port_numbers_and_names() {
+        let (field, _) = error("{ingress: [{ports: [{port: 0}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].port");
+        let (field, _) = error("{egress: [{ports: [{port: 65536}]}]}");
+        assert_eq!(field, "spec.egress[0].ports[0].port");
+        for name in [
+            "HTTP",
+            "a--b",
+            "-web",
+            "web-",
+            "1234",
+            "sixteen-chars-xx",
+            "web_api",
+        ] {
+            let (field, msg) = error(&format!("{{ingress: [{{ports: [{{port: \"{name}\"}}]}}]}}"));
+            assert_eq!(field, "spec.ingress[0].ports[0].port", "{name}");
+            assert!(msg.contains("invalid port name"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_protocol() {
+        let (field, msg) = error("{ingress: [{ports: [{protocol: ICMP, port: 1}]}]}");
+        assert_eq!(field, "spec.ingress[0].ports[0].protocol");
+        assert!(msg.contains("TCP, UDP, SCTP"), "{msg}");
+        // Protocols are case-sensitive in the API.
+        assert_eq!(
+            error("{ingress: [{ports: [{protocol: tcp}]}]}").0,
+            "spec.ingress[0].ports[0].protocol"
+        );
+    }
+
+    #[test]
+    fn invalid_selectors() {
+        let (field, msg) =
+            error("{podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}}");
+        assert_eq!(field, "spec.podSelector.matchExpressions[0].operator");
+        assert!(msg.contains("unknown operator"), "{msg}");
+        let (field, _) = error(
+            "{ingress: [{from: [{podSelector: {matchExpressions: [{key: app, operator: In}]}}]}]}",
+        );
+        assert_eq!(
+            field,
+            "spec.ingress[0].from[0].podSelector.matchExpressions[0].values"
+        );
+        let (field, _) = error(
+            "{ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: app, operator: DoesNotExist, values: [x]}]}}]}]}",
+        );
+        assert_eq!(
+            field,
+            "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"
+        );
+        let (field, _) = error("{podSelector: {matchLabels: {app: \"bad value!\"}}}");
+        assert_eq!(field, "spec.podSelector.matchLabels.app");
+        let (field, _) = error("{podSelector: {matchLabels: {\"Bad/Prefix/x\": a}}}");
+        assert_eq!(field, "spec.podSelector.matchLabels.Bad/Prefix/x");
+    }
+
+    #[test]
+    fn peers_must_say_what_they_select_and_not_mix_ip_blocks() {
+        let (field, msg) = error("{ingress: [{from: [{}]}]}");
+        assert_eq!(field, "spec.ingress[0].from[0]");
+        assert!(msg.contains("must specify a peer"), "{msg}");
+        let (field, msg) =
+            error("{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}");
+        assert_eq!(field, "spec.egress[0].to[0]");
+        assert!(msg.contains("both ipBlock and"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_policy_type() {
+        let (field, _) = error("{policyTypes: [Ingress, Sideways]}");
+        assert_eq!(field, "spec.policyTypes[1]");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errs = errors("{ingress: [{ports: [{port: 0}, {protocol: GRE}]}], policyTypes: [X]}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn policy_types_default_from_the_egress_section() {
+        let parse = |spec: &str| {
+            let yaml =
+                format!("kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n");
+            let mut loaded = Loaded::default();
+            load_str(&yaml, std::path::Path::new("p.yaml"), &mut loaded);
+            ParsedPolicy::parse(loaded.cluster.policies.values().next().unwrap()).unwrap()
+        };
+        let p = parse("{podSelector: {}}");
+        assert!(p.ingress.is_some() && p.egress.is_none());
+        let p = parse("{egress: [{}]}");
+        assert!(p.ingress.is_some() && p.egress.is_some());
+        // An empty egress list does not imply Egress (the API server tests its length).
+        let p = parse("{egress: []}");
+        assert!(p.egress.is_none());
+        let p = parse("{policyTypes: [Egress], ingress: [{}]}");
+        assert!(
+            p.ingress.is_none() && p.egress.is_some(),
+            "policyTypes wins over sections"
+        );
+    }
+}

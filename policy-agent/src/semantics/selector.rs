@@ -118,6 +118,11 @@ impl Selector {
         Ok(Self { requirements })
     }
 
+    /// The requirements, in a canonical order.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))

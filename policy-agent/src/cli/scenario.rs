@@ -1,0 +1,67 @@
+//! What `lab`, `matrix` and `explain` share: a manifest directory, its lab.toml, and the
+//! external hosts.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::Args;
+use policy_agent::{
+    lab::{LabConfig, config::parse_port},
+    manifests::{self, Loaded},
+    model::Protocol,
+    semantics::{ParsedPolicy, lint},
+};
+
+/// Where the scenario comes from.
+#[derive(Args)]
+pub struct ScenarioArgs {
+    /// Directory of Namespace, Pod and NetworkPolicy manifests (and an optional lab.toml).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// External hosts (comma-separated addresses) [default: from lab.toml].
+    #[arg(long, value_delimiter = ',')]
+    pub external: Vec<IpAddr>,
+    /// Ports the external hosts serve: PORT or PORT/PROTOCOL, comma-separated
+    /// [default: from lab.toml, else 22,80,443,53/udp].
+    #[arg(long, value_delimiter = ',', value_parser = parse_port)]
+    pub external_ports: Vec<(Protocol, u16)>,
+}
+
+/// A loaded scenario.
+pub struct Scenario {
+    pub loaded: Loaded,
+    pub config: LabConfig,
+}
+
+impl ScenarioArgs {
+    /// Loads the manifests (reporting bad objects on stderr) and the lab settings.
+    pub fn load(&self) -> anyhow::Result<Scenario> {
+        let loaded = manifests::load_dir(&self.manifests)?;
+        for e in &loaded.errors {
+            eprintln!("error: {e}");
+        }
+        let mut config = LabConfig::from_dir(&self.manifests)?;
+        if !self.external.is_empty() {
+            config.externals.clone_from(&self.external);
+        }
+        if !self.external_ports.is_empty() {
+            config.external_ports.clone_from(&self.external_ports);
+        }
+        Ok(Scenario { loaded, config })
+    }
+}
+
+impl Scenario {
+    /// Prints rejected policies and lint warnings on stderr.
+    pub fn report_policies(&self) {
+        let mut valid = Vec::new();
+        for policy in self.loaded.cluster.policies.values() {
+            match ParsedPolicy::parse(policy) {
+                Ok(p) => valid.push(p),
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
+        for w in lint::lint(&self.loaded.cluster, &valid) {
+            eprintln!("warning: {w}");
+        }
+    }
+}

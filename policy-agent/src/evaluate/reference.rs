@@ -1,0 +1,210 @@
+//! The reference evaluator: the NetworkPolicy semantics applied directly to the cluster
+//! model, one sentence of the API documentation at a time. It is written to be obviously
+//! right, not fast; the compiled and kernel evaluators must agree with it.
+
+use std::net::IpAddr;
+
+use policy_common::maps::Direction;
+
+use super::Flow;
+use crate::{
+    model::{Cluster, ObjectRef, Pod, Protocol},
+    plan::Host,
+    semantics::{self, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule},
+};
+
+/// The cluster with its policies parsed (invalid ones left out, as the enforcer does).
+pub struct Reference<'a> {
+    cluster: &'a Cluster,
+    policies: Vec<ParsedPolicy>,
+    rejected: Vec<PolicyError>,
+}
+
+/// What one side of a flow says: the source's egress or the destination's ingress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// Direction, from the side's pod.
+    pub direction: Direction,
+    /// The pod whose policies apply (`None` for an external host, which has none).
+    pub pod: Option<ObjectRef>,
+    /// Policies that select the pod and have this direction in their policyTypes.
+    pub isolating: Vec<ObjectRef>,
+    /// The first rule that admits the flow: policy, rule index.
+    pub allowed_by: Option<(ObjectRef, usize)>,
+}
+
+impl Side {
+    /// Whether this side lets the flow through.
+    pub fn allows(&self) -> bool {
+        self.isolating.is_empty() || self.allowed_by.is_some()
+    }
+}
+
+/// The verdict on a flow and the reasons for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The flow goes from a pod to itself: "a pod cannot block access to itself".
+    pub loopback: bool,
+    /// The source's egress.
+    pub egress: Side,
+    /// The destination's ingress.
+    pub ingress: Side,
+}
+
+impl Explanation {
+    /// The verdict: both sides must allow it.
+    pub fn allowed(&self) -> bool {
+        self.loopback || (self.egress.allows() && self.ingress.allows())
+    }
+}
+
+impl<'a> Reference<'a> {
+    /// Parses the cluster's policies.
+    pub fn new(cluster: &'a Cluster) -> Self {
+        let mut policies = Vec::new();
+        let mut rejected = Vec::new();
+        for p in cluster.policies.values() {
+            match ParsedPolicy::parse(p) {
+                Ok(parsed) => policies.push(parsed),
+                Err(e) => rejected.push(e),
+            }
+        }
+        Self {
+            cluster,
+            policies,
+            rejected,
+        }
+    }
+
+    /// Policies that failed validation.
+    pub fn rejected(&self) -> &[PolicyError] {
+        &self.rejected
+    }
+
+    /// The valid policies.
+    pub fn policies(&self) -> &[ParsedPolicy] {
+        &self.policies
+    }
+
+    fn pod(&self, host: &Host) -> Option<&'a Pod> {
+        self.cluster.pods.get(host.pod.as_ref()?)
+    }
+
+    /// Whether the flow is allowed.
+    pub fn allows(&self, flow: &Flow<'_>) -> bool {
+        self.explain(flow).allowed()
+    }
+
+    /// The verdict on `flow`, and why.
+    pub fn explain(&self, flow: &Flow<'_>) -> Explanation {
+        let (src, dst) = (self.pod(flow.from), self.pod(flow.to));
+        Explanation {
+            loopback: src.is_some() && flow.from.pod == flow.to.pod,
+            // The source's egress decides on the destination; the destination's ingress on
+            // the source. Ports always name the destination's port.
+            egress: self.side(Direction::Egress, src, flow.to, flow.dst, dst, flow),
+            ingress: self.side(Direction::Ingress, dst, flow.from, flow.src, dst, flow),
+        }
+    }
+
+    fn side(
+        &self,
+        direction: Direction,
+        pod: Option<&Pod>,
+        peer: &Host,
+        peer_ip: IpAddr,
+        destination: Option<&Pod>,
+        flow: &Flow<'_>,
+    ) -> Side {
+        let mut side = Side {
+            direction,
+            pod: pod.map(|p| p.id.clone()),
+            isolating: Vec::new(),
+            allowed_by: None,
+        };
+        let Some(pod) = pod else {
+            return side;
+        };
+        // "Pods become isolated by having a NetworkPolicy that selects them" for a
+        // direction when the policy's policyTypes contains it.
+        for policy in &self.policies {
+            let Some(rules) = policy.rules(direction) else {
+                continue;
+            };
+            if !semantics::applies_to(policy, pod) {
+                continue;
+            }
+            side.isolating.push(policy.id.clone());
+            if side.allowed_by.is_some() {
+                continue;
+            }
+            // "Traffic is allowed if it matches at least one rule across all of the
+            // NetworkPolicy objects": a rule matches when one of its peers and one of its
+            // ports match.
+            if let Some(rule) = rules.iter().find(|rule| {
+                self.peers_match(rule, &policy.id.namespace, peer, peer_ip)
+                    && ports_match(&rule.ports, flow.protocol, flow.port, destination)
+            }) {
+                side.allowed_by = Some((policy.id.clone(), rule.index));
+            }
+        }
+        side
+    }
+
+    fn peers_match(&self, rule: &Rule, policy_namespace: &str, peer: &Host, ip: IpAddr) -> bool {
+        let peers = match &rule.peers {
+            // "If this field is empty or missing, this rule matches all sources" (or
+            // "all destinations" for egress).
+            Peers::All => return true,
+            Peers::Only(peers) => peers,
+        };
+        // "If this field is present and contains at least one item, this rule allows
+        // traffic only if the traffic matches at least one item in the from list."
+        peers.iter().any(|p| match p {
+            // "IPBlock defines policy on a particular IPBlock": addresses in cidr and in none
+            // of except, whoever has them (pods included). A CIDR of one family contains no
+            // address of the other.
+            Peer::IpBlock(block) => block.contains(ip),
+            // Selectors select pods; an external host is no pod.
+            Peer::Pods { namespaces, pods } => self.pod(peer).is_some_and(|pod| {
+                semantics::selector_peer_admits_pod(
+                    namespaces.as_ref(),
+                    pods,
+                    policy_namespace,
+                    self.cluster,
+                    pod,
+                )
+            }),
+        })
+    }
+}
+
+/// "If this field is empty or missing, this rule matches all ports ... If this field is
+/// present and contains at least one item, then this rule allows traffic only if the traffic
+/// matches at least one port in the list."
+fn ports_match(ports: &Ports, protocol: Protocol, port: u16, destination: Option<&Pod>) -> bool {
+    match ports {
+        Ports::All => true,
+        Ports::Only(specs) => specs
+            .iter()
+            .any(|s| port_matches(s, protocol, port, destination)),
+    }
+}
+
+fn port_matches(spec: &PortSpec, protocol: Protocol, port: u16, destination: Option<&Pod>) -> bool {
+    // "The protocol (TCP, UDP, or SCTP) which traffic must match. If not specified, this
+    // field defaults to TCP."
+    spec.protocol == protocol
+        && match &spec.port {
+            // "If this field is not provided, this matches all port names and numbers."
+            PortRef::Any => true,
+            // "endPort indicates that the range of ports from port to endPort if set,
+            // inclusive, should be allowed by the policy."
+            PortRef::Range(first, last) => (*first..=*last).contains(&port),
+            // A named port is "a named port on a pod": the destination's container port of
+            // that name and protocol. An external destination has no named ports.
+            PortRef::Named(name) => {
+                destination.and_then(|pod| pod.named_port(name, protocol)) == Some(port)
+            }
+        }
+}

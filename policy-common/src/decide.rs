@@ -1,0 +1,112 @@
+//! The policy decision for the first packet of a flow, written once for both sides: the
+//! eBPF programs run it on the kernel maps, and the agent's compiled evaluator runs it on
+//! the compiled map contents, so the two cannot disagree about how the maps are read.
+//!
+//! A rule allows a flow when one of its peers matches the remote side and one of its ports
+//! matches the flow. Peers come in two kinds, looked up in turn: selectors (the remote pod's
+//! identity) and ipBlocks (the CIDR class of the remote address, whose trie also holds the
+//! 0.0.0.0/0 and ::/0 of rules that allow every peer). Each lookup is one longest-prefix
+//! match over (ruleset, peer, protocol, port), so its cost does not grow with the rules.
+
+use crate::{
+    maps::{
+        CIDR_CLASS_NONE, CIDR_PREFIX_BASE, CidrKey, CidrValue, Direction, EndpointInfo,
+        IDENTITY_HOST, IDENTITY_WORLD, IpKey, PolicyKey, PolicyValue, peer_kind,
+    },
+    net::{FAMILY_IPV4, proto},
+    reason::AllowReason,
+};
+
+const IPV4_BITS: u32 = 32;
+const IPV6_BITS: u32 = 128;
+
+/// The three lookups a decision makes.
+pub trait PolicyMaps {
+    /// IPCACHE: the identity of an address, [`IDENTITY_WORLD`] if it has none.
+    fn identity(&self, addr: &IpKey) -> u32;
+    /// POLICY: the longest entry matching a full-length key.
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
+    /// CIDR: the longest entry matching a full-length address key (`prefix_len` bits).
+    fn cidr(&self, key: &CidrKey, prefix_len: u32) -> Option<CidrValue>;
+}
+
+/// How a new flow was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlow {
+    /// Identity of the remote address.
+    pub remote_identity: u32,
+    /// Why it is allowed and the allowing policy (0 if none), or `None` if it is denied.
+    pub allowed: Option<(AllowReason, u32)>,
+}
+
+/// A new flow of endpoint `ep` in `dir` with the remote address `remote`.
+#[inline(always)]
+pub fn new_flow<M: PolicyMaps>(
+    maps: &M,
+    ep: &EndpointInfo,
+    dir: Direction,
+    remote: &IpKey,
+    ip_proto: u8,
+    dport: u16,
+) -> NewFlow {
+    let remote_identity = maps.identity(remote);
+    let allowed = if !ep.is_isolated(dir) {
+        Some((AllowReason::NotIsolated, 0))
+    } else if remote_identity == IDENTITY_HOST {
+        Some((AllowReason::Host, 0))
+    } else {
+        allowing_policy(
+            maps,
+            ep.ruleset(dir),
+            remote_identity,
+            remote,
+            ip_proto,
+            dport,
+        )
+        .map(|policy_id| (AllowReason::Policy, policy_id))
+    };
+    NewFlow {
+        remote_identity,
+        allowed,
+    }
+}
+
+/// The policy whose rule in `ruleset` allows a new flow with `remote`, if any.
+#[inline(always)]
+pub fn allowing_policy<M: PolicyMaps>(
+    maps: &M,
+    ruleset: u32,
+    identity: u32,
+    remote: &IpKey,
+    ip_proto: u8,
+    dport: u16,
+) -> Option<u32> {
+    // Rules with ports name TCP, UDP or SCTP ports; other protocols match only rules
+    // without ports, whose entries stop before the port.
+    let port = if proto::has_ports(ip_proto) { dport } else { 0 };
+
+    if identity != IDENTITY_WORLD {
+        let key = PolicyKey::new(ruleset, peer_kind::IDENTITY, identity, ip_proto, port);
+        if let Some(v) = maps.policy(&key) {
+            return Some(v.policy_id);
+        }
+    }
+
+    let bits = if remote.family == FAMILY_IPV4 {
+        IPV4_BITS
+    } else {
+        IPV6_BITS
+    };
+    let cidr = CidrKey {
+        ruleset,
+        family: remote.family,
+        _pad: [0; 3],
+        addr: remote.addr,
+    };
+    let class = maps.cidr(&cidr, CIDR_PREFIX_BASE + bits)?.class;
+    if class == CIDR_CLASS_NONE {
+        return None;
+    }
+    let key = PolicyKey::new(ruleset, peer_kind::CIDR, class, ip_proto, port);
+    maps.policy(&key).map(|v| v.policy_id)
+}
