@@ -54,7 +54,7 @@ fn reference_compiled_and_kernel_agree_on_random_scenarios() {
         );
         let reference = Reference::new(&s.cluster);
         let compiled = CompiledEvaluator::with_compiler(&mut compiler.borrow_mut(), &s.cluster);
-        let in_kernel = count.get() % KERNEL_SAMPLE_EVERY == 0;
+        let in_kernel = count.get().is_multiple_of(KERNEL_SAMPLE_EVERY);
         let mut kernel = kernel.borrow_mut();
         if in_kernel {
             kernel.load(&s.cluster);
