@@ -56,11 +56,11 @@ fn a_policy_added_later_applies_at_once() {
     block_on(async {
         let mut lab = Lab::start(&open, &LabConfig::default()).await.unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
-        lab.update_policies(&isolated).unwrap();
+        lab.update(&isolated).unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |p| {
             to_self(p) || ns(&p.to) != Some("x")
         });
-        lab.update_policies(&open).unwrap();
+        lab.update(&open).unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
         lab.shutdown().await;
     });

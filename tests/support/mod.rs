@@ -1,6 +1,7 @@
 //! Shared test helpers: clusters from YAML, the standard two-namespace model, a runtime per
 //! test, and reachability assertions that list every wrong verdict.
 
+pub mod conformance;
 pub mod kernel;
 pub mod packets;
 pub mod scenarios;

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Probes in flight at once.
-const MAX_CONCURRENT_PROBES: usize = 512;
+const MAX_CONCURRENT_PROBES: usize = 1024;
 
 /// A running lab.
 pub struct Lab {
@@ -45,6 +45,7 @@ impl Lab {
     pub async fn start(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
         netns::sweep_stale(topology::NETNS_PREFIX);
         bpffs::sweep_stale(PIN_PREFIX);
+        raise_open_file_limit();
 
         let nodes = config.nodes.max(1);
         let missing: Vec<String> = cluster
@@ -140,11 +141,28 @@ impl Lab {
         Ok(())
     }
 
-    /// Replaces the NetworkPolicies (and namespace labels) with those of `cluster` and
-    /// updates the maps. Pods stay where they are.
-    pub fn update_policies(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
-        self.cluster.policies = cluster.policies.clone();
-        self.cluster.namespaces = cluster.namespaces.clone();
+    /// Moves the lab to `cluster`'s policies and labels (of namespaces and pods) and updates
+    /// the maps. The pods themselves, their addresses and ports, must stay as they are.
+    pub fn update(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        for (id, pod) in &mut self.cluster.pods {
+            let new = cluster
+                .pods
+                .get(id)
+                .with_context(|| format!("pod {id} cannot leave a running lab"))?;
+            if new.ips != pod.ips || new.ports != pod.ports {
+                bail!("pod {id} cannot change addresses or ports in a running lab");
+            }
+            pod.labels.clone_from(&new.labels);
+        }
+        if let Some(id) = cluster
+            .pods
+            .keys()
+            .find(|id| !self.cluster.pods.contains_key(*id))
+        {
+            bail!("pod {id} cannot join a running lab");
+        }
+        self.cluster.policies.clone_from(&cluster.policies);
+        self.cluster.namespaces.clone_from(&cluster.namespaces);
         self.sync()
     }
 
@@ -209,6 +227,16 @@ impl Lab {
     /// Stops the probe servers and waits for them, then tears everything down.
     pub async fn shutdown(mut self) {
         self.servers.shutdown().await;
+    }
+}
+
+/// Every probe in flight holds a socket: allow as many open files as the hard limit does.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

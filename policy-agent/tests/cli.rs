@@ -1,0 +1,221 @@
+//! The CLI as a user runs it: the TorchPod example through `lab`, `matrix` and `explain`,
+//! rejected policies, and the lab torn down on Ctrl-C.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use policy_agent::lab::resources_of;
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_policy-agent");
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/torchpod")
+}
+
+#[test]
+fn torchpod_example_enforces_what_the_team_asked_for() {
+    let out = Command::new(AGENT)
+        .args(["lab", "--json", "--manifests"])
+        .arg(example())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = json["probes"].as_array().unwrap();
+    assert!(probes.len() > 100, "{} probes", probes.len());
+
+    let office = |h: &str| h.starts_with("192.168.") || h.starts_with("172.17.");
+    let dev = |h: &str| h.starts_with("mlab2/torchpod-");
+    let backups = ["192.168.0.10", "192.168.0.11"];
+    for p in probes {
+        let (from, to) = (p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
+        let port = p["port"].as_u64().unwrap();
+        let tcp = p["protocol"] == "TCP";
+        let allowed = p["allowed"].as_bool().unwrap();
+        if from == to {
+            assert!(allowed, "{p}");
+        } else if dev(to) {
+            let want = office(from) && tcp && (port == 5900 || port == 7030);
+            assert_eq!(allowed, want, "into a dev pod: {p}");
+        } else if dev(from) {
+            let want = backups.contains(&to) && tcp && port == 22;
+            assert_eq!(allowed, want, "out of a dev pod: {p}");
+        } else {
+            assert!(allowed, "nothing else is isolated: {p}");
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_tears_the_lab_down() {
+    let mut child = Command::new(AGENT)
+        .args(["lab", "--keep", "--manifests"])
+        .arg(example())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut waiting = false;
+    for line in stderr.lines() {
+        if line.unwrap().contains("press Ctrl-C") {
+            waiting = true;
+            break;
+        }
+    }
+    assert!(waiting, "the lab did not come up");
+    assert!(
+        !resources_of(pid).is_empty(),
+        "the running lab has namespaces and pins"
+    );
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(resources_of(pid), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn matrix_prints_what_the_lab_measures() {
+    let run = |command: &str| -> Value {
+        let out = Command::new(AGENT)
+            .args([command, "--json", "--manifests"])
+            .arg(example())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let matrix = run("matrix");
+    assert_eq!(matrix, run("lab"));
+    assert!(matrix["probes"].as_array().unwrap().len() > 100);
+}
+
+#[test]
+fn an_invalid_policy_is_reported_and_the_others_still_apply() {
+    let dir = std::env::temp_dir().join(format!("policy-agent-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cluster.yaml"),
+        r#"
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.9.0.1}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.9.0.2}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policies.yaml"),
+        r#"
+kind: NetworkPolicy
+metadata: {name: broken, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]}]
+---
+kind: NetworkPolicy
+metadata: {name: deny-a, namespace: x}
+spec: {podSelector: {matchLabels: {app: a}}}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(AGENT)
+        .args(["matrix", "--json", "--manifests"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("policies.yaml: NetworkPolicy x/broken rejected, not enforced")
+            && stderr.contains("spec.ingress[0].from[0].ipBlock.except[0]: 192.168.0.0/16 must be strictly within cidr 10.0.0.0/8"),
+        "{stderr}"
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verdict = |from: &str, to: &str| {
+        json["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .unwrap()["allowed"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(
+        !verdict("x/b", "x/a"),
+        "the valid policy still isolates x/a"
+    );
+    assert!(
+        verdict("x/a", "x/b"),
+        "the rejected policy isolates nothing"
+    );
+}
+
+#[test]
+fn explain_names_the_isolating_policy_and_the_rule() {
+    let explain = |from: &str, to: &str, port: &str| {
+        let out = Command::new(AGENT)
+            .args(["explain", "--manifests"])
+            .arg(example())
+            .args(["--from", from, "--to", to, "--port", port])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let allowed = explain("192.168.7.25", "mlab2/torchpod-0", "5900");
+    assert!(allowed.contains(": ALLOWED"), "{allowed}");
+    assert!(
+        allowed.contains("allowed by mlab2/torchpod-from-office, ingress rule 0"),
+        "{allowed}"
+    );
+    assert!(allowed.contains("The compiled maps agree."), "{allowed}");
+
+    let denied = explain("mlab2/torchpod-0", "tools/builder", "8080");
+    assert!(denied.contains(": DENIED"), "{denied}");
+    assert!(
+        denied.contains("egress of mlab2/torchpod-0: isolated by mlab2/torchpod-to-backups"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("no rule admits tools/builder on TCP/8080"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("ingress of tools/builder: not isolated"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("Warnings:") && denied.contains("DNS (port 53)"),
+        "{denied}"
+    );
+}

@@ -1,0 +1,78 @@
+//! The upstream NetworkPolicy e2e suite's cases (see `policy_tests::conformance`) with real
+//! packets: each case builds the model in the lab (nine dual-stack pods with TCP, UDP and
+//! SCTP servers on ports 80 and 81), applies its steps to the running datapath, and probes
+//! every pair. A few labs run at once, since probes mostly wait.
+
+use std::fmt::Write as _;
+
+use futures::{StreamExt as _, stream};
+use policy_agent::lab::{Lab, LabConfig};
+use policy_tests::{
+    block_on,
+    conformance::{Case, cases, conn},
+};
+
+/// Labs running at the same time.
+const CONCURRENT_LABS: usize = 4;
+
+/// Runs one case; returns its wrong verdicts.
+async fn run(case: &Case) -> String {
+    let mut wrong = String::new();
+    let mut lab: Option<Lab> = None;
+    for (i, step) in case.steps.iter().enumerate() {
+        let cluster = step.cluster();
+        match &mut lab {
+            None => {
+                lab = Some(
+                    Lab::start(&cluster, &LabConfig::default())
+                        .await
+                        .expect("lab starts"),
+                )
+            }
+            Some(lab) => lab.update(&cluster).expect("lab updates"),
+        }
+        let reachability = lab
+            .as_ref()
+            .expect("started")
+            .probe_all()
+            .await
+            .expect("probes run");
+        for p in &reachability.probes {
+            let want = conn(&p.from, &p.to, p.protocol, p.port, p.family)
+                .is_none_or(|c| (step.expect)(&c));
+            if p.allowed != want {
+                let _ = writeln!(
+                    wrong,
+                    "{} (step {}): {} -> {} {}/{} {:?}: got {}, want {want}",
+                    case.name,
+                    i + 1,
+                    p.from,
+                    p.to,
+                    p.protocol,
+                    p.port,
+                    p.family,
+                    p.allowed
+                );
+            }
+        }
+    }
+    if let Some(lab) = lab {
+        lab.shutdown().await;
+    }
+    wrong
+}
+
+#[test]
+fn every_upstream_case_holds_with_real_packets() {
+    let cases: Vec<Case> = cases().into_iter().filter(|c| c.lab).collect();
+    let failures: String = block_on(
+        stream::iter(cases.iter().map(run))
+            .buffer_unordered(CONCURRENT_LABS)
+            .collect::<Vec<String>>(),
+    )
+    .concat();
+    assert!(
+        failures.is_empty(),
+        "conformance failures in the lab:\n{failures}"
+    );
+}
