@@ -20,10 +20,10 @@ fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/torchpod")
 }
 
-#[test]
-fn torchpod_example_enforces_what_the_team_asked_for() {
+/// Runs `policy-agent <command> --json --manifests <example>` and parses its output.
+fn json_of(command: &str) -> Value {
     let out = Command::new(AGENT)
-        .args(["lab", "--json", "--manifests"])
+        .args([command, "--json", "--manifests"])
         .arg(example())
         .output()
         .unwrap();
@@ -32,7 +32,12 @@ fn torchpod_example_enforces_what_the_team_asked_for() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn torchpod_example_enforces_what_the_team_asked_for() {
+    let json = json_of("lab");
     let probes = json["probes"].as_array().unwrap();
     assert!(probes.len() > 100, "{} probes", probes.len());
 
@@ -90,21 +95,8 @@ fn ctrl_c_tears_the_lab_down() {
 
 #[test]
 fn matrix_prints_what_the_lab_measures() {
-    let run = |command: &str| -> Value {
-        let out = Command::new(AGENT)
-            .args([command, "--json", "--manifests"])
-            .arg(example())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let matrix = run("matrix");
-    assert_eq!(matrix, run("lab"));
+    let matrix = json_of("matrix");
+    assert_eq!(matrix, json_of("lab"));
     assert!(matrix["probes"].as_array().unwrap().len() > 100);
 }
 

@@ -111,7 +111,7 @@ pub struct Step {
     /// Labels added to the model.
     pub labels: &'static [Label],
     /// Whether a connection between two different pods is allowed.
-    pub expect: fn(&Conn<'_>) -> bool,
+    pub expect: Box<dyn Fn(&Conn<'_>) -> bool>,
 }
 
 /// A case: one or more states, as upstream creates, updates and deletes things.
@@ -156,11 +156,19 @@ fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!("---\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
 }
 
-fn step(policies: String, expect: fn(&Conn<'_>) -> bool) -> Step {
+fn step(policies: String, expect: impl Fn(&Conn<'_>) -> bool + 'static) -> Step {
+    labelled(policies, &[], expect)
+}
+
+fn labelled(
+    policies: String,
+    labels: &'static [Label],
+    expect: impl Fn(&Conn<'_>) -> bool + 'static,
+) -> Step {
     Step {
         policies,
-        labels: &[],
-        expect,
+        labels,
+        expect: Box::new(expect),
     }
 }
 
@@ -209,14 +217,47 @@ fn host_blocks(ns: usize, pod: usize) -> String {
     )
 }
 
+/// Nothing enters namespace x.
+fn default_deny_ingress() -> Step {
+    step(policy("x", "deny-ingress", DENY_INGRESS_X), |c| {
+        c.to_ns != "x"
+    })
+}
+
+/// x/a accepts only pod a of namespace y.
+fn from_y_a() -> Step {
+    step(
+        policy(
+            "x",
+            "allow-ns-y-pod-a-via-namespace-pod-selector",
+            &format!(
+                "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}, podSelector: {{matchLabels: {{pod: a}}}}}}]}}]}}"
+            ),
+        ),
+        |c| !c.to("x", "a") || c.from("y", "a"),
+    )
+}
+
+/// x/a accepts only namespace y, and only on port 81 of `protocol`.
+fn ports_from_y(protocol: Protocol) -> Step {
+    step(
+        policy(
+            "x",
+            "allow-port-81-from-ns-y",
+            &format!(
+                "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}}}], ports: [{{port: 81, protocol: {protocol}}}]}}]}}"
+            ),
+        ),
+        move |c| !c.to("x", "a") || (c.from_ns == "y" && c.protocol == protocol && c.port == 81),
+    )
+}
+
 /// Every case.
 pub fn cases() -> Vec<Case> {
     vec![
         case(
             "should support a 'default-deny-ingress' policy",
-            vec![step(policy("x", "deny-ingress", DENY_INGRESS_X), |c| {
-                c.to_ns != "x"
-            })],
+            vec![default_deny_ingress()],
         ),
         case(
             "should support a 'default-deny-all' policy",
@@ -344,29 +385,11 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-ns-y-pod-a-via-namespace-pod-selector",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}, podSelector: {{matchLabels: {{pod: a}}}}}}]}}]}}"
-                    ),
-                ),
-                |c| !c.to("x", "a") || c.from("y", "a"),
-            )],
+            vec![from_y_a()],
         ),
         case(
             "should enforce policy based on Ports",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-client-a-via-ns-selector",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}}}], ports: [{{port: 81, protocol: TCP}}]}}]}}"
-                    ),
-                ),
-                |c| !c.to("x", "a") || (c.from_ns == "y" && c.tcp(81)),
-            )],
+            vec![ports_from_y(Protocol::Tcp)],
         ),
         case(
             "should enforce multiple, stacked policies with overlapping podSelectors",
@@ -470,11 +493,9 @@ pub fn cases() -> Vec<Case> {
             );
             vec![
                 step(p.clone(), |c| !c.to("x", "a")),
-                Step {
-                    policies: p,
-                    labels: &[Label::Namespace("y", "ns2", "updated")],
-                    expect: |c| !c.to("x", "a") || c.from_ns == "y",
-                },
+                labelled(p, &[Label::Namespace("y", "ns2", "updated")], |c| {
+                    !c.to("x", "a") || c.from_ns == "y"
+                }),
             ]
         }),
         case("should allow ingress access from updated pod", {
@@ -485,11 +506,9 @@ pub fn cases() -> Vec<Case> {
             );
             vec![
                 step(p.clone(), |c| !c.to("x", "a")),
-                Step {
-                    policies: p,
-                    labels: &[Label::Pod("x", "b", "pod2", "updated")],
-                    expect: |c| !c.to("x", "a") || c.from("x", "b"),
-                },
+                labelled(p, &[Label::Pod("x", "b", "pod2", "updated")], |c| {
+                    !c.to("x", "a") || c.from("x", "b")
+                }),
             ]
         }),
         case(
@@ -511,11 +530,9 @@ pub fn cases() -> Vec<Case> {
             );
             vec![
                 step(p.clone(), |_| true),
-                Step {
-                    policies: p,
-                    labels: &[Label::Pod("x", "a", "target", "isolated")],
-                    expect: |c| !c.to("x", "a"),
-                },
+                labelled(p, &[Label::Pod("x", "a", "target", "isolated")], |c| {
+                    !c.to("x", "a")
+                }),
             ]
         }),
         case(
@@ -798,73 +815,27 @@ pub fn cases() -> Vec<Case> {
         // The UDP and SCTP blocks of the upstream suite.
         repeat(
             "UDP: should support a 'default-deny-ingress' policy",
-            vec![step(policy("x", "deny-all", DENY_INGRESS_X), |c| {
-                c.to_ns != "x"
-            })],
+            vec![default_deny_ingress()],
         ),
         case(
             "UDP: should enforce policy based on Ports",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-ingress-on-port-81-ns-x",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}}}], ports: [{{port: 81, protocol: UDP}}]}}]}}"
-                    ),
-                ),
-                |c| {
-                    !c.to("x", "a")
-                        || (c.from_ns == "y" && c.protocol == Protocol::Udp && c.port == 81)
-                },
-            )],
+            vec![ports_from_y(Protocol::Udp)],
         ),
         repeat(
             "UDP: should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-ns-y-pod-a-via-namespace-pod-selector",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}, podSelector: {{matchLabels: {{pod: a}}}}}}]}}]}}"
-                    ),
-                ),
-                |c| !c.to("x", "a") || c.from("y", "a"),
-            )],
+            vec![from_y_a()],
         ),
         repeat(
             "SCTP: should support a 'default-deny-ingress' policy",
-            vec![step(policy("x", "deny-all", DENY_INGRESS_X), |c| {
-                c.to_ns != "x"
-            })],
+            vec![default_deny_ingress()],
         ),
         case(
             "SCTP: should enforce policy based on Ports",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-ingress-on-port-81-ns-x",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}}}], ports: [{{port: 81, protocol: SCTP}}]}}]}}"
-                    ),
-                ),
-                |c| {
-                    !c.to("x", "a")
-                        || (c.from_ns == "y" && c.protocol == Protocol::Sctp && c.port == 81)
-                },
-            )],
+            vec![ports_from_y(Protocol::Sctp)],
         ),
         repeat(
             "SCTP: should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
-            vec![step(
-                policy(
-                    "x",
-                    "allow-ns-y-pod-a-via-namespace-pod-selector",
-                    &format!(
-                        "{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Ingress], ingress: [{{from: [{{{NS_Y}, podSelector: {{matchLabels: {{pod: a}}}}}}]}}]}}"
-                    ),
-                ),
-                |c| !c.to("x", "a") || c.from("y", "a"),
-            )],
+            vec![from_y_a()],
         ),
     ]
 }
