@@ -1,17 +1,18 @@
 //! policy-agent: enforces Kubernetes NetworkPolicy with eBPF.
 //!
 //! Data flows through the modules in this order:
-//! [`manifests`] (a source) -> [`model`] -> [`semantics`] -> [`compiler`] -> [`datapath`]
+//! [`source`] (manifests, Kubernetes) -> [`model`] -> [`semantics`] -> [`compiler`] -> [`datapath`]
 //! (load, pin, attach, sync the maps) -> kernel. [`lab`] builds a simulated node from
 //! network namespaces and drives all of it with real packets.
 
+pub mod agent;
 pub mod compiler;
 pub mod datapath;
 pub mod evaluate;
 pub mod lab;
-pub mod manifests;
 pub mod model;
 pub mod netns;
 pub mod plan;
 pub mod report;
 pub mod semantics;
+pub mod source;

@@ -72,10 +72,11 @@ pub fn ip(args: &[&str]) -> Result<(), NetnsError> {
     Ok(())
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace; deleted on drop if this handle created it.
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    owned: bool,
 }
 
 impl NetNs {
@@ -84,8 +85,23 @@ impl NetNs {
         ip(&["netns", "add", name])?;
         let ns = Self {
             name: name.to_owned(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A handle on an existing namespace `name` (one `ip netns add` made), which dropping
+    /// leaves alone.
+    pub fn open(name: &str) -> Result<Self, NetnsError> {
+        let ns = Self {
+            name: name.to_owned(),
+            owned: false,
+        };
+        File::open(ns.path()).map_err(|source| NetnsError::Enter {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(ns)
     }
 
@@ -149,6 +165,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Interfaces inside (our veths) go with the namespace.
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             tracing::warn!(netns = %self.name, error = %e, "could not delete network namespace");

@@ -211,3 +211,156 @@ fn explain_names_the_isolating_policy_and_the_rule() {
         "{denied}"
     );
 }
+
+/// `GET path` from a local HTTP server: status code and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+#[test]
+fn the_agent_follows_an_edited_manifest_directory() {
+    let dir = std::env::temp_dir().join(format!("policy-agent-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(example()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut lab = Command::new(AGENT)
+        .args([
+            "lab",
+            "--watch",
+            "--metrics-port",
+            &port.to_string(),
+            "--manifests",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = lab.id();
+
+    // Wait for the agents and the first table; learn the socket. Stderr is drained to the
+    // end, or the lab would die writing to a closed pipe.
+    let (tx, stderr) = std::sync::mpsc::channel();
+    let lab_stderr = lab.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(lab_stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut socket = None;
+    for line in stderr.iter() {
+        if let Some(rest) = line.strip_prefix("node-1: agent socket ") {
+            socket = rest.split(' ').next().map(str::to_owned);
+        }
+        if line.starts_with("watching ") {
+            break;
+        }
+    }
+    let socket = socket.expect("the lab names the agent's socket");
+    let status = |json: bool| {
+        let mut args = vec!["status", "--socket", &socket];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(AGENT).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before: Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(before["ready"], true);
+    let endpoints = before["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 4);
+    assert!(endpoints.iter().all(|e| e["attached"] == true), "{before}");
+    assert!(status(false).contains("ingress+egress isolated"));
+
+    // Flow records of drops, as `flows` streams them.
+    let mut flows = Command::new(AGENT)
+        .args(["flows", "--json", "--verdict", "drop", "--socket", &socket])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let flow_lines = BufReader::new(flows.stdout.take().unwrap());
+    let drops = std::thread::spawn(move || {
+        flow_lines
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("torchpod-from-office"))
+    });
+
+    // Move the VNC port: the office loses 5900 at once.
+    let policies = dir.join("torchpod-policies.yaml");
+    let text = std::fs::read_to_string(&policies).unwrap();
+    std::fs::write(&policies, text.replace("port: 5900}", "port: 5901}")).unwrap();
+    let mut changed = None;
+    let mut lab_stdout = BufReader::new(lab.stdout.take().unwrap()).lines();
+    for line in lab_stdout.by_ref() {
+        let line = line.unwrap();
+        if line.contains("verdict(s) changed") {
+            changed = Some(line.clone());
+        }
+        if changed.is_some() && line.contains("192.168.7.25 -> mlab2/torchpod-0 TCP/5900") {
+            assert!(line.ends_with("now denied"), "{line}");
+            break;
+        }
+    }
+    assert_eq!(changed.as_deref(), Some("8 verdict(s) changed:"));
+    let after: Value = serde_json::from_str(&status(true)).unwrap();
+    let latency = after["last_sync"]["latency_ms"].as_u64().unwrap();
+    assert!(
+        latency < 1000,
+        "the change took {latency} ms to reach the maps"
+    );
+
+    // The probes after the change were dropped, and the record names the policy.
+    let drop = drops.join().unwrap().expect("a drop record");
+    let drop: Value = serde_json::from_str(&drop).unwrap();
+    assert_eq!(drop["reason"], "policy-denied");
+    assert_eq!(drop["isolated_by"][0], "mlab2/torchpod-from-office");
+
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    for metric in [
+        "policy_agent_packets_total{direction=\"ingress\",verdict=\"drop\",reason=\"policy-denied\"}",
+        "policy_agent_sync_latency_seconds_count",
+        "policy_agent_map_entries{map=\"POLICY\"}",
+        "policy_agent_endpoints 4",
+    ] {
+        assert!(metrics.contains(metric), "{metric} missing from\n{metrics}");
+    }
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    assert_eq!(http_get(port, "/healthz").0, 200);
+
+    let _ = flows.kill();
+    let _ = flows.wait();
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let _rest: Vec<_> = lab_stdout.collect();
+    assert!(lab.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(resources_of(pid), Vec::<std::path::PathBuf>::new());
+    assert!(!Path::new(&socket).exists(), "the socket is removed");
+}

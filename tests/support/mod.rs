@@ -2,6 +2,7 @@
 //! test, and reachability assertions that list every wrong verdict.
 
 pub mod conformance;
+pub mod fake_api;
 pub mod kernel;
 pub mod packets;
 pub mod scenarios;
@@ -9,9 +10,9 @@ pub mod scenarios;
 use std::{fmt::Write as _, future::Future, path::Path};
 
 use policy_agent::{
-    manifests::{self, Loaded},
     model::{Cluster, Protocol},
     report::{Family, Probe, Reachability},
+    source::manifests::{self, Loaded},
 };
 
 /// A cluster from manifest text; panics on any manifest error.
@@ -61,8 +62,48 @@ pub fn standard_with(policies: &str) -> Cluster {
     cluster(&format!("{STANDARD}\n---\n{policies}"))
 }
 
-/// Runs `f` on a fresh multi-threaded runtime.
+/// The cluster as API objects (JSON), as `kubectl get -o json` would show them.
+pub fn api_objects(cluster: &Cluster) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    for ns in cluster.namespaces.values() {
+        out.push(json!({"kind": "Namespace", "metadata": {"name": ns.name, "labels": ns.labels}}));
+    }
+    for pod in cluster.pods.values() {
+        let ports: Vec<_> = pod
+            .ports
+            .iter()
+            .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_str()}))
+            .collect();
+        let ips: Vec<_> = pod
+            .ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect();
+        out.push(json!({
+            "kind": "Pod",
+            "metadata": {"name": pod.id.name, "namespace": pod.id.namespace, "labels": pod.labels},
+            "spec": {"nodeName": pod.node, "hostNetwork": pod.host_network, "containers": [{"name": "c", "ports": ports}]},
+            "status": {"podIPs": ips, "podIP": pod.ips.first().map(ToString::to_string)},
+        }));
+    }
+    for p in cluster.policies.values() {
+        out.push(json!({
+            "kind": "NetworkPolicy",
+            "metadata": {"name": p.id.name, "namespace": p.id.namespace},
+            "spec": p.spec,
+        }));
+    }
+    out
+}
+
+/// Runs `f` on a fresh multi-threaded runtime (with logs per `RUST_LOG`, shown for failing
+/// tests).
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -293,39 +293,10 @@ impl Scenario {
     /// The scenario as manifests (JSON is YAML), to reproduce a failure with
     /// `policy-agent matrix`/`explain`/`lab`.
     pub fn to_yaml(&self) -> String {
-        use serde_json::json;
-        let mut docs = Vec::new();
-        for ns in self.cluster.namespaces.values() {
-            docs.push(
-                json!({"kind": "Namespace", "metadata": {"name": ns.name, "labels": ns.labels}}),
-            );
-        }
-        for pod in self.cluster.pods.values() {
-            let ports: Vec<_> = pod
-                .ports
-                .iter()
-                .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_str()}))
-                .collect();
-            let ips: Vec<_> = pod
-                .ips
-                .iter()
-                .map(|ip| json!({"ip": ip.to_string()}))
-                .collect();
-            docs.push(json!({
-                "kind": "Pod",
-                "metadata": {"name": pod.id.name, "namespace": pod.id.namespace, "labels": pod.labels},
-                "spec": {"containers": [{"name": "c", "ports": ports}]},
-                "status": {"podIPs": ips},
-            }));
-        }
-        for p in self.cluster.policies.values() {
-            docs.push(json!({
-                "kind": "NetworkPolicy",
-                "metadata": {"name": p.id.name, "namespace": p.id.namespace},
-                "spec": p.spec,
-            }));
-        }
-        let mut out: String = docs.iter().map(|d| format!("---\n{d}\n")).collect();
+        let mut out: String = crate::api_objects(&self.cluster)
+            .iter()
+            .map(|d| format!("---\n{d}\n"))
+            .collect();
         out += &format!("# external hosts: {:?}\n", self.externals);
         out
     }

@@ -6,11 +6,11 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use policy_agent::{
     evaluate::{Flow, compiled::CompiledEvaluator, explain, reference::Reference},
-    manifests,
     model::Protocol,
     plan::{self, Host},
     report::Family,
     semantics::lint,
+    source::manifests,
 };
 
 #[derive(Args)]

@@ -4,9 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use std::time::Duration;
+
 use policy_agent::{
-    lab::{Lab, LabConfig},
+    agent::{self, AgentConfig, api},
+    datapath::bpffs,
+    lab::{Lab, LabConfig, topology},
     report::Reachability,
+    source::directory,
 };
 use policy_common::{
     maps::Direction,
@@ -33,6 +38,15 @@ pub struct LabArgs {
     /// to inspect it with bpftool.
     #[arg(long)]
     keep: bool,
+    /// Enforce with the node agent itself (one per node, `run --source dir:DIR`), which
+    /// re-reads the directory when a file changes; probe again after every change it
+    /// applies and print what changed, until Ctrl-C. `policy-agent flows` and `status`
+    /// work against these agents.
+    #[arg(long, conflicts_with = "keep")]
+    watch: bool,
+    /// With --watch: node N's agent serves metrics on 127.0.0.1:<PORT+N-1>.
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +58,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if args.watch {
+        return runtime.block_on(watch(
+            &loaded.cluster,
+            &config,
+            args.scenario.manifests.clone(),
+            args.metrics_port,
+        ));
+    }
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -68,7 +90,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", reachability.to_json());
         } else {
-            print_report(&lab, &config, &reachability)?;
+            print_table(&lab, &config, &reachability)?;
         }
         if args.keep {
             for node in 0..config.nodes.max(1) {
@@ -90,7 +112,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_report(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> anyhow::Result<()> {
+fn print_table(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> anyhow::Result<()> {
     let pods = lab.hosts().iter().filter(|h| h.spec.pod.is_some()).count();
     println!(
         "Lab: {} node(s), {pods} pod(s), {} external host(s). Rows: source; columns: destination.\n",
@@ -99,7 +121,8 @@ fn print_report(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> a
     );
     print!("{}", reachability.render_table());
     let mut drops = std::collections::BTreeMap::<String, u64>::new();
-    for node in 0..config.nodes.max(1) {
+    let enforcing = if lab.enforced() { lab.nodes() } else { 0 };
+    for node in 0..enforcing {
         for (key, value) in lab.datapath(node).stats()? {
             if key.verdict == Verdict::Drop as u8 {
                 let dir = Direction::from_u8(key.direction).map_or("?", Direction::as_str);
@@ -114,4 +137,99 @@ fn print_report(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> a
         println!("Packets dropped by the datapath: {}", list.join(", "));
     }
     Ok(())
+}
+
+/// `lab --watch`: the real agent on every node, following the manifest directory.
+async fn watch(
+    cluster: &policy_agent::model::Cluster,
+    config: &LabConfig,
+    dir: std::path::PathBuf,
+    metrics_port: u16,
+) -> anyhow::Result<ExitCode> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let lab = Lab::network(cluster, config).await?;
+    let mut agents = Vec::new();
+    let mut pins = Vec::new();
+    let outcome = async {
+        for node in 0..lab.nodes() {
+            let instance = format!("{}{}-n{}", topology::PIN_PREFIX, lab.id(), node + 1);
+            // The agents keep their pins when they stop, as a node agent must; the lab's go.
+            pins.push(bpffs::PIN_ROOT.to_owned() + "/" + &instance);
+            let socket = api::default_socket(&instance);
+            let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port + node as u16));
+            let agent = agent::spawn(
+                AgentConfig {
+                    node_name: topology::node_name(node),
+                    instance: instance.clone(),
+                    netns: Some(lab.node_netns_name(node).to_owned()),
+                    interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
+                    extra_node_addresses: Vec::new(),
+                    socket: Some(socket.clone()),
+                    metrics_address: Some(metrics),
+                    source: format!("dir:{}", dir.display()),
+                },
+                lab.place(directory::watch(dir.clone())?),
+            )?;
+            eprintln!(
+                "{}: agent socket {} (policy-agent flows --socket ...), metrics http://{metrics}/metrics",
+                topology::node_name(node),
+                socket.display()
+            );
+            agents.push(agent);
+        }
+        for agent in &mut agents {
+            agent.ready(Duration::from_secs(30)).await?;
+        }
+        let mut previous = lab.probe_all().await?;
+        print_table(&lab, config, &previous)?;
+        eprintln!("\nwatching {}: edit a manifest to see the verdicts change; Ctrl-C to stop", dir.display());
+        let mut syncs: Vec<_> = agents.iter().map(|a| a.status.clone()).collect();
+        loop {
+            let changed = futures::future::select_all(syncs.iter_mut().map(|s| {
+                let seen = s.borrow().last_sync.clone();
+                Box::pin(async move {
+                    let _ = s.wait_for(|now| now.last_sync != seen).await;
+                })
+            }));
+            tokio::select! {
+                _ = changed => {}
+                _ = interrupt.recv() => return anyhow::Ok(()),
+                _ = terminate.recv() => return anyhow::Ok(()),
+            }
+            let now = lab.probe_all().await?;
+            let changes: Vec<String> = now
+                .probes
+                .iter()
+                .zip(&previous.probes)
+                .filter(|(a, b)| a.allowed != b.allowed)
+                .map(|(p, _)| {
+                    format!(
+                        "  {} -> {} {}/{} {:?}: now {}",
+                        p.from,
+                        p.to,
+                        p.protocol,
+                        p.port,
+                        p.family,
+                        if p.allowed { "allowed" } else { "denied" }
+                    )
+                })
+                .collect();
+            if !changes.is_empty() {
+                println!("\n{} verdict(s) changed:\n{}", changes.len(), changes.join("\n"));
+                print_table(&lab, config, &now)?;
+                previous = now;
+            }
+        }
+    }
+    .await;
+    for agent in agents {
+        agent.stop().await?;
+    }
+    for pin in pins {
+        bpffs::remove_instance_dir(std::path::Path::new(&pin));
+    }
+    lab.shutdown().await;
+    outcome?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,8 @@
 mod explain;
 mod lab;
 mod matrix;
+mod observe;
+mod run;
 mod scenario;
 
 use std::process::ExitCode;
@@ -23,6 +25,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node agent: watch the cluster (or a manifest directory) and enforce the
+    /// NetworkPolicies of this node's pods.
+    Run(run::RunArgs),
+    /// Stream the flow records of a running agent (drops, and new allowed flows).
+    Flows(observe::FlowsArgs),
+    /// What a running agent enforces: endpoints, maps, last sync, rejected policies.
+    Status(observe::StatusArgs),
     /// Build a simulated node from network namespaces, enforce the manifests with the real
     /// datapath, probe every pair of hosts and print who reaches whom. Root only.
     Lab(lab::LabArgs),
@@ -48,6 +57,9 @@ pub fn init_tracing(json: bool) {
 /// Runs a command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Flows(args) => observe::flows(args),
+        Command::Status(args) => observe::status(args),
         Command::Lab(args) => lab::run(args),
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),

@@ -6,9 +6,9 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::Args;
 use policy_agent::{
     lab::{LabConfig, config::parse_port},
-    manifests::{self, Loaded},
     model::Protocol,
     semantics::{ParsedPolicy, lint},
+    source::manifests::{self, Loaded},
 };
 
 /// Where the scenario comes from.

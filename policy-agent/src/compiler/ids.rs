@@ -42,6 +42,24 @@ impl<K: Ord + Clone> IdAllocator<K> {
         id
     }
 
+    /// Gives `key` the id `id` (one a previous run used), unless the key has an id already
+    /// or the id is taken; returns whether it did.
+    pub fn reserve(&mut self, key: &K, id: u32) -> bool {
+        if self.ids.contains_key(key) || self.ids.values().any(|&v| v == id) {
+            return false;
+        }
+        self.free.remove(&id);
+        self.next = self.next.max(id + 1);
+        self.ids.insert(key.clone(), id);
+        true
+    }
+
+    /// Assigns new ids above `id` only.
+    pub fn skip_past(&mut self, id: u32) {
+        self.next = self.next.max(id + 1);
+        self.free.retain(|&f| f > id);
+    }
+
     /// Forgets keys not used since the previous call, freeing their ids for reuse.
     pub fn sweep(&mut self) {
         let seen = std::mem::take(&mut self.seen);
@@ -70,5 +88,17 @@ mod tests {
         ids.sweep();
         assert_eq!(ids.id(&"c"), 10, "the id of a vanished key is reused");
         assert_eq!(ids.id(&"a"), 12);
+    }
+
+    #[test]
+    fn reserved_ids_are_kept_and_never_handed_out_twice() {
+        let mut ids = IdAllocator::new(1);
+        assert!(ids.reserve(&"old", 7));
+        assert!(!ids.reserve(&"other", 7), "the id is taken");
+        assert!(!ids.reserve(&"old", 8), "the key has its id");
+        assert_eq!(ids.id(&"old"), 7);
+        assert_eq!(ids.id(&"new"), 8);
+        ids.skip_past(20);
+        assert_eq!(ids.id(&"newer"), 21);
     }
 }

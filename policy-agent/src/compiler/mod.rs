@@ -116,6 +116,8 @@ pub struct Compiled {
     pub policy_names: BTreeMap<u32, ObjectRef>,
     /// Identity of each pod (absent for host-network pods).
     pub pod_identities: BTreeMap<ObjectRef, u32>,
+    /// The policies isolating each local pod, by direction (ids as in `policy_names`).
+    pub isolating: BTreeMap<(ObjectRef, Direction), Vec<u32>>,
     /// Policies that failed validation and are not enforced.
     pub rejected: Vec<PolicyError>,
     /// Things an operator should know (e.g. pods that cannot be enforced).
@@ -148,6 +150,36 @@ impl Compiler {
     /// A compiler with no history.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Continues from the state an earlier agent left in the maps, so that a restart changes
+    /// nothing that does not need to change: pods keep their endpoint ids (their tracked
+    /// connections stay valid) and identities (the old rulesets keep matching until the new
+    /// ones replace them), and new rulesets get numbers the old ones do not use, so that
+    /// writing them never disturbs what is enforced meanwhile.
+    pub fn adopt(
+        &mut self,
+        cluster: &Cluster,
+        endpoints: &BTreeMap<ObjectRef, EndpointInfo>,
+        ipcache: &BTreeMap<IpKey, IpcacheValue>,
+        rulesets_in_use: impl Iterator<Item = u32>,
+    ) {
+        for (pod, info) in endpoints {
+            self.endpoints.reserve(pod, info.endpoint_id);
+        }
+        for pod in cluster.pods.values().filter(|p| !p.host_network) {
+            let key = IdentityKey::of(cluster, pod);
+            for ip in &pod.ips {
+                if let Some(v) = ipcache.get(&ip_key(*ip))
+                    && v.identity >= FIRST_POD_IDENTITY
+                {
+                    self.identities.reserve(&key, v.identity);
+                }
+            }
+        }
+        if let Some(max) = rulesets_in_use.max() {
+            self.rulesets.skip_past(max);
+        }
     }
 
     /// Desired map contents for `node`.
@@ -219,6 +251,10 @@ impl Compiler {
                 if selecting.is_empty() {
                     continue;
                 }
+                out.isolating.insert(
+                    (pod.id.clone(), dir),
+                    selecting.iter().map(|(id, _)| *id).collect(),
+                );
                 let content = ruleset(&identities, &pods_by_ip, dir, pod, &selecting);
                 let id = self.rulesets.id(&content);
                 match dir {

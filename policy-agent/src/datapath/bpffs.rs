@@ -59,14 +59,9 @@ pub fn instance_dir(instance: &str) -> Result<PathBuf, BpffsError> {
     Ok(dir)
 }
 
-/// Unpins everything of an instance and removes its directory.
+/// Unpins everything of an instance (maps and links) and removes its directory.
 pub fn remove_instance_dir(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir)
+    if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(dir = %dir.display(), error = %e, "could not remove pin directory");

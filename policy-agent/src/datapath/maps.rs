@@ -13,7 +13,7 @@ use aya::{
 };
 use policy_common::maps::{
     CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, IpKey, IpcacheValue,
-    PolicyKey, PolicyValue, StatsKey, StatsValue, names,
+    PolicyKey, PolicyValue, StatsKey, StatsValue, capacity, names,
 };
 
 use crate::compiler::LpmKey;
@@ -53,17 +53,17 @@ pub struct Maps {
     pub events: RingBuf<MapData>,
 }
 
-/// Map contents to write; `endpoints` is keyed by interface index.
-#[derive(Clone, Debug)]
-pub struct Desired<'a> {
-    /// ENDPOINTS.
+/// The contents of the maps the agent owns (the others are the datapath's own state).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    /// ENDPOINTS, by interface index.
     pub endpoints: BTreeMap<u32, EndpointInfo>,
     /// IPCACHE.
-    pub ipcache: &'a BTreeMap<IpKey, IpcacheValue>,
+    pub ipcache: BTreeMap<IpKey, IpcacheValue>,
     /// POLICY.
-    pub policy: &'a BTreeMap<LpmKey<PolicyKey>, PolicyValue>,
+    pub policy: BTreeMap<LpmKey<PolicyKey>, PolicyValue>,
     /// CIDR.
-    pub cidr: &'a BTreeMap<LpmKey<CidrKey>, CidrValue>,
+    pub cidr: BTreeMap<LpmKey<CidrKey>, CidrValue>,
 }
 
 /// How many entries a sync wrote and removed.
@@ -82,7 +82,7 @@ struct Diff<K, V> {
 }
 
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
-    live: BTreeMap<K, V>,
+    live: &BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
 ) -> Diff<K, V> {
     let upserts = desired
@@ -124,6 +124,14 @@ fn live_lpm<K: Pod + Ord, V: Pod>(
         .collect()
 }
 
+/// Removing what is already gone is fine.
+fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 fn lpm_key<K: Pod>(k: &LpmKey<K>) -> Key<K> {
     Key::new(k.prefix_len, k.data)
 }
@@ -148,16 +156,27 @@ impl Maps {
         })
     }
 
-    /// Brings the maps to `desired`, make before break.
-    pub fn sync(&mut self, desired: &Desired<'_>) -> Result<SyncReport, MapOpError> {
-        let endpoints = diff(
-            live_hash(names::ENDPOINTS, &self.endpoints)?,
-            &desired.endpoints,
-        );
-        let ipcache = diff(live_hash(names::IPCACHE, &self.ipcache)?, desired.ipcache);
-        let policy = diff(live_lpm(names::POLICY, &self.policy)?, desired.policy);
-        let cidr = diff(live_lpm(names::CIDR, &self.cidr)?, desired.cidr);
-        let mut report = SyncReport::default();
+    /// What the maps the agent owns hold now.
+    pub fn live(&self) -> Result<MapContents, MapOpError> {
+        Ok(MapContents {
+            endpoints: live_hash(names::ENDPOINTS, &self.endpoints)?,
+            ipcache: live_hash(names::IPCACHE, &self.ipcache)?,
+            policy: live_lpm(names::POLICY, &self.policy)?,
+            cidr: live_lpm(names::CIDR, &self.cidr)?,
+        })
+    }
+
+    /// Takes the maps from `current` (what they hold) to `desired`, writing only the
+    /// difference, make before break.
+    pub fn apply(
+        &mut self,
+        current: &MapContents,
+        desired: &MapContents,
+    ) -> Result<SyncReport, MapOpError> {
+        let endpoints = diff(&current.endpoints, &desired.endpoints);
+        let ipcache = diff(&current.ipcache, &desired.ipcache);
+        let policy = diff(&current.policy, &desired.policy);
+        let cidr = diff(&current.cidr, &desired.cidr);
 
         for (k, v) in &ipcache.upserts {
             op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
@@ -171,37 +190,40 @@ impl Maps {
         for (k, v) in &endpoints.upserts {
             op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
         }
-        report.written = ipcache.upserts.len()
-            + policy.upserts.len()
-            + cidr.upserts.len()
-            + endpoints.upserts.len();
 
-        let mut gone = BTreeSet::new();
         for k in &endpoints.removes {
-            if let Ok(info) = self.endpoints.get(k, 0) {
-                gone.insert(info.endpoint_id);
-            }
-            op(names::ENDPOINTS, self.endpoints.remove(k))?;
+            op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
         }
         // An endpoint id is reused by the next pod: its connections must not outlive it.
-        gone.retain(|id| !desired.endpoints.values().any(|e| e.endpoint_id == *id));
+        let gone: BTreeSet<u32> = endpoints
+            .removes
+            .iter()
+            .filter_map(|k| current.endpoints.get(k))
+            .map(|e| e.endpoint_id)
+            .filter(|id| !desired.endpoints.values().any(|e| e.endpoint_id == *id))
+            .collect();
         if !gone.is_empty() {
             self.forget_connections(Some(&gone))?;
         }
         for k in &cidr.removes {
-            op(names::CIDR, self.cidr.remove(&lpm_key(k)))?;
+            op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
         }
         for k in &policy.removes {
-            op(names::POLICY, self.policy.remove(&lpm_key(k)))?;
+            op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
         }
         for k in &ipcache.removes {
-            op(names::IPCACHE, self.ipcache.remove(k))?;
+            op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
         }
-        report.removed = endpoints.removes.len()
-            + cidr.removes.len()
-            + policy.removes.len()
-            + ipcache.removes.len();
-        Ok(report)
+        Ok(SyncReport {
+            written: ipcache.upserts.len()
+                + policy.upserts.len()
+                + cidr.upserts.len()
+                + endpoints.upserts.len(),
+            removed: endpoints.removes.len()
+                + cidr.removes.len()
+                + policy.removes.len()
+                + ipcache.removes.len(),
+        })
     }
 
     /// Deletes the conntrack entries of `endpoints` (`None`: of every endpoint).
@@ -216,18 +238,38 @@ impl Maps {
             .filter(|k| endpoints.is_none_or(|e| e.contains(&k.endpoint_id)))
             .collect();
         for k in stale {
-            match self.conntrack.remove(&k) {
-                // The LRU may have evicted it meanwhile.
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: names::CONNTRACK,
-                        source,
-                    });
-                }
-            }
+            // The LRU may have evicted it meanwhile.
+            op(names::CONNTRACK, absent_ok(self.conntrack.remove(&k)))?;
         }
         Ok(())
+    }
+
+    /// Entries of each map with a fixed capacity, and the capacity.
+    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+        vec![
+            (
+                names::ENDPOINTS,
+                self.endpoints.keys().count(),
+                capacity::ENDPOINTS,
+            ),
+            (
+                names::IPCACHE,
+                self.ipcache.keys().count(),
+                capacity::IPCACHE,
+            ),
+            (names::POLICY, self.policy.keys().count(), capacity::POLICY),
+            (names::CIDR, self.cidr.keys().count(), capacity::CIDR),
+            (
+                names::CONNTRACK,
+                self.conntrack.keys().count(),
+                capacity::CONNTRACK,
+            ),
+            (
+                names::FRAGMENTS,
+                self.fragments.keys().count(),
+                capacity::FRAGMENTS,
+            ),
+        ]
     }
 
     /// Counters summed over CPUs.

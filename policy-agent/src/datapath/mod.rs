@@ -11,14 +11,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use policy_common::{
     event::FlowEvent,
     maps::{EndpointInfo, StatsKey, StatsValue, names, programs},
 };
 
-pub use self::maps::{Desired, MapOpError, Maps, SyncReport};
+pub use self::maps::{MapContents, MapOpError, Maps, SyncReport};
+
+/// Subdirectory of an instance's pin directory holding its TCX links.
+pub const LINKS_DIR: &str = "links";
 use crate::{compiler::Compiled, model::ObjectRef, netns::NetNs};
 
 /// The eBPF object built from policy-ebpf, embedded so the agent is one binary.
@@ -51,6 +58,18 @@ pub enum DatapathError {
     /// Entering a namespace failed.
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    /// A link could not be taken over.
+    #[error("link of program {program}: {source}")]
+    Link {
+        /// The program.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// A link could not be pinned.
+    #[error("pinning {0}: {1}")]
+    Pin(PathBuf, #[source] aya::pin::PinError),
     /// An interface is not known in its namespace.
     #[error("interface {0} not found")]
     NoInterface(String),
@@ -67,6 +86,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Host-side interface index of each attached pod.
     interfaces: BTreeMap<ObjectRef, u32>,
+    /// What the last sync wrote (`None`: read the maps before the next one).
+    written: Option<MapContents>,
     unpin_on_drop: bool,
 }
 
@@ -95,6 +116,7 @@ impl Datapath {
             maps,
             pin_dir,
             interfaces: BTreeMap::new(),
+            written: None,
             unpin_on_drop: false,
         })
     }
@@ -113,12 +135,21 @@ impl Datapath {
     /// Attaches `from_pod` and `to_pod` to the pod's host-side interface `ifname` (in `netns`,
     /// or the current namespace) with TCX, and returns the interface index. Write the pod's
     /// endpoint entry first: until then the programs drop its traffic.
+    ///
+    /// The links are pinned (`links/<ifindex>-<program>` in the pin directory), so they
+    /// outlive the agent; a link already pinned for the interface, by an agent that ran
+    /// before, is switched to this instance's program atomically, with no gap.
     pub fn attach(
         &mut self,
         pod: &ObjectRef,
         netns: Option<&NetNs>,
         ifname: &str,
     ) -> Result<u32, DatapathError> {
+        let links = self.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links).map_err(|source| bpffs::BpffsError::Dir {
+            path: links.clone(),
+            source,
+        })?;
         let ebpf = &mut self.ebpf;
         let mut attach = move || -> Result<u32, DatapathError> {
             let ifindex = nix::net::if_::if_nametoindex(ifname)
@@ -129,9 +160,32 @@ impl Datapath {
                 (programs::FROM_POD, TcAttachType::Ingress),
                 (programs::TO_POD, TcAttachType::Egress),
             ] {
-                classifier(ebpf, name)?
-                    .attach(ifname, hook)
-                    .map_err(program_error(name))?;
+                let pin = links.join(format!("{ifindex}-{name}"));
+                let prog = classifier(ebpf, name)?;
+                let adopted = PinnedLink::from_pin(&pin)
+                    .ok()
+                    .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
+                    .and_then(|link| prog.attach_to_link(link).ok());
+                let id = match adopted {
+                    Some(id) => id,
+                    None => {
+                        // Nothing pinned, or a link that died with an older interface.
+                        let _ = std::fs::remove_file(&pin);
+                        prog.attach(ifname, hook).map_err(program_error(name))?
+                    }
+                };
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(program_error(name))?
+                    .try_into()
+                    .map_err(|source| DatapathError::Link {
+                        program: name,
+                        source,
+                    })?;
+                if !pin.exists() {
+                    link.pin(&pin)
+                        .map_err(|e| DatapathError::Pin(pin.clone(), e))?;
+                }
             }
             Ok(ifindex)
         };
@@ -143,25 +197,73 @@ impl Datapath {
         Ok(ifindex)
     }
 
+    /// Detaches a pod's programs (its links are unpinned, which releases them) and forgets
+    /// its interface; the next sync removes its endpoint entry.
+    pub fn detach(&mut self, pod: &ObjectRef) {
+        if let Some(ifindex) = self.interfaces.remove(pod) {
+            self.unpin_links(|i| i == ifindex);
+        }
+    }
+
+    /// Unpins the links of interfaces that no pod has any more (left by an agent that ran
+    /// before, for pods that went while it was down).
+    pub fn prune_links(&mut self) {
+        let live: Vec<u32> = self.interfaces.values().copied().collect();
+        self.unpin_links(|i| !live.contains(&i));
+    }
+
+    fn unpin_links(&self, which: impl Fn(u32) -> bool) {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ifindex = name.split('-').next().and_then(|i| i.parse().ok());
+            if ifindex.is_some_and(&which) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// The pods whose interfaces are known, with their interface index.
+    pub fn interfaces(&self) -> &BTreeMap<ObjectRef, u32> {
+        &self.interfaces
+    }
+
     /// Records that a pod's interface has `ifindex` without attaching (it already is).
     pub fn adopt_interface(&mut self, pod: &ObjectRef, ifindex: u32) {
         self.interfaces.insert(pod.clone(), ifindex);
     }
 
     /// Brings the maps to what `compiled` says, for the pods whose interfaces are known.
+    /// Only the difference with what the previous sync wrote is written; the first sync
+    /// (and the first after an error) compares with what the maps really hold.
     pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
-        let endpoints: BTreeMap<u32, EndpointInfo> = compiled
-            .endpoints
-            .iter()
-            .filter_map(|(pod, info)| Some((*self.interfaces.get(pod)?, *info)))
-            .collect();
-        let desired = Desired {
-            endpoints,
-            ipcache: &compiled.ipcache,
-            policy: &compiled.policy,
-            cidr: &compiled.cidr,
+        let desired = MapContents {
+            endpoints: compiled
+                .endpoints
+                .iter()
+                .filter_map(|(pod, info)| Some((*self.interfaces.get(pod)?, *info)))
+                .collect(),
+            ipcache: compiled.ipcache.clone(),
+            policy: compiled.policy.clone(),
+            cidr: compiled.cidr.clone(),
         };
-        Ok(self.maps.sync(&desired)?)
+        let current = match self.written.take() {
+            Some(written) => written,
+            None => self.maps.live()?,
+        };
+        let report = self.maps.apply(&current, &desired)?;
+        self.written = Some(desired);
+        Ok(report)
+    }
+
+    /// What the maps hold: after loading, the state a previous agent left.
+    pub fn live(&self) -> Result<MapContents, DatapathError> {
+        Ok(self.maps.live()?)
+    }
+
+    /// Entries in each map that has a fixed capacity, and that capacity.
+    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+        self.maps.fill()
     }
 
     /// Writes one endpoint entry directly, outside any sync (evaluations that run every
@@ -220,6 +322,11 @@ impl Datapath {
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<BTreeMap<StatsKey, StatsValue>, DatapathError> {
         Ok(self.maps.stats()?)
+    }
+
+    /// The ring buffer's descriptor: readable when flow records wait.
+    pub fn events_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.maps.events)
     }
 
     /// Takes every flow record waiting in the ring buffer.

@@ -7,21 +7,25 @@ pub mod probe;
 pub mod sctp;
 pub mod topology;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use futures::future::join_all;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 
 pub use self::config::LabConfig;
 use self::topology::{Host, PIN_PREFIX, Topology, node_name};
 use crate::{
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::{Datapath, bpffs},
-    model::Cluster,
+    model::{Cluster, ObjectRef, Pod, Protocol},
     netns::{self, NetNs},
     plan,
-    report::Reachability,
+    report::{Family, Reachability},
+    source::{CHANNEL_CAPACITY, Object, SourceEvent},
 };
 
 /// Probes in flight at once.
@@ -41,8 +45,17 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the lab for `cluster` and starts enforcing. Needs root and a tokio runtime.
+    /// Builds the lab for `cluster` and enforces it with one datapath per node, written
+    /// straight from the compiler. Needs root and a tokio runtime.
     pub async fn start(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
+        let mut lab = Self::network(cluster, config).await?;
+        lab.enforce()?;
+        Ok(lab)
+    }
+
+    /// Builds the lab's network and probe servers only: nothing enforces anything until an
+    /// agent (one per node, see [`Lab::node_netns_name`]) does.
+    pub async fn network(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
         netns::sweep_stale(topology::NETNS_PREFIX);
         bpffs::sweep_stale(PIN_PREFIX);
         raise_open_file_limit();
@@ -95,36 +108,41 @@ impl Lab {
             topology,
             cluster,
         };
-        for (i, node) in lab.topology.nodes.iter().enumerate() {
-            let instance = format!("{PIN_PREFIX}{}-n{}", lab.topology.id, i + 1);
-            let mut datapath = Datapath::load(&instance)
-                .with_context(|| format!("loading the datapath of {}", node.name))?
-                .unpin_on_drop();
-            for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
-                if let Some(pod) = &host.spec.pod {
-                    let ifindex = node.netns.ifindex(&host.node_if)?;
-                    datapath.adopt_interface(pod, ifindex);
-                }
-            }
-            lab.datapaths.push(datapath);
-            lab.compilers.push(Compiler::new());
-            lab.compiled.push(Compiled::default());
-        }
-        lab.sync().context("writing the maps")?;
-        for (i, node) in lab.topology.nodes.iter().enumerate() {
-            for host in lab.topology.hosts.iter().filter(|h| h.node == i) {
-                if let Some(pod) = &host.spec.pod {
-                    lab.datapaths[i]
-                        .attach(pod, Some(&node.netns), &host.node_if)
-                        .with_context(|| format!("attaching to the interface of {pod}"))?;
-                }
-            }
-        }
         for host in &lab.topology.hosts {
             probe::serve(host, &mut lab.servers)
                 .with_context(|| format!("starting probe servers in {}", host.spec.label))?;
         }
         Ok(lab)
+    }
+
+    /// Loads a datapath on every node, writes its maps and attaches it to the pods.
+    fn enforce(&mut self) -> anyhow::Result<()> {
+        for (i, node) in self.topology.nodes.iter().enumerate() {
+            let instance = format!("{PIN_PREFIX}{}-n{}", self.topology.id, i + 1);
+            let mut datapath = Datapath::load(&instance)
+                .with_context(|| format!("loading the datapath of {}", node.name))?
+                .unpin_on_drop();
+            for host in self.topology.hosts.iter().filter(|h| h.node == i) {
+                if let Some(pod) = &host.spec.pod {
+                    let ifindex = node.netns.ifindex(&host.node_if)?;
+                    datapath.adopt_interface(pod, ifindex);
+                }
+            }
+            self.datapaths.push(datapath);
+            self.compilers.push(Compiler::new());
+            self.compiled.push(Compiled::default());
+        }
+        self.sync().context("writing the maps")?;
+        for (i, node) in self.topology.nodes.iter().enumerate() {
+            for host in self.topology.hosts.iter().filter(|h| h.node == i) {
+                if let Some(pod) = &host.spec.pod {
+                    self.datapaths[i]
+                        .attach(pod, Some(&node.netns), &host.node_if)
+                        .with_context(|| format!("attaching to the interface of {pod}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Recompiles every node for the lab's cluster and writes the maps.
@@ -171,9 +189,70 @@ impl Lab {
         &self.compiled[node]
     }
 
-    /// The datapath of node `i`.
+    /// Whether the lab's own datapaths enforce (not [`Lab::network`] alone).
+    pub fn enforced(&self) -> bool {
+        !self.datapaths.is_empty()
+    }
+
+    /// The datapath of node `i` (of an enforced lab).
     pub fn datapath(&self, node: usize) -> &Datapath {
         &self.datapaths[node]
+    }
+
+    /// The cluster as the lab runs it (pods have their lab node in `spec.nodeName`).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The lab's unique id (`<pid>-<sequence>`), part of every namespace and pin name.
+    pub fn id(&self) -> &str {
+        &self.topology.id
+    }
+
+    /// Number of nodes.
+    pub fn nodes(&self) -> usize {
+        self.topology.nodes.len()
+    }
+
+    /// The name of node `i`'s network namespace, for an agent's `--netns`.
+    pub fn node_netns_name(&self, node: usize) -> &str {
+        self.topology.nodes[node].netns.name()
+    }
+
+    /// Forwards `source` with every pod put on its lab node (sources that do not know the
+    /// lab, like a manifest directory, leave `spec.nodeName` to chance); pods the lab does
+    /// not have are on no node.
+    pub fn place(&self, mut source: mpsc::Receiver<SourceEvent>) -> mpsc::Receiver<SourceEvent> {
+        let nodes: BTreeMap<ObjectRef, Option<String>> = self
+            .cluster
+            .pods
+            .iter()
+            .map(|(id, p)| (id.clone(), p.node.clone()))
+            .collect();
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        tokio::spawn(async move {
+            let place = |pod: &mut Pod| pod.node = nodes.get(&pod.id).cloned().flatten();
+            while let Some(mut event) = source.recv().await {
+                match &mut event {
+                    SourceEvent::Snapshot { cluster, .. } => {
+                        cluster.pods.values_mut().for_each(place)
+                    }
+                    SourceEvent::Relisted(_, objects) => {
+                        for o in objects {
+                            if let Object::Pod(p) = o {
+                                place(p);
+                            }
+                        }
+                    }
+                    SourceEvent::Applied(Object::Pod(p)) => place(p),
+                    _ => {}
+                }
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// The hosts (pods and external hosts).
@@ -193,6 +272,23 @@ impl Lab {
     /// The namespace of a host, to run custom traffic from it.
     pub fn netns(&self, label: &str) -> anyhow::Result<&NetNs> {
         Ok(&self.host(label)?.netns)
+    }
+
+    /// One probe from host `from` to host `to` over `family`.
+    pub async fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: Protocol,
+        family: Family,
+    ) -> anyhow::Result<bool> {
+        let ip = self
+            .host(to)?
+            .spec
+            .ip(family)
+            .with_context(|| format!("{to} has no {family:?} address"))?;
+        Ok(probe::probe(&self.host(from)?.netns, ip, port, protocol).await?)
     }
 
     /// Probes every ordered pair of hosts (external to external excepted) on every port the

@@ -35,6 +35,9 @@ fn fabric_v6(node: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xff, node as u16 + 1)
 }
 
+/// Names of pods' host-side interfaces start with this.
+pub const POD_INTERFACE_PREFIX: &str = "pod";
+
 /// The interface of a node on the fabric.
 const FABRIC_IF: &str = "fabric";
 /// A host's interface.
@@ -196,7 +199,7 @@ impl Topology {
 
     fn add_host(&mut self, index: usize, spec: plan::Host, node: usize) -> Result<(), NetnsError> {
         let (tag, node_if) = match spec.pod {
-            Some(_) => ("p", format!("pod{index}")),
+            Some(_) => ("p", format!("{POD_INTERFACE_PREFIX}{index}")),
             None => ("x", format!("ext{index}")),
         };
         let netns = NetNs::create(&format!("{}-{tag}{index}", self.prefix))?;

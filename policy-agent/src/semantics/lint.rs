@@ -236,7 +236,7 @@ fn reaches_dns(policies: &[ParsedPolicy], pod: &Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{Loaded, load_str};
+    use crate::source::manifests::{Loaded, load_str};
 
     const PODS: &str = r#"
 kind: Namespace

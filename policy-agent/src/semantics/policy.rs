@@ -452,7 +452,7 @@ pub fn validate_port_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{Loaded, load_str};
+    use crate::source::manifests::{Loaded, load_str};
 
     /// Parses one policy from YAML and returns its field errors.
     fn errors(spec: &str) -> Vec<FieldError> {

@@ -1,0 +1,224 @@
+//! Prometheus metrics, `/healthz` and `/readyz`.
+//!
+//! Counters of the datapath (packets by direction, verdict and reason) and map fill levels
+//! are read from a snapshot the agent refreshes after every sync and every few seconds;
+//! sync latency and watch restarts are recorded as they happen.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, http::StatusCode, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Datapath state for the collector.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Packets and bytes by (direction, verdict, reason).
+    pub packets: Vec<((String, String, String), u64, u64)>,
+    /// Entries and capacity by map.
+    pub maps: Vec<(String, usize, u32)>,
+    /// Local endpoints.
+    pub endpoints: usize,
+    /// Policies in the cluster.
+    pub policies: usize,
+    /// Policies rejected by validation.
+    pub rejected: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: String,
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Seconds from a change to its last map write.
+    pub sync_latency: Histogram,
+    /// Watch (re)lists after the first, by resource.
+    watch_restarts: Family<ResourceLabel, Counter>,
+    /// Errors reported by the source.
+    pub source_errors: Counter,
+    snapshot: Arc<Mutex<Snapshot>>,
+    ready: AtomicBool,
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Arc<Mutex<Snapshot>>);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().expect("not poisoned").clone();
+        let packets = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "policy_agent_packets",
+            "Packets decided by the datapath, by direction, verdict and reason",
+            None,
+            packets.metric_type(),
+        )?;
+        for ((direction, verdict, reason), count, _) in &s.packets {
+            let labels = [
+                ("direction", direction.as_str()),
+                ("verdict", verdict.as_str()),
+                ("reason", reason.as_str()),
+            ];
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "policy_agent_bytes",
+            "Bytes decided by the datapath, by direction, verdict and reason",
+            None,
+            packets.metric_type(),
+        )?;
+        for ((direction, verdict, reason), _, b) in &s.packets {
+            let labels = [
+                ("direction", direction.as_str()),
+                ("verdict", verdict.as_str()),
+                ("reason", reason.as_str()),
+            ];
+            ConstCounter::new(*b).encode(bytes.encode_family(&labels)?)?;
+        }
+        let gauge = ConstGauge::new(0i64);
+        let mut entries = encoder.encode_descriptor(
+            "policy_agent_map_entries",
+            "Entries in each BPF map",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (map, n, _) in &s.maps {
+            ConstGauge::new(*n as i64).encode(entries.encode_family(&[("map", map.as_str())])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "policy_agent_map_capacity",
+            "Maximum entries of each BPF map",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (map, _, cap) in &s.maps {
+            ConstGauge::new(i64::from(*cap))
+                .encode(capacity.encode_family(&[("map", map.as_str())])?)?;
+        }
+        for (name, help, value) in [
+            ("policy_agent_endpoints", "Local pods enforced", s.endpoints),
+            (
+                "policy_agent_policies",
+                "NetworkPolicies in the cluster",
+                s.policies,
+            ),
+            (
+                "policy_agent_rejected_policies",
+                "NetworkPolicies rejected by validation",
+                s.rejected,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            ConstGauge::new(value as i64).encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sync latency buckets: 1 ms to about 16 s.
+const LATENCY_BUCKETS: (f64, f64, u16) = (0.001, 2.0, 15);
+
+impl Metrics {
+    /// Fresh metrics.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let sync_latency = Histogram::new(exponential_buckets(
+            LATENCY_BUCKETS.0,
+            LATENCY_BUCKETS.1,
+            LATENCY_BUCKETS.2,
+        ));
+        registry.register(
+            "policy_agent_sync_latency_seconds",
+            "From a cluster change to its last map write",
+            sync_latency.clone(),
+        );
+        let watch_restarts = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "policy_agent_watch_restarts",
+            "Watches that listed again (after an error, a timeout or 410 Gone)",
+            watch_restarts.clone(),
+        );
+        let source_errors = Counter::default();
+        registry.register(
+            "policy_agent_source_errors",
+            "Errors reported by the source (API unreachable, bad objects)",
+            source_errors.clone(),
+        );
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        registry.register_collector(Box::new(SnapshotCollector(Arc::clone(&snapshot))));
+        Arc::new(Self {
+            registry,
+            sync_latency,
+            watch_restarts,
+            source_errors,
+            snapshot,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a relist of `resource`.
+    pub fn watch_restarted(&self, resource: &str) {
+        self.watch_restarts
+            .get_or_create(&ResourceLabel {
+                resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Replaces the datapath snapshot.
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        *self.snapshot.lock().expect("not poisoned") = snapshot;
+    }
+
+    /// Marks the agent ready (it enforces a complete state).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address` until the task is dropped.
+pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let ready = Arc::clone(&metrics);
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

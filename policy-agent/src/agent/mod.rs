@@ -1,0 +1,567 @@
+//! The node agent: follows a source (the Kubernetes API or a manifest directory), keeps
+//! the datapath's maps in sync with it, attaches the programs to local pods' interfaces as
+//! they appear, and tells operators what it does (flow records, status, metrics).
+//!
+//! One task owns the datapath. Source events update the cluster model; after a short
+//! settling time (so that a burst of events becomes one sync) the cluster is compiled and
+//! only the map entries that changed are written. A restarted agent adopts what the
+//! previous one left pinned: maps, links, endpoint ids and identities, so enforcement has
+//! no gap and tracked connections survive.
+
+pub mod api;
+pub mod flows;
+pub mod interfaces;
+pub mod metrics;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use policy_common::{
+    maps::{Direction, EndpointInfo},
+    reason::reason_name,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{broadcast, mpsc, oneshot, watch},
+    task::JoinHandle,
+    time::{MissedTickBehavior, interval, sleep_until},
+};
+
+use self::{
+    flows::{FlowRecord, Names},
+    interfaces::{Interface, Interfaces},
+    metrics::{Metrics, Snapshot},
+    status::{EndpointStatus, MapStatus, Status, SyncStatus},
+};
+use crate::{
+    compiler::{Compiled, Compiler, NodeConfig},
+    datapath::Datapath,
+    model::{Cluster, ObjectRef, Pod},
+    netns::NetNs,
+    semantics::{ParsedPolicy, lint},
+    source::{Kind, SourceEvent},
+};
+
+/// How long a change waits for others before it is applied (a burst becomes one sync).
+pub const SETTLE: Duration = Duration::from_millis(20);
+/// How long changes may keep postponing a sync under a continuous burst.
+pub const MAX_SETTLE: Duration = Duration::from_millis(200);
+/// How often interfaces not found yet are looked for again.
+pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
+/// How often counters and fill levels are refreshed for metrics and status.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
+/// Errors kept for `status`.
+const RECENT_ERRORS: usize = 20;
+/// Flow records buffered for slow API clients.
+const FLOW_BUFFER: usize = 4096;
+
+/// How an agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's name: pods with this `spec.nodeName` are its endpoints.
+    pub node_name: String,
+    /// Pin directory name under `/sys/fs/bpf/policy-agent/`.
+    pub instance: String,
+    /// Network namespace holding the pods' host-side interfaces (`None`: the agent's own,
+    /// as in a DaemonSet with the host network).
+    pub netns: Option<String>,
+    /// Only interfaces whose names start with this are pods' (e.g. `cali`, `lxc`).
+    pub interface_prefix: Option<String>,
+    /// Addresses of the node beyond those of its interfaces.
+    pub extra_node_addresses: Vec<IpAddr>,
+    /// Local API socket (`None`: no socket).
+    pub socket: Option<PathBuf>,
+    /// Metrics and health address (`None`: no HTTP server).
+    pub metrics_address: Option<SocketAddr>,
+    /// Describes the source, for `status`.
+    pub source: String,
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// The latest status.
+    pub status: watch::Receiver<Status>,
+    /// Flow records as they are decided.
+    pub flows: broadcast::Sender<FlowRecord>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The API and metrics servers, stopped with the agent.
+    servers: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl AgentHandle {
+    /// Stops the agent. Programs stay attached and maps pinned: enforcement continues, and
+    /// the next agent takes over from there.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.context("agent task")?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the agent enforces a complete state, or `timeout` passes.
+    pub async fn ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(timeout, self.status.wait_for(|s| s.ready))
+            .await
+            .context("the agent did not become ready in time")?
+            .context("the agent stopped")?;
+        Ok(())
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// Starts an agent fed by `source` (see [`crate::source`]).
+pub fn spawn(
+    config: AgentConfig,
+    source: mpsc::Receiver<SourceEvent>,
+) -> anyhow::Result<AgentHandle> {
+    let netns = config.netns.as_deref().map(NetNs::open).transpose()?;
+    let datapath = Datapath::load(&config.instance).context("loading the datapath")?;
+    let interfaces = Interfaces::open(netns.as_ref(), config.interface_prefix.clone())?;
+    let metrics = Metrics::new();
+    let (status_tx, status) = watch::channel(Status {
+        node: config.node_name.clone(),
+        pin_dir: datapath.pin_dir().display().to_string(),
+        source: config.source.clone(),
+        ..Status::default()
+    });
+    let (flows, _) = broadcast::channel(FLOW_BUFFER);
+    let mut servers = Vec::new();
+    if let Some(path) = &config.socket {
+        let (path, status, flows) = (path.clone(), status.clone(), flows.clone());
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = api::serve(path, status, flows).await {
+                tracing::error!(error = %format!("{e:#}"), "local API stopped");
+            }
+        }));
+    }
+    if let Some(address) = config.metrics_address {
+        let metrics = Arc::clone(&metrics);
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(address, metrics).await {
+                tracing::error!(error = %format!("{e:#}"), "metrics server stopped");
+            }
+        }));
+    }
+    let socket = config.socket.clone();
+    let agent = Agent {
+        config,
+        netns,
+        datapath,
+        interfaces,
+        compiler: Compiler::new(),
+        cluster: Cluster::default(),
+        listed: BTreeSet::new(),
+        adopted: false,
+        pending_since: None,
+        last_change: Instant::now(),
+        found: BTreeMap::new(),
+        attached: BTreeSet::new(),
+        compiled: Compiled::default(),
+        names: Names::default(),
+        load_errors: Vec::new(),
+        warnings: Vec::new(),
+        errors: VecDeque::new(),
+        last_sync: None,
+        status: status_tx,
+        flows: flows.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(agent.run(source, stopped));
+    Ok(AgentHandle {
+        status,
+        flows,
+        metrics,
+        stop: Some(stop),
+        task: Some(task),
+        servers,
+        socket,
+    })
+}
+
+struct Agent {
+    config: AgentConfig,
+    netns: Option<NetNs>,
+    datapath: Datapath,
+    interfaces: Interfaces,
+    compiler: Compiler,
+    cluster: Cluster,
+    /// Kinds whose complete set the source has delivered at least once.
+    listed: BTreeSet<Kind>,
+    /// Whether the state left by an earlier agent has been adopted.
+    adopted: bool,
+    /// When the oldest change not yet synced arrived.
+    pending_since: Option<Instant>,
+    /// When the latest change arrived.
+    last_change: Instant,
+    /// Interfaces found for local pods.
+    found: BTreeMap<ObjectRef, Interface>,
+    /// Pods whose interfaces have the programs attached.
+    attached: BTreeSet<ObjectRef>,
+    compiled: Compiled,
+    names: Names,
+    /// Objects the source could not read (directory sources).
+    load_errors: Vec<String>,
+    /// Lint warnings about the policies, as of the last sync.
+    warnings: Vec<String>,
+    errors: VecDeque<String>,
+    last_sync: Option<SyncStatus>,
+    status: watch::Sender<Status>,
+    flows: broadcast::Sender<FlowRecord>,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    async fn run(
+        mut self,
+        mut source: mpsc::Receiver<SourceEvent>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        let events: OwnedFd = self.datapath.events_fd().try_clone_to_owned()?;
+        // SAFETY: the descriptor is owned by the AsyncFd for its whole life.
+        let events = unsafe { AsyncFd::register(events) }?;
+        let mut retry = interval(INTERFACE_RETRY);
+        let mut snapshot = interval(SNAPSHOT_INTERVAL);
+        for t in [&mut retry, &mut snapshot] {
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        let mut source_open = true;
+        loop {
+            let due = self.sync_due();
+            tokio::select! {
+                _ = &mut stop => break,
+                event = source.recv(), if source_open => match event {
+                    Some(event) => self.apply(event),
+                    None => {
+                        source_open = false;
+                        self.error("the source stopped; enforcing the last state".into());
+                    }
+                },
+                _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now).into()), if due.is_some() => {
+                    self.reconcile().await;
+                }
+                _ = retry.tick(), if self.waiting_for_interfaces() => self.reconcile().await,
+                guard = events.readable() => {
+                    let mut guard = guard?;
+                    self.forward_flows();
+                    guard.clear_ready();
+                }
+                _ = snapshot.tick() => self.publish(),
+            }
+        }
+        tracing::info!("agent stopping; programs stay attached and maps pinned");
+        Ok(())
+    }
+
+    /// When the pending changes should be synced, if any and the state is complete.
+    fn sync_due(&self) -> Option<tokio::time::Instant> {
+        let since = self.pending_since?;
+        if !self.complete() {
+            return None;
+        }
+        let quiet = tokio::time::Instant::from_std(self.last_change) + SETTLE;
+        let latest = tokio::time::Instant::from_std(since) + MAX_SETTLE;
+        Some(quiet.min(latest))
+    }
+
+    /// Whether the source has delivered everything once: syncing a half-listed cluster
+    /// would briefly enforce the wrong thing.
+    fn complete(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.listed.contains(k))
+    }
+
+    fn waiting_for_interfaces(&self) -> bool {
+        self.complete() && self.local_pods().any(|p| !self.found.contains_key(&p.id))
+    }
+
+    fn local_pods(&self) -> impl Iterator<Item = &Pod> {
+        self.cluster
+            .pods_on(&self.config.node_name)
+            .filter(|p| !p.host_network && !p.ips.is_empty())
+    }
+
+    fn apply(&mut self, event: SourceEvent) {
+        let now = Instant::now();
+        match event {
+            SourceEvent::Snapshot { cluster, errors } => {
+                self.cluster = *cluster;
+                self.load_errors = errors;
+                self.listed.extend(Kind::ALL);
+            }
+            SourceEvent::Relisted(kind, objects) => {
+                if !self.listed.insert(kind) {
+                    self.metrics.watch_restarted(kind.as_str());
+                    tracing::info!(resource = kind.as_str(), "watch listed again");
+                }
+                self.cluster.replace(kind, objects);
+            }
+            SourceEvent::Applied(object) => self.cluster.apply(object),
+            SourceEvent::Deleted(kind, id) => self.cluster.remove(kind, &id),
+            SourceEvent::Error(e) => {
+                self.metrics.source_errors.inc();
+                self.error(e);
+                return;
+            }
+        }
+        self.pending_since.get_or_insert(now);
+        self.last_change = now;
+    }
+
+    fn error(&mut self, e: String) {
+        tracing::warn!(error = %e);
+        if self.errors.len() == RECENT_ERRORS {
+            self.errors.pop_front();
+        }
+        self.errors.push_back(e);
+        self.publish();
+    }
+
+    /// Looks for the interfaces of local pods that have none yet.
+    async fn find_interfaces(&mut self) {
+        let missing: Vec<(ObjectRef, IpAddr)> = self
+            .local_pods()
+            .filter(|p| !self.found.contains_key(&p.id))
+            .map(|p| (p.id.clone(), p.ips[0]))
+            .collect();
+        for (pod, ip) in missing {
+            if let Some(iface) = self.interfaces.of(ip).await {
+                tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
+                self.datapath.adopt_interface(&pod, iface.index);
+                self.found.insert(pod, iface);
+            }
+        }
+    }
+
+    /// Takes over the ids an earlier agent left in the pinned maps.
+    fn adopt(&mut self) -> anyhow::Result<()> {
+        let live = self.datapath.live()?;
+        let endpoints: BTreeMap<ObjectRef, EndpointInfo> = self
+            .found
+            .iter()
+            .filter_map(|(pod, iface)| Some((pod.clone(), *live.endpoints.get(&iface.index)?)))
+            .collect();
+        let rulesets = live
+            .endpoints
+            .values()
+            .flat_map(|e| [e.ingress_ruleset, e.egress_ruleset])
+            .chain(live.policy.keys().map(|k| k.data.ruleset));
+        self.compiler
+            .adopt(&self.cluster, &endpoints, &live.ipcache, rulesets);
+        if !endpoints.is_empty() {
+            tracing::info!(
+                endpoints = endpoints.len(),
+                "adopted the state of a previous agent"
+            );
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.config.node_name))]
+    async fn reconcile(&mut self) {
+        let since = self.pending_since.take().unwrap_or_else(Instant::now);
+        if let Err(e) = self.try_reconcile(since).await {
+            // Try again soon; until then the last state stays enforced.
+            self.pending_since = Some(since);
+            self.error(format!("sync failed: {e:#}"));
+        }
+    }
+
+    async fn try_reconcile(&mut self, since: Instant) -> anyhow::Result<()> {
+        // Pods that went away, moved, or changed address lose their attachment first.
+        let local: BTreeMap<ObjectRef, &Pod> =
+            self.local_pods().map(|p| (p.id.clone(), p)).collect();
+        let gone: Vec<ObjectRef> = self
+            .found
+            .keys()
+            .filter(|id| !local.contains_key(*id))
+            .cloned()
+            .collect();
+        for pod in gone {
+            tracing::info!(%pod, "pod gone: detaching");
+            self.datapath.detach(&pod);
+            self.found.remove(&pod);
+            self.attached.remove(&pod);
+        }
+
+        self.find_interfaces().await;
+        if !self.adopted {
+            self.adopt()?;
+        }
+
+        let mut addresses = self.interfaces.addresses().await?;
+        addresses.extend(&self.config.extra_node_addresses);
+        let node = NodeConfig {
+            name: self.config.node_name.clone(),
+            addresses,
+        };
+        let compiled = self.compiler.compile(&self.cluster, &node);
+        let report = self.datapath.sync(&compiled)?;
+
+        // Endpoint entries first, then the programs: an attached interface never lacks one.
+        let to_attach: Vec<(ObjectRef, String)> = self
+            .found
+            .iter()
+            .filter(|(pod, _)| !self.attached.contains(*pod))
+            .map(|(pod, iface)| (pod.clone(), iface.name.clone()))
+            .collect();
+        for (pod, ifname) in to_attach {
+            match self.datapath.attach(&pod, self.netns.as_ref(), &ifname) {
+                Ok(_) => {
+                    tracing::info!(%pod, interface = %ifname, "attached");
+                    self.attached.insert(pod);
+                }
+                Err(e) => {
+                    // Looked up again next time (the interface may have gone meanwhile).
+                    self.found.remove(&pod);
+                    self.error(format!("attaching to {ifname} for {pod}: {e}"));
+                }
+            }
+        }
+        if !self.adopted {
+            self.datapath.prune_links();
+            self.adopted = true;
+        }
+
+        let latency = since.elapsed();
+        self.metrics.sync_latency.observe(latency.as_secs_f64());
+        tracing::debug!(
+            written = report.written,
+            removed = report.removed,
+            latency_ms = latency.as_millis() as u64,
+            "synced"
+        );
+        self.last_sync = Some(SyncStatus {
+            at: jiff::Timestamp::now().to_string(),
+            latency_ms: latency.as_millis() as u64,
+            written: report.written,
+            removed: report.removed,
+        });
+        let valid: Vec<ParsedPolicy> = self
+            .cluster
+            .policies
+            .values()
+            .filter_map(|p| ParsedPolicy::parse(p).ok())
+            .collect();
+        let warnings: Vec<String> = lint::lint(&self.cluster, &valid)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
+            tracing::warn!(warning = %w);
+        }
+        self.warnings = warnings;
+        self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
+        self.compiled = compiled;
+        self.metrics.set_ready();
+        self.publish();
+        Ok(())
+    }
+
+    /// Sends waiting flow records to API clients and the log.
+    fn forward_flows(&mut self) {
+        for event in self.datapath.drain_events() {
+            let record = self.names.record(&event);
+            tracing::debug!(target: "flows", "{record}");
+            let _ = self.flows.send(record);
+        }
+    }
+
+    /// Refreshes the status and metrics snapshot.
+    fn publish(&mut self) {
+        let mut packets = BTreeMap::new();
+        if let Ok(stats) = self.datapath.stats() {
+            for (k, v) in stats {
+                let dir = Direction::from_u8(k.direction).map_or("?", Direction::as_str);
+                let verdict = policy_common::reason::Verdict::from_u8(k.verdict)
+                    .map_or("?", policy_common::reason::Verdict::as_str);
+                let key = (
+                    dir.to_owned(),
+                    verdict.to_owned(),
+                    reason_name(k.verdict, k.reason).to_owned(),
+                );
+                let e: &mut (u64, u64) = packets.entry(key).or_default();
+                e.0 += v.packets;
+                e.1 += v.bytes;
+            }
+        }
+        let fill = self.datapath.fill();
+        self.metrics.set_snapshot(Snapshot {
+            packets: packets.into_iter().map(|(k, (p, b))| (k, p, b)).collect(),
+            maps: fill
+                .iter()
+                .map(|(n, e, c)| ((*n).to_owned(), *e, *c))
+                .collect(),
+            endpoints: self.attached.len(),
+            policies: self.cluster.policies.len(),
+            rejected: self.compiled.rejected.len(),
+        });
+
+        let endpoints = self
+            .cluster
+            .pods_on(&self.config.node_name)
+            .filter(|p| !p.host_network)
+            .map(|p| {
+                let info = self.compiled.endpoints.get(&p.id);
+                EndpointStatus {
+                    pod: p.id.to_string(),
+                    interface: self.found.get(&p.id).map(|i| i.name.clone()),
+                    attached: self.attached.contains(&p.id),
+                    ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
+                    egress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Egress)),
+                }
+            })
+            .collect();
+        let status = Status {
+            node: self.config.node_name.clone(),
+            pin_dir: self.datapath.pin_dir().display().to_string(),
+            source: self.config.source.clone(),
+            ready: self.adopted,
+            policies: self.cluster.policies.len(),
+            endpoints,
+            not_enforced: self.compiled.warnings.clone(),
+            maps: fill
+                .into_iter()
+                .map(|(name, entries, capacity)| MapStatus {
+                    name: name.to_owned(),
+                    entries,
+                    capacity,
+                })
+                .collect(),
+            last_sync: self.last_sync.clone(),
+            rejected: self
+                .load_errors
+                .iter()
+                .cloned()
+                .chain(self.compiled.rejected.iter().map(ToString::to_string))
+                .collect(),
+            warnings: self.warnings.clone(),
+            errors: self.errors.iter().cloned().collect(),
+        };
+        self.status.send_replace(status);
+    }
+}

@@ -1,0 +1,132 @@
+//! What `policy-agent status` shows: the agent's state, as JSON.
+
+use std::fmt::{self, Write as _};
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a running agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub node: String,
+    /// Pin directory of the instance.
+    pub pin_dir: String,
+    /// Where the cluster comes from.
+    pub source: String,
+    /// Whether the first complete state has been enforced.
+    pub ready: bool,
+    /// Count of policies in the cluster.
+    pub policies: usize,
+    /// Local pods and their enforcement.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Local pods that cannot be enforced, and why.
+    pub not_enforced: Vec<String>,
+    /// Map fill levels.
+    pub maps: Vec<MapStatus>,
+    /// The last successful sync.
+    pub last_sync: Option<SyncStatus>,
+    /// Policies rejected by validation, with their errors.
+    pub rejected: Vec<String>,
+    /// Lint warnings about valid policies.
+    pub warnings: Vec<String>,
+    /// Recent errors of the source and the datapath (newest last).
+    pub errors: Vec<String>,
+}
+
+/// One local pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// namespace/name.
+    pub pod: String,
+    /// Its host-side interface, once found.
+    pub interface: Option<String>,
+    /// Whether the programs are attached to it.
+    pub attached: bool,
+    /// Whether policy isolates its ingress.
+    pub ingress_isolated: bool,
+    /// Whether policy isolates its egress.
+    pub egress_isolated: bool,
+}
+
+/// Fill level of one map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    /// Map name.
+    pub name: String,
+    /// Entries.
+    pub entries: usize,
+    /// Capacity.
+    pub capacity: u32,
+}
+
+/// One sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// When it finished, RFC 3339.
+    pub at: String,
+    /// From the oldest change it includes to its last map write, in milliseconds.
+    pub latency_ms: u64,
+    /// Entries written.
+    pub written: usize,
+    /// Entries removed.
+    pub removed: usize,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        let _ = writeln!(out, "node:     {}", self.node);
+        let _ = writeln!(out, "source:   {}", self.source);
+        let _ = writeln!(out, "pins:     {}", self.pin_dir);
+        let _ = writeln!(out, "ready:    {}", self.ready);
+        match &self.last_sync {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "synced:   {} ({} ms after the change; {} written, {} removed)",
+                    s.at, s.latency_ms, s.written, s.removed
+                );
+            }
+            None => {
+                let _ = writeln!(out, "synced:   never");
+            }
+        }
+        let _ = writeln!(out, "policies: {}", self.policies);
+        let _ = writeln!(out, "\nendpoints:");
+        for e in &self.endpoints {
+            let isolation = match (e.ingress_isolated, e.egress_isolated) {
+                (true, true) => "ingress+egress isolated",
+                (true, false) => "ingress isolated",
+                (false, true) => "egress isolated",
+                (false, false) => "not isolated",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<16} {:<10} {isolation}",
+                e.pod,
+                e.interface.as_deref().unwrap_or("(no interface)"),
+                if e.attached { "attached" } else { "waiting" },
+            );
+        }
+        for n in &self.not_enforced {
+            let _ = writeln!(out, "  not enforced: {n}");
+        }
+        let _ = writeln!(out, "\nmaps:");
+        for m in &self.maps {
+            let _ = writeln!(out, "  {:<10} {:>8} / {}", m.name, m.entries, m.capacity);
+        }
+        for (title, list) in [
+            ("rejected policies", &self.rejected),
+            ("warnings", &self.warnings),
+            ("errors", &self.errors),
+        ] {
+            if !list.is_empty() {
+                let _ = writeln!(out, "\n{title}:");
+                for item in list {
+                    let _ = writeln!(out, "  {item}");
+                }
+            }
+        }
+        f.write_str(&out)
+    }
+}

@@ -1,0 +1,129 @@
+//! `policy-agent run`: the node agent.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use policy_agent::{
+    agent::{self, AgentConfig, api},
+    source::{directory, kubernetes},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Where the cluster comes from.
+#[derive(Clone, Debug)]
+pub enum SourceArg {
+    /// The Kubernetes API (in-cluster, or a kubeconfig).
+    Kubernetes,
+    /// A directory of manifests, re-read on change.
+    Dir(PathBuf),
+}
+
+impl FromStr for SourceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "kubernetes" => Ok(Self::Kubernetes),
+            Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(path.into())),
+            _ => Err(format!("{s:?}: use `kubernetes` or `dir:PATH`")),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// `kubernetes` (in-cluster config, or --kubeconfig, KUBECONFIG, ~/.kube/config) or
+    /// `dir:PATH` (a directory of manifests, re-read when it changes).
+    #[arg(long, default_value = "kubernetes")]
+    source: SourceArg,
+    /// Kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name; its pods (spec.nodeName) are the ones enforced.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Name of the pin directory under /sys/fs/bpf/policy-agent/ (and of the socket).
+    #[arg(long, default_value = "agent")]
+    instance: String,
+    /// Network namespace (as `ip netns` names it) holding the pods' host-side interfaces;
+    /// by default the agent's own (a DaemonSet on the host network).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Only interfaces whose names start with this are pods' (e.g. cali, lxc, veth).
+    #[arg(long)]
+    interface_prefix: Option<String>,
+    /// Addresses of the node besides those of its interfaces (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    node_address: Vec<IpAddr>,
+    /// Prometheus metrics, /healthz and /readyz; `none` to disable.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_address: String,
+    /// Local API socket for `status` and `flows` [default: /run/policy-agent/<instance>.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let metrics_address = match args.metrics_address.as_str() {
+            "none" => None,
+            a => Some(SocketAddr::from_str(a).with_context(|| format!("--metrics-address {a}"))?),
+        };
+        let (source, description) = match &args.source {
+            SourceArg::Dir(dir) => (
+                directory::watch(dir.clone())?,
+                format!("dir:{}", dir.display()),
+            ),
+            SourceArg::Kubernetes => {
+                let config = match &args.kubeconfig {
+                    Some(path) => {
+                        let kubeconfig = Kubeconfig::read_from(path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        kube::Config::from_custom_kubeconfig(
+                            kubeconfig,
+                            &KubeConfigOptions::default(),
+                        )
+                        .await?
+                    }
+                    None => kube::Config::infer()
+                        .await
+                        .context("no in-cluster configuration or kubeconfig found")?,
+                };
+                let description = format!("kubernetes ({})", config.cluster_url);
+                (
+                    kubernetes::watch(kube::Client::try_from(config)?),
+                    description,
+                )
+            }
+        };
+        if args.node_name.is_empty() {
+            bail!("--node-name (or NODE_NAME) must name this node");
+        }
+        let config = AgentConfig {
+            socket: Some(
+                args.socket
+                    .clone()
+                    .unwrap_or_else(|| api::default_socket(&args.instance)),
+            ),
+            node_name: args.node_name,
+            instance: args.instance,
+            netns: args.netns,
+            interface_prefix: args.interface_prefix,
+            extra_node_addresses: args.node_address,
+            metrics_address,
+            source: description,
+        };
+        tracing::info!(node = %config.node_name, source = %config.source, "starting");
+        let handle = agent::spawn(config, source)?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        handle.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

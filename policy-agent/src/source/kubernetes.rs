@@ -1,0 +1,133 @@
+//! The Kubernetes API as a source: kube-rs watchers on Namespaces, Pods (all namespaces:
+//! remote pods feed the ipcache) and NetworkPolicies. A (re)list is reported whole, once
+//! complete, so the agent never sees half a list; watch errors are reported and retried
+//! with backoff, and a `410 Gone` makes the watcher list again.
+
+use std::fmt::Debug;
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+        networking::v1::NetworkPolicy as ApiNetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::{CHANNEL_CAPACITY, Kind, Object, SourceEvent, convert};
+use crate::model::{ObjectRef, Origin};
+
+/// Starts the three watchers.
+pub fn watch(client: Client) -> mpsc::Receiver<SourceEvent> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    spawn(
+        Kind::Namespace,
+        Api::<ApiNamespace>::all(client.clone()),
+        |ns| convert::namespace(ns).map(Object::Namespace),
+        tx.clone(),
+    );
+    spawn(
+        Kind::Pod,
+        Api::<ApiPod>::all(client.clone()),
+        |pod| convert::pod(pod).map(Object::Pod),
+        tx.clone(),
+    );
+    spawn(
+        Kind::Policy,
+        Api::<ApiNetworkPolicy>::all(client),
+        |np| convert::policy(np, Origin::default()).map(Object::Policy),
+        tx,
+    );
+    rx
+}
+
+fn spawn<K>(
+    kind: Kind,
+    api: Api<K>,
+    convert: fn(K) -> convert::FieldResult<Object>,
+    tx: mpsc::Sender<SourceEvent>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(forward(kind, stream, convert, tx));
+}
+
+/// Turns watcher events into source events.
+async fn forward<K: Resource>(
+    kind: Kind,
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    convert: fn(K) -> convert::FieldResult<Object>,
+    tx: mpsc::Sender<SourceEvent>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut listing: Vec<Object> = Vec::new();
+    while let Some(event) = stream.next().await {
+        let out = match event {
+            Err(e) => Some(SourceEvent::Error(format!(
+                "watching {}: {e}",
+                kind.as_str()
+            ))),
+            Ok(watcher::Event::Init) => {
+                listing.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                match convert_or_report(kind, obj, convert) {
+                    Ok(o) => listing.push(o),
+                    Err(e) => {
+                        let _ = tx.send(e).await;
+                    }
+                }
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                Some(SourceEvent::Relisted(kind, std::mem::take(&mut listing)))
+            }
+            Ok(watcher::Event::Apply(obj)) => Some(match convert_or_report(kind, obj, convert) {
+                Ok(o) => SourceEvent::Applied(o),
+                Err(e) => e,
+            }),
+            Ok(watcher::Event::Delete(obj)) => {
+                Some(SourceEvent::Deleted(kind, reference(kind, obj.meta())))
+            }
+        };
+        if let Some(out) = out
+            && tx.send(out).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn convert_or_report<K: Resource>(
+    kind: Kind,
+    obj: K,
+    convert: fn(K) -> convert::FieldResult<Object>,
+) -> Result<Object, SourceEvent> {
+    let id = reference(kind, obj.meta());
+    convert(obj).map_err(|(field, message)| {
+        let field = field.map(|f| format!("{f}: ")).unwrap_or_default();
+        SourceEvent::Error(format!("{} {id}: {field}{message}", kind.as_str()))
+    })
+}
+
+fn reference(kind: Kind, meta: &ObjectMeta) -> ObjectRef {
+    let name = meta.name.clone().unwrap_or_default();
+    match kind {
+        Kind::Namespace => ObjectRef::new("", name),
+        _ => ObjectRef::new(
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| convert::DEFAULT_NAMESPACE.to_owned()),
+            name,
+        ),
+    }
+}

@@ -1,0 +1,406 @@
+//! The node agent against a fake Kubernetes API server (real list/watch protocol, real
+//! kube-rs watchers), enforcing on lab nodes with the real datapath: it follows changes of
+//! pods, namespaces and policies, survives its own restart without a gap, and keeps
+//! enforcing through an API outage.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use policy_agent::{
+    agent::{self, AgentConfig, AgentHandle, api},
+    datapath::bpffs,
+    lab::{Lab, LabConfig, topology},
+    model::{Cluster, Protocol},
+    report::{Family, Probe, Reachability},
+};
+use policy_tests::{
+    api_objects, assert_reachability, block_on, fake_api::FakeApi, ns, standard_with, to_self,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long an agent may take to apply a change.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Pins of the agents a test ran, removed when it ends (also on failure): agents keep
+/// their pins when they stop, as a node agent must.
+struct Pins(Vec<PathBuf>);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            bpffs::remove_instance_dir(dir);
+        }
+    }
+}
+
+/// Starts node `node`'s agent, watching `api`.
+fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentHandle {
+    let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
+    pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
+    agent::spawn(
+        AgentConfig {
+            node_name: topology::node_name(node),
+            socket: Some(std::env::temp_dir().join(format!("{instance}.sock"))),
+            instance,
+            netns: Some(lab.node_netns_name(node).to_owned()),
+            interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
+            extra_node_addresses: Vec::new(),
+            metrics_address: None,
+            source: format!("kubernetes ({})", api.url),
+        },
+        policy_agent::source::kubernetes::watch(api.client()),
+    )
+    .expect("agent starts")
+}
+
+/// Publishes the lab's cluster (pods with their lab nodes) to the fake API, except pods
+/// `hold_back` names.
+fn publish(api: &FakeApi, cluster: &Cluster, hold_back: &[&str]) {
+    for object in api_objects(cluster) {
+        let name = format!(
+            "{}/{}",
+            object["metadata"]["namespace"].as_str().unwrap_or(""),
+            object["metadata"]["name"].as_str().unwrap()
+        );
+        if object["kind"] == "Pod" && hold_back.contains(&name.as_str()) {
+            continue;
+        }
+        api.apply(object);
+    }
+}
+
+/// Probes until every verdict is `expected`, or fails with the last table after `CONVERGE`.
+async fn converge(lab: &Lab, expected: impl Fn(&Probe) -> bool) -> Reachability {
+    let start = Instant::now();
+    loop {
+        let r = lab.probe_all().await.expect("probes run");
+        if r.probes.iter().all(|p| p.allowed == expected(p)) || start.elapsed() > CONVERGE {
+            assert_reachability(&r, expected);
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends a message each way over an established connection.
+async fn exchange(conn: &mut tokio::net::TcpStream, server: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 5];
+    conn.write_all(b"ping!").await.unwrap();
+    server.read_exact(&mut buf).await.unwrap();
+    server.write_all(b"pong!").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), conn.read_exact(&mut buf))
+        .await
+        .expect("the reply passes (y/a answers through conntrack)")
+        .unwrap();
+    assert_eq!(&buf, b"pong!");
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> serde_json::Value {
+    let spec: serde_json::Value = serde_saphyr::from_str(spec).unwrap();
+    json!({"kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+#[test]
+fn the_agent_follows_pods_namespaces_and_policies() {
+    block_on(async {
+        let config = LabConfig {
+            nodes: 2,
+            ..LabConfig::default()
+        };
+        let lab = Lab::network(&standard_with(""), &config).await.unwrap();
+        let api = FakeApi::start().await;
+        // y/b is not known to the API yet: a pod the agent must pick up later.
+        publish(&api, lab.cluster(), &["y/b"]);
+        let mut pins = Pins(Vec::new());
+        let mut agents: Vec<AgentHandle> = (0..2)
+            .map(|n| start_agent(&lab, n, &api, &mut pins))
+            .collect();
+        for a in &mut agents {
+            a.ready(CONVERGE).await.unwrap();
+        }
+        converge(&lab, |_| true).await;
+
+        // A policy appears: nothing enters namespace x.
+        api.apply(policy("x", "guard", "{podSelector: {}}"));
+        converge(&lab, |p| to_self(p) || ns(&p.to) != Some("x")).await;
+
+        // ... and is changed to admit namespaces labelled team=friends: none is, yet.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: friends}}}]}]}",
+        ));
+        converge(&lab, |p| to_self(p) || ns(&p.to) != Some("x")).await;
+
+        // A namespace gets the label: its pods get in; y/b, which the API does not know,
+        // is just an address and does not.
+        api.apply(
+            json!({"kind": "Namespace", "metadata": {"name": "y", "labels": {"team": "friends"}}}),
+        );
+        converge(&lab, |p| {
+            to_self(p) || ns(&p.to) != Some("x") || p.from == "y/a"
+        })
+        .await;
+
+        // A pod appears: y/b is now a pod of namespace y.
+        let y_b = api_objects(lab.cluster())
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "Pod"
+                    && o["metadata"]["name"] == "b"
+                    && o["metadata"]["namespace"] == "y"
+            })
+            .unwrap();
+        api.apply(y_b.clone());
+        let x_admits_y =
+            |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || ns(&p.from) == Some("y");
+        converge(&lab, x_admits_y).await;
+
+        // A pod's labels change: y/b admits only pods labelled role=trusted, then y/a gets it.
+        api.apply(policy(
+            "y",
+            "b-trusted-only",
+            "{podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {role: trusted}}}]}]}",
+        ));
+        converge(&lab, |p| x_admits_y(p) && (p.to != "y/b" || to_self(p))).await;
+        let mut y_a = api_objects(lab.cluster())
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "Pod"
+                    && o["metadata"]["name"] == "a"
+                    && o["metadata"]["namespace"] == "y"
+            })
+            .unwrap();
+        y_a["metadata"]["labels"]["role"] = json!("trusted");
+        api.apply(y_a);
+        converge(&lab, |p| {
+            x_admits_y(p) && (p.to != "y/b" || to_self(p) || p.from == "y/a")
+        })
+        .await;
+
+        // The agent says what it dropped, and which policies isolate the pod.
+        let mut flows = agents[1].flows.subscribe();
+        let denied = lab
+            .probe("x/b", "y/b", 80, Protocol::Tcp, Family::IPv4)
+            .await
+            .unwrap();
+        assert!(!denied);
+        let record = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let r = flows.recv().await.unwrap();
+                if r.verdict == "drop" && r.pod.as_deref() == Some("y/b") {
+                    return r;
+                }
+            }
+        })
+        .await
+        .expect("a flow record of the drop");
+        assert_eq!(record.reason, "policy-denied");
+        assert_eq!(record.isolated_by, ["y/b-trusted-only"]);
+        assert_eq!(record.remote_pod.as_deref(), Some("x/b"));
+
+        // A pod goes: y/a is no longer a pod (its traffic is just an address's) nor enforced.
+        api.delete("Pod", "y", "a");
+        converge(&lab, |p| {
+            if to_self(p) {
+                return true;
+            }
+            match (ns(&p.to), p.to.as_str()) {
+                (Some("x"), _) => ns(&p.from) == Some("y") && p.from != "y/a",
+                // Only role=trusted pods may reach y/b, and there are none left.
+                (_, "y/b") => false,
+                _ => true,
+            }
+        })
+        .await;
+
+        // The policies go: everything is open again.
+        api.delete("NetworkPolicy", "x", "guard");
+        api.delete("NetworkPolicy", "y", "b-trusted-only");
+        converge(&lab, |_| true).await;
+
+        for a in agents {
+            a.stop().await.unwrap();
+        }
+        lab.shutdown().await;
+    });
+}
+
+#[test]
+fn a_restarted_agent_takes_over_without_a_gap() {
+    block_on(async {
+        // y/a serves x/a (on 80 and 8080) and may call nobody.
+        let cluster = standard_with(
+            r#"
+kind: NetworkPolicy
+metadata: {name: serve-x-a, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}, {port: 8080}]}]
+"#,
+        );
+        let lab = Arc::new(Lab::network(&cluster, &LabConfig::default()).await.unwrap());
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        let mut first = start_agent(&lab, 0, &api, &mut pins);
+        first.ready(CONVERGE).await.unwrap();
+        let expected = |from: &str, to: &str, port: u16| from == "x/a" && to == "y/a" && port == 80;
+        converge(&lab, |p| {
+            to_self(p)
+                || p.to != "y/a" && p.from != "y/a"
+                || expected(&p.from, &p.to, p.port) && p.protocol == Protocol::Tcp
+        })
+        .await;
+
+        // A connection that only conntrack lets y/a answer (its egress is isolated).
+        let v4 = lab.host("y/a").unwrap().spec.ip(Family::IPv4).unwrap();
+        let listener = lab
+            .netns("y/a")
+            .unwrap()
+            .run(|| std::net::TcpListener::bind("0.0.0.0:8080"))
+            .unwrap()
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let client = lab
+            .netns("x/a")
+            .unwrap()
+            .run(|| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None))
+            .unwrap()
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        let connect = tokio::net::TcpSocket::from_std_stream(client.into())
+            .connect(std::net::SocketAddr::new(v4, 8080));
+        let (conn, accepted) = tokio::join!(connect, listener.accept());
+        let (mut conn, mut server) = (conn.unwrap(), accepted.unwrap().0);
+        exchange(&mut conn, &mut server).await;
+
+        // Probes run all along: some must pass, others must not, never the other way.
+        let probes = [
+            ("x/a", "y/a", 80, true),
+            ("x/b", "y/a", 80, false),
+            ("y/a", "x/a", 80, false),
+            ("x/a", "y/b", 81, true),
+        ];
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wrong = Arc::new(AtomicUsize::new(0));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let prober = {
+            let (lab, stop, wrong, rounds) = (
+                Arc::clone(&lab),
+                Arc::clone(&stop),
+                Arc::clone(&wrong),
+                Arc::clone(&rounds),
+            );
+            tokio::spawn(async move {
+                let mut running = tokio::task::JoinSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for (from, to, port, want) in probes {
+                        let (lab, wrong) = (Arc::clone(&lab), Arc::clone(&wrong));
+                        running.spawn(async move {
+                            let got = lab
+                                .probe(from, to, port, Protocol::Tcp, Family::IPv4)
+                                .await
+                                .unwrap();
+                            if got != want {
+                                eprintln!("{from} -> {to}:{port}: got {got}, want {want}");
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                while running.join_next().await.is_some() {}
+            })
+        };
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        first.stop().await.unwrap();
+        // No agent at all for a while: the pinned programs and maps keep enforcing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut second = start_agent(&lab, 0, &api, &mut pins);
+        second.ready(CONVERGE).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        prober.await.unwrap();
+
+        assert_eq!(
+            wrong.load(Ordering::Relaxed),
+            0,
+            "a probe saw the wrong verdict"
+        );
+        assert!(rounds.load(Ordering::Relaxed) >= 15, "probes ran all along");
+
+        // The connection opened under the first agent still carries data both ways.
+        exchange(&mut conn, &mut server).await;
+
+        let status = second.status.borrow().clone();
+        assert!(status.endpoints.iter().all(|e| e.attached), "{status}");
+        second.stop().await.unwrap();
+        drop(conn);
+        drop(server);
+        Arc::into_inner(lab)
+            .expect("probes finished")
+            .shutdown()
+            .await;
+    });
+}
+
+#[test]
+fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        api.apply(policy("x", "guard", "{podSelector: {}}"));
+        let mut pins = Pins(Vec::new());
+        let mut agent = start_agent(&lab, 0, &api, &mut pins);
+        agent.ready(CONVERGE).await.unwrap();
+        let guarded = |p: &Probe| to_self(p) || ns(&p.to) != Some("x");
+        converge(&lab, guarded).await;
+
+        // The API goes down; enforcement goes on, and the agent says what is wrong.
+        api.set_up(false).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_reachability(&lab.probe_all().await.unwrap(), guarded);
+        let errors = agent.status.borrow().errors.clone();
+        assert!(errors.iter().any(|e| e.contains("watching")), "{errors:?}");
+
+        // Meanwhile the policy changes, and the history the watch would resume from is
+        // gone: when the API is back, the watch gets 410 Gone and lists again.
+        api.delete("NetworkPolicy", "x", "guard");
+        api.apply(policy("y", "guard", "{podSelector: {}}"));
+        api.compact();
+        api.set_up(true).await;
+        converge(&lab, |p| to_self(p) || ns(&p.to) != Some("y")).await;
+        let metrics = agent.metrics.render();
+        assert!(
+            metrics.contains("policy_agent_watch_restarts_total{resource=\"networkpolicies\"}"),
+            "{metrics}"
+        );
+
+        // And later changes still apply.
+        api.delete("NetworkPolicy", "y", "guard");
+        converge(&lab, |_| true).await;
+
+        // The local API answers like `policy-agent status` asks it.
+        let socket =
+            std::env::temp_dir().join(format!("{}{}-agent1.sock", topology::PIN_PREFIX, lab.id()));
+        let status = api::status(&socket).await.unwrap();
+        assert!(status.ready && status.endpoints.len() == 4, "{status}");
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
