@@ -226,6 +226,27 @@ fn the_agent_follows_pods_namespaces_and_policies() {
         api.delete("NetworkPolicy", "y", "b-trusted-only");
         converge(&lab, |_| true).await;
 
+        // A host-network pod cannot be enforced: the agent says so instead of ignoring it.
+        api.apply(json!({
+            "kind": "Pod",
+            "metadata": {"name": "exporter", "namespace": "x"},
+            "spec": {"nodeName": topology::node_name(0), "hostNetwork": true,
+                     "containers": [{"name": "c"}]},
+            "status": {"podIP": "192.0.2.1"},
+        }));
+        let status = tokio::time::timeout(
+            CONVERGE,
+            agents[0]
+                .status
+                .wait_for(|s| s.not_enforced.iter().any(|w| w.contains("x/exporter"))),
+        )
+        .await
+        .expect("the host-network pod is reported")
+        .unwrap()
+        .clone();
+        assert!(status.endpoints.iter().all(|e| e.pod != "x/exporter"));
+        assert!(status.to_string().contains("uses the host network"));
+
         for a in agents {
             a.stop().await.unwrap();
         }
@@ -386,10 +407,13 @@ fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
         api.set_up(true).await;
         converge(&lab, |p| to_self(p) || ns(&p.to) != Some("y")).await;
         let metrics = agent.metrics.render();
-        assert!(
-            metrics.contains("policy_agent_watch_restarts_total{resource=\"networkpolicies\"}"),
-            "{metrics}"
-        );
+        let restarts = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("policy_agent_watch_restarts_total{resource=\"networkpolicies\"} ")
+            })
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(restarts >= Some(1), "{metrics}");
 
         // And later changes still apply.
         api.delete("NetworkPolicy", "y", "guard");

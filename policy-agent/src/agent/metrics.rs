@@ -25,6 +25,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::source::Kind;
+
 /// Datapath state for the collector.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -152,6 +154,12 @@ impl Metrics {
             sync_latency.clone(),
         );
         let watch_restarts = Family::<ResourceLabel, Counter>::default();
+        // Every resource reports from the start, so that a restart is an increase.
+        for kind in Kind::ALL {
+            let _ = watch_restarts.get_or_create(&ResourceLabel {
+                resource: kind.as_str().to_owned(),
+            });
+        }
         registry.register(
             "policy_agent_watch_restarts",
             "Watches that listed again (after an error, a timeout or 410 Gone)",

@@ -262,10 +262,14 @@ impl Agent {
                         self.error("the source stopped; enforcing the last state".into());
                     }
                 },
-                _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now).into()), if due.is_some() => {
+                _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     self.reconcile().await;
                 }
-                _ = retry.tick(), if self.waiting_for_interfaces() => self.reconcile().await,
+                _ = retry.tick(), if self.waiting_for_interfaces() => {
+                    if self.find_interfaces().await {
+                        self.pending_since.get_or_insert_with(Instant::now);
+                    }
+                }
                 guard = events.readable() => {
                     let mut guard = guard?;
                     self.forward_flows();
@@ -341,20 +345,23 @@ impl Agent {
         self.publish();
     }
 
-    /// Looks for the interfaces of local pods that have none yet.
-    async fn find_interfaces(&mut self) {
+    /// Looks for the interfaces of local pods that have none yet; true if it found one.
+    async fn find_interfaces(&mut self) -> bool {
         let missing: Vec<(ObjectRef, IpAddr)> = self
             .local_pods()
             .filter(|p| !self.found.contains_key(&p.id))
             .map(|p| (p.id.clone(), p.ips[0]))
             .collect();
+        let mut found = false;
         for (pod, ip) in missing {
             if let Some(iface) = self.interfaces.of(ip).await {
                 tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
                 self.datapath.adopt_interface(&pod, iface.index);
                 self.found.insert(pod, iface);
+                found = true;
             }
         }
+        found
     }
 
     /// Takes over the ids an earlier agent left in the pinned maps.
@@ -473,6 +480,9 @@ impl Agent {
             .collect();
         for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
             tracing::warn!(warning = %w);
+        }
+        for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
+            tracing::warn!(not_enforced = %w);
         }
         self.warnings = warnings;
         self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);

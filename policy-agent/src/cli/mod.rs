@@ -1,5 +1,6 @@
 //! Command-line interface (see the CLI contract in the README).
 
+mod cleanup;
 mod explain;
 mod lab;
 mod matrix;
@@ -41,6 +42,9 @@ enum Command {
     /// The verdict on one flow, and why: which policies isolate each side, which rule
     /// allowed it, or that none did.
     Explain(explain::ExplainArgs),
+    /// Detach and unpin what a stopped agent left on this node (after an uninstall: a
+    /// stopped agent's programs keep enforcing, so that a restart has no gap).
+    Cleanup(cleanup::CleanupArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
@@ -63,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab(args) => lab::run(args),
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Cleanup(args) => cleanup::run(args),
     }
 }

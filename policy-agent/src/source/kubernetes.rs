@@ -83,7 +83,7 @@ async fn forward<K: Resource>(
                 match convert_or_report(kind, obj, convert) {
                     Ok(o) => listing.push(o),
                     Err(e) => {
-                        let _ = tx.send(e).await;
+                        let _ = tx.send(SourceEvent::Error(e)).await;
                     }
                 }
                 None
@@ -93,7 +93,7 @@ async fn forward<K: Resource>(
             }
             Ok(watcher::Event::Apply(obj)) => Some(match convert_or_report(kind, obj, convert) {
                 Ok(o) => SourceEvent::Applied(o),
-                Err(e) => e,
+                Err(e) => SourceEvent::Error(e),
             }),
             Ok(watcher::Event::Delete(obj)) => {
                 Some(SourceEvent::Deleted(kind, reference(kind, obj.meta())))
@@ -107,15 +107,16 @@ async fn forward<K: Resource>(
     }
 }
 
+/// Converts an API object, or says which object and field could not be converted.
 fn convert_or_report<K: Resource>(
     kind: Kind,
     obj: K,
     convert: fn(K) -> convert::FieldResult<Object>,
-) -> Result<Object, SourceEvent> {
+) -> Result<Object, String> {
     let id = reference(kind, obj.meta());
     convert(obj).map_err(|(field, message)| {
         let field = field.map(|f| format!("{f}: ")).unwrap_or_default();
-        SourceEvent::Error(format!("{} {id}: {field}{message}", kind.as_str()))
+        format!("{} {id}: {field}{message}", kind.as_str())
     })
 }
 

@@ -1,0 +1,57 @@
+//! `policy-agent cleanup`: what an uninstall leaves behind on a node.
+//!
+//! The agent keeps its programs attached and its maps pinned when it stops, so that a
+//! restarted agent takes over without a gap. Removing the agent for good therefore takes
+//! one more step on each node: unpinning the links detaches the programs.
+
+use std::{collections::BTreeSet, path::Path, process::ExitCode};
+
+use anyhow::bail;
+use clap::Args;
+use policy_agent::{
+    agent::api,
+    datapath::{LINKS_DIR, bpffs},
+};
+
+#[derive(Args)]
+pub struct CleanupArgs {
+    /// The instance to remove (its pins are under /sys/fs/bpf/policy-agent/<INSTANCE>).
+    #[arg(long, default_value = "agent")]
+    instance: String,
+}
+
+pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let socket = api::default_socket(&args.instance);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if runtime.block_on(api::status(&socket)).is_ok() {
+        bail!(
+            "the agent {:?} is running (it answers on {}): stop it first",
+            args.instance,
+            socket.display()
+        );
+    }
+    let dir = Path::new(bpffs::PIN_ROOT).join(&args.instance);
+    if !dir.exists() {
+        println!("nothing to clean up: {} does not exist", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Links are pinned as `<ifindex>-<program>`.
+    let interfaces: BTreeSet<String> = std::fs::read_dir(dir.join(LINKS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|l| Some(l.file_name().to_str()?.split_once('-')?.0.to_owned()))
+        .collect();
+    bpffs::remove_instance_dir(&dir);
+    if dir.exists() {
+        bail!("could not remove {}", dir.display());
+    }
+    println!(
+        "removed {}: programs detached from {} interface(s), maps unpinned",
+        dir.display(),
+        interfaces.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
