@@ -102,6 +102,16 @@ async fn exchange(conn: &mut tokio::net::TcpStream, server: &mut tokio::net::Tcp
     assert_eq!(&buf, b"pong!");
 }
 
+/// Pod `ns/name` of `cluster` as the API serves it.
+fn pod_object(cluster: &Cluster, ns: &str, name: &str) -> serde_json::Value {
+    api_objects(cluster)
+        .into_iter()
+        .find(|o| {
+            o["kind"] == "Pod" && o["metadata"]["name"] == name && o["metadata"]["namespace"] == ns
+        })
+        .unwrap()
+}
+
 fn policy(ns: &str, name: &str, spec: &str) -> serde_json::Value {
     let spec: serde_json::Value = serde_saphyr::from_str(spec).unwrap();
     json!({"kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns}, "spec": spec})
@@ -150,15 +160,7 @@ fn the_agent_follows_pods_namespaces_and_policies() {
         .await;
 
         // A pod appears: y/b is now a pod of namespace y.
-        let y_b = api_objects(lab.cluster())
-            .into_iter()
-            .find(|o| {
-                o["kind"] == "Pod"
-                    && o["metadata"]["name"] == "b"
-                    && o["metadata"]["namespace"] == "y"
-            })
-            .unwrap();
-        api.apply(y_b.clone());
+        api.apply(pod_object(lab.cluster(), "y", "b"));
         let x_admits_y =
             |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || ns(&p.from) == Some("y");
         converge(&lab, x_admits_y).await;
@@ -170,14 +172,7 @@ fn the_agent_follows_pods_namespaces_and_policies() {
             "{podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {role: trusted}}}]}]}",
         ));
         converge(&lab, |p| x_admits_y(p) && (p.to != "y/b" || to_self(p))).await;
-        let mut y_a = api_objects(lab.cluster())
-            .into_iter()
-            .find(|o| {
-                o["kind"] == "Pod"
-                    && o["metadata"]["name"] == "a"
-                    && o["metadata"]["namespace"] == "y"
-            })
-            .unwrap();
+        let mut y_a = pod_object(lab.cluster(), "y", "a");
         y_a["metadata"]["labels"]["role"] = json!("trusted");
         api.apply(y_a);
         converge(&lab, |p| {

@@ -67,34 +67,35 @@ struct SnapshotCollector(Arc<Mutex<Snapshot>>);
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.lock().expect("not poisoned").clone();
-        let packets = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "policy_agent_packets",
-            "Packets decided by the datapath, by direction, verdict and reason",
-            None,
-            packets.metric_type(),
-        )?;
-        for ((direction, verdict, reason), count, _) in &s.packets {
-            let labels = [
-                ("direction", direction.as_str()),
-                ("verdict", verdict.as_str()),
-                ("reason", reason.as_str()),
-            ];
-            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
-        }
-        let mut bytes = encoder.encode_descriptor(
-            "policy_agent_bytes",
-            "Bytes decided by the datapath, by direction, verdict and reason",
-            None,
-            packets.metric_type(),
-        )?;
-        for ((direction, verdict, reason), _, b) in &s.packets {
-            let labels = [
-                ("direction", direction.as_str()),
-                ("verdict", verdict.as_str()),
-                ("reason", reason.as_str()),
-            ];
-            ConstCounter::new(*b).encode(bytes.encode_family(&labels)?)?;
+        // (name, help, counts bytes rather than packets)
+        let counters = [
+            (
+                "policy_agent_packets",
+                "Packets decided by the datapath, by direction, verdict and reason",
+                false,
+            ),
+            (
+                "policy_agent_bytes",
+                "Bytes decided by the datapath, by direction, verdict and reason",
+                true,
+            ),
+        ];
+        for (name, help, of_bytes) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for ((direction, verdict, reason), packets, bytes) in &s.packets {
+                let labels = [
+                    ("direction", direction.as_str()),
+                    ("verdict", verdict.as_str()),
+                    ("reason", reason.as_str()),
+                ];
+                ConstCounter::new(if of_bytes { *bytes } else { *packets })
+                    .encode(family.encode_family(&labels)?)?;
+            }
         }
         let gauge = ConstGauge::new(0i64);
         let mut entries = encoder.encode_descriptor(
