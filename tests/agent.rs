@@ -15,9 +15,14 @@ use std::{
 use policy_agent::{
     agent::{self, AgentConfig, AgentHandle, api},
     datapath::bpffs,
-    lab::{Lab, LabConfig, topology},
-    model::{Cluster, Protocol},
+    lab::{
+        Lab, LabConfig,
+        runtime::{self, CniRuntime},
+        topology,
+    },
+    model::{Cluster, ObjectRef, Protocol},
     report::{Family, Probe, Reachability},
+    source::{Source, kubernetes},
 };
 use policy_tests::{
     api_objects, assert_reachability, block_on, fake_api::FakeApi, ns, standard_with, to_self,
@@ -54,8 +59,9 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
             extra_node_addresses: Vec::new(),
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
+            cni_conf_dir: None,
         },
-        policy_agent::source::kubernetes::watch(api.client()),
+        kubernetes::watch(api.client()),
     )
     .expect("agent starts")
 }
@@ -419,6 +425,98 @@ fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
             std::env::temp_dir().join(format!("{}{}-agent1.sock", topology::PIN_PREFIX, lab.id()));
         let status = api::status(&socket).await.unwrap();
         assert!(status.ready && status.endpoints.len() == 4, "{status}");
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
+
+/// The scheduled pod of the CNI test: no address yet, as the kubelet has not reported one.
+const NEW_POD: &str = r#"
+kind: Pod
+metadata: {name: new, namespace: x, labels: {app: new}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}]}]}
+status: {podIPs: [{ip: 10.100.0.9}]}
+---
+kind: NetworkPolicy
+metadata: {name: new-pod, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: new}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: a}}}]
+"#;
+
+#[test]
+fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
+    block_on(async {
+        let new = ObjectRef::new("x", "new");
+        let config = LabConfig {
+            deferred: vec![new.clone()],
+            ..LabConfig::default()
+        };
+        let mut lab = Lab::network(&standard_with(NEW_POD), &config)
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &["x/new"]);
+        let mut pod = api_objects(lab.cluster())
+            .into_iter()
+            .find(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "new")
+            .unwrap();
+        pod["status"] = json!({});
+
+        let mut pins = Pins(Vec::new());
+        let instance = format!("{}{}-cni", topology::PIN_PREFIX, lab.id());
+        pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
+        let socket = std::env::temp_dir().join(format!("{instance}.sock"));
+        let mut agent = agent::spawn(
+            AgentConfig {
+                node_name: topology::node_name(0),
+                socket: Some(socket.clone()),
+                instance,
+                netns: Some(lab.node_netns_name(0).to_owned()),
+                interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
+                extra_node_addresses: Vec::new(),
+                metrics_address: None,
+                source: format!("kubernetes ({})", api.url),
+                cni_conf_dir: None,
+            },
+            Source {
+                events: kubernetes::watch(api.client()),
+                pods: Some(kubernetes::PodLookup::new(api.client())),
+            },
+        )
+        .expect("agent starts");
+        agent.ready(CONVERGE).await.unwrap();
+        // Scheduled after the agent listed: only a GET finds it, the watch has not told.
+        api.apply_unwatched(pod);
+        assert!(
+            agent
+                .status
+                .borrow()
+                .endpoints
+                .iter()
+                .all(|e| e.pod != "x/new")
+        );
+
+        // The runtime creates the sandbox through ptp and the policy plugin.
+        let runtime = CniRuntime::new(
+            runtime::lab_conflist(Some(&socket), false),
+            runtime::bin_dirs(true).unwrap(),
+        );
+        lab.start_pod_with(&new, Some(&runtime))
+            .expect("ADD succeeds with the pod fetched from the API server");
+        let probe = |to: &'static str| lab.probe("x/new", to, 80, Protocol::Tcp, Family::IPv4);
+        assert!(probe("x/a").await.unwrap(), "egress to app=a is allowed");
+        assert!(!probe("x/b").await.unwrap(), "egress elsewhere is denied");
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .endpoints
+                .iter()
+                .any(|e| e.pod == "x/new" && e.attached && e.egress_isolated),
+            "{status}"
+        );
         agent.stop().await.unwrap();
         lab.shutdown().await;
     });

@@ -29,7 +29,7 @@ async fn run(case: &Case) -> String {
                         .expect("lab starts"),
                 )
             }
-            Some(lab) => lab.update(&cluster).expect("lab updates"),
+            Some(lab) => lab.update(&cluster).await.expect("lab updates"),
         }
         let reachability = lab
             .as_ref()

@@ -56,11 +56,11 @@ fn a_policy_added_later_applies_at_once() {
     block_on(async {
         let mut lab = Lab::start(&open, &LabConfig::default()).await.unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
-        lab.update(&isolated).unwrap();
+        lab.update(&isolated).await.unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |p| {
             to_self(p) || ns(&p.to) != Some("x")
         });
-        lab.update(&open).unwrap();
+        lab.update(&open).await.unwrap();
         assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
         lab.shutdown().await;
     });
@@ -337,8 +337,7 @@ fn bind(v6: bool, ty: Type, port: u16) -> std::io::Result<Socket> {
 
 /// Counts of the datapath's drops for `reason` in `dir` on node 0.
 fn drops(lab: &Lab, dir: Direction, reason: DropReason) -> u64 {
-    lab.datapath(0)
-        .stats()
+    lab.stats(0)
         .unwrap()
         .iter()
         .filter(|(k, _)| {

@@ -77,6 +77,7 @@ fn pod(name: &str, labels: Labels, ip: Ipv4Addr, node: &str) -> Pod {
             protocol: Protocol::Tcp,
         }],
         host_network: false,
+        uid: None,
     }
 }
 

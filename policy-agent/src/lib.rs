@@ -3,9 +3,11 @@
 //! Data flows through the modules in this order:
 //! [`source`] (manifests, Kubernetes) -> [`model`] -> [`semantics`] -> [`compiler`] -> [`datapath`]
 //! (load, pin, attach, sync the maps) -> kernel. [`lab`] builds a simulated node from
-//! network namespaces and drives all of it with real packets.
+//! network namespaces and drives all of it with real packets. [`cni`] is the chained CNI
+//! plugin that hands each new pod to the agent before it starts.
 
 pub mod agent;
+pub mod cni;
 pub mod compiler;
 pub mod datapath;
 pub mod evaluate;

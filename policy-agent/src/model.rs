@@ -40,6 +40,24 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// `namespace/name`, as JSON shows it.
+impl serde::Serialize for ObjectRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Reads `namespace/name`.
+impl<'de> serde::Deserialize<'de> for ObjectRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (namespace, name) = s
+            .split_once('/')
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not namespace/name")))?;
+        Ok(ObjectRef::new(namespace, name))
+    }
+}
+
 /// Transport protocols NetworkPolicy ports name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -134,6 +152,8 @@ pub struct Pod {
     pub ports: Vec<ContainerPort>,
     /// Pods on the host network share the node's addresses and cannot be enforced.
     pub host_network: bool,
+    /// metadata.uid, when known: tells a pod from an earlier one of the same name.
+    pub uid: Option<String>,
 }
 
 impl Pod {

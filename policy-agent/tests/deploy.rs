@@ -235,8 +235,77 @@ fn daemonset_image_args_and_probes_match_the_binary() {
         );
     }
 
-    // The image's entrypoint is the binary it copies in.
+    // The image's entrypoint is the binary it copies in, with the CNI plugin beside it.
     let containerfile = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
     assert!(containerfile.contains("COPY target/release/policy-agent /usr/local/bin/policy-agent"));
+    assert!(
+        containerfile
+            .contains("COPY target/release/policy-agent-cni /usr/local/bin/policy-agent-cni")
+    );
     assert!(containerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/policy-agent"]"#));
+}
+
+#[test]
+fn an_init_container_chains_the_cni_plugin_for_the_agent_s_socket() {
+    let m = manifests();
+    let pod = m.daemonset.spec.template.spec.as_ref().unwrap();
+    let install = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "install-cni")
+        .expect("an install-cni init container");
+    let args = install.args.as_deref().unwrap();
+    assert_eq!(args[..2], ["cni", "install"]);
+    let out = Command::new(AGENT)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |args: &[String], flag: &str| {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).cloned()
+    };
+    // The plugin talks to the socket the agent serves.
+    assert_eq!(
+        value(args, "--socket").as_deref(),
+        api::default_socket("agent").to_str()
+    );
+    // The node's CNI directories, from the host.
+    let host_path = |volume: &str| {
+        let v = pod.volumes.iter().flatten().find(|v| v.name == volume)?;
+        Some(v.host_path.as_ref()?.path.clone())
+    };
+    let mounted = |c: &Container, path: &str| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == path)
+            .and_then(|m| host_path(&m.name))
+    };
+    let conf_dir = value(args, "--conf-dir").unwrap();
+    let bin_dir = value(args, "--bin-dir").unwrap();
+    assert_eq!(
+        mounted(install, &conf_dir).as_deref(),
+        Some("/etc/cni/net.d")
+    );
+    assert_eq!(mounted(install, &bin_dir).as_deref(), Some("/opt/cni/bin"));
+    // Fail-closed unless the operator says otherwise, in one place.
+    let fail_open = install
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POLICY_AGENT_CNI_FAIL_OPEN")
+        .and_then(|e| e.value.clone());
+    assert_eq!(fail_open.as_deref(), Some("false"));
+    // The agent reads the same directory to report the plugin's mode in `status`.
+    let agent = agent_container(&m.daemonset);
+    let agent_args = agent.args.as_deref().unwrap();
+    assert_eq!(value(agent_args, "--cni-conf-dir"), Some(conf_dir.clone()));
+    assert_eq!(mounted(agent, &conf_dir).as_deref(), Some("/etc/cni/net.d"));
 }

@@ -128,6 +128,7 @@ impl FakeApi {
             get(move |State(s): State<Arc<Shared>>, Query(p): Query<Params>| serve(s, kind, p))
         };
         let app = Router::new()
+            .route("/api/v1/namespaces/{namespace}/pods/{name}", get(get_pod))
             .route("/api/v1/namespaces", route(ApiKind::Namespace))
             .route("/api/v1/pods", route(ApiKind::Pod))
             .route(
@@ -177,6 +178,18 @@ impl FakeApi {
                 object,
             },
         );
+    }
+
+    /// Creates an object that GET returns but no watch has seen yet (a pod just scheduled,
+    /// its event still on the way).
+    pub fn apply_unwatched(&self, mut object: Value) {
+        let kind = ApiKind::of(object["kind"].as_str().expect("objects have a kind"));
+        object["apiVersion"] = json!(kind.names().0);
+        let key = key_of(kind, &object);
+        let mut store = self.shared.store.lock().unwrap();
+        store.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+        store.objects.insert(key, object);
     }
 
     /// Deletes an object (`namespace` is empty for namespaces).
@@ -247,6 +260,25 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Value {
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
     })
+}
+
+/// GET of one pod.
+async fn get_pod(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let store = shared.store.lock().unwrap();
+    match store.objects.get(&(ApiKind::Pod, namespace, name.clone())) {
+        Some(pod) => axum::Json(pod.clone()).into_response(),
+        None => {
+            let body = status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("pods \"{name}\" not found"),
+            );
+            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        }
+    }
 }
 
 async fn serve(shared: Arc<Shared>, kind: ApiKind, params: Params) -> Response {

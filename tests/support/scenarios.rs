@@ -259,6 +259,7 @@ fn build_pod(i: usize, (ns, labels, dual, http, declared): PodParts) -> Pod {
         node: None,
         ports,
         host_network: false,
+        uid: None,
     }
 }
 

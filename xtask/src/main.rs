@@ -8,7 +8,7 @@
 
 use std::{
     ffi::OsString,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
 
@@ -77,6 +77,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             build_ebpf()?;
             cargo(["build", "--release", "--package", "policy-agent"])?;
             require_root("the lab creates network namespaces and loads eBPF programs")?;
+            ensure_packages()?;
             let agent = workspace_root().join("target/release/policy-agent");
             let status = Command::new(&agent)
                 .arg("lab")
@@ -139,15 +140,25 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// System tools the tests use, by the Debian package that provides them.
-const PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("bpftool", "bpftool")];
+/// System tools the lab and the tests use (a command on PATH, or a file), by the Debian
+/// package that provides them. The lab's pods get their network from the reference CNI
+/// plugins, as on a real node.
+const PACKAGES: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("nsenter", "util-linux"),
+    ("/usr/lib/cni/ptp", "containernetworking-plugins"),
+];
 
-/// Installs the missing ones with apt-get (the tests run as root anyway).
+/// Installs the missing ones with apt-get (the lab and the tests run as root anyway).
 fn ensure_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        // Spawning at all means the tool is on PATH.
-        .filter(|(tool, _)| Command::new(tool).arg("-V").output().is_err())
+        .filter(|(tool, _)| match tool.strip_prefix('/') {
+            Some(_) => !Path::new(tool).exists(),
+            // Spawning at all means the tool is on PATH.
+            None => Command::new(tool).arg("-V").output().is_err(),
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {

@@ -1,20 +1,28 @@
-//! The agent's local API, on a unix socket: `policy-agent status` and `flows` talk to it.
+//! The agent's local API, on a unix socket: `policy-agent status` and `flows` talk to it,
+//! and the CNI plugin hands it each new pod.
 //!
-//! A client sends one JSON line, `{"request":"status"}` or `{"request":"flows"}`; the agent
-//! answers with one JSON status object, or with a stream of JSON flow records, one per line,
-//! until the client goes.
+//! A client sends one JSON line, `{"request":"status"}`, `{"request":"flows"}` or an
+//! endpoint request (`endpoint-add`, `endpoint-check`, `endpoint-delete`); the agent
+//! answers with one JSON object (status, or an [`EndpointReply`]), or with a stream of JSON
+//! flow records, one per line, until the client goes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::{BufRead as _, Write as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, oneshot, watch},
 };
 
-use super::{flows::FlowRecord, status::Status};
+use super::{Command, flows::FlowRecord, status::Status};
+use crate::{model::ObjectRef, source::kubernetes::PodLookup};
 
 /// Where the socket of an instance lives.
 pub fn default_socket(instance: &str) -> PathBuf {
@@ -22,18 +30,90 @@ pub fn default_socket(instance: &str) -> PathBuf {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "request")]
+#[serde(rename_all = "kebab-case", tag = "request")]
 enum Request {
     Status,
     Flows,
+    EndpointAdd(EndpointRequest),
+    EndpointCheck(EndpointRequest),
+    EndpointDelete(EndpointDelete),
+}
+
+/// A new pod's network, as the CNI plugin reports it after the main plugin set it up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRequest {
+    /// Namespace and name (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`).
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// `K8S_POD_UID`, when the runtime passes it: tells a pod from an earlier one of the
+    /// same name.
+    pub uid: Option<String>,
+    /// `CNI_CONTAINERID` of the sandbox.
+    pub container_id: String,
+    /// Host-side interface from the main plugin's result, if it named one.
+    pub interface: Option<String>,
+    /// The pod's addresses from the main plugin's result.
+    pub ips: Vec<IpAddr>,
+}
+
+impl EndpointRequest {
+    /// The pod's `namespace/name`.
+    pub fn pod(&self) -> ObjectRef {
+        ObjectRef::new(&self.namespace, &self.name)
+    }
+}
+
+/// A sandbox going away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDelete {
+    /// The pod, when the runtime says (`CNI_ARGS`); DEL may come without it.
+    pub pod: Option<ObjectRef>,
+    /// `CNI_CONTAINERID` of the sandbox.
+    pub container_id: String,
+}
+
+/// The agent's answer to an endpoint request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum EndpointReply {
+    /// The programs are attached to `interface` and the pod's policy state is written.
+    Enforced {
+        /// Host-side interface.
+        interface: String,
+        /// Whether policy isolates the pod's ingress.
+        ingress_isolated: bool,
+        /// Whether policy isolates the pod's egress.
+        egress_isolated: bool,
+    },
+    /// The endpoint is gone (or never was).
+    Deleted,
+    /// Neither the agent's watch nor the API server knows the pod.
+    UnknownPod {
+        /// Why.
+        message: String,
+    },
+    /// The agent cannot enforce policy on the pod yet (not ready, attach failed).
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the API serves from.
+pub struct Backend {
+    /// The latest status.
+    pub status: watch::Receiver<Status>,
+    /// Flow records.
+    pub flows: broadcast::Sender<FlowRecord>,
+    /// The agent task, for endpoint requests.
+    pub commands: mpsc::Sender<Command>,
+    /// The API server, for pods the watch has not delivered yet.
+    pub pods: Option<PodLookup>,
 }
 
 /// Serves the API at `path` until the task is dropped.
-pub async fn serve(
-    path: PathBuf,
-    status: watch::Receiver<Status>,
-    flows: broadcast::Sender<FlowRecord>,
-) -> anyhow::Result<()> {
+pub async fn serve(path: PathBuf, backend: Backend) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -41,43 +121,182 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+    let backend = std::sync::Arc::new(backend);
     loop {
         let (conn, _) = listener.accept().await?;
-        let status = status.clone();
-        let flows = flows.subscribe();
+        let backend = std::sync::Arc::clone(&backend);
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, status, flows).await {
+            if let Err(e) = answer(conn, &backend).await {
                 tracing::debug!(error = %e, "API client went away");
             }
         });
     }
 }
 
-async fn answer(
-    conn: UnixStream,
-    status: watch::Receiver<Status>,
-    mut flows: broadcast::Receiver<FlowRecord>,
-) -> anyhow::Result<()> {
+async fn answer(conn: UnixStream, backend: &Backend) -> anyhow::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    match serde_json::from_str::<Request>(&line).context("bad request")? {
-        Request::Status => {
-            let body = serde_json::to_string(&*status.borrow())?;
-            write.write_all(format!("{body}\n").as_bytes()).await?;
+    let reply = match serde_json::from_str::<Request>(&line).context("bad request")? {
+        Request::Status => serde_json::to_string(&*backend.status.borrow())?,
+        Request::EndpointAdd(request) => serde_json::to_string(&add(backend, request).await)?,
+        Request::EndpointCheck(request) => {
+            let reply = ask(backend, |reply| Command::Check { request, reply }).await;
+            serde_json::to_string(&reply)?
         }
-        Request::Flows => loop {
-            let record = match flows.recv().await {
-                Ok(r) => r,
-                // A slow client misses records rather than slowing the agent.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            };
-            let body = serde_json::to_string(&record)?;
-            write.write_all(format!("{body}\n").as_bytes()).await?;
-        },
-    }
+        Request::EndpointDelete(request) => {
+            let reply = ask(backend, |reply| Command::Delete { request, reply }).await;
+            serde_json::to_string(&reply)?
+        }
+        Request::Flows => {
+            let mut flows = backend.flows.subscribe();
+            loop {
+                let record = match flows.recv().await {
+                    Ok(r) => r,
+                    // A slow client misses records rather than slowing the agent.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                let body = serde_json::to_string(&record)?;
+                write.write_all(format!("{body}\n").as_bytes()).await?;
+            }
+        }
+    };
+    write.write_all(format!("{reply}\n").as_bytes()).await?;
     Ok(())
+}
+
+/// Creates an endpoint: from the pod the agent knows, or else the one the API server
+/// returns (the watch may lag behind a pod that was just scheduled; it is never waited for).
+#[tracing::instrument(skip_all, fields(pod = %request.pod(), container = %request.container_id))]
+async fn add(backend: &Backend, request: EndpointRequest) -> EndpointReply {
+    let known = ask(backend, |reply| Command::Add {
+        request: request.clone(),
+        pod: None,
+        reply,
+    })
+    .await;
+    let EndpointReply::UnknownPod { message } = known else {
+        return known;
+    };
+    let Some(lookup) = &backend.pods else {
+        return EndpointReply::UnknownPod { message };
+    };
+    let pod = match lookup.get(&request.namespace, &request.name).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => {
+            return EndpointReply::UnknownPod {
+                message: format!("the API server has no pod {}", request.pod()),
+            };
+        }
+        Err(e) => {
+            return EndpointReply::Failed {
+                message: format!("getting pod {} from the API server: {e}", request.pod()),
+            };
+        }
+    };
+    tracing::debug!("pod fetched from the API server ahead of the watch");
+    ask(backend, |reply| Command::Add {
+        request,
+        pod: Some(Box::new(pod)),
+        reply,
+    })
+    .await
+}
+
+/// Sends a command to the agent task and waits for its reply.
+async fn ask(
+    backend: &Backend,
+    command: impl FnOnce(oneshot::Sender<EndpointReply>) -> Command,
+) -> EndpointReply {
+    let (reply, answer) = oneshot::channel();
+    if backend.commands.send(command(reply)).await.is_err() {
+        return EndpointReply::Failed {
+            message: "the agent is stopping".to_owned(),
+        };
+    }
+    answer.await.unwrap_or_else(|_| EndpointReply::Failed {
+        message: "the agent is stopping".to_owned(),
+    })
+}
+
+/// Why an endpoint request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointCallError {
+    /// Nothing listens on the socket (the agent is not running).
+    #[error("the agent at {path} is not reachable: {source}")]
+    Unreachable {
+        /// The socket.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent took longer than the timeout or closed the connection.
+    #[error("the agent at {path} did not answer: {detail}")]
+    NoAnswer {
+        /// The socket.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Sends one endpoint request and waits up to `timeout` for the reply, without an async
+/// runtime (the CNI plugin is a short-lived process).
+fn call_blocking(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<EndpointReply, EndpointCallError> {
+    let shown = path.display().to_string();
+    let mut conn = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+        EndpointCallError::Unreachable {
+            path: shown.clone(),
+            source,
+        }
+    })?;
+    let no_answer = |detail: String| EndpointCallError::NoAnswer {
+        path: shown.clone(),
+        detail,
+    };
+    conn.set_read_timeout(Some(timeout))
+        .and_then(|()| conn.set_write_timeout(Some(timeout)))
+        .map_err(|e| no_answer(e.to_string()))?;
+    let line = serde_json::to_string(request).expect("requests serialize") + "\n";
+    conn.write_all(line.as_bytes())
+        .map_err(|e| no_answer(e.to_string()))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(conn)
+        .read_line(&mut answer)
+        .map_err(|e| no_answer(format!("no reply within {timeout:?} ({e})")))?;
+    serde_json::from_str(&answer).map_err(|e| no_answer(format!("unreadable reply: {e}")))
+}
+
+/// Asks the agent to enforce a new pod; returns once it does (or cannot).
+pub fn endpoint_add(
+    path: &Path,
+    request: EndpointRequest,
+    timeout: Duration,
+) -> Result<EndpointReply, EndpointCallError> {
+    call_blocking(path, &Request::EndpointAdd(request), timeout)
+}
+
+/// Asks the agent whether it enforces a pod as described.
+pub fn endpoint_check(
+    path: &Path,
+    request: EndpointRequest,
+    timeout: Duration,
+) -> Result<EndpointReply, EndpointCallError> {
+    call_blocking(path, &Request::EndpointCheck(request), timeout)
+}
+
+/// Tells the agent a sandbox is gone.
+pub fn endpoint_delete(
+    path: &Path,
+    request: EndpointDelete,
+    timeout: Duration,
+) -> Result<EndpointReply, EndpointCallError> {
+    call_blocking(path, &Request::EndpointDelete(request), timeout)
 }
 
 async fn connect(path: &Path, request: Request) -> anyhow::Result<BufReader<UnixStream>> {

@@ -102,6 +102,19 @@ impl Interfaces {
         Some(Interface { name, index })
     }
 
+    /// The interface called `name`, if it exists (the CNI plugin reports it by name).
+    pub fn by_name(&self, name: &str) -> Option<Interface> {
+        let index_of = || nix::net::if_::if_nametoindex(name).ok();
+        let index = match &self.netns {
+            Some(ns) => ns.run(index_of).ok()??,
+            None => index_of()?,
+        };
+        Some(Interface {
+            name: name.to_owned(),
+            index,
+        })
+    }
+
     /// Every address of the namespace (the node's own addresses).
     pub async fn addresses(&self) -> anyhow::Result<Vec<IpAddr>> {
         let mut out = Vec::new();

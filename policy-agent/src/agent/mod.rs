@@ -7,8 +7,13 @@
 //! only the map entries that changed are written. A restarted agent adopts what the
 //! previous one left pinned: maps, links, endpoint ids and identities, so enforcement has
 //! no gap and tracked connections survive.
+//!
+//! The CNI plugin hands new pods over through the local API ([`api`], [`endpoints`]): such
+//! a pod is synced at once, and the plugin is answered only once its programs are attached
+//! and its policy is written, before any of its containers starts.
 
 pub mod api;
+pub mod endpoints;
 pub mod flows;
 pub mod interfaces;
 pub mod metrics;
@@ -36,18 +41,21 @@ use tokio::{
 };
 
 use self::{
+    api::{EndpointDelete, EndpointReply, EndpointRequest},
+    endpoints::{CniEndpoints, same_pod},
     flows::{FlowRecord, Names},
     interfaces::{Interface, Interfaces},
     metrics::{Metrics, Snapshot},
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
 use crate::{
+    cni::install,
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::Datapath,
     model::{Cluster, ObjectRef, Pod},
     netns::NetNs,
     semantics::{ParsedPolicy, lint},
-    source::{Kind, SourceEvent},
+    source::{Kind, Source, SourceEvent},
 };
 
 /// How long a change waits for others before it is applied (a burst becomes one sync).
@@ -83,7 +91,40 @@ pub struct AgentConfig {
     pub metrics_address: Option<SocketAddr>,
     /// Describes the source, for `status`.
     pub source: String,
+    /// The node's CNI configuration directory, to report how the CNI plugin is installed.
+    pub cni_conf_dir: Option<PathBuf>,
 }
+
+/// A request of the CNI plugin, for the agent task (see [`api`]).
+#[derive(Debug)]
+pub enum Command {
+    /// Enforce a new sandbox's pod; `pod` is the API server's, when the agent lacked it.
+    Add {
+        /// What the plugin reported.
+        request: EndpointRequest,
+        /// The pod as the API server returned it.
+        pod: Option<Box<Pod>>,
+        /// Answered once the pod is enforced, or cannot be.
+        reply: oneshot::Sender<EndpointReply>,
+    },
+    /// Whether a sandbox's pod is enforced.
+    Check {
+        /// What the plugin reported.
+        request: EndpointRequest,
+        /// The answer.
+        reply: oneshot::Sender<EndpointReply>,
+    },
+    /// A sandbox is gone.
+    Delete {
+        /// Which.
+        request: EndpointDelete,
+        /// The answer.
+        reply: oneshot::Sender<EndpointReply>,
+    },
+}
+
+/// Endpoint requests waiting for the agent task.
+const COMMAND_QUEUE: usize = 64;
 
 /// A running agent.
 pub struct AgentHandle {
@@ -135,10 +176,8 @@ impl Drop for AgentHandle {
 }
 
 /// Starts an agent fed by `source` (see [`crate::source`]).
-pub fn spawn(
-    config: AgentConfig,
-    source: mpsc::Receiver<SourceEvent>,
-) -> anyhow::Result<AgentHandle> {
+pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<AgentHandle> {
+    let source = source.into();
     let netns = config.netns.as_deref().map(NetNs::open).transpose()?;
     let datapath = Datapath::load(&config.instance).context("loading the datapath")?;
     let interfaces = Interfaces::open(netns.as_ref(), config.interface_prefix.clone())?;
@@ -150,11 +189,18 @@ pub fn spawn(
         ..Status::default()
     });
     let (flows, _) = broadcast::channel(FLOW_BUFFER);
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let mut servers = Vec::new();
     if let Some(path) = &config.socket {
-        let (path, status, flows) = (path.clone(), status.clone(), flows.clone());
+        let backend = api::Backend {
+            status: status.clone(),
+            flows: flows.clone(),
+            commands,
+            pods: source.pods,
+        };
+        let path = path.clone();
         servers.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(path, status, flows).await {
+            if let Err(e) = api::serve(path, backend).await {
                 tracing::error!(error = %format!("{e:#}"), "local API stopped");
             }
         }));
@@ -175,6 +221,9 @@ pub fn spawn(
         interfaces,
         compiler: Compiler::new(),
         cluster: Cluster::default(),
+        cni: CniEndpoints::default(),
+        waiting: Vec::new(),
+        syncs: 0,
         listed: BTreeSet::new(),
         adopted: false,
         pending_since: None,
@@ -192,7 +241,7 @@ pub fn spawn(
         metrics: Arc::clone(&metrics),
     };
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(agent.run(source, stopped));
+    let task = tokio::spawn(agent.run(source.events, command_rx, stopped));
     Ok(AgentHandle {
         status,
         flows,
@@ -211,6 +260,12 @@ struct Agent {
     interfaces: Interfaces,
     compiler: Compiler,
     cluster: Cluster,
+    /// Sandboxes the CNI plugin reported.
+    cni: CniEndpoints,
+    /// CNI requests answered after the next sync.
+    waiting: Vec<(ObjectRef, oneshot::Sender<EndpointReply>)>,
+    /// Successful syncs so far.
+    syncs: u64,
     /// Kinds whose complete set the source has delivered at least once.
     listed: BTreeSet<Kind>,
     /// Whether the state left by an earlier agent has been adopted.
@@ -240,6 +295,7 @@ impl Agent {
     async fn run(
         mut self,
         mut source: mpsc::Receiver<SourceEvent>,
+        mut commands: mpsc::Receiver<Command>,
         mut stop: oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         let events: OwnedFd = self.datapath.events_fd().try_clone_to_owned()?;
@@ -262,6 +318,7 @@ impl Agent {
                         self.error("the source stopped; enforcing the last state".into());
                     }
                 },
+                Some(command) = commands.recv() => self.command(command).await,
                 _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     self.reconcile().await;
                 }
@@ -282,11 +339,15 @@ impl Agent {
         Ok(())
     }
 
-    /// When the pending changes should be synced, if any and the state is complete.
+    /// When the pending changes should be synced, if any and the state is complete. A
+    /// sandbox waiting for its pod's enforcement is synced at once.
     fn sync_due(&self) -> Option<tokio::time::Instant> {
         let since = self.pending_since?;
         if !self.complete() {
             return None;
+        }
+        if !self.waiting.is_empty() {
+            return Some(tokio::time::Instant::now());
         }
         let quiet = tokio::time::Instant::from_std(self.last_change) + SETTLE;
         let latest = tokio::time::Instant::from_std(since) + MAX_SETTLE;
@@ -325,15 +386,183 @@ impl Agent {
                 self.cluster.replace(kind, objects);
             }
             SourceEvent::Applied(object) => self.cluster.apply(object),
-            SourceEvent::Deleted(kind, id) => self.cluster.remove(kind, &id),
+            SourceEvent::Deleted(kind, id) => {
+                if kind == Kind::Pod {
+                    self.cni.forget(&id);
+                }
+                self.cluster.remove(kind, &id);
+            }
             SourceEvent::Error(e) => {
                 self.metrics.source_errors.inc();
                 self.error(e);
                 return;
             }
         }
+        self.cni.overlay(&mut self.cluster, &self.config.node_name);
+        self.changed(now);
+    }
+
+    fn changed(&mut self, now: Instant) {
         self.pending_since.get_or_insert(now);
         self.last_change = now;
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Add {
+                request,
+                pod,
+                reply,
+            } => self.add_endpoint(request, pod.map(|p| *p), reply).await,
+            Command::Check { request, reply } => {
+                let _ = reply.send(self.check_endpoint(&request));
+            }
+            Command::Delete { request, reply } => {
+                self.delete_endpoint(&request);
+                let _ = reply.send(EndpointReply::Deleted);
+            }
+        }
+    }
+
+    /// Takes a new sandbox's pod in: its addresses and interface come from the plugin,
+    /// the rest from the source (or `fetched` from the API server). Answered after the sync.
+    #[tracing::instrument(skip_all, fields(pod = %request.pod(), container = %request.container_id))]
+    async fn add_endpoint(
+        &mut self,
+        request: EndpointRequest,
+        fetched: Option<Pod>,
+        reply: oneshot::Sender<EndpointReply>,
+    ) {
+        let id = request.pod();
+        let known = self
+            .cluster
+            .pods
+            .get(&id)
+            .filter(|p| same_pod(p.uid.as_deref(), request.uid.as_deref()))
+            .cloned();
+        let Some(pod) = known.or(fetched) else {
+            let _ = reply.send(EndpointReply::UnknownPod {
+                message: format!(
+                    "pod {id} is not known to the agent ({})",
+                    self.config.source
+                ),
+            });
+            return;
+        };
+        let replaced = self
+            .cni
+            .get(&id)
+            .is_some_and(|old| old.container_id != request.container_id);
+        let interface = match &request.interface {
+            Some(name) => match self.interfaces.by_name(name) {
+                Some(iface) => Some(iface),
+                None => {
+                    let _ = reply.send(EndpointReply::Failed {
+                        message: format!("interface {name} of pod {id} does not exist"),
+                    });
+                    return;
+                }
+            },
+            None => None,
+        };
+        // A new sandbox of the pod: the old interface loses the programs first.
+        if replaced || interface.is_some() && self.found.get(&id) != interface.as_ref() {
+            self.forget_interface(&id);
+        }
+        if let Some(iface) = interface {
+            // Its endpoint entry is written before the programs are attached.
+            self.datapath.adopt_interface(&id, iface.index);
+            self.found.insert(id.clone(), iface);
+        }
+        tracing::info!("sandbox added by the CNI plugin");
+        self.cni.insert(&request, pod);
+        self.cni.overlay(&mut self.cluster, &self.config.node_name);
+        self.waiting.push((id, reply));
+        self.changed(Instant::now());
+    }
+
+    fn check_endpoint(&self, request: &EndpointRequest) -> EndpointReply {
+        let id = request.pod();
+        let sandbox = self
+            .cni
+            .get(&id)
+            .is_some_and(|e| e.container_id == request.container_id);
+        let iface = self.found.get(&id);
+        let interface_matches = match (&request.interface, iface) {
+            (Some(name), Some(iface)) => iface.name == *name,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if !sandbox || !interface_matches || !self.attached.contains(&id) {
+            return EndpointReply::Failed {
+                message: format!(
+                    "pod {id} (container {}) is not enforced: sandbox {}, interface {}, programs {}",
+                    request.container_id,
+                    if sandbox { "known" } else { "unknown" },
+                    iface.map_or("not found", |i| i.name.as_str()),
+                    if self.attached.contains(&id) {
+                        "attached"
+                    } else {
+                        "not attached"
+                    },
+                ),
+            };
+        }
+        self.enforced(&id)
+    }
+
+    fn delete_endpoint(&mut self, request: &EndpointDelete) {
+        let Some(id) = self.cni.remove(&request.container_id, request.pod.as_ref()) else {
+            return;
+        };
+        tracing::info!(pod = %id, container = %request.container_id, "sandbox deleted");
+        // The sandbox's addresses are gone with it, whatever the source still says.
+        if let Some(pod) = self.cluster.pods.get_mut(&id) {
+            pod.ips.clear();
+        }
+        self.forget_interface(&id);
+        self.changed(Instant::now());
+    }
+
+    fn forget_interface(&mut self, pod: &ObjectRef) {
+        self.datapath.detach(pod);
+        self.found.remove(pod);
+        self.attached.remove(pod);
+    }
+
+    /// The answer for an enforced pod.
+    fn enforced(&self, pod: &ObjectRef) -> EndpointReply {
+        let info = self.compiled.endpoints.get(pod);
+        EndpointReply::Enforced {
+            interface: self
+                .found
+                .get(pod)
+                .map(|i| i.name.clone())
+                .unwrap_or_default(),
+            ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
+            egress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Egress)),
+        }
+    }
+
+    /// Answers the CNI requests waiting for this sync (`error`: it failed).
+    fn answer_waiting(&mut self, error: Option<&str>) {
+        for (pod, reply) in std::mem::take(&mut self.waiting) {
+            let answer = match error {
+                Some(e) => EndpointReply::Failed {
+                    message: format!("the agent could not sync: {e}"),
+                },
+                None if self.attached.contains(&pod) => self.enforced(&pod),
+                None => EndpointReply::Failed {
+                    message: format!(
+                        "no programs attached for pod {pod}: {}",
+                        self.errors
+                            .back()
+                            .map_or("its interface was not found", String::as_str)
+                    ),
+                },
+            };
+            let _ = reply.send(answer);
+        }
     }
 
     fn error(&mut self, e: String) {
@@ -391,10 +620,15 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(node = %self.config.node_name))]
     async fn reconcile(&mut self) {
         let since = self.pending_since.take().unwrap_or_else(Instant::now);
-        if let Err(e) = self.try_reconcile(since).await {
-            // Try again soon; until then the last state stays enforced.
-            self.pending_since = Some(since);
-            self.error(format!("sync failed: {e:#}"));
+        match self.try_reconcile(since).await {
+            Ok(()) => self.answer_waiting(None),
+            Err(e) => {
+                // Try again soon; until then the last state stays enforced.
+                self.pending_since = Some(since);
+                let e = format!("sync failed: {e:#}");
+                self.answer_waiting(Some(&e));
+                self.error(e);
+            }
         }
     }
 
@@ -410,9 +644,7 @@ impl Agent {
             .collect();
         for pod in gone {
             tracing::info!(%pod, "pod gone: detaching");
-            self.datapath.detach(&pod);
-            self.found.remove(&pod);
-            self.attached.remove(&pod);
+            self.forget_interface(&pod);
         }
 
         self.find_interfaces().await;
@@ -487,6 +719,7 @@ impl Agent {
         self.warnings = warnings;
         self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
         self.compiled = compiled;
+        self.syncs += 1;
         self.metrics.set_ready();
         self.publish();
         Ok(())
@@ -551,6 +784,8 @@ impl Agent {
             pin_dir: self.datapath.pin_dir().display().to_string(),
             source: self.config.source.clone(),
             ready: self.adopted,
+            syncs: self.syncs,
+            cni: self.config.cni_conf_dir.as_deref().map(install::status),
             policies: self.cluster.policies.len(),
             endpoints,
             not_enforced: self.compiled.warnings.clone(),

@@ -15,6 +15,10 @@ pub struct Status {
     pub source: String,
     /// Whether the first complete state has been enforced.
     pub ready: bool,
+    /// Successful syncs since the agent started.
+    pub syncs: u64,
+    /// How the CNI plugin is installed on the node, if the agent was told where to look.
+    pub cni: Option<CniStatus>,
     /// Count of policies in the cluster.
     pub policies: usize,
     /// Local pods and their enforcement.
@@ -31,6 +35,33 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// Recent errors of the source and the datapath (newest last).
     pub errors: Vec<String>,
+}
+
+/// The CNI plugin's installation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniStatus {
+    /// The conflist the plugin is chained into (`None`: not installed).
+    pub conflist: Option<String>,
+    /// Whether pods start when the agent is unreachable.
+    pub fail_open: bool,
+}
+
+impl fmt::Display for CniStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.conflist, self.fail_open) {
+            (None, _) => f.write_str(
+                "not installed: new pods are enforced once the agent sees them, not before they start",
+            ),
+            (Some(file), false) => write!(
+                f,
+                "chained in {file}, fail-closed: a pod starts only once the agent enforces it"
+            ),
+            (Some(file), true) => write!(
+                f,
+                "chained in {file}, FAIL-OPEN: while the agent is unreachable, pods start unprotected"
+            ),
+        }
+    }
 }
 
 /// One local pod.
@@ -79,6 +110,9 @@ impl fmt::Display for Status {
         let _ = writeln!(out, "source:   {}", self.source);
         let _ = writeln!(out, "pins:     {}", self.pin_dir);
         let _ = writeln!(out, "ready:    {}", self.ready);
+        if let Some(cni) = &self.cni {
+            let _ = writeln!(out, "cni:      {cni}");
+        }
         match &self.last_sync {
             Some(s) => {
                 let _ = writeln!(

@@ -2,7 +2,9 @@
 //!
 //! The agent keeps its programs attached and its maps pinned when it stops, so that a
 //! restarted agent takes over without a gap. Removing the agent for good therefore takes
-//! one more step on each node: unpinning the links detaches the programs.
+//! one more step on each node: unpinning the links detaches the programs. With
+//! `--cni-conf-dir`, the CNI plugin is taken out of the node's configuration first, so
+//! that new pods no longer wait for an agent that is gone.
 
 use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
@@ -18,6 +20,12 @@ pub struct CleanupArgs {
     /// The instance to remove (its pins are under /sys/fs/bpf/policy-agent/<INSTANCE>).
     #[arg(long, default_value = "agent")]
     instance: String,
+    /// Also take the CNI plugin out of the network configurations in this directory.
+    #[arg(long)]
+    cni_conf_dir: Option<std::path::PathBuf>,
+    /// And remove the plugin binary from this CNI bin directory.
+    #[arg(long, requires = "cni_conf_dir")]
+    cni_bin_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
@@ -31,6 +39,9 @@ pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
             args.instance,
             socket.display()
         );
+    }
+    if let Some(conf_dir) = &args.cni_conf_dir {
+        super::cni::uninstall(conf_dir, args.cni_bin_dir.as_deref())?;
     }
     let dir = Path::new(bpffs::PIN_ROOT).join(&args.instance);
     if !dir.exists() {

@@ -72,8 +72,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         let work = async {
             let lab = Lab::start(&loaded.cluster, &config).await?;
             // Warnings about each node's pods (rejected policies were reported above).
-            for node in 0..config.nodes.max(1) {
-                for w in &lab.compiled(node).warnings {
+            for status in (0..lab.nodes()).filter_map(|node| lab.status(node)) {
+                for w in &status.not_enforced {
                     eprintln!("warning: {w}");
                 }
             }
@@ -97,8 +97,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "node-{}: maps pinned under {} (try: bpftool map dump pinned {}/POLICY)",
                     node + 1,
-                    lab.datapath(node).pin_dir().display(),
-                    lab.datapath(node).pin_dir().display(),
+                    lab.pin_dir(node).display(),
+                    lab.pin_dir(node).display(),
                 );
             }
             eprintln!("lab kept running; press Ctrl-C to tear it down");
@@ -123,7 +123,7 @@ fn print_table(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> an
     let mut drops = std::collections::BTreeMap::<String, u64>::new();
     let enforcing = if lab.enforced() { lab.nodes() } else { 0 };
     for node in 0..enforcing {
-        for (key, value) in lab.datapath(node).stats()? {
+        for (key, value) in lab.stats(node)? {
             if key.verdict == Verdict::Drop as u8 {
                 let dir = Direction::from_u8(key.direction).map_or("?", Direction::as_str);
                 *drops
@@ -168,6 +168,7 @@ async fn watch(
                     socket: Some(socket.clone()),
                     metrics_address: Some(metrics),
                     source: format!("dir:{}", dir.display()),
+                    cni_conf_dir: None,
                 },
                 lab.place(directory::watch(dir.clone())?),
             )?;

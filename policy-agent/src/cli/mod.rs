@@ -1,6 +1,7 @@
 //! Command-line interface (see the CLI contract in the README).
 
 mod cleanup;
+mod cni;
 mod explain;
 mod lab;
 mod matrix;
@@ -45,6 +46,9 @@ enum Command {
     /// Detach and unpin what a stopped agent left on this node (after an uninstall: a
     /// stopped agent's programs keep enforcing, so that a restart has no gap).
     Cleanup(cleanup::CleanupArgs),
+    /// Install or uninstall the chained CNI plugin that hands new pods to the agent
+    /// before their containers start.
+    Cni(cni::CniArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
@@ -68,5 +72,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Cleanup(args) => cleanup::run(args),
+        Command::Cni(args) => cni::run(args),
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use policy_agent::{
     agent::{self, AgentConfig, api},
-    source::{directory, kubernetes},
+    source::{Source, directory, kubernetes},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -59,9 +59,14 @@ pub struct RunArgs {
     /// Prometheus metrics, /healthz and /readyz; `none` to disable.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_address: String,
-    /// Local API socket for `status` and `flows` [default: /run/policy-agent/<instance>.sock].
+    /// Local API socket for `status`, `flows` and the CNI plugin
+    /// [default: /run/policy-agent/<instance>.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The node's CNI configuration directory, to show in `status` how the CNI plugin is
+    /// chained (fail-closed or fail-open).
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -71,9 +76,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "none" => None,
             a => Some(SocketAddr::from_str(a).with_context(|| format!("--metrics-address {a}"))?),
         };
-        let (source, description) = match &args.source {
+        let (source, description): (Source, String) = match &args.source {
             SourceArg::Dir(dir) => (
-                directory::watch(dir.clone())?,
+                directory::watch(dir.clone())?.into(),
                 format!("dir:{}", dir.display()),
             ),
             SourceArg::Kubernetes => {
@@ -92,10 +97,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .context("no in-cluster configuration or kubeconfig found")?,
                 };
                 let description = format!("kubernetes ({})", config.cluster_url);
-                (
-                    kubernetes::watch(kube::Client::try_from(config)?),
-                    description,
-                )
+                let client = kube::Client::try_from(config)?;
+                let source = Source {
+                    events: kubernetes::watch(client.clone()),
+                    pods: Some(kubernetes::PodLookup::new(client)),
+                };
+                (source, description)
             }
         };
         if args.node_name.is_empty() {
@@ -114,6 +121,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             extra_node_addresses: args.node_address,
             metrics_address,
             source: description,
+            cni_conf_dir: args.cni_conf_dir,
         };
         tracing::info!(node = %config.node_name, source = %config.source, "starting");
         let handle = agent::spawn(config, source)?;

@@ -5,7 +5,10 @@
 //! first, then the endpoints that refer to them, and only then the entries nothing refers
 //! to any more ("make before break").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use aya::{
     Ebpf, Pod,
@@ -274,17 +277,34 @@ impl Maps {
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<BTreeMap<StatsKey, StatsValue>, MapOpError> {
-        let mut out = BTreeMap::new();
-        for entry in self.stats.iter() {
-            let (key, per_cpu) = op(names::STATS, entry)?;
-            let total = per_cpu
-                .iter()
-                .fold(StatsValue::default(), |acc, v| StatsValue {
-                    packets: acc.packets + v.packets,
-                    bytes: acc.bytes + v.bytes,
-                });
-            out.insert(key, total);
-        }
-        Ok(out)
+        sum_stats(&self.stats)
     }
+}
+
+/// The counters of the datapath pinned in `pin_dir`, summed over CPUs (for tools that do
+/// not own the datapath, such as the lab while its agents run).
+pub fn pinned_stats(pin_dir: &Path) -> Result<BTreeMap<StatsKey, StatsValue>, MapOpError> {
+    let data = op(names::STATS, MapData::from_pin(pin_dir.join(names::STATS)))?;
+    let map = op(
+        names::STATS,
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)),
+    )?;
+    sum_stats(&map)
+}
+
+fn sum_stats(
+    stats: &PerCpuHashMap<MapData, StatsKey, StatsValue>,
+) -> Result<BTreeMap<StatsKey, StatsValue>, MapOpError> {
+    let mut out = BTreeMap::new();
+    for entry in stats.iter() {
+        let (key, per_cpu) = op(names::STATS, entry)?;
+        let total = per_cpu
+            .iter()
+            .fold(StatsValue::default(), |acc, v| StatsValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            });
+        out.insert(key, total);
+    }
+    Ok(out)
 }

@@ -12,7 +12,7 @@ use std::{net::IpAddr, path::Path};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::model::Protocol;
+use crate::model::{ObjectRef, Protocol};
 
 /// File the lab reads from the manifest directory, if present.
 pub const LAB_FILE: &str = "lab.toml";
@@ -34,6 +34,10 @@ pub struct LabConfig {
     pub externals: Vec<IpAddr>,
     /// Ports every external host serves.
     pub external_ports: Vec<(Protocol, u16)>,
+    /// Whether the nodes' CNI configuration lets pods start while their agent is down.
+    pub fail_open: bool,
+    /// Pods the lab does not create at start ([`super::Lab::start_pod`] does, later).
+    pub deferred: Vec<ObjectRef>,
 }
 
 impl Default for LabConfig {
@@ -42,6 +46,8 @@ impl Default for LabConfig {
             nodes: 1,
             externals: Vec::new(),
             external_ports: DEFAULT_EXTERNAL_PORTS.to_vec(),
+            fail_open: false,
+            deferred: Vec::new(),
         }
     }
 }

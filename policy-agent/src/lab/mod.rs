@@ -4,23 +4,33 @@
 
 pub mod config;
 pub mod probe;
+pub mod runtime;
 pub mod sctp;
 pub mod topology;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use futures::future::join_all;
+use policy_common::maps::{StatsKey, StatsValue};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::JoinSet,
 };
 
 pub use self::config::LabConfig;
-use self::topology::{Host, PIN_PREFIX, Topology, node_name};
+use self::{
+    runtime::CniRuntime,
+    topology::{Host, PIN_PREFIX, POD_INTERFACE_PREFIX, Topology, node_name},
+};
 use crate::{
-    compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, bpffs},
+    agent::{self, AgentConfig, AgentHandle, api, status::Status},
+    datapath::{bpffs, maps::pinned_stats},
     model::{Cluster, ObjectRef, Pod, Protocol},
     netns::{self, NetNs},
     plan,
@@ -30,32 +40,72 @@ use crate::{
 
 /// Probes in flight at once.
 const MAX_CONCURRENT_PROBES: usize = 1024;
+/// How long a lab waits for an agent to enforce a change.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name of the network configuration a lab node's runtime reads.
+const CONFLIST_FILE: &str = "10-lab.conflist";
+
+/// The agent enforcing one node of the lab, fed the lab's cluster.
+struct NodeAgent {
+    config: AgentConfig,
+    /// `None` while stopped.
+    handle: Option<AgentHandle>,
+    feed: mpsc::Sender<SourceEvent>,
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        // Unpinning detaches the programs; the agent task ends with its handle.
+        bpffs::remove_instance_dir(&Path::new(bpffs::PIN_ROOT).join(&self.config.instance));
+        if let Some(dir) = &self.config.cni_conf_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
 
 /// A running lab.
 pub struct Lab {
     /// Probe servers; aborted first on drop.
     servers: JoinSet<()>,
-    /// One datapath per node (programs detach and pins go when dropped).
-    datapaths: Vec<Datapath>,
-    compilers: Vec<Compiler>,
-    compiled: Vec<Compiled>,
+    /// The agent of each node, when the lab enforces.
+    agents: Vec<NodeAgent>,
+    /// Each node's container runtime: the CNI configuration pods are created with.
+    runtimes: Vec<CniRuntime>,
     /// The namespaces, deleted last.
     topology: Topology,
     cluster: Cluster,
+    /// Pods whose sandbox the lab has not created (yet).
+    not_started: BTreeSet<ObjectRef>,
 }
 
 impl Lab {
-    /// Builds the lab for `cluster` and enforces it with one datapath per node, written
-    /// straight from the compiler. Needs root and a tokio runtime.
+    /// Builds the lab for `cluster` and enforces it: a real agent per node, fed the
+    /// cluster, and every pod created through the CNI plugins, the policy plugin last, so
+    /// that each pod is enforced before it exists. Needs root and a tokio runtime.
     pub async fn start(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
-        let mut lab = Self::network(cluster, config).await?;
-        lab.enforce()?;
+        let mut lab = Self::prepare(cluster, config)?;
+        lab.start_agents(config).await?;
+        lab.start_pods(config)?;
+        // The kubelets report the pods' addresses: every node learns the others' pods.
+        lab.publish().await?;
         Ok(lab)
     }
 
-    /// Builds the lab's network and probe servers only: nothing enforces anything until an
-    /// agent (one per node, see [`Lab::node_netns_name`]) does.
+    /// Builds the lab's network and probe servers only, pods created by the reference CNI
+    /// plugin alone: nothing enforces anything until an agent (one per node, see
+    /// [`Lab::node_netns_name`]) does.
     pub async fn network(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
+        let mut lab = Self::prepare(cluster, config)?;
+        let bin_dirs = runtime::bin_dirs(false)?;
+        lab.runtimes = (0..lab.nodes())
+            .map(|_| CniRuntime::new(runtime::lab_conflist(None, false), bin_dirs.clone()))
+            .collect();
+        lab.start_pods(config)?;
+        Ok(lab)
+    }
+
+    /// Plans the hosts and builds the nodes and external hosts.
+    fn prepare(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
         netns::sweep_stale(topology::NETNS_PREFIX);
         bpffs::sweep_stale(PIN_PREFIX);
         raise_open_file_limit();
@@ -79,8 +129,9 @@ impl Lab {
         // Pods are spread over the nodes in name order; external hosts too.
         let mut cluster = cluster.clone();
         let plan = plan::hosts(&cluster, &config.externals, &config.external_ports);
+        let taken: BTreeSet<_> = plan.iter().flat_map(|h| h.ips.iter().copied()).collect();
         let (mut pods, mut externals) = (0, 0);
-        let mut hosts = Vec::new();
+        let mut external_hosts = Vec::new();
         for host in plan {
             let counter = if host.pod.is_some() {
                 &mut pods
@@ -89,24 +140,32 @@ impl Lab {
             };
             let node = *counter % nodes;
             *counter += 1;
-            if let Some(id) = &host.pod {
-                cluster
-                    .pods
-                    .get_mut(id)
-                    .expect("planned from the cluster")
-                    .node = Some(node_name(node));
+            match &host.pod {
+                Some(id) => {
+                    cluster
+                        .pods
+                        .get_mut(id)
+                        .expect("planned from the cluster")
+                        .node = Some(node_name(node));
+                }
+                None => external_hosts.push((host, node)),
             }
-            hosts.push((host, node));
         }
-
-        let topology = Topology::build(nodes, hosts).context("building the lab network")?;
+        let topology =
+            Topology::build(nodes, external_hosts, taken).context("building the lab network")?;
+        let not_started = cluster
+            .pods
+            .values()
+            .filter(|p| !p.host_network)
+            .map(|p| p.id.clone())
+            .collect();
         let mut lab = Self {
             servers: JoinSet::new(),
-            datapaths: Vec::new(),
-            compilers: Vec::new(),
-            compiled: Vec::new(),
+            agents: Vec::new(),
+            runtimes: Vec::new(),
             topology,
             cluster,
+            not_started,
         };
         for host in &lab.topology.hosts {
             probe::serve(host, &mut lab.servers)
@@ -115,53 +174,180 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Loads a datapath on every node, writes its maps and attaches it to the pods.
-    fn enforce(&mut self) -> anyhow::Result<()> {
+    /// Starts an agent on every node and writes each node's CNI configuration, with the
+    /// policy plugin chained to that agent.
+    async fn start_agents(&mut self, config: &LabConfig) -> anyhow::Result<()> {
+        let bin_dirs = runtime::bin_dirs(true)?;
         for (i, node) in self.topology.nodes.iter().enumerate() {
             let instance = format!("{PIN_PREFIX}{}-n{}", self.topology.id, i + 1);
-            let mut datapath = Datapath::load(&instance)
-                .with_context(|| format!("loading the datapath of {}", node.name))?
-                .unpin_on_drop();
-            for host in self.topology.hosts.iter().filter(|h| h.node == i) {
-                if let Some(pod) = &host.spec.pod {
-                    let ifindex = node.netns.ifindex(&host.node_if)?;
-                    datapath.adopt_interface(pod, ifindex);
-                }
-            }
-            self.datapaths.push(datapath);
-            self.compilers.push(Compiler::new());
-            self.compiled.push(Compiled::default());
+            let socket = api::default_socket(&instance);
+            let conf_dir = socket.with_extension("d");
+            let conflist = runtime::lab_conflist(Some(&socket), config.fail_open);
+            std::fs::create_dir_all(&conf_dir)
+                .and_then(|()| std::fs::write(conf_dir.join(CONFLIST_FILE), conflist.to_string()))
+                .with_context(|| format!("writing {}", conf_dir.display()))?;
+            self.runtimes
+                .push(CniRuntime::new(conflist, bin_dirs.clone()));
+            let (feed, _) = mpsc::channel(1);
+            self.agents.push(NodeAgent {
+                config: AgentConfig {
+                    node_name: node.name.clone(),
+                    instance,
+                    netns: Some(node.netns.name().to_owned()),
+                    interface_prefix: Some(POD_INTERFACE_PREFIX.to_owned()),
+                    extra_node_addresses: Vec::new(),
+                    socket: Some(socket),
+                    metrics_address: None,
+                    source: "lab".to_owned(),
+                    cni_conf_dir: Some(conf_dir),
+                },
+                handle: None,
+                feed,
+            });
         }
-        self.sync().context("writing the maps")?;
-        for (i, node) in self.topology.nodes.iter().enumerate() {
-            for host in self.topology.hosts.iter().filter(|h| h.node == i) {
-                if let Some(pod) = &host.spec.pod {
-                    self.datapaths[i]
-                        .attach(pod, Some(&node.netns), &host.node_if)
-                        .with_context(|| format!("attaching to the interface of {pod}"))?;
-                }
-            }
+        for i in 0..self.agents.len() {
+            self.start_agent(i).await?;
         }
         Ok(())
     }
 
-    /// Recompiles every node for the lab's cluster and writes the maps.
-    fn sync(&mut self) -> anyhow::Result<()> {
-        for (i, node) in self.topology.nodes.iter().enumerate() {
-            let config = NodeConfig {
-                name: node.name.clone(),
-                addresses: node.addresses.clone(),
+    /// Starts (or restarts) the agent of node `i` and waits until it enforces the lab's
+    /// cluster. A restarted agent adopts what the previous one left pinned.
+    pub async fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let (feed, events) = mpsc::channel(CHANNEL_CAPACITY);
+        let agent = &mut self.agents[i];
+        let mut handle = agent::spawn(agent.config.clone(), events)
+            .with_context(|| format!("starting the agent of node-{}", i + 1))?;
+        agent.feed = feed;
+        let snapshot = self.snapshot();
+        let agent = &mut self.agents[i];
+        let _ = agent.feed.send(snapshot).await;
+        handle.ready(AGENT_TIMEOUT).await?;
+        agent.handle = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the agent of node `i`; what it attached keeps enforcing.
+    pub async fn stop_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(handle) = self.agents[i].handle.take() {
+            handle.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// The cluster as the agents see it: pods without a sandbox yet have no address, like
+    /// a pod the scheduler just placed.
+    fn snapshot(&self) -> SourceEvent {
+        let mut cluster = self.cluster.clone();
+        for id in &self.not_started {
+            if let Some(pod) = cluster.pods.get_mut(id) {
+                pod.ips.clear();
+            }
+        }
+        SourceEvent::Snapshot {
+            cluster: Box::new(cluster),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Feeds the cluster to every running agent and waits until each has synced it.
+    async fn publish(&mut self) -> anyhow::Result<()> {
+        let snapshot = self.snapshot();
+        for agent in &mut self.agents {
+            let Some(handle) = &mut agent.handle else {
+                continue;
             };
-            let compiled = self.compilers[i].compile(&self.cluster, &config);
-            self.datapaths[i].sync(&compiled)?;
-            self.compiled[i] = compiled;
+            let before = handle.status.borrow().syncs;
+            let _ = agent.feed.send(snapshot.clone()).await;
+            tokio::time::timeout(AGENT_TIMEOUT, handle.status.wait_for(|s| s.syncs > before))
+                .await
+                .context("an agent did not sync in time")?
+                .context("an agent stopped")?;
         }
         Ok(())
     }
 
-    /// Moves the lab to `cluster`'s policies and labels (of namespaces and pods) and updates
-    /// the maps. The pods themselves, their addresses and ports, must stay as they are.
-    pub fn update(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+    /// Creates the sandboxes of every pod not started yet, unless `config` defers it.
+    fn start_pods(&mut self, config: &LabConfig) -> anyhow::Result<()> {
+        let pods: Vec<ObjectRef> = self
+            .not_started
+            .iter()
+            .filter(|p| !config.deferred.contains(p))
+            .cloned()
+            .collect();
+        for pod in pods {
+            self.start_pod_with(&pod, None)?;
+        }
+        Ok(())
+    }
+
+    /// Creates pod `id`'s sandbox through its node's CNI configuration (or `runtime`), as
+    /// the kubelet would once the pod is scheduled, and starts its probe servers. With the
+    /// policy plugin chained, the pod is enforced when this returns.
+    pub fn start_pod_with(
+        &mut self,
+        id: &ObjectRef,
+        runtime: Option<&CniRuntime>,
+    ) -> anyhow::Result<()> {
+        let pod = self
+            .cluster
+            .pods
+            .get(id)
+            .with_context(|| format!("no pod {id} in the lab"))?;
+        let node = self.node_of(pod)?;
+        let spec = plan::hosts(&self.cluster, &[], &[])
+            .into_iter()
+            .find(|h| h.pod.as_ref() == Some(id))
+            .with_context(|| format!("pod {id} has no address"))?;
+        let runtime = runtime.unwrap_or(&self.runtimes[node]).clone();
+        let uid = pod.uid.clone();
+        let host = self
+            .topology
+            .add_pod(spec, uid.as_deref(), node, &runtime)?;
+        probe::serve(host, &mut self.servers)
+            .with_context(|| format!("starting probe servers in {id}"))?;
+        self.not_started.remove(id);
+        Ok(())
+    }
+
+    /// Creates pod `id`'s sandbox with its node's CNI configuration, then tells every
+    /// agent its addresses (as the kubelet reports them to the API server).
+    pub async fn start_pod(&mut self, id: &ObjectRef) -> anyhow::Result<()> {
+        self.start_pod_with(id, None)?;
+        self.publish().await
+    }
+
+    /// Deletes pod `id`'s sandbox through its node's CNI configuration.
+    pub fn stop_pod(&mut self, id: &ObjectRef) -> anyhow::Result<()> {
+        let pod = self
+            .cluster
+            .pods
+            .get(id)
+            .with_context(|| format!("no pod {id} in the lab"))?;
+        let node = self.node_of(pod)?;
+        self.topology
+            .remove_pod(&id.to_string(), &self.runtimes[node])?;
+        self.not_started.insert(id.clone());
+        Ok(())
+    }
+
+    /// The CNI configuration pods of node `i` are created with.
+    pub fn runtime(&self, i: usize) -> &CniRuntime {
+        &self.runtimes[i]
+    }
+
+    fn node_of(&self, pod: &Pod) -> anyhow::Result<usize> {
+        self.topology
+            .nodes
+            .iter()
+            .position(|n| Some(&n.name) == pod.node.as_ref())
+            .with_context(|| format!("pod {} is on no lab node", pod.id))
+    }
+
+    /// Moves the lab to `cluster`'s policies and labels (of namespaces and pods) and waits
+    /// until every agent enforces them. The pods themselves, their addresses and ports,
+    /// must stay as they are.
+    pub async fn update(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
         for (id, pod) in &mut self.cluster.pods {
             let new = cluster
                 .pods
@@ -181,22 +367,28 @@ impl Lab {
         }
         self.cluster.policies.clone_from(&cluster.policies);
         self.cluster.namespaces.clone_from(&cluster.namespaces);
-        self.sync()
+        self.publish().await
     }
 
-    /// What node `i` compiled (rejected policies, warnings, map contents).
-    pub fn compiled(&self, node: usize) -> &Compiled {
-        &self.compiled[node]
+    /// The status of node `i`'s agent (of an enforced lab, while it runs).
+    pub fn status(&self, node: usize) -> Option<Status> {
+        let handle = self.agents.get(node)?.handle.as_ref()?;
+        Some(handle.status.borrow().clone())
     }
 
-    /// Whether the lab's own datapaths enforce (not [`Lab::network`] alone).
+    /// Whether the lab's own agents enforce (not [`Lab::network`] alone).
     pub fn enforced(&self) -> bool {
-        !self.datapaths.is_empty()
+        !self.agents.is_empty()
     }
 
-    /// The datapath of node `i` (of an enforced lab).
-    pub fn datapath(&self, node: usize) -> &Datapath {
-        &self.datapaths[node]
+    /// Where node `i`'s datapath is pinned (of an enforced lab).
+    pub fn pin_dir(&self, node: usize) -> PathBuf {
+        Path::new(bpffs::PIN_ROOT).join(&self.agents[node].config.instance)
+    }
+
+    /// The datapath counters of node `i` (of an enforced lab).
+    pub fn stats(&self, node: usize) -> anyhow::Result<BTreeMap<StatsKey, StatsValue>> {
+        Ok(pinned_stats(&self.pin_dir(node))?)
     }
 
     /// The cluster as the lab runs it (pods have their lab node in `spec.nodeName`).
@@ -320,9 +512,13 @@ impl Lab {
         ))
     }
 
-    /// Stops the probe servers and waits for them, then tears everything down.
+    /// Stops the probe servers and the agents and waits for them, then tears everything
+    /// down.
     pub async fn shutdown(mut self) {
         self.servers.shutdown().await;
+        for i in 0..self.agents.len() {
+            let _ = self.stop_agent(i).await;
+        }
     }
 }
 

@@ -2,16 +2,24 @@
 //! pod, one per external host, and with several nodes a fabric namespace whose bridge joins
 //! them. Nothing is added to the root namespace.
 //!
-//! Pods and external hosts hang off their node by a veth pair, routed like Calico does it:
-//! the host has its address as a /32 (or /128) and a default route via a link-local
-//! gateway (169.254.1.1, fe80::1) that the node owns on every pod-facing interface; the
-//! node routes each address to its interface, and addresses of other nodes via the fabric.
+//! Pods get their network the way a node gives it: the container runtime's CNI calls
+//! ([`super::runtime`]) run the reference `ptp` plugin (a routed veth pair, the node owning
+//! the gateway address of the pod's subnet) and, on an enforced lab, the policy plugin.
+//! External hosts hang off their node by a veth pair the lab makes itself, routed like
+//! Calico does it: a /32 (or /128) and a default route via a link-local gateway
+//! (169.254.1.1, fe80::1) that the node owns. Every node routes the addresses of other
+//! nodes' hosts via the fabric.
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use anyhow::Context as _;
+use serde_json::Value;
+
+use super::runtime::{CniRuntime, Sandbox};
 use crate::{
     netns::{NetNs, NetnsError},
     plan,
@@ -35,8 +43,12 @@ fn fabric_v6(node: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xff, node as u16 + 1)
 }
 
-/// Names of pods' host-side interfaces start with this.
-pub const POD_INTERFACE_PREFIX: &str = "pod";
+/// Names of pods' host-side interfaces start with this (`ptp` names them `veth<hex>`).
+pub const POD_INTERFACE_PREFIX: &str = "veth";
+/// Prefix length of a pod's IPv4 subnet, whose gateway the node owns.
+const POD_SUBNET_V4: u8 = 24;
+/// Prefix length of a pod's IPv6 subnet.
+const POD_SUBNET_V6: u8 = 64;
 
 /// The interface of a node on the fabric.
 const FABRIC_IF: &str = "fabric";
@@ -65,6 +77,19 @@ pub struct Host {
     pub node: usize,
     /// Name of its interface on the node side.
     pub node_if: String,
+    /// A pod's sandbox, as its CNI ADD created it.
+    pub sandbox: Option<PodSandbox>,
+}
+
+/// What the runtime keeps of a pod's sandbox, to CHECK and DEL it later.
+#[derive(Clone, Debug)]
+pub struct PodSandbox {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_ARGS`.
+    pub args: Vec<(String, String)>,
+    /// The result of ADD.
+    pub result: Value,
 }
 
 /// The built network. Dropping it deletes every namespace (and with them every veth).
@@ -81,6 +106,10 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// The fabric joining nodes, if there are several.
     pub fabric: Option<NetNs>,
+    /// Every address of the lab's hosts (gateways must be none of them).
+    taken: BTreeSet<IpAddr>,
+    /// Hosts made so far (names namespaces).
+    made: usize,
 }
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
@@ -122,9 +151,14 @@ fn host_prefix(ip: IpAddr) -> String {
 }
 
 impl Topology {
-    /// Builds `nodes` nodes and the given hosts. On error, whatever was built is torn down.
-    /// Each host comes with the index of its node.
-    pub fn build(nodes: usize, hosts: Vec<(plan::Host, usize)>) -> Result<Self, NetnsError> {
+    /// Builds `nodes` nodes and the given external hosts, each with the index of its node;
+    /// `taken` are all the addresses pods will have. On error, whatever was built is torn
+    /// down.
+    pub fn build(
+        nodes: usize,
+        externals: Vec<(plan::Host, usize)>,
+        taken: BTreeSet<IpAddr>,
+    ) -> Result<Self, NetnsError> {
         let id = unique_id();
         let mut topo = Self {
             prefix: format!("{NETNS_PREFIX}{id}"),
@@ -132,6 +166,8 @@ impl Topology {
             hosts: Vec::new(),
             nodes: Vec::new(),
             fabric: None,
+            taken,
+            made: 0,
         };
         for i in 0..nodes.max(1) {
             topo.add_node(i)?;
@@ -139,10 +175,107 @@ impl Topology {
         if topo.nodes.len() > 1 {
             topo.add_fabric()?;
         }
-        for (i, (spec, node)) in hosts.into_iter().enumerate() {
-            topo.add_host(i, spec, node)?;
+        for (spec, node) in externals {
+            topo.taken.extend(&spec.ips);
+            topo.add_external(spec, node)?;
         }
         Ok(topo)
+    }
+
+    /// Creates a pod's sandbox on `node` and runs the CNI ADD of `runtime` for it, asking
+    /// for the pod's addresses. If ADD fails, the sandbox is deleted again.
+    pub fn add_pod(
+        &mut self,
+        spec: plan::Host,
+        uid: Option<&str>,
+        node: usize,
+        runtime: &CniRuntime,
+    ) -> anyhow::Result<&Host> {
+        let pod = spec.pod.clone().context("not a pod")?;
+        let index = self.next_index();
+        let netns = NetNs::create(&format!("{}-p{index}", self.prefix))?;
+        prepare(&netns)?;
+        let container_id = format!("{}-{index}", self.prefix);
+        let (addresses, gateways): (Vec<String>, Vec<String>) = spec
+            .ips
+            .iter()
+            .map(|&ip| {
+                let (cidr, gateway) = pod_address(ip, &self.taken);
+                (cidr, gateway.to_string())
+            })
+            .unzip();
+        let mut args = vec![
+            ("IgnoreUnknown".to_owned(), "1".to_owned()),
+            ("K8S_POD_NAMESPACE".to_owned(), pod.namespace.clone()),
+            ("K8S_POD_NAME".to_owned(), pod.name.clone()),
+            (
+                "K8S_POD_INFRA_CONTAINER_ID".to_owned(),
+                container_id.clone(),
+            ),
+        ];
+        if let Some(uid) = uid {
+            args.push(("K8S_POD_UID".to_owned(), uid.to_owned()));
+        }
+        // What a runtime passes `static` IPAM for addresses it chose.
+        args.push(("IP".to_owned(), addresses.join(",")));
+        args.push(("GATEWAY".to_owned(), gateways.join(",")));
+        let sandbox = Sandbox {
+            node: &self.nodes[node].netns,
+            netns: &netns,
+            container_id: container_id.clone(),
+            args: args.clone(),
+        };
+        let result = runtime
+            .add(&sandbox)
+            .with_context(|| format!("creating the sandbox of pod {pod}"))?;
+        let node_if = result["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("sandbox").is_none())
+            .and_then(|i| i["name"].as_str())
+            .with_context(|| format!("the CNI result for {pod} names no host interface"))?
+            .to_owned();
+        self.route_from_other_nodes(node, &spec.ips)?;
+        self.hosts.push(Host {
+            spec,
+            netns,
+            node,
+            node_if,
+            sandbox: Some(PodSandbox {
+                container_id,
+                args,
+                result,
+            }),
+        });
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// Runs the CNI DEL of `runtime` for the pod `label` and deletes its sandbox.
+    pub fn remove_pod(&mut self, label: &str, runtime: &CniRuntime) -> anyhow::Result<()> {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.spec.label == label)
+            .with_context(|| format!("no pod {label} in the lab"))?;
+        let host = self.hosts.remove(i);
+        if let Some(sandbox) = &host.sandbox {
+            runtime.del(
+                &Sandbox {
+                    node: &self.nodes[host.node].netns,
+                    netns: &host.netns,
+                    container_id: sandbox.container_id.clone(),
+                    args: sandbox.args.clone(),
+                },
+                Some(&sandbox.result),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn next_index(&mut self) -> usize {
+        self.made += 1;
+        self.made - 1
     }
 
     fn add_node(&mut self, i: usize) -> Result<(), NetnsError> {
@@ -197,12 +330,10 @@ impl Topology {
         Ok(())
     }
 
-    fn add_host(&mut self, index: usize, spec: plan::Host, node: usize) -> Result<(), NetnsError> {
-        let (tag, node_if) = match spec.pod {
-            Some(_) => ("p", format!("{POD_INTERFACE_PREFIX}{index}")),
-            None => ("x", format!("ext{index}")),
-        };
-        let netns = NetNs::create(&format!("{}-{tag}{index}", self.prefix))?;
+    fn add_external(&mut self, spec: plan::Host, node: usize) -> Result<(), NetnsError> {
+        let index = self.next_index();
+        let node_if = format!("ext{index}");
+        let netns = NetNs::create(&format!("{}-x{index}", self.prefix))?;
         prepare(&netns)?;
         let node_ns = &self.nodes[node].netns;
         node_ns.ip(&[
@@ -237,19 +368,8 @@ impl Topology {
             }
             netns.ip(&add)?;
             node_ns.ip(&["route", "add", &host, "dev", &node_if])?;
-            for (i, other) in self.nodes.iter().enumerate() {
-                if i == node {
-                    continue;
-                }
-                let via = match ip {
-                    IpAddr::V4(_) => fabric_v4(node).to_string(),
-                    IpAddr::V6(_) => fabric_v6(node).to_string(),
-                };
-                other
-                    .netns
-                    .ip(&["route", "add", &host, "via", &via, "dev", FABRIC_IF])?;
-            }
         }
+        self.route_from_other_nodes(node, &spec.ips)?;
         if spec.ips.iter().any(IpAddr::is_ipv4) {
             let gw = GATEWAY_V4.to_string();
             netns.ip(&["route", "add", &gw, "dev", HOST_IF, "scope", "link"])?;
@@ -265,7 +385,46 @@ impl Topology {
             netns,
             node,
             node_if,
+            sandbox: None,
         });
         Ok(())
     }
+
+    /// Routes the addresses of a host on `node` from every other node, via the fabric.
+    fn route_from_other_nodes(&self, node: usize, ips: &[IpAddr]) -> Result<(), NetnsError> {
+        for &ip in ips {
+            let host = host_prefix(ip);
+            let via = match ip {
+                IpAddr::V4(_) => fabric_v4(node).to_string(),
+                IpAddr::V6(_) => fabric_v6(node).to_string(),
+            };
+            for (i, other) in self.nodes.iter().enumerate() {
+                if i != node {
+                    other
+                        .netns
+                        .ip(&["route", "add", &host, "via", &via, "dev", FABRIC_IF])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pod address as the runtime asks IPAM for it (`ip/prefix` of the pod's subnet), and
+/// the subnet's gateway: its highest address that no host of the lab has.
+fn pod_address(ip: IpAddr, taken: &BTreeSet<IpAddr>) -> (String, IpAddr) {
+    let (prefix, net) = match ip {
+        IpAddr::V4(_) => (POD_SUBNET_V4, ipnet::IpNet::new(ip, POD_SUBNET_V4)),
+        IpAddr::V6(_) => (POD_SUBNET_V6, ipnet::IpNet::new(ip, POD_SUBNET_V6)),
+    };
+    let last = net.expect("valid prefix lengths").broadcast();
+    // Below the broadcast address (IPv4) or the subnet's last address (IPv6).
+    let gateway = (1..=u8::MAX.into())
+        .map(|down: u32| match last {
+            IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) - down)),
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) - u128::from(down))),
+        })
+        .find(|g| !taken.contains(g) && *g != ip)
+        .expect("a /24 or /64 has room for a gateway");
+    (format!("{ip}/{prefix}"), gateway)
 }

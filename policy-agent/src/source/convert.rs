@@ -133,5 +133,6 @@ pub fn pod(pod: ApiPod) -> FieldResult<Pod> {
         node: spec.node_name,
         ports,
         host_network: spec.host_network.unwrap_or(false),
+        uid: pod.metadata.uid,
     })
 }

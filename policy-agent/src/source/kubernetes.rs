@@ -1,7 +1,8 @@
 //! The Kubernetes API as a source: kube-rs watchers on Namespaces, Pods (all namespaces:
 //! remote pods feed the ipcache) and NetworkPolicies. A (re)list is reported whole, once
 //! complete, so the agent never sees half a list; watch errors are reported and retried
-//! with backoff, and a `410 Gone` makes the watcher list again.
+//! with backoff, and a `410 Gone` makes the watcher list again. [`PodLookup`] gets one pod
+//! directly, for the CNI plugin's pods that the watch has not delivered yet.
 
 use std::fmt::Debug;
 
@@ -21,7 +22,29 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::{CHANNEL_CAPACITY, Kind, Object, SourceEvent, convert};
-use crate::model::{ObjectRef, Origin};
+use crate::model::{ObjectRef, Origin, Pod};
+
+/// Gets single pods from the API server.
+#[derive(Clone)]
+pub struct PodLookup {
+    client: Client,
+}
+
+impl PodLookup {
+    /// Looks pods up with `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The pod `namespace/name`, `None` if the API server has none.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Pod>, String> {
+        let api = Api::<ApiPod>::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            Some(pod) => convert_or_report(Kind::Pod, pod, convert::pod).map(Some),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Starts the three watchers.
 pub fn watch(client: Client) -> mpsc::Receiver<SourceEvent> {
@@ -108,11 +131,11 @@ async fn forward<K: Resource>(
 }
 
 /// Converts an API object, or says which object and field could not be converted.
-fn convert_or_report<K: Resource>(
+fn convert_or_report<K: Resource, T>(
     kind: Kind,
     obj: K,
-    convert: fn(K) -> convert::FieldResult<Object>,
-) -> Result<Object, String> {
+    convert: fn(K) -> convert::FieldResult<T>,
+) -> Result<T, String> {
     let id = reference(kind, obj.meta());
     convert(obj).map_err(|(field, message)| {
         let field = field.map(|f| format!("{f}: ")).unwrap_or_default();

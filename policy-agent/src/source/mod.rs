@@ -7,7 +7,24 @@ pub mod directory;
 pub mod kubernetes;
 pub mod manifests;
 
+use tokio::sync::mpsc;
+
 use crate::model::{Cluster, Namespace, ObjectRef, Pod, Policy};
+
+/// What an agent is fed by: a source's events, and for the Kubernetes source a way to get
+/// a pod the watch has not delivered yet.
+pub struct Source {
+    /// The source's events.
+    pub events: mpsc::Receiver<SourceEvent>,
+    /// Direct pod lookups at the API server.
+    pub pods: Option<kubernetes::PodLookup>,
+}
+
+impl From<mpsc::Receiver<SourceEvent>> for Source {
+    fn from(events: mpsc::Receiver<SourceEvent>) -> Self {
+        Self { events, pods: None }
+    }
+}
 
 /// Channel capacity between a source and the agent.
 pub const CHANNEL_CAPACITY: usize = 1024;
