@@ -60,6 +60,20 @@ fn manifests() -> Manifests {
     }
 }
 
+/// Asserts that the binary accepts `args` (clap rejects unknown ones before printing help).
+fn assert_accepted(args: &[String]) {
+    let out = Command::new(AGENT)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn agent_container(ds: &DaemonSet) -> &Container {
     let pod = ds.spec.template.spec.as_ref().unwrap();
     pod.containers.iter().find(|c| c.name == "agent").unwrap()
@@ -203,19 +217,9 @@ fn daemonset_image_args_and_probes_match_the_binary() {
         Some(format!("{}:{}", image.name, image.new_tag).as_str())
     );
 
-    // The binary accepts the arguments (clap rejects unknown ones before printing help).
     let args = agent.args.as_deref().unwrap();
     assert_eq!(args[0], "run");
-    let out = Command::new(AGENT)
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_accepted(args);
 
     // The probes ask the metrics server the arguments configure.
     let metrics = args
@@ -257,16 +261,7 @@ fn an_init_container_chains_the_cni_plugin_for_the_agent_s_socket() {
         .expect("an install-cni init container");
     let args = install.args.as_deref().unwrap();
     assert_eq!(args[..2], ["cni", "install"]);
-    let out = Command::new(AGENT)
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_accepted(args);
     let value = |args: &[String], flag: &str| {
         let i = args.iter().position(|a| a == flag)?;
         args.get(i + 1).cloned()

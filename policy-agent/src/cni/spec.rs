@@ -78,19 +78,13 @@ impl fmt::Display for CniError {
     }
 }
 
-/// The network configuration the runtime gives the plugin on stdin: the common fields,
-/// the plugin's own settings, and the previous plugin's result.
+/// The network configuration the runtime gives the plugin on stdin, as far as the plugin
+/// reads it: the version, its own settings, and the previous plugin's result.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
     /// Spec version of this configuration and of `prev_result`.
     pub cni_version: String,
-    /// Network name.
-    #[serde(default)]
-    pub name: String,
-    /// Plugin type.
-    #[serde(rename = "type", default)]
-    pub plugin_type: String,
     /// The agent's socket [default: [`crate::agent::api::default_socket`] of `agent`].
     pub socket: Option<String>,
     /// Let pods start when the agent is unreachable (unprotected until it enforces them).

@@ -289,12 +289,7 @@ impl Lab {
         id: &ObjectRef,
         runtime: Option<&CniRuntime>,
     ) -> anyhow::Result<()> {
-        let pod = self
-            .cluster
-            .pods
-            .get(id)
-            .with_context(|| format!("no pod {id} in the lab"))?;
-        let node = self.node_of(pod)?;
+        let (pod, node) = self.placed(id)?;
         let spec = plan::hosts(&self.cluster, &[], &[])
             .into_iter()
             .find(|h| h.pod.as_ref() == Some(id))
@@ -319,12 +314,7 @@ impl Lab {
 
     /// Deletes pod `id`'s sandbox through its node's CNI configuration.
     pub fn stop_pod(&mut self, id: &ObjectRef) -> anyhow::Result<()> {
-        let pod = self
-            .cluster
-            .pods
-            .get(id)
-            .with_context(|| format!("no pod {id} in the lab"))?;
-        let node = self.node_of(pod)?;
+        let (_, node) = self.placed(id)?;
         self.topology
             .remove_pod(&id.to_string(), &self.runtimes[node])?;
         self.not_started.insert(id.clone());
@@ -336,12 +326,20 @@ impl Lab {
         &self.runtimes[i]
     }
 
-    fn node_of(&self, pod: &Pod) -> anyhow::Result<usize> {
-        self.topology
+    /// Pod `id` and the index of its node.
+    fn placed(&self, id: &ObjectRef) -> anyhow::Result<(&Pod, usize)> {
+        let pod = self
+            .cluster
+            .pods
+            .get(id)
+            .with_context(|| format!("no pod {id} in the lab"))?;
+        let node = self
+            .topology
             .nodes
             .iter()
             .position(|n| Some(&n.name) == pod.node.as_ref())
-            .with_context(|| format!("pod {} is on no lab node", pod.id))
+            .with_context(|| format!("pod {id} is on no lab node"))?;
+        Ok((pod, node))
     }
 
     /// Moves the lab to `cluster`'s policies and labels (of namespaces and pods) and waits

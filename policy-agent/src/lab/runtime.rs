@@ -25,7 +25,7 @@ pub const POD_IFNAME: &str = "eth0";
 #[derive(Debug, thiserror::Error)]
 #[error("CNI {command} of {plugin} failed: {message}")]
 pub struct PluginError {
-    /// ADD, DEL or CHECK.
+    /// ADD or DEL.
     pub command: &'static str,
     /// The plugin's type.
     pub plugin: String,
@@ -87,14 +87,6 @@ impl CniRuntime {
             }
         }
         Ok(prev.unwrap_or(Value::Null))
-    }
-
-    /// CHECK: every plugin in order, with the result ADD returned.
-    pub fn check(&self, sandbox: &Sandbox<'_>, result: &Value) -> Result<(), PluginError> {
-        for plugin in self.plugins() {
-            self.exec("CHECK", plugin, sandbox, Some(result))?;
-        }
-        Ok(())
     }
 
     /// DEL: every plugin in reverse order, with the result ADD returned.
