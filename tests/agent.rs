@@ -13,7 +13,7 @@ use std::{
 };
 
 use policy_agent::{
-    agent::{self, AgentConfig, AgentHandle, api},
+    agent::{self, AgentConfig, AgentHandle, api, endpoints},
     datapath::bpffs,
     lab::{
         Lab, LabConfig,
@@ -41,8 +41,17 @@ impl Drop for Pins {
     fn drop(&mut self) {
         for dir in &self.0 {
             bpffs::remove_instance_dir(dir);
+            // The agent's socket and saved sandboxes, which outlive it on purpose.
+            let socket = socket_of(dir.file_name().unwrap().to_str().unwrap());
+            let _ = std::fs::remove_file(endpoints::sandboxes_file(&socket));
+            let _ = std::fs::remove_file(socket);
         }
     }
+}
+
+/// Where the test agent of pin directory `instance` listens.
+fn socket_of(instance: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{instance}.sock"))
 }
 
 /// Starts node `node`'s agent, watching `api`.
@@ -52,7 +61,7 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
     agent::spawn(
         AgentConfig {
             node_name: topology::node_name(node),
-            socket: Some(std::env::temp_dir().join(format!("{instance}.sock"))),
+            socket: Some(socket_of(&instance)),
             instance,
             netns: Some(lab.node_netns_name(node).to_owned()),
             interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
@@ -468,7 +477,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
         let mut pins = Pins(Vec::new());
         let instance = format!("{}{}-cni", topology::PIN_PREFIX, lab.id());
         pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
-        let socket = std::env::temp_dir().join(format!("{instance}.sock"));
+        let socket = socket_of(&instance);
         let mut agent = agent::spawn(
             AgentConfig {
                 node_name: topology::node_name(0),

@@ -175,11 +175,37 @@ fn fail_open_starts_the_pod_unprotected_and_status_says_so() {
             .expect("the lab's agents know the CNI configuration");
         assert!(cni.fail_open, "{cni:?}");
         assert!(status.to_string().contains("FAIL-OPEN"), "{status}");
-        // The restarted agent finds the pod and enforces it.
+        // Once the kubelet reports the pod's address, the agent finds the pod and enforces it.
+        lab.report_addresses().await.unwrap();
         assert!(
             !lab.probe("x/a", "x/new", 80, Protocol::Tcp, Family::IPv4)
                 .await
                 .unwrap()
+        );
+        lab.shutdown().await;
+    });
+}
+
+#[test]
+fn an_agent_restarted_before_the_kubelet_reports_the_address_keeps_enforcing_the_pod() {
+    block_on(async {
+        let mut lab = start(false).await;
+        lab.start_pod_with(&new_pod(), None).expect("ADD succeeds");
+        // Restarted before the kubelet reported x/new's address: only the sandbox the
+        // plugin reported, saved by the previous agent, says where x/new is.
+        lab.stop_agent(0).await.unwrap();
+        lab.start_agent(0).await.unwrap();
+        let probe = |to: &'static str| lab.probe("x/new", to, 80, Protocol::Tcp, Family::IPv4);
+        let (allowed, denied) = tokio::join!(probe("x/a"), probe("x/b"));
+        assert!(allowed.unwrap(), "egress to x/a:80 is still allowed");
+        assert!(!denied.unwrap(), "egress to x/b:80 is still denied");
+        let status = lab.status(0).unwrap();
+        assert!(
+            status
+                .endpoints
+                .iter()
+                .any(|e| e.pod == "x/new" && e.attached && e.egress_isolated),
+            "{status}"
         );
         lab.shutdown().await;
     });

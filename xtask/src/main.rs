@@ -4,7 +4,7 @@
 //! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
 //! - `test [ARGS]`: build everything and run the whole test suite;
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath]`: run the benchmarks, results under `target/bench/`.
+//! - `bench [datapath|cni]`: run a benchmark suite (root), results under `target/bench/`.
 
 use std::{
     ffi::OsString,
@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use xtask::{ebpf, workspace_root};
 
 #[derive(Parser)]
@@ -47,9 +47,27 @@ enum Task {
     /// Run a benchmark suite and write JSON under target/bench/.
     Bench {
         /// Which suite.
-        #[arg(default_value = "datapath")]
-        suite: String,
+        #[arg(value_enum, default_value_t = Suite::Datapath)]
+        suite: Suite,
     },
+}
+
+/// The benchmark suites (each a `[[bench]]` of policy-agent).
+#[derive(Clone, Copy, ValueEnum)]
+enum Suite {
+    /// Cost per packet of the programs (BPF_PROG_TEST_RUN).
+    Datapath,
+    /// Latency of the chained CNI plugin's ADD in a lab node.
+    Cni,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Datapath => "datapath",
+            Self::Cni => "cni",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -117,12 +135,15 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { suite } => {
             build_ebpf()?;
             require_root("the benchmarks load eBPF programs")?;
+            if let Suite::Cni = suite {
+                ensure_packages()?;
+            }
             cargo([
                 "bench",
                 "--package",
                 "policy-agent",
                 "--bench",
-                suite.as_str(),
+                suite.name(),
             ])
         }
     }

@@ -213,6 +213,18 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
             }
         }));
     }
+    let mut cni = config
+        .socket
+        .as_deref()
+        .map_or_else(CniEndpoints::default, |socket| {
+            CniEndpoints::saved_in(endpoints::sandboxes_file(socket))
+        });
+    let mut errors = VecDeque::new();
+    if let Err(e) = cni.load(|name| interfaces.by_name(name).is_some()) {
+        // Those pods are enforced again once the API server has their addresses.
+        tracing::warn!(error = %e, "sandboxes of the previous agent not restored");
+        errors.push_back(format!("sandboxes of the previous agent not restored: {e}"));
+    }
     let socket = config.socket.clone();
     let agent = Agent {
         config,
@@ -221,7 +233,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         interfaces,
         compiler: Compiler::new(),
         cluster: Cluster::default(),
-        cni: CniEndpoints::default(),
+        cni,
         waiting: Vec::new(),
         syncs: 0,
         listed: BTreeSet::new(),
@@ -234,7 +246,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         names: Names::default(),
         load_errors: Vec::new(),
         warnings: Vec::new(),
-        errors: VecDeque::new(),
+        lint_due: false,
+        errors,
         last_sync: None,
         status: status_tx,
         flows: flows.clone(),
@@ -282,8 +295,10 @@ struct Agent {
     names: Names,
     /// Objects the source could not read (directory sources).
     load_errors: Vec<String>,
-    /// Lint warnings about the policies, as of the last sync.
+    /// Lint warnings about the policies, as of the last lint.
     warnings: Vec<String>,
+    /// Whether a sync happened since the last lint.
+    lint_due: bool,
     errors: VecDeque<String>,
     last_sync: Option<SyncStatus>,
     status: watch::Sender<Status>,
@@ -332,7 +347,10 @@ impl Agent {
                     self.forward_flows();
                     guard.clear_ready();
                 }
-                _ = snapshot.tick() => self.publish(),
+                _ = snapshot.tick() => {
+                    self.lint();
+                    self.publish();
+                }
             }
         }
         tracing::info!("agent stopping; programs stay attached and maps pinned");
@@ -398,7 +416,7 @@ impl Agent {
                 return;
             }
         }
-        self.cni.overlay(&mut self.cluster, &self.config.node_name);
+        self.overlay_sandboxes();
         self.changed(now);
     }
 
@@ -476,9 +494,24 @@ impl Agent {
         }
         tracing::info!("sandbox added by the CNI plugin");
         self.cni.insert(&request, pod);
-        self.cni.overlay(&mut self.cluster, &self.config.node_name);
+        self.overlay_sandboxes();
         self.waiting.push((id, reply));
         self.changed(Instant::now());
+    }
+
+    /// Lays the sandboxes over the cluster and saves them if that or a request changed
+    /// them (before any ADD is answered).
+    fn overlay_sandboxes(&mut self) {
+        let pods_listed = self.listed.contains(&Kind::Pod);
+        self.cni
+            .overlay(&mut self.cluster, &self.config.node_name, pods_listed);
+        self.save_sandboxes();
+    }
+
+    fn save_sandboxes(&mut self) {
+        if let Err(e) = self.cni.save() {
+            self.error(format!("saving the CNI sandboxes: {e}"));
+        }
     }
 
     fn check_endpoint(&self, request: &EndpointRequest) -> EndpointReply {
@@ -516,6 +549,7 @@ impl Agent {
             return;
         };
         tracing::info!(pod = %id, container = %request.container_id, "sandbox deleted");
+        self.save_sandboxes();
         // The sandbox's addresses are gone with it, whatever the source still says.
         if let Some(pod) = self.cluster.pods.get_mut(&id) {
             pod.ips.clear();
@@ -544,7 +578,8 @@ impl Agent {
         }
     }
 
-    /// Answers the CNI requests waiting for this sync (`error`: it failed).
+    /// Answers the CNI requests waiting for this sync (`error`: it failed; none are left
+    /// waiting after a successful one).
     fn answer_waiting(&mut self, error: Option<&str>) {
         for (pod, reply) in std::mem::take(&mut self.waiting) {
             let answer = match error {
@@ -700,6 +735,31 @@ impl Agent {
             written: report.written,
             removed: report.removed,
         });
+        for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
+            tracing::warn!(not_enforced = %w);
+        }
+        self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
+        self.compiled = compiled;
+        self.syncs += 1;
+        // The datapath is complete: sandboxes waiting for it may start now, before the
+        // work that is for people (lint, status).
+        self.answer_waiting(None);
+        // The woken API tasks wait in this worker's LIFO slot, which other workers do not
+        // steal from: let them write their answers before this task goes on.
+        tokio::task::yield_now().await;
+        self.lint_due = true;
+        self.metrics.set_ready();
+        self.publish();
+        Ok(())
+    }
+
+    /// Lints the policies if they may have changed, and logs the warnings that are new.
+    /// Warnings are for people: they follow at the next status refresh instead of keeping
+    /// the loop from the next event after every sync.
+    fn lint(&mut self) {
+        if !std::mem::take(&mut self.lint_due) {
+            return;
+        }
         let valid: Vec<ParsedPolicy> = self
             .cluster
             .policies
@@ -713,16 +773,7 @@ impl Agent {
         for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
             tracing::warn!(warning = %w);
         }
-        for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
-            tracing::warn!(not_enforced = %w);
-        }
         self.warnings = warnings;
-        self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
-        self.compiled = compiled;
-        self.syncs += 1;
-        self.metrics.set_ready();
-        self.publish();
-        Ok(())
     }
 
     /// Sends waiting flow records to API clients and the log.

@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, path::Path, process::ExitCode};
 use anyhow::bail;
 use clap::Args;
 use policy_agent::{
-    agent::api,
+    agent::{api, endpoints},
     datapath::{LINKS_DIR, bpffs},
 };
 
@@ -43,6 +43,7 @@ pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     if let Some(conf_dir) = &args.cni_conf_dir {
         super::cni::uninstall(conf_dir, args.cni_bin_dir.as_deref())?;
     }
+    let _ = std::fs::remove_file(endpoints::sandboxes_file(&socket));
     let dir = Path::new(bpffs::PIN_ROOT).join(&args.instance);
     if !dir.exists() {
         println!("nothing to clean up: {} does not exist", dir.display());

@@ -26,10 +26,10 @@ use tokio::{
 pub use self::config::LabConfig;
 use self::{
     runtime::CniRuntime,
-    topology::{Host, PIN_PREFIX, POD_INTERFACE_PREFIX, Topology, node_name},
+    topology::{Host, PIN_PREFIX, POD_INTERFACE_PREFIX, PodSandbox, Topology, node_name},
 };
 use crate::{
-    agent::{self, AgentConfig, AgentHandle, api, status::Status},
+    agent::{self, AgentConfig, AgentHandle, api, endpoints, status::Status},
     datapath::{bpffs, maps::pinned_stats},
     model::{Cluster, ObjectRef, Pod, Protocol},
     netns::{self, NetNs},
@@ -60,6 +60,9 @@ impl Drop for NodeAgent {
         if let Some(dir) = &self.config.cni_conf_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(socket) = &self.config.socket {
+            let _ = std::fs::remove_file(endpoints::sandboxes_file(socket));
+        }
     }
 }
 
@@ -76,6 +79,8 @@ pub struct Lab {
     cluster: Cluster,
     /// Pods whose sandbox the lab has not created (yet).
     not_started: BTreeSet<ObjectRef>,
+    /// Pods whose sandbox exists but whose addresses no kubelet has reported yet.
+    unreported: BTreeSet<ObjectRef>,
 }
 
 impl Lab {
@@ -87,7 +92,7 @@ impl Lab {
         lab.start_agents(config).await?;
         lab.start_pods(config)?;
         // The kubelets report the pods' addresses: every node learns the others' pods.
-        lab.publish().await?;
+        lab.report_addresses().await?;
         Ok(lab)
     }
 
@@ -166,6 +171,7 @@ impl Lab {
             topology,
             cluster,
             not_started,
+            unreported: BTreeSet::new(),
         };
         for host in &lab.topology.hosts {
             probe::serve(host, &mut lab.servers)
@@ -236,10 +242,11 @@ impl Lab {
     }
 
     /// The cluster as the agents see it: pods without a sandbox yet have no address, like
-    /// a pod the scheduler just placed.
+    /// a pod the scheduler just placed, and neither have pods whose addresses were not
+    /// reported yet.
     fn snapshot(&self) -> SourceEvent {
         let mut cluster = self.cluster.clone();
-        for id in &self.not_started {
+        for id in self.not_started.iter().chain(&self.unreported) {
             if let Some(pod) = cluster.pods.get_mut(id) {
                 pod.ips.clear();
             }
@@ -250,8 +257,10 @@ impl Lab {
         }
     }
 
-    /// Feeds the cluster to every running agent and waits until each has synced it.
-    async fn publish(&mut self) -> anyhow::Result<()> {
+    /// The kubelets report the addresses of the pods they started: feeds the cluster to
+    /// every running agent and waits until each has synced it.
+    pub async fn report_addresses(&mut self) -> anyhow::Result<()> {
+        self.unreported.clear();
         let snapshot = self.snapshot();
         for agent in &mut self.agents {
             let Some(handle) = &mut agent.handle else {
@@ -302,6 +311,7 @@ impl Lab {
         probe::serve(host, &mut self.servers)
             .with_context(|| format!("starting probe servers in {id}"))?;
         self.not_started.remove(id);
+        self.unreported.insert(id.clone());
         Ok(())
     }
 
@@ -309,7 +319,7 @@ impl Lab {
     /// agent its addresses (as the kubelet reports them to the API server).
     pub async fn start_pod(&mut self, id: &ObjectRef) -> anyhow::Result<()> {
         self.start_pod_with(id, None)?;
-        self.publish().await
+        self.report_addresses().await
     }
 
     /// Deletes pod `id`'s sandbox through its node's CNI configuration.
@@ -317,8 +327,14 @@ impl Lab {
         let (_, node) = self.placed(id)?;
         self.topology
             .remove_pod(&id.to_string(), &self.runtimes[node])?;
+        self.unreported.remove(id);
         self.not_started.insert(id.clone());
         Ok(())
+    }
+
+    /// Pod `id`'s sandbox, while it exists.
+    pub fn sandbox(&self, id: &ObjectRef) -> Option<&PodSandbox> {
+        self.host(&id.to_string()).ok()?.sandbox.as_ref()
     }
 
     /// The CNI configuration pods of node `i` are created with.
@@ -365,7 +381,7 @@ impl Lab {
         }
         self.cluster.policies.clone_from(&cluster.policies);
         self.cluster.namespaces.clone_from(&cluster.namespaces);
-        self.publish().await
+        self.report_addresses().await
     }
 
     /// The status of node `i`'s agent (of an enforced lab, while it runs).

@@ -8,6 +8,7 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -47,6 +48,24 @@ pub struct Sandbox<'a> {
     pub args: Vec<(String, String)>,
 }
 
+/// How long one plugin took, from its start to its exit, as the runtime measured it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginTime {
+    /// The plugin's type.
+    pub plugin: String,
+    /// Wall-clock time of its process.
+    pub elapsed: Duration,
+}
+
+/// What a successful ADD returns.
+#[derive(Clone, Debug)]
+pub struct Added {
+    /// The last plugin's result.
+    pub result: Value,
+    /// Each plugin's time, in the order they ran.
+    pub times: Vec<PluginTime>,
+}
+
 /// A node's network configuration list and where its plugins are.
 #[derive(Clone, Debug)]
 pub struct CniRuntime {
@@ -73,11 +92,19 @@ impl CniRuntime {
 
     /// ADD: every plugin in order, each given the previous result; returns the last result.
     /// On failure the plugins run so far are deleted again and the first error returned.
-    pub fn add(&self, sandbox: &Sandbox<'_>) -> Result<Value, PluginError> {
+    pub fn add(&self, sandbox: &Sandbox<'_>) -> Result<Added, PluginError> {
         let mut prev: Option<Value> = None;
+        let mut times = Vec::new();
         for (i, plugin) in self.plugins().iter().enumerate() {
+            let start = Instant::now();
             match self.exec("ADD", plugin, sandbox, prev.as_ref()) {
-                Ok(result) => prev = Some(result),
+                Ok(result) => {
+                    times.push(PluginTime {
+                        plugin: plugin["type"].as_str().unwrap_or_default().to_owned(),
+                        elapsed: start.elapsed(),
+                    });
+                    prev = Some(result);
+                }
                 Err(e) => {
                     for done in self.plugins()[..=i].iter().rev() {
                         let _ = self.exec("DEL", done, sandbox, prev.as_ref());
@@ -86,7 +113,10 @@ impl CniRuntime {
                 }
             }
         }
-        Ok(prev.unwrap_or(Value::Null))
+        Ok(Added {
+            result: prev.unwrap_or(Value::Null),
+            times,
+        })
     }
 
     /// DEL: every plugin in reverse order, with the result ADD returned.

@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::runtime::{CniRuntime, Sandbox};
+use super::runtime::{CniRuntime, PluginTime, Sandbox};
 use crate::{
     netns::{NetNs, NetnsError},
     plan,
@@ -90,6 +90,8 @@ pub struct PodSandbox {
     pub args: Vec<(String, String)>,
     /// The result of ADD.
     pub result: Value,
+    /// How long each plugin's ADD took.
+    pub add_times: Vec<PluginTime>,
 }
 
 /// The built network. Dropping it deletes every namespace (and with them every veth).
@@ -192,6 +194,16 @@ impl Topology {
         runtime: &CniRuntime,
     ) -> anyhow::Result<&Host> {
         let pod = spec.pod.clone().context("not a pod")?;
+        // A node's IPAM never hands out one address twice; `static` IPAM does what it is
+        // told, so the lab refuses the clash itself instead of misrouting one of the pods.
+        if let Some((ip, other)) = spec.ips.iter().find_map(|ip| {
+            self.hosts
+                .iter()
+                .find(|h| h.spec.ips.contains(ip))
+                .map(|h| (ip, &h.spec.label))
+        }) {
+            anyhow::bail!("pod {pod} has address {ip}, which {other} already has");
+        }
         let index = self.next_index();
         let netns = NetNs::create(&format!("{}-p{index}", self.prefix))?;
         prepare(&netns)?;
@@ -225,9 +237,10 @@ impl Topology {
             container_id: container_id.clone(),
             args: args.clone(),
         };
-        let result = runtime
+        let added = runtime
             .add(&sandbox)
             .with_context(|| format!("creating the sandbox of pod {pod}"))?;
+        let result = added.result;
         let node_if = result["interfaces"]
             .as_array()
             .into_iter()
@@ -246,6 +259,7 @@ impl Topology {
                 container_id,
                 args,
                 result,
+                add_times: added.times,
             }),
         });
         Ok(self.hosts.last().expect("just pushed"))

@@ -20,6 +20,16 @@ use serde_json::Value;
 use super::convert::{self, typed};
 use crate::model::{Cluster, Origin};
 
+/// Documents one file may hold. Manifests are the administrator's own, as for
+/// `kubectl apply -f`; the YAML parser's defaults (1,024 documents, 250,000 nodes) are
+/// below a generated policy set or a `kubectl get -A -o yaml` export of a large cluster.
+/// Alias expansion keeps the parser's default caps.
+const MAX_DOCUMENTS: usize = 1_000_000;
+/// Collections and scalars one file may hold.
+const MAX_NODES: usize = 50_000_000;
+/// Parser events one file may produce (about two per node).
+const MAX_EVENTS: usize = 2 * MAX_NODES;
+
 /// An object (or document) that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
@@ -92,6 +102,11 @@ pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
     // kubectl reads it, rather than being YAML 1.1's "yes".
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = MAX_EVENTS;
+    options.budget = Some(budget);
     let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, options) {
         Ok(docs) => docs,
         Err(e) => {
@@ -180,6 +195,16 @@ mod tests {
         let mut loaded = Loaded::default();
         load_str(text, Path::new(FILE), &mut loaded);
         loaded
+    }
+
+    #[test]
+    fn a_file_may_hold_thousands_of_documents() {
+        let text: String = (0..5_000)
+            .map(|i| format!("---\nkind: Namespace\nmetadata: {{name: ns-{i}}}\n"))
+            .collect();
+        let loaded = load(&text);
+        assert_eq!(loaded.errors, []);
+        assert_eq!(loaded.cluster.namespaces.len(), 5_000);
     }
 
     #[test]
