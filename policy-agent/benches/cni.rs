@@ -8,11 +8,9 @@
 //!
 //! Prints a table and writes `target/bench/cni.json`.
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+mod support;
+
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use policy_agent::{
@@ -201,14 +199,9 @@ async fn measure(policies: usize) -> anyhow::Result<Case> {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--list") {
-        // `cargo bench` probes harness=false benches with --list; nothing to list.
+    if support::listing() {
         return Ok(());
     }
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -241,19 +234,10 @@ fn main() -> anyhow::Result<()> {
             c.ptp_p50_ms
         );
     }
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate is in the workspace")
-        .join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("cni.json");
     let report = Report {
-        kernel,
+        kernel: support::kernel(),
         running_pods: RUNNING_PODS,
         cases,
     };
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("\nwritten to {}", path.display());
-    Ok(())
+    support::write_report("cni", &report)
 }

@@ -10,13 +10,13 @@
 //!
 //! Prints a table and writes `target/bench/datapath.json`.
 
+mod support;
+
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
     time::Instant,
 };
 
-use anyhow::Context as _;
 use k8s_openapi::{
     api::networking::v1::{
         IPBlock, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -238,14 +238,9 @@ fn measure(rules: usize, cidrs: usize, baseline: f64, cases: &mut Vec<Case>) -> 
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--list") {
-        // `cargo bench` probes harness=false benches with --list; nothing to list.
+    if support::listing() {
         return Ok(());
     }
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
 
     let dp = Datapath::load(&format!("bench-{}-baseline", std::process::id()))?.unpin_on_drop();
     let frame = tcp_frame(
@@ -292,19 +287,10 @@ fn main() -> anyhow::Result<()> {
             c.compile_ms
         );
     }
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate is in the workspace")
-        .join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("datapath.json");
     let report = Report {
-        kernel,
+        kernel: support::kernel(),
         repeat: REPEAT,
         cases,
     };
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("\nwritten to {}", path.display());
-    Ok(())
+    support::write_report("datapath", &report)
 }

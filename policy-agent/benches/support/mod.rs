@@ -1,0 +1,35 @@
+//! What every benchmark of this crate shares: the `cargo bench` probe, the kernel it ran
+//! on, and where its JSON report goes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+/// Whether `cargo bench` is only listing the benchmarks (it probes harness=false
+/// benchmarks with `--list`): there is nothing to list.
+pub fn listing() -> bool {
+    std::env::args().any(|a| a == "--list")
+}
+
+/// The running kernel's release.
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Writes `report` to `target/bench/<name>.json` of the workspace and says where.
+pub fn write_report(name: &str, report: &impl Serialize) -> anyhow::Result<()> {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate is in the workspace")
+        .join("target/bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
