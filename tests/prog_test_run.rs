@@ -12,17 +12,20 @@ use std::{
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, bpffs},
+    datapath::{Datapath, TableSizes, bpffs},
     model::ObjectRef,
 };
 use policy_common::{
-    maps::{Direction, programs},
-    net::{icmp, icmpv6, proto},
+    maps::{Direction, IDENTITY_WORLD, programs},
+    net::{ETH_P_ARP, icmp, icmpv6, proto},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
 use policy_tests::{
     cluster,
-    packets::{ACK, Packet, SYN, SYN_ACK, arp_request, vlan_frame},
+    packets::{
+        ACK, Packet, SYN, SYN_ACK, TPID_8021AD, TPID_8021Q, arp_request, tagged, vlan_frame,
+        with_ether_type,
+    },
 };
 
 const ALLOW: i32 = TC_ACT_UNSPEC;
@@ -49,6 +52,11 @@ kind: Pod
 metadata: {name: peer, namespace: t, labels: {role: peer}}
 spec: {nodeName: other-node, containers: [{name: c}]}
 status: {podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
+---
+kind: Pod
+metadata: {name: other, namespace: u, labels: {role: other}}
+spec: {nodeName: test-node, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.0.0.3}, {ip: "fd00::3"}]}
 "#;
 
 const LOCAL: &str = "10.0.0.1";
@@ -57,6 +65,7 @@ const LOCAL6: &str = "fd00::1";
 const PEER6: &str = "fd00::2";
 const WORLD: &str = "192.0.2.9";
 const NODE_IP: &str = "10.0.0.254";
+const NODE_IP6: &str = "fd00::fe";
 
 struct Fixture {
     datapath: Datapath,
@@ -68,13 +77,18 @@ static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 impl Fixture {
     /// The pods plus `policies`, compiled and written to a fresh datapath.
     fn new(policies: &str) -> Self {
+        Self::with_tables(policies, TableSizes::default())
+    }
+
+    /// Like [`Fixture::new`], with per-endpoint tables of `sizes`.
+    fn with_tables(policies: &str, sizes: TableSizes) -> Self {
         bpffs::sweep_stale(PIN_PREFIX);
         let cluster = cluster(&format!("{PODS}\n---\n{policies}"));
         let compiled = Compiler::new().compile(
             &cluster,
             &NodeConfig {
                 name: NODE.into(),
-                addresses: vec![ip(NODE_IP)],
+                addresses: vec![ip(NODE_IP), ip(NODE_IP6)],
             },
         );
         assert!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
@@ -83,7 +97,9 @@ impl Fixture {
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
-        let mut datapath = Datapath::load(&instance).unwrap().unpin_on_drop();
+        let mut datapath = Datapath::load_with(&instance, sizes)
+            .unwrap()
+            .unpin_on_drop();
         datapath.adopt_interface(&ObjectRef::new("t", "local"), LOOPBACK_IFINDEX);
         datapath.sync(&compiled).unwrap();
         Self { datapath, compiled }
@@ -98,9 +114,25 @@ impl Fixture {
 
     /// Packet leaving the pod.
     fn egress(&self, p: &Packet) -> i32 {
+        self.egress_frame(&p.frame())
+    }
+
+    /// Frame leaving the pod.
+    fn egress_frame(&self, frame: &[u8]) -> i32 {
+        self.datapath.test_run(programs::FROM_POD, frame).unwrap()
+    }
+
+    /// Packet the node's own stack sends to the pod.
+    fn from_node(&self, p: &Packet) -> i32 {
         self.datapath
-            .test_run(programs::FROM_POD, &p.frame())
+            .test_run_from_node(programs::TO_POD, &p.frame())
             .unwrap()
+    }
+
+    /// Makes `pod` (on this node) the endpoint behind the test interface.
+    fn switch_to(&mut self, namespace: &str, name: &str) {
+        let info = self.compiled.endpoints[&ObjectRef::new(namespace, name)];
+        self.datapath.set_endpoint(LOOPBACK_IFINDEX, &info).unwrap();
     }
 
     /// Packets counted for `dir` with this verdict and reason.
@@ -543,14 +575,43 @@ spec:
 fn the_node_always_reaches_its_pods() {
     let f = Fixture::new(DENY_ALL);
     assert_eq!(
-        f.ingress(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)),
+        f.from_node(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.from_node(&Packet::tcp(ip(NODE_IP6), ip(LOCAL6), 1, 80, SYN)),
         ALLOW
     );
     assert_eq!(
         f.egress(&Packet::tcp(ip(LOCAL), ip(NODE_IP), 1, 10250, SYN)),
         ALLOW
     );
-    assert_eq!(f.allowed(Direction::Ingress, AllowReason::Host), 1);
+    assert_eq!(f.allowed(Direction::Ingress, AllowReason::Host), 2);
+}
+
+#[test]
+fn a_node_address_on_a_forwarded_packet_is_just_an_address() {
+    let mut f = Fixture::new(DENY_ALL);
+    f.datapath.drain_events();
+    // Sent from outside with the node's address (Linux forwards IPv6 from local sources),
+    // or masqueraded to it: the node did not send it.
+    for (src, dst) in [(NODE_IP6, LOCAL6), (NODE_IP, LOCAL)] {
+        assert_eq!(
+            f.ingress(&Packet::tcp(ip(src), ip(dst), 1, 80, SYN)),
+            DROP,
+            "{src}"
+        );
+    }
+    assert_eq!(f.dropped(Direction::Ingress, DropReason::PolicyDenied), 2);
+    let events = f.datapath.drain_events();
+    assert!(
+        events.iter().all(|e| e.remote_identity == IDENTITY_WORLD),
+        "recorded as the world, not the node: {events:?}"
+    );
+    // Not even an ICMP error the node sends: it would carry someone else's bytes in.
+    let quoted = Packet::udp(ip(LOCAL), ip(WORLD), 1000, 53, b"q");
+    let error = Packet::icmp_error(ip(NODE_IP), ip(LOCAL), icmp::DEST_UNREACH, 1, &quoted);
+    assert_eq!(f.from_node(&error), DROP);
 }
 
 #[test]
@@ -624,4 +685,415 @@ fn pinned_maps_dump_with_their_field_names() {
     assert_eq!(key["prefix_len"], 96, "{policy}");
     assert_eq!(key["data"]["proto"], proto::TCP, "{policy}");
     assert_eq!(key["data"]["port_be"], 80u16.to_be(), "{policy}");
+}
+
+const EGRESS_DENY_ALL: &str = r#"
+kind: NetworkPolicy
+metadata: {name: no-egress, namespace: t}
+spec: {podSelector: {}, policyTypes: [Egress]}
+"#;
+
+const INGRESS_FROM_PEER_ONLY: &str = r#"
+kind: NetworkPolicy
+metadata: {name: from-peer, namespace: t}
+spec:
+  podSelector: {matchLabels: {role: local}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: peer}}}]}]
+"#;
+
+#[test]
+fn only_plain_ip_and_arp_frames_leave_a_pod() {
+    // No policy at all: the pod is isolated in neither direction.
+    let f = Fixture::new("");
+    let spoofed = Packet::udp(ip(PEER), ip(WORLD), 1000, 53, b"forged").frame();
+    let honest = Packet::udp(ip(LOCAL), ip(WORLD), 1000, 53, b"honest").frame();
+    assert_eq!(f.egress_frame(&honest), ALLOW);
+    for frame in [
+        // Two priority tags: the kernel strips them after the hook and routes the inner
+        // packet, spoofed source and all.
+        tagged(&spoofed, &[(TPID_8021Q, 0), (TPID_8021Q, 0)]),
+        tagged(&honest, &[(TPID_8021Q, 0)]),
+        tagged(&honest, &[(TPID_8021AD, 7), (TPID_8021Q, 0)]),
+        // Another EtherType, and an 802.3 length field.
+        with_ether_type(&honest, 0x88b5),
+        with_ether_type(&honest, 0x0100),
+        // ARP that is not IPv4 over Ethernet.
+        with_ether_type(&honest, ETH_P_ARP),
+    ] {
+        assert_eq!(f.egress_frame(&frame), DROP, "{frame:02x?}");
+    }
+    assert_eq!(f.dropped(Direction::Egress, DropReason::NonIpFrame), 6);
+    // Entering a pod that nothing isolates, such frames are the kernel's business.
+    assert_eq!(
+        f.datapath
+            .test_run(programs::TO_POD, &tagged(&honest, &[(TPID_8021Q, 0)]))
+            .unwrap(),
+        ALLOW
+    );
+}
+
+#[test]
+fn unreadable_ip_headers_from_a_pod_are_dropped_before_anything_else() {
+    let f = Fixture::new("");
+    // An IPv4 header whose length field lies, with a spoofed source.
+    let mut lying = Packet::udp(ip(PEER), ip(WORLD), 1000, 53, b"q").frame();
+    lying[14] = 0x44; // IHL 4: shorter than the fixed header
+    assert_eq!(f.egress_frame(&lying), DROP);
+    // Spoofed sources behind IPv6 chains the parser gives up on.
+    let long = (0..9).fold(
+        Packet::udp(ip(PEER6), ip("2001:db8::1"), 1000, 53, b"q"),
+        |p, _| p.ext(proto::IPV6_DEST_OPTS, &PADN),
+    );
+    assert_eq!(f.egress(&long), DROP);
+    let mut segments = vec![0u8; 22];
+    segments[1] = 1;
+    let routed = Packet::udp(ip(PEER6), ip("2001:db8::1"), 1000, 53, b"q")
+        .ext(proto::IPV6_ROUTING, &segments);
+    assert_eq!(f.egress(&routed), DROP);
+    assert_eq!(f.dropped(Direction::Egress, DropReason::SpoofedSource), 2);
+    assert_eq!(f.dropped(Direction::Egress, DropReason::Malformed), 1);
+    // From its own address, a pod that nothing isolates may send what the kernel accepts.
+    let own = (0..9).fold(
+        Packet::udp(ip(LOCAL6), ip("2001:db8::1"), 1000, 53, b"q"),
+        |p, _| p.ext(proto::IPV6_DEST_OPTS, &PADN),
+    );
+    assert_eq!(f.egress(&own), ALLOW);
+}
+
+#[test]
+fn icmp_errors_are_related_only_when_they_go_back_to_the_quoted_sender() {
+    let f = Fixture::new(&format!("{EGRESS_DENY_ALL}\n---\n{INGRESS_FROM_PEER_ONLY}"));
+    // The peer's datagram to the pod: allowed and tracked.
+    let datagram = Packet::udp(ip(PEER), ip(LOCAL), 5000, 53, b"q");
+    assert_eq!(f.ingress(&datagram), ALLOW);
+    // "Port unreachable" back to the peer: related.
+    let back = Packet::icmp_error(ip(LOCAL), ip(PEER), icmp::DEST_UNREACH, 3, &datagram);
+    assert_eq!(f.egress(&back), ALLOW);
+    assert_eq!(f.allowed(Direction::Egress, AllowReason::Related), 1);
+    // The same quote sent anywhere else: a tunnel out of an egress-isolated pod.
+    let tunnel = Packet::icmp_error(ip(LOCAL), ip(WORLD), icmp::DEST_UNREACH, 3, &datagram);
+    assert_eq!(f.egress(&tunnel), DROP);
+    // IPv6 too.
+    let datagram6 = Packet::udp(ip(PEER6), ip(LOCAL6), 5000, 53, b"q");
+    assert_eq!(f.ingress(&datagram6), ALLOW);
+    let back6 = Packet::icmp_error(ip(LOCAL6), ip(PEER6), icmpv6::DEST_UNREACH, 4, &datagram6);
+    assert_eq!(f.egress(&back6), ALLOW);
+    let tunnel6 = Packet::icmp_error(
+        ip(LOCAL6),
+        ip("2001:db8::66"),
+        icmpv6::DEST_UNREACH,
+        4,
+        &datagram6,
+    );
+    assert_eq!(f.egress(&tunnel6), DROP);
+    assert_eq!(f.dropped(Direction::Egress, DropReason::PolicyDenied), 2);
+}
+
+/// A neighbour solicitation of `src` for `target`, sent to `dst` with `hop_limit`.
+fn solicitation(src: &str, dst: &str, hop_limit: u8) -> Packet {
+    let mut body = vec![0u8; 4];
+    body.extend_from_slice(&"fd00::fe".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    Packet::icmpv6_with(ip(src), ip(dst), icmpv6::NEIGHBOUR_SOLICIT, 0, &body).ttl(hop_limit)
+}
+
+/// Router alert for MLD, in a hop-by-hop header: type 5, length 2, value 0, then PadN.
+const ROUTER_ALERT: [u8; 6] = [5, 2, 0, 0, 1, 0];
+
+/// A multicast listener report to `dst` from `src` with `hop_limit`, carrying `payload`.
+fn listener_report(src: &str, dst: &str, hop_limit: u8, payload: &[u8]) -> Packet {
+    let mut body = vec![0u8; 20];
+    body.extend_from_slice(payload);
+    Packet::icmpv6_with(ip(src), ip(dst), icmpv6::MLD2_REPORT, 0, &body)
+        .ttl(hop_limit)
+        .ext(proto::IPV6_HOP_BY_HOP, &ROUTER_ALERT)
+}
+
+#[test]
+fn discovery_is_link_control_only_as_the_rfcs_define_it() {
+    let f = Fixture::new(DENY_ALL);
+    let nd = icmpv6::ND_HOP_LIMIT;
+    // What a pod needs: address resolution and DAD on the link, and its node's addresses.
+    for ok in [
+        solicitation("fe80::2", "ff02::1:ff00:fe", nd),
+        solicitation("::", "ff02::1:ff00:fe", nd),
+        solicitation(LOCAL6, NODE_IP6, nd),
+        solicitation(LOCAL6, "fe80::1", nd),
+        Packet::neighbour_advert(ip(LOCAL6), ip("fe80::1"), ip(LOCAL6)),
+        Packet::neighbour_advert(ip("fe80::2"), ip("ff02::1"), ip("fe80::2")),
+        listener_report("fe80::2", "ff02::16", 1, b""),
+        listener_report("::", "ff02::16", 1, b""),
+    ] {
+        assert_eq!(f.egress(&ok), ALLOW, "{ok:?}");
+    }
+    // Discovery types that would leave the link, claim what is not the pod's, or come
+    // from a router.
+    for bad in [
+        // To an address off the link: routed on, with whatever it carries.
+        solicitation(LOCAL6, "2001:db8::1", nd),
+        solicitation(LOCAL6, PEER6, nd),
+        solicitation("fe80::2", "2001:db8::1", nd),
+        // A hop limit that does not prove it stays on the link.
+        solicitation(LOCAL6, "ff02::1:ff00:fe", 64),
+        solicitation(LOCAL6, "ff02::1:ff00:fe", 1),
+        // `::` outside duplicate address detection.
+        solicitation("::", "fe80::1", nd),
+        // Someone else's address advertised.
+        Packet::neighbour_advert(ip(LOCAL6), ip("fe80::1"), ip(PEER6)),
+        // A router's messages.
+        Packet::icmpv6_with(
+            ip("fe80::2"),
+            ip("ff02::1"),
+            icmpv6::ROUTER_ADVERT,
+            0,
+            &[0; 12],
+        )
+        .ttl(nd),
+        Packet::icmpv6_with(ip("fe80::2"), ip("fe80::1"), icmpv6::REDIRECT, 0, &[0; 36]).ttl(nd),
+        // A code the RFC does not define.
+        Packet::icmpv6_with(
+            ip("fe80::2"),
+            ip("ff02::1:ff00:fe"),
+            icmpv6::NEIGHBOUR_SOLICIT,
+            1,
+            &[0; 20],
+        )
+        .ttl(nd),
+        // Listener discovery that a router would forward: unicast, hop limit 2, a global
+        // source.
+        listener_report("fe80::2", PEER6, 1, b"payload"),
+        listener_report("fe80::2", "ff02::16", 2, b""),
+        listener_report(LOCAL6, "ff02::16", 1, b""),
+    ] {
+        assert_eq!(f.egress(&bad), DROP, "{bad:?}");
+    }
+    assert_eq!(
+        f.dropped(Direction::Egress, DropReason::InvalidLinkControl),
+        13
+    );
+    // Discovery with a spoofed global source is spoofing before it is discovery.
+    assert_eq!(f.egress(&solicitation(PEER6, "ff02::1:ff00:fe", nd)), DROP);
+    assert_eq!(f.dropped(Direction::Egress, DropReason::SpoofedSource), 1);
+
+    // Into the pod: from the link only.
+    assert_eq!(
+        f.from_node(&solicitation("fe80::1", "ff02::1:ff00:1", nd)),
+        ALLOW
+    );
+    assert_eq!(
+        f.ingress(&listener_report("fe80::1", "ff02::1", 1, b"")),
+        ALLOW
+    );
+    // Sent with hop limit 2 from afar and forwarded once: hop limit 1 on arrival, but to a
+    // unicast address from a global source.
+    assert_eq!(
+        f.ingress(&listener_report(PEER6, LOCAL6, 1, b"payload")),
+        DROP
+    );
+    assert_eq!(f.ingress(&solicitation(PEER6, LOCAL6, 254)), DROP);
+}
+
+#[test]
+fn an_echo_entry_admits_replies_only() {
+    // Ingress-isolated, free to go out.
+    let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
+    for (local, world) in [(LOCAL, WORLD), (LOCAL6, "2001:db8::9")] {
+        assert_eq!(
+            f.egress(&Packet::echo_request(ip(local), ip(world), 7)),
+            ALLOW
+        );
+        assert_eq!(
+            f.ingress(&Packet::echo_reply(ip(world), ip(local), 7)),
+            ALLOW
+        );
+        // The host pinged now sends its own request with that identifier.
+        assert_eq!(
+            f.ingress(&Packet::echo_request(ip(world), ip(local), 7)),
+            DROP,
+            "{world}"
+        );
+    }
+    assert_eq!(f.allowed(Direction::Ingress, AllowReason::Established), 2);
+    // ICMP other than echo pairs nothing with anything: no entry lets a peer's ICMP in.
+    let timestamp = |src, dst, ty| Packet::icmp_any(ip(src), ip(dst), ty, 0, &[0; 16]);
+    assert_eq!(f.egress(&timestamp(LOCAL, WORLD, 13)), ALLOW);
+    assert_eq!(f.ingress(&timestamp(WORLD, LOCAL, 13)), DROP);
+    assert_eq!(f.ingress(&timestamp(WORLD, LOCAL, 14)), DROP);
+}
+
+#[test]
+fn no_pod_can_evict_another_pods_connections() {
+    let sizes = TableSizes {
+        conntrack: 512,
+        fragments: 64,
+    };
+    let mut f = Fixture::with_tables(INGRESS_FROM_PEER_TCP_80, sizes);
+    f.datapath.drain_events();
+    // The isolated pod opens a connection out; the reply is tracked, nothing else gets in.
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip(WORLD), 40000, 443, SYN)),
+        ALLOW
+    );
+    // Another pod on the node, isolated by nothing, floods the node with new flows that
+    // get answers (the kernel's LRU lets entries seen only once go first).
+    f.switch_to("u", "other");
+    for port in 0..4 * sizes.conntrack as u16 {
+        let (other, sport) = (ip("10.0.0.3"), 1024 + port);
+        assert_eq!(
+            f.egress(&Packet::udp(other, ip(WORLD), sport, 53, b"x")),
+            ALLOW
+        );
+        assert_eq!(
+            f.ingress(&Packet::udp(ip(WORLD), other, 53, sport, b"x")),
+            ALLOW
+        );
+    }
+    f.switch_to("t", "local");
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN_ACK)),
+        ALLOW,
+        "the flood of another pod evicted this pod's connection"
+    );
+
+    // The pod's own flows evict its own entries, and the loss is reported. (The kernel's
+    // LRU lets entries seen only once go first, so these flows get answers.)
+    for port in 0..4 * sizes.conntrack as u16 {
+        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 1024 + port, 53, b"x"));
+        f.ingress(&Packet::udp(ip(WORLD), ip(LOCAL), 53, 1024 + port, b"x"));
+    }
+    f.datapath.drain_events();
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, ACK)),
+        DROP
+    );
+    assert_eq!(
+        f.dropped(Direction::Ingress, DropReason::UnknownConnection),
+        1
+    );
+    let events = f.datapath.drain_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, DropReason::UnknownConnection as u8);
+}
+
+#[test]
+fn ipv6_fragments_match_whatever_follows_the_fragment_header() {
+    let f = Fixture::new(INGRESS_DNS);
+    let src = ip("2001:db8::9");
+    let datagram = |port| {
+        Packet::udp(src, ip(LOCAL6), 5353, port, &[0; 32])
+            .ext_after_fragment(proto::IPV6_DEST_OPTS, &PADN)
+    };
+    assert_eq!(f.ingress(&datagram(53).fragment(0, true, 21)), ALLOW);
+    assert_eq!(f.ingress(&datagram(53).fragment(6, false, 21)), ALLOW);
+    // A denied datagram's later fragment inherits nothing.
+    assert_eq!(f.ingress(&datagram(54).fragment(0, true, 22)), DROP);
+    assert_eq!(f.ingress(&datagram(54).fragment(6, false, 22)), DROP);
+    // Another datagram between the same hosts does not inherit either.
+    assert_eq!(f.ingress(&datagram(53).fragment(6, false, 23)), DROP);
+}
+
+#[test]
+fn an_unasked_echo_reply_opens_nothing() {
+    // Open both ways for ICMP out, nothing in: the pod may send what it likes.
+    let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
+    for id in [0x4242, 0] {
+        // The pod "replies" to a host that never pinged it...
+        assert_eq!(
+            f.egress(&Packet::echo_reply(ip(LOCAL), ip(WORLD), id)),
+            ALLOW
+        );
+        // ...which gives that host's requests no way in.
+        assert_eq!(
+            f.ingress(&Packet::echo_request(ip(WORLD), ip(LOCAL), id)),
+            DROP,
+            "id {id}"
+        );
+        // Its own ping with identifier 0 is not the host's either.
+        assert_eq!(
+            f.egress(&Packet::echo_request(ip(LOCAL), ip(WORLD), id)),
+            ALLOW
+        );
+        assert_eq!(
+            f.ingress(&Packet::echo_reply(ip(WORLD), ip(LOCAL), id)),
+            ALLOW
+        );
+        assert_eq!(
+            f.ingress(&Packet::echo_request(ip(WORLD), ip(LOCAL), id)),
+            DROP,
+            "id {id}, after the pod's own ping"
+        );
+    }
+}
+
+#[test]
+fn a_pod_cannot_make_the_node_unwrap_a_packet() {
+    // Nothing isolates the pod: only the wrapper is at fault.
+    let f = Fixture::new("");
+    let inner = Packet::udp(ip(PEER), ip("10.0.0.3"), 5555, 80, b"forged").ip_packet();
+    for (p, dst) in [(4u8, NODE_IP), (47, NODE_IP), (41, NODE_IP)] {
+        assert_eq!(
+            f.egress(&Packet::raw(ip(LOCAL), ip(dst), p, &inner)),
+            DROP,
+            "protocol {p}"
+        );
+    }
+    for port in [4789u16, 8472, 6081] {
+        let vxlan = Packet::udp(ip(LOCAL), ip(NODE_IP), 40000, port, &inner);
+        assert_eq!(f.egress(&vxlan), DROP, "UDP {port}");
+        let vxlan6 = Packet::udp(ip(LOCAL6), ip(NODE_IP6), 40000, port, &inner);
+        assert_eq!(f.egress(&vxlan6), DROP, "UDP {port} over IPv6");
+    }
+    assert_eq!(f.dropped(Direction::Egress, DropReason::TunnelToNode), 9);
+    // Tunnels to anyone else are the policy's business, and DNS to the node is fine.
+    assert_eq!(
+        f.egress(&Packet::raw(ip(LOCAL), ip(WORLD), 47, &inner)),
+        ALLOW
+    );
+    assert_eq!(
+        f.egress(&Packet::udp(ip(LOCAL), ip(NODE_IP), 40000, 53, b"q")),
+        ALLOW
+    );
+}
+
+#[test]
+fn an_ipv4_source_route_is_not_decided_on() {
+    let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
+    // Loose source route: type 0x83, length 7, pointer 4, one hop.
+    let lsrr = [0x83u8, 7, 4, 192, 0, 2, 99];
+    let routed = Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN).ipv4_options(&lsrr);
+    assert_eq!(f.ingress(&routed), DROP);
+    assert_eq!(
+        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 1, 53, b"q").ipv4_options(&lsrr)),
+        DROP
+    );
+    assert_eq!(
+        f.dropped(Direction::Ingress, DropReason::UnsupportedHeader),
+        1
+    );
+    // Other options are walked over (record route: 7).
+    let record = [7u8, 7, 4, 0, 0, 0, 0];
+    assert_eq!(
+        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40001, 80, SYN).ipv4_options(&record)),
+        ALLOW
+    );
+}
+
+#[test]
+fn errors_quoting_extension_headers_are_matched_and_fragments_only_once() {
+    let f = Fixture::new(EGRESS_HTTPS_ONLY);
+    // Path MTU discovery for a fragmented flow: the quote has a Fragment header.
+    let world = ip("2001:db8::9");
+    let first = Packet::tcp(ip(LOCAL6), world, 40000, 443, SYN).fragment(0, true, 31);
+    assert_eq!(f.egress(&first), ALLOW);
+    let too_big = Packet::icmp_error(world, ip(LOCAL6), icmpv6::PACKET_TOO_BIG, 0, &first);
+    assert_eq!(f.ingress(&too_big), ALLOW);
+    assert_eq!(f.allowed(Direction::Ingress, AllowReason::Related), 1);
+    // Two Fragment headers: two identities for one datagram.
+    let twice = Packet::tcp(ip(LOCAL6), world, 40001, 443, SYN)
+        .ext(proto::IPV6_FRAGMENT, &[0, 0, 0, 0, 0, 9])
+        .fragment(0, true, 32);
+    assert_eq!(f.egress(&twice), DROP);
+    assert_eq!(
+        f.dropped(Direction::Egress, DropReason::UnsupportedHeader),
+        1
+    );
 }

@@ -40,6 +40,11 @@ pub struct NewFlow {
 }
 
 /// A new flow of endpoint `ep` in `dir` with the remote address `remote`.
+///
+/// `node_itself` says whether an address of the node on the remote side is the node: true
+/// for a packet leaving the pod (the node receives what is addressed to it) and for one the
+/// node's own stack sent; false for a forwarded packet, which only carries the address (a
+/// spoofed or masqueraded source) and is decided as any address outside the cluster is.
 #[inline(always)]
 pub fn new_flow<M: PolicyMaps>(
     maps: &M,
@@ -48,8 +53,12 @@ pub fn new_flow<M: PolicyMaps>(
     remote: &IpKey,
     ip_proto: u8,
     dport: u16,
+    node_itself: bool,
 ) -> NewFlow {
-    let remote_identity = maps.identity(remote);
+    let mut remote_identity = maps.identity(remote);
+    if remote_identity == IDENTITY_HOST && !node_itself {
+        remote_identity = IDENTITY_WORLD;
+    }
     let allowed = if !ep.is_isolated(dir) {
         Some((AllowReason::NotIsolated, 0))
     } else if remote_identity == IDENTITY_HOST {

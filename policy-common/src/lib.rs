@@ -48,7 +48,7 @@ const _: () = {
     assert!(size_of::<maps::EndpointInfo>() == 36);
     assert!(size_of::<maps::PolicyKey>() * 8 == maps::POLICY_PREFIX_FULL as usize);
     assert!(size_of::<maps::CidrKey>() == 24);
-    assert!(size_of::<maps::CtKey>() == 44);
+    assert!(size_of::<maps::CtKey>() == 40);
     assert!(size_of::<maps::CtEntry>() == 24);
     assert!(size_of::<maps::FragKey>() == 40);
     assert!(size_of::<maps::StatsKey>() == 8);

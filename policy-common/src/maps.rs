@@ -19,9 +19,11 @@ pub mod names {
     pub const POLICY: &str = "POLICY";
     /// (ruleset, address prefix) -> CIDR class. LPM trie.
     pub const CIDR: &str = "CIDR";
-    /// Connection tracking, per endpoint. LRU hash.
+    /// Connection tracking: endpoint id -> that endpoint's own LRU hash of connections.
+    /// Hash of maps.
     pub const CONNTRACK: &str = "CONNTRACK";
-    /// Ports of first fragments, so that later fragments get the same verdict. LRU hash.
+    /// First fragments, so that later fragments get the same verdict: endpoint id -> that
+    /// endpoint's own LRU hash. Hash of maps.
     pub const FRAGMENTS: &str = "FRAGMENTS";
     /// Per-endpoint packet and byte counters by verdict and reason. Per-CPU hash.
     pub const STATS: &str = "STATS";
@@ -46,7 +48,7 @@ pub mod programs {
 
 /// Maximum entries of each map.
 pub mod capacity {
-    /// Pods on one node.
+    /// Pods on one node (also the number of per-endpoint tables in CONNTRACK and FRAGMENTS).
     pub const ENDPOINTS: u32 = 1024;
     /// Pod addresses in the cluster (two per dual-stack pod) plus node addresses.
     pub const IPCACHE: u32 = 65_536;
@@ -54,10 +56,11 @@ pub mod capacity {
     pub const POLICY: u32 = 524_288;
     /// CIDR prefixes of all rulesets on the node.
     pub const CIDR: u32 = 262_144;
-    /// Tracked connections on the node (both ends of a local connection count twice).
-    pub const CONNTRACK: u32 = 65_536;
-    /// Fragmented datagrams in flight.
-    pub const FRAGMENTS: u32 = 8_192;
+    /// Tracked connections of one endpoint. Each endpoint has its own table, so no pod's
+    /// traffic can evict another pod's connections.
+    pub const CONNTRACK_PER_ENDPOINT: u32 = 16_384;
+    /// Fragmented datagrams in flight to or from one endpoint.
+    pub const FRAGMENTS_PER_ENDPOINT: u32 = 512;
     /// (endpoint, direction, verdict, reason) counters.
     pub const STATS: u32 = 16_384;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -321,29 +324,38 @@ pub struct CidrValue {
 /// CIDR class of a prefix that no rule allows.
 pub const CIDR_CLASS_NONE: u32 = 0;
 
-/// Key of [`names::CONNTRACK`]: one connection as seen by one endpoint, whichever way the
-/// packet goes (`local` is the pod's side).
+/// Key of an endpoint's table in [`names::CONNTRACK`]: one connection as that endpoint sees
+/// it, whichever way the packet goes (`local` is the pod's side). Both ends of a node-local
+/// connection have their own entry, in their own table, so each end's policy applies.
+///
+/// ICMP echo has no ports: the identifier stands in for both, and `echo` says which side
+/// sent the request, so a request and its reply share a key, but a request in the other
+/// direction does not.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct CtKey {
-    /// Endpoint the entry belongs to: both ends of a node-local connection have their own
-    /// entry, so each end's policy is applied independently.
-    pub endpoint_id: u32,
     /// The pod's address.
     pub local_addr: [u8; 16],
     /// The peer's address.
     pub remote_addr: [u8; 16],
-    /// The pod's port (the ICMP echo identifier for echo flows).
+    /// The pod's port (ICMP echo: the identifier).
     pub local_port: u16,
-    /// The peer's port (zero for ICMP).
+    /// The peer's port (ICMP echo: the identifier).
     pub remote_port: u16,
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
     /// IP protocol.
     pub proto: u8,
+    /// ICMP echo: [`CT_ECHO_POD_ASKED`] or [`CT_ECHO_PEER_ASKED`]; 0 otherwise.
+    pub echo: u8,
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
+
+/// [`CtKey::echo`]: the pod sent the echo request.
+pub const CT_ECHO_POD_ASKED: u8 = 1;
+/// [`CtKey::echo`]: the peer sent the echo request.
+pub const CT_ECHO_PEER_ASKED: u8 = 2;
 
 /// A TCP FIN left the pod.
 pub const CT_FIN_FROM_POD: u8 = 1 << 0;
@@ -417,13 +429,16 @@ impl CtEntry {
     }
 }
 
-/// Key of [`names::FRAGMENTS`]: the IP identification of a fragmented datagram.
+/// Key of an endpoint's table in [`names::FRAGMENTS`]: what identifies a datagram's
+/// fragments (RFC 791: addresses, protocol and identification; RFC 8200: addresses and the
+/// Fragment header's identification, whatever headers follow it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct FragKey {
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
-    /// IP protocol of the datagram.
+    /// IPv4: the header's protocol, which every fragment carries. IPv6: zero (later
+    /// fragments name only the first header of the fragmentable part).
     pub proto: u8,
     /// Always zero.
     pub _pad: [u8; 2],
@@ -445,8 +460,12 @@ pub struct FragValue {
     pub src_port: u16,
     /// Destination port of the datagram.
     pub dst_port: u16,
+    /// Upper-layer protocol of the datagram (IPv6: after every extension header).
+    pub proto: u8,
+    /// ICMP type of the datagram (ICMP only), which decides whether conntrack applies.
+    pub icmp_type: u8,
     /// Always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 2],
 }
 
 /// Fragments of one datagram must arrive within this time of the first (Linux's ipfrag_time).

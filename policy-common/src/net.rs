@@ -12,6 +12,50 @@ pub const FAMILY_IPV4: u8 = 4;
 /// Address family tag stored in keys and events.
 pub const FAMILY_IPV6: u8 = 6;
 
+/// Encapsulations a node unwraps: what a pod sends the node this way would be routed on
+/// with whatever source the inner packet names.
+pub mod tunnel {
+    use super::proto;
+
+    /// IP-in-IP.
+    pub const IPIP: u8 = 4;
+    /// IPv6 in IPv4 (6in4, SIT).
+    pub const IPV6_IN_IPV4: u8 = 41;
+    /// GRE.
+    pub const GRE: u8 = 47;
+    /// EtherIP.
+    pub const ETHERIP: u8 = 97;
+    /// L2TPv3 over IP.
+    pub const L2TP: u8 = 115;
+    /// VXLAN, IANA's port.
+    pub const VXLAN: u16 = 4789;
+    /// VXLAN as Linux and flannel configure it.
+    pub const VXLAN_LINUX: u16 = 8472;
+    /// VXLAN-GPE.
+    pub const VXLAN_GPE: u16 = 4790;
+    /// Geneve.
+    pub const GENEVE: u16 = 6081;
+
+    /// Whether a packet of `ip_proto` to `dport` is tunnel traffic.
+    #[inline(always)]
+    pub const fn is_tunnel(ip_proto: u8, dport: u16) -> bool {
+        matches!(ip_proto, IPIP | IPV6_IN_IPV4 | GRE | ETHERIP | L2TP)
+            || (ip_proto == proto::UDP && matches!(dport, VXLAN | VXLAN_LINUX | VXLAN_GPE | GENEVE))
+    }
+}
+
+/// IPv4 options (RFC 791).
+pub mod ipv4_option {
+    /// End of the option list.
+    pub const END: u8 = 0;
+    /// No operation (padding).
+    pub const NOP: u8 = 1;
+    /// Loose source and record route: the destination field is only the next hop.
+    pub const LSRR: u8 = 0x83;
+    /// Strict source and record route.
+    pub const SSRR: u8 = 0x89;
+}
+
 /// IP protocol numbers (IANA) the datapath distinguishes.
 pub mod proto {
     /// ICMP for IPv4.
@@ -83,6 +127,41 @@ pub mod icmp {
     }
 }
 
+/// IPv6 address scopes (RFC 4291), on addresses in network byte order.
+pub mod ipv6 {
+    /// `::`, the unspecified address.
+    #[inline(always)]
+    pub fn is_unspecified(a: &[u8; 16]) -> bool {
+        *a == [0; 16]
+    }
+
+    /// Link-local unicast, `fe80::/10`: never forwarded by a router.
+    #[inline(always)]
+    pub const fn is_link_local(a: &[u8; 16]) -> bool {
+        a[0] == 0xfe && a[1] & 0xc0 == 0x80
+    }
+
+    /// Any multicast address, `ff00::/8`.
+    #[inline(always)]
+    pub const fn is_multicast(a: &[u8; 16]) -> bool {
+        a[0] == 0xff
+    }
+
+    /// Multicast of link-local scope (`ff02::/16`, and `ff12::/16`... with flags set).
+    #[inline(always)]
+    pub const fn is_link_scope_multicast(a: &[u8; 16]) -> bool {
+        const LINK_LOCAL_SCOPE: u8 = 2;
+        a[0] == 0xff && a[1] & 0x0f == LINK_LOCAL_SCOPE
+    }
+
+    /// Solicited-node multicast, `ff02::1:ff00:0/104`, where address resolution and
+    /// duplicate address detection send their solicitations.
+    #[inline(always)]
+    pub fn is_solicited_node(a: &[u8; 16]) -> bool {
+        a[..13] == [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff]
+    }
+}
+
 /// ICMPv6 message types.
 pub mod icmpv6 {
     /// Destination unreachable.
@@ -105,8 +184,20 @@ pub mod icmpv6 {
     pub const MLD2_REPORT: u8 = 143;
     /// Router solicitation (first neighbour-discovery type).
     pub const ROUTER_SOLICIT: u8 = 133;
+    /// Router advertisement.
+    pub const ROUTER_ADVERT: u8 = 134;
+    /// Neighbour solicitation.
+    pub const NEIGHBOUR_SOLICIT: u8 = 135;
+    /// Neighbour advertisement.
+    pub const NEIGHBOUR_ADVERT: u8 = 136;
     /// Redirect (last neighbour-discovery type).
     pub const REDIRECT: u8 = 137;
+
+    /// Hop limit of every neighbour-discovery message (RFC 4861 §6.1, §7.1): a router
+    /// decrements it, so 255 proves the message never crossed one.
+    pub const ND_HOP_LIMIT: u8 = 255;
+    /// Hop limit of every multicast listener discovery message (RFC 2710 §3, RFC 3810 §5).
+    pub const MLD_HOP_LIMIT: u8 = 1;
 
     /// Errors quote the packet that caused them.
     #[inline(always)]

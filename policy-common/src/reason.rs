@@ -60,11 +60,24 @@ pub enum DropReason {
     UnknownFragment = 3,
     /// Truncated or inconsistent headers.
     Malformed = 4,
-    /// A header the datapath does not decide on (non-IP EtherType, IPv6 routing header with
-    /// segments left, too long an extension-header chain) to or from an isolated pod.
+    /// An IP header the datapath does not decide on (an IPv6 routing header with segments
+    /// left, too long an extension-header chain) to or from an isolated pod.
     UnsupportedHeader = 5,
     /// The interface has no endpoint entry (yet): fail closed.
     UnknownEndpoint = 6,
+    /// A frame that is not plain, untagged IPv4, IPv6 or ARP: always when it leaves a pod
+    /// (the kernel would strip VLAN tags and route what they hide), and when it enters an
+    /// isolated pod.
+    NonIpFrame = 7,
+    /// ICMPv6 neighbour or multicast listener discovery that breaks the RFCs' rules (hop
+    /// limit, scope, addresses), or a router's message sent by a pod.
+    InvalidLinkControl = 8,
+    /// A TCP segment that does not start a connection, of no connection the pod tracks
+    /// (evicted, expired or never allowed), which the policy does not allow as a new flow.
+    UnknownConnection = 9,
+    /// Tunnel traffic (IP-in-IP, GRE, VXLAN, Geneve, ...) from a pod to the node, which
+    /// would unwrap it and route what it carried, forged source and all.
+    TunnelToNode = 10,
 }
 
 impl AllowReason {
@@ -104,6 +117,10 @@ impl DropReason {
             4 => Self::Malformed,
             5 => Self::UnsupportedHeader,
             6 => Self::UnknownEndpoint,
+            7 => Self::NonIpFrame,
+            8 => Self::InvalidLinkControl,
+            9 => Self::UnknownConnection,
+            10 => Self::TunnelToNode,
             _ => return None,
         })
     }
@@ -117,6 +134,10 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::UnsupportedHeader => "unsupported-header",
             Self::UnknownEndpoint => "unknown-endpoint",
+            Self::NonIpFrame => "non-ip-frame",
+            Self::InvalidLinkControl => "invalid-link-control",
+            Self::UnknownConnection => "unknown-connection",
+            Self::TunnelToNode => "tunnel-to-node",
         }
     }
 }

@@ -1,38 +1,60 @@
 //! Connection tracking: the first packet of a flow is decided by policy, every later packet
-//! in either direction by the entry it created. Entries are per endpoint, so the two pods of
-//! a node-local connection each keep their own verdict.
+//! in either direction by the entry it created. Every endpoint has its own table (see
+//! `maps::CONNTRACK`), so the two pods of a node-local connection each keep their own
+//! verdict, and no pod's flows can push another pod's connections out.
 
 use policy_common::{
     maps::{
-        CT_FIN_FROM_POD, CT_FIN_TO_POD, CT_REPLY_SEEN, CT_RST, CtEntry, CtKey, Direction,
-        ct_timeout,
+        CT_ECHO_PEER_ASKED, CT_ECHO_POD_ASKED, CT_FIN_FROM_POD, CT_FIN_TO_POD, CT_REPLY_SEEN,
+        CT_RST, CtEntry, CtKey, Direction, ct_timeout,
     },
     net::proto,
 };
 
 use crate::{
     l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::CONNTRACK,
-    packet::Flow,
+    maps::{CONNTRACK, ConntrackTable},
+    packet::{ECHO_NONE, ECHO_REQUEST, Flow},
 };
+
+/// An endpoint's table. The agent creates it before the endpoint entry that makes the
+/// programs act for the endpoint, so it is missing only for an unknown endpoint.
+#[inline(always)]
+fn table(endpoint_id: u32) -> Option<&'static ConntrackTable> {
+    // SAFETY: the value is a map; the kernel keeps a table a program looked up alive until
+    // the program is done with it, even if the agent removes it meanwhile.
+    unsafe { CONNTRACK.get(&endpoint_id) }
+}
 
 /// The flow's key from the endpoint's point of view: the same for both directions.
 #[inline(always)]
-pub fn key(endpoint_id: u32, dir: Direction, flow: &Flow) -> CtKey {
+pub fn key(dir: Direction, flow: &Flow) -> CtKey {
     let (local_addr, remote_addr, local_port, remote_port) = match dir {
         Direction::Egress => (flow.src, flow.dst, flow.sport, flow.dport),
         Direction::Ingress => (flow.dst, flow.src, flow.dport, flow.sport),
     };
+    // A request leaving the pod, or a reply entering it, belongs to the pod's ping.
+    let pod_asked = (flow.echo == ECHO_REQUEST) == (dir == Direction::Egress);
     CtKey {
-        endpoint_id,
         local_addr,
         remote_addr,
         local_port,
         remote_port,
         family: flow.family,
         proto: flow.proto,
-        _pad: [0; 2],
+        echo: match flow.echo {
+            ECHO_NONE => 0,
+            _ if pod_asked => CT_ECHO_POD_ASKED,
+            _ => CT_ECHO_PEER_ASKED,
+        },
+        _pad: 0,
     }
+}
+
+/// Whether the packet starts a TCP connection (a SYN without ACK).
+#[inline(always)]
+pub const fn is_tcp_start(flow: &Flow) -> bool {
+    flow.proto == proto::TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Connection-state bits a TCP packet sets.
@@ -54,13 +76,14 @@ fn tcp_state_bits(dir: Direction, flow: &Flow) -> u8 {
     bits
 }
 
-/// Whether the packet belongs to a live tracked connection; refreshes the entry if so.
+/// Whether the packet belongs to a live tracked connection of the endpoint; refreshes the
+/// entry if so.
 ///
 /// An expired entry does not count, and neither does a closed TCP connection that a new
 /// SYN reopens on the same ports: that is a new connection and the policy decides it again.
 #[inline(always)]
-pub fn track(key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+pub fn track(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
+    let Some(entry) = table(endpoint_id).and_then(|t| t.get_ptr_mut(key)) else {
         return false;
     };
     // SAFETY: the pointer comes from a successful lookup; concurrent updates of the same
@@ -69,8 +92,7 @@ pub fn track(key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
     if entry.is_expired(flow.proto, now) {
         return false;
     }
-    let new_syn = flow.proto == proto::TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if new_syn && entry.is_closing() {
+    if is_tcp_start(flow) && entry.is_closing() {
         return false;
     }
     let mut flags = entry.flags | tcp_state_bits(dir, flow);
@@ -84,10 +106,10 @@ pub fn track(key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
     true
 }
 
-/// Whether a tracked, unexpired connection has this key (for ICMP errors about it).
+/// Whether the endpoint tracks a live connection with this key (for ICMP errors about it).
 #[inline(always)]
-pub fn is_tracked(key: &CtKey, proto: u8, now: u64) -> bool {
-    match CONNTRACK.get_ptr(key) {
+pub fn is_tracked(endpoint_id: u32, key: &CtKey, proto: u8, now: u64) -> bool {
+    match table(endpoint_id).and_then(|t| t.get_ptr(key)) {
         // SAFETY: the pointer comes from a successful lookup and is only read here.
         Some(entry) => !unsafe { &*entry }.is_expired(proto, now),
         None => false,
@@ -96,7 +118,10 @@ pub fn is_tracked(key: &CtKey, proto: u8, now: u64) -> bool {
 
 /// Starts tracking a flow whose first packet was allowed.
 #[inline(always)]
-pub fn create(key: &CtKey, dir: Direction, flow: &Flow, policy_id: u32, now: u64) {
+pub fn create(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, policy_id: u32, now: u64) {
+    let Some(table) = table(endpoint_id) else {
+        return;
+    };
     let entry = CtEntry {
         last_seen_ns: now,
         created_ns: now,
@@ -105,6 +130,7 @@ pub fn create(key: &CtKey, dir: Direction, flow: &Flow, policy_id: u32, now: u64
         flags: tcp_state_bits(dir, flow),
         _pad: [0; 2],
     };
-    // Best effort: a full LRU evicts the oldest entry.
-    let _ = CONNTRACK.insert(key, entry, 0);
+    // A full table evicts the endpoint's own least recently used entry; if that was a live
+    // connection, its next packet is reported (`DropReason::UnknownConnection`).
+    let _ = table.insert(key, entry, 0);
 }

@@ -1,17 +1,25 @@
 //! The decision pipeline both programs run, in the order a packet meets it:
-//! endpoint -> parse -> neighbour discovery -> anti-spoofing -> fragments -> related ICMP
-//! -> conntrack -> policy for a new flow; then counters and a flow record.
+//! endpoint -> frame -> IP header -> anti-spoofing -> the other headers -> link control ->
+//! fragments -> related ICMP errors -> conntrack -> policy for a new flow; then counters and
+//! a flow record.
+//!
+//! What leaves a pod is checked before anything can wave it through: the frame must be plain
+//! IPv4, IPv6 or ARP, and the IP source must be the pod's, whatever the policy and however
+//! odd the rest of the packet. What enters a pod is left to the kernel unless the pod is
+//! isolated.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use policy_common::{
     decide,
-    maps::{Direction, EndpointInfo, IDENTITY_WORLD, IpKey},
-    net::{ETH_P_IP, ETH_P_IPV6},
+    maps::{Direction, EndpointInfo, IDENTITY_HOST, IDENTITY_WORLD, IpKey},
+    net::{ETH_P_IP, ETH_P_IPV6, FAMILY_IPV4, FAMILY_IPV6, ipv6 as scope, proto},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
 
 use crate::{
-    conntrack, eth, events, icmp, ipfrag, ipv4, ipv6, l4,
+    conntrack, eth, events,
+    icmp::{self, LinkControl},
+    ipcache, ipfrag, ipv4, ipv6, l4,
     maps::ENDPOINTS,
     metrics,
     packet::{FRAG_FIRST, FRAG_LATER, Flow},
@@ -26,8 +34,10 @@ pub struct Decision {
     pub reason: u8,
     /// Policy whose rule allowed a new flow (0 otherwise).
     pub policy_id: u32,
-    /// Identity of the remote address, when it was looked up.
+    /// Identity of the remote address, once looked up (see `identity_known`).
     pub remote_identity: u32,
+    /// Whether `remote_identity` was looked up; a record looks it up if not.
+    pub identity_known: bool,
     /// Whether to write a flow record: drops and new flows.
     pub report: bool,
 }
@@ -40,6 +50,7 @@ impl Decision {
             reason: reason as u8,
             policy_id: 0,
             remote_identity: IDENTITY_WORLD,
+            identity_known: false,
             report: false,
         }
     }
@@ -51,6 +62,7 @@ impl Decision {
             reason: reason as u8,
             policy_id,
             remote_identity,
+            identity_known: true,
             report: true,
         }
     }
@@ -62,6 +74,7 @@ impl Decision {
             reason: reason as u8,
             policy_id: 0,
             remote_identity: IDENTITY_WORLD,
+            identity_known: false,
             report: true,
         }
     }
@@ -74,6 +87,17 @@ impl Decision {
             Self::drop(reason)
         } else {
             Self::allow(AllowReason::NotIsolated)
+        }
+    }
+
+    /// A frame or IP header the datapath cannot read: always dropped when it leaves a pod
+    /// (nothing unreadable may get past anti-spoofing), as [`Self::unless_isolated`] when it
+    /// enters one.
+    #[inline(always)]
+    const fn unreadable(dir: Direction, isolated: bool, reason: DropReason) -> Self {
+        match dir {
+            Direction::Egress => Self::drop(reason),
+            Direction::Ingress => Self::unless_isolated(isolated, reason),
         }
     }
 
@@ -97,7 +121,7 @@ pub fn enforce(ctx: &TcContext, dir: Direction) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flow = Flow::new(0, 0, 0, 0, 0);
 
-    let (endpoint_id, decision) = match ENDPOINTS.get_ptr(ifindex) {
+    let (endpoint_id, mut decision) = match ENDPOINTS.get_ptr(ifindex) {
         // SAFETY: the pointer comes from a successful lookup; the entry is copied out.
         Some(ep) => {
             let ep = unsafe { *ep };
@@ -109,9 +133,23 @@ pub fn enforce(ctx: &TcContext, dir: Direction) -> i32 {
 
     metrics::count(endpoint_id, dir, &decision, len);
     if decision.report {
+        // A drop before the policy is still reported with who the remote side is.
+        if !decision.identity_known && flow.family != 0 {
+            decision.remote_identity = remote_identity(ctx, dir, &flow);
+        }
         events::report(ifindex, endpoint_id, dir, &decision, &flow, len, now);
     }
     decision.tc_action()
+}
+
+/// Where the source address of a packet leaving a pod puts it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Entering the pod, or leaving it from one of its addresses.
+    Checked,
+    /// Leaving it from a link-local or unspecified IPv6 address, which only neighbour and
+    /// multicast listener discovery may use.
+    DiscoveryOnly,
 }
 
 #[inline(always)]
@@ -123,41 +161,79 @@ fn decide(
     now: u64,
 ) -> Decision {
     let isolated = ep.is_isolated(dir);
-    let parsed = match eth::ether_type(ctx) {
-        Ok(ETH_P_IP) => ipv4::parse(ctx),
-        Ok(ETH_P_IPV6) => ipv6::parse(ctx),
-        Ok(t) if eth::is_arp(t) => return arp(ctx, ep, dir),
-        Ok(_) => return Decision::unless_isolated(isolated, DropReason::UnsupportedHeader),
-        Err(reason) => return Decision::unless_isolated(isolated, reason),
+
+    // The frame: plain IPv4, IPv6 or ARP. A VLAN tag, or any other EtherType, hides what
+    // the kernel will route once it strips the tag after us.
+    let ether_type = match eth::ether_type(ctx) {
+        Ok(t) if eth::is_plain(ctx, t) => t,
+        Ok(_) => return Decision::unreadable(dir, isolated, DropReason::NonIpFrame),
+        Err(reason) => return Decision::unreadable(dir, isolated, reason),
+    };
+    let parsed = match ether_type {
+        ETH_P_IP => ipv4::parse(ctx),
+        ETH_P_IPV6 => ipv6::parse(ctx),
+        t if eth::is_arp(t) => return arp(ctx, ep, dir),
+        _ => return Decision::unreadable(dir, isolated, DropReason::NonIpFrame),
     };
     *flow = match parsed {
         Ok(flow) => flow,
-        Err(reason) => return Decision::unless_isolated(isolated, reason),
+        Err(reason) => return Decision::unreadable(dir, isolated, reason),
     };
-    let spoofed = dir == Direction::Egress && !ep.owns(flow.family, &flow.src);
-    if let Err(reason) = l4::parse(ctx, flow) {
-        if spoofed {
+
+    // Anti-spoofing, before anything else may return: what leaves a pod comes from one of
+    // its addresses. Discovery's link-local and unspecified sources are settled below, once
+    // the ICMPv6 header has been read.
+    let source = match dir {
+        Direction::Ingress => Source::Checked,
+        Direction::Egress if ep.owns(flow.family, &flow.src) => Source::Checked,
+        Direction::Egress
+            if flow.family == FAMILY_IPV6
+                && (scope::is_link_local(&flow.src) || scope::is_unspecified(&flow.src)) =>
+        {
+            Source::DiscoveryOnly
+        }
+        Direction::Egress => return Decision::drop(DropReason::SpoofedSource),
+    };
+    // Headers past the fixed one: a packet whose source is not the pod's own must turn out
+    // to be discovery, so whatever stops us from reading that far condemns it.
+    let rest = if flow.family == FAMILY_IPV6 {
+        ipv6::extensions(ctx, flow)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| l4::parse(ctx, flow));
+    if let Err(reason) = rest {
+        return match source {
+            Source::DiscoveryOnly => Decision::drop(DropReason::SpoofedSource),
+            Source::Checked => Decision::unless_isolated(isolated, reason),
+        };
+    }
+
+    match icmp::link_control(ctx, ep, dir, flow) {
+        LinkControl::Valid => return Decision::allow(AllowReason::LinkControl),
+        LinkControl::Invalid => return Decision::drop(DropReason::InvalidLinkControl),
+        LinkControl::No if source == Source::DiscoveryOnly => {
             return Decision::drop(DropReason::SpoofedSource);
         }
-        return Decision::unless_isolated(isolated, reason);
+        LinkControl::No => {}
     }
 
-    // Neighbour and multicast listener discovery use link-local and unspecified sources,
-    // so they come before the anti-spoofing check; their hop limits keep them on the link.
-    if icmp::is_link_control(flow) {
-        return Decision::allow(AllowReason::LinkControl);
-    }
-    if spoofed {
-        return Decision::drop(DropReason::SpoofedSource);
-    }
-
-    if flow.frag == FRAG_LATER && !ipfrag::inherit_ports(flow, now) {
+    if flow.frag == FRAG_LATER && !ipfrag::inherit(ep.endpoint_id, flow, now) {
         return Decision::unless_isolated(isolated, DropReason::UnknownFragment);
+    }
+
+    // A pod has no business making the node unwrap a packet: like a VLAN tag, a tunnel
+    // header to the node hides a packet the node routes on with whatever source it names.
+    if dir == Direction::Egress
+        && l4::is_tunnel(flow)
+        && ipcache::identity(&remote(dir, flow)) == IDENTITY_HOST
+    {
+        return Decision::drop(DropReason::TunnelToNode);
     }
 
     let decision = decide_flow(ctx, ep, dir, flow, now);
     if flow.frag == FRAG_FIRST && decision.verdict == Verdict::Allow {
-        ipfrag::remember_first(flow, now);
+        ipfrag::remember_first(ep.endpoint_id, flow, now);
     }
     decision
 }
@@ -172,11 +248,15 @@ fn decide_flow(
     now: u64,
 ) -> Decision {
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
-    // big") passes like the connection's own packets. The quoted packet went the other way.
-    if l4::is_icmp_error(flow)
+    // big") passes like the connection's own packets, if it goes back the way the quoted
+    // packet came. A later fragment has no quote to read.
+    let icmp_error = flow.frag != FRAG_LATER && l4::is_icmp_error(flow);
+    if icmp_error
         && let Ok(quoted) = icmp::quoted_flow(ctx, flow)
+        && icmp::answers(flow, &quoted, dir)
         && conntrack::is_tracked(
-            &conntrack::key(ep.endpoint_id, dir.reverse(), &quoted),
+            ep.endpoint_id,
+            &conntrack::key(dir.reverse(), &quoted),
             quoted.proto,
             now,
         )
@@ -184,30 +264,89 @@ fn decide_flow(
         return Decision::allow(AllowReason::Related);
     }
 
-    let key = conntrack::key(ep.endpoint_id, dir, flow);
-    if conntrack::track(&key, dir, flow, now) {
+    let trackable = l4::is_trackable(flow);
+    let key = conntrack::key(dir, flow);
+    if trackable && conntrack::track(ep.endpoint_id, &key, dir, flow, now) {
         return Decision::allow(AllowReason::Established);
     }
 
-    let remote = IpKey {
+    // An error about nothing this pod tracks is never the node's say-so, whoever sent it:
+    // it would carry another packet's bytes in as "node traffic".
+    let node_itself = !icmp_error && node_itself(ctx, dir);
+    let decided = decide::new_flow(
+        &KernelMaps,
+        ep,
+        dir,
+        &remote(dir, flow),
+        flow.proto,
+        flow.dport,
+        node_itself,
+    );
+    match decided.allowed {
+        Some((reason, policy_id)) => {
+            if l4::opens_connection(flow) {
+                conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+            }
+            Decision::new_flow(reason, policy_id, decided.remote_identity)
+        }
+        None => {
+            // A segment in the middle of a connection that the pod does not track: its entry
+            // was evicted or expired (or never existed), which must not look like policy.
+            let mid_connection = flow.proto == proto::TCP
+                && flow.frag != FRAG_LATER
+                && !conntrack::is_tcp_start(flow);
+            let mut denied = Decision::drop(if mid_connection {
+                DropReason::UnknownConnection
+            } else {
+                DropReason::PolicyDenied
+            });
+            denied.remote_identity = decided.remote_identity;
+            denied.identity_known = true;
+            denied
+        }
+    }
+}
+
+/// The remote side's address: the destination of what leaves the pod, the source of what
+/// enters it.
+#[inline(always)]
+fn remote(dir: Direction, flow: &Flow) -> IpKey {
+    IpKey {
         family: flow.family,
         _pad: [0; 3],
         addr: match dir {
             Direction::Egress => flow.dst,
             Direction::Ingress => flow.src,
         },
-    };
-    let decided = decide::new_flow(&KernelMaps, ep, dir, &remote, flow.proto, flow.dport);
-    match decided.allowed {
-        Some((reason, policy_id)) => {
-            conntrack::create(&key, dir, flow, policy_id, now);
-            Decision::new_flow(reason, policy_id, decided.remote_identity)
-        }
-        None => {
-            let mut denied = Decision::drop(DropReason::PolicyDenied);
-            denied.remote_identity = decided.remote_identity;
-            denied
-        }
+    }
+}
+
+/// Whether a node address on the remote side is the node itself: when the pod sends to it
+/// (the node receives what is addressed to it), and when the node's own stack made the
+/// packet. A packet the node made has no ingress interface (`skb_iif`) and belongs to one of
+/// its sockets; a forwarded one came in somewhere and has no socket (IPv6 fragments the
+/// node cuts from a forwarded datagram lose `skb_iif`, but never get a socket). A forwarded
+/// packet with a node address as its source is spoofed or masqueraded, and is decided as
+/// what it is.
+#[inline(always)]
+fn node_itself(ctx: &TcContext, dir: Direction) -> bool {
+    match dir {
+        Direction::Egress => true,
+        // SAFETY: the program's context pointer; both fields are readable in TC programs.
+        Direction::Ingress => unsafe {
+            (*ctx.skb.skb).ingress_ifindex == 0 && !(*ctx.skb.skb).__bindgen_anon_2.sk.is_null()
+        },
+    }
+}
+
+/// The remote side's identity for a flow record, with the same rule for node addresses.
+#[inline(always)]
+fn remote_identity(ctx: &TcContext, dir: Direction, flow: &Flow) -> u32 {
+    let identity = ipcache::identity(&remote(dir, flow));
+    if identity == IDENTITY_HOST && !node_itself(ctx, dir) {
+        IDENTITY_WORLD
+    } else {
+        identity
     }
 }
 
@@ -216,13 +355,16 @@ fn decide_flow(
 #[inline(always)]
 fn arp(ctx: &TcContext, ep: &EndpointInfo, dir: Direction) -> Decision {
     if dir == Direction::Egress {
+        if !eth::is_ipv4_over_ethernet_arp(ctx) {
+            return Decision::drop(DropReason::NonIpFrame);
+        }
         let sender = match eth::arp_sender_ip(ctx) {
             Ok(ip) => ip,
             Err(reason) => return Decision::drop(reason),
         };
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&sender);
-        if sender != [0; 4] && !ep.owns(policy_common::net::FAMILY_IPV4, &addr) {
+        if sender != [0; 4] && !ep.owns(FAMILY_IPV4, &addr) {
             return Decision::drop(DropReason::SpoofedSource);
         }
     }

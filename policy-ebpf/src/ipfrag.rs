@@ -1,20 +1,40 @@
-//! Fragments: later fragments carry no ports, so they inherit those of their datagram's
-//! first fragment, which passed the policy. A later fragment whose first fragment was not
-//! allowed (or not seen) has nothing to inherit and cannot get past an isolated pod.
+//! Fragments: later fragments carry no upper-layer header, so they inherit the protocol and
+//! ports of their datagram's first fragment, which passed the policy. A later fragment whose
+//! first fragment was not allowed (or not seen) has nothing to inherit and cannot get past
+//! an isolated pod.
 //!
-//! The table is node-wide: a first fragment allowed anywhere on the node (say, leaving its
-//! sender) teaches its datagram's ports; each endpoint still decides the later fragments
-//! with those ports, by its own conntrack and policy.
+//! Each endpoint keeps its own table (see `maps::FRAGMENTS`), filled by the first fragments
+//! it allowed itself: both ends of a node-local datagram decide it with their own policy.
 
-use policy_common::maps::{FRAG_TIMEOUT_NS, FragKey, FragValue};
+use policy_common::{
+    maps::{FRAG_TIMEOUT_NS, FragKey, FragValue},
+    net::FAMILY_IPV4,
+};
 
-use crate::{maps::FRAGMENTS, packet::Flow};
+use crate::{
+    maps::{FRAGMENTS, FragmentTable},
+    packet::Flow,
+};
 
+#[inline(always)]
+fn table(endpoint_id: u32) -> Option<&'static FragmentTable> {
+    // SAFETY: the value is a map; the kernel keeps a table a program looked up alive until
+    // the program is done with it, even if the agent removes it meanwhile.
+    unsafe { FRAGMENTS.get(&endpoint_id) }
+}
+
+/// What every fragment of the datagram carries alike (RFC 791, RFC 8200).
 #[inline(always)]
 fn key(flow: &Flow) -> FragKey {
     FragKey {
         family: flow.family,
-        proto: flow.proto,
+        // IPv6 fragments agree only on the Fragment header's identification: what follows
+        // it differs between the first fragment and the others.
+        proto: if flow.family == FAMILY_IPV4 {
+            flow.proto
+        } else {
+            0
+        },
         _pad: [0; 2],
         id: flow.frag_id,
         src: flow.src,
@@ -22,23 +42,31 @@ fn key(flow: &Flow) -> FragKey {
     }
 }
 
-/// Records the ports of an allowed first fragment for the fragments that follow it.
+/// Records the protocol and ports of an allowed first fragment for the fragments that
+/// follow it.
 #[inline(always)]
-pub fn remember_first(flow: &Flow, now: u64) {
+pub fn remember_first(endpoint_id: u32, flow: &Flow, now: u64) {
+    let Some(table) = table(endpoint_id) else {
+        return;
+    };
     let value = FragValue {
         seen_ns: now,
         src_port: flow.sport,
         dst_port: flow.dport,
-        _pad: [0; 4],
+        proto: flow.proto,
+        icmp_type: flow.icmp_type,
+        _pad: [0; 2],
     };
-    // Best effort: if the map is full the LRU evicts, at worst a later fragment is dropped.
-    let _ = FRAGMENTS.insert(key(flow), value, 0);
+    // If the table is full the LRU evicts the endpoint's own oldest datagram; at worst one
+    // of its later fragments is then dropped.
+    let _ = table.insert(key(flow), value, 0);
 }
 
-/// Gives a later fragment the ports of its first fragment; false if there is none.
+/// Gives a later fragment the protocol, ports and ICMP type of its first fragment; false if
+/// there is none.
 #[inline(always)]
-pub fn inherit_ports(flow: &mut Flow, now: u64) -> bool {
-    let Some(first) = FRAGMENTS.get_ptr(key(flow)) else {
+pub fn inherit(endpoint_id: u32, flow: &mut Flow, now: u64) -> bool {
+    let Some(first) = table(endpoint_id).and_then(|t| t.get_ptr(key(flow))) else {
         return false;
     };
     // SAFETY: the pointer comes from a successful lookup and is only read here.
@@ -46,6 +74,8 @@ pub fn inherit_ports(flow: &mut Flow, now: u64) -> bool {
     if now.saturating_sub(first.seen_ns) > FRAG_TIMEOUT_NS {
         return false;
     }
+    flow.proto = first.proto;
+    flow.icmp_type = first.icmp_type;
     flow.sport = first.src_port;
     flow.dport = first.dst_port;
     true

@@ -2,23 +2,32 @@
 
 use aya_ebpf::programs::TcContext;
 use network_types::ip::Ipv4Hdr;
-use policy_common::{net::FAMILY_IPV4, reason::DropReason};
+use policy_common::{
+    net::{FAMILY_IPV4, ipv4_option},
+    reason::DropReason,
+};
 
 use crate::{
     eth::ETH_HLEN,
-    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, load},
+    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, gso_size, load},
 };
 
 const VERSION: u8 = 4;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 const FRAG_MORE: u16 = 0x2000;
+/// Option bytes an IPv4 header can hold (a 15-word header).
+const MAX_OPTION_BYTES: usize = 40;
 
-/// Parses the IPv4 header that follows the Ethernet header.
+/// Parses the IPv4 header that follows the Ethernet header, options included.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
     let hdr: Ipv4Hdr = load(ctx, ETH_HLEN)?;
     let ihl = usize::from(hdr.vihl & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes(hdr.tot_len));
+    let mut total = usize::from(u16::from_be_bytes(hdr.tot_len));
+    // BIG TCP: a GSO packet larger than 64 KiB says 0 and means the whole skb.
+    if total == 0 && gso_size(ctx) != 0 {
+        total = ctx.len() as usize - ETH_HLEN;
+    }
     // A header that lies about its own size could hide the L4 header from us.
     if hdr.vihl >> 4 != VERSION
         || ihl < Ipv4Hdr::LEN
@@ -26,6 +35,10 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
         || ETH_HLEN + total > ctx.len() as usize
     {
         return Err(DropReason::Malformed);
+    }
+    // A source route makes the destination field a mere next hop: we cannot decide on it.
+    if ihl > Ipv4Hdr::LEN && source_routed(ctx, ihl)? {
+        return Err(DropReason::UnsupportedHeader);
     }
 
     let mut flow = Flow::new(
@@ -48,4 +61,32 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
         flow.frag_id = u32::from(u16::from_be_bytes(hdr.id));
     }
     Ok(flow)
+}
+
+/// Whether the options (the header is `ihl` bytes) hold a loose or strict source route.
+#[inline(always)]
+fn source_routed(ctx: &TcContext, ihl: usize) -> Result<bool, DropReason> {
+    let mut off = Ipv4Hdr::LEN;
+    // Every option takes at least one byte, so this many steps read them all.
+    for _ in 0..MAX_OPTION_BYTES {
+        if off >= ihl {
+            break;
+        }
+        let kind: u8 = load(ctx, ETH_HLEN + off)?;
+        match kind {
+            ipv4_option::END => break,
+            ipv4_option::NOP => off += 1,
+            ipv4_option::LSRR | ipv4_option::SSRR => return Ok(true),
+            _ => {
+                let len: u8 = load(ctx, ETH_HLEN + off + 1)?;
+                // A length that does not move on, or runs past the header, hides what
+                // follows: the kernel rejects such a header too.
+                if len < 2 || off + usize::from(len) > ihl {
+                    return Err(DropReason::Malformed);
+                }
+                off += usize::from(len);
+            }
+        }
+    }
+    Ok(false)
 }

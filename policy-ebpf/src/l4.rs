@@ -2,11 +2,11 @@
 
 use aya_ebpf::programs::TcContext;
 use policy_common::{
-    net::{icmp, icmpv6, proto},
+    net::{icmp, icmpv6, proto, tunnel},
     reason::DropReason,
 };
 
-use crate::packet::{FRAG_LATER, Flow, load};
+use crate::packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load};
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
@@ -68,9 +68,13 @@ pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Reads what an ICMP error quotes of a transport header: only its first eight bytes.
+/// Reads what an ICMP error quotes of a transport header: only its first eight bytes, which
+/// must lie within the error's payload (`flow.l3_end`).
 #[inline(always)]
 pub fn parse_quoted(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
+    if flow.l4_off as usize + QUOTED_L4_LEN > flow.l3_end as usize {
+        return Err(DropReason::Malformed);
+    }
     let hdr: [u8; QUOTED_L4_LEN] = load(ctx, flow.l4_off as usize)?;
     if proto::has_ports(flow.proto) {
         set_ports(flow, [hdr[0], hdr[1], hdr[2], hdr[3]]);
@@ -108,21 +112,49 @@ fn set_ports(flow: &mut Flow, ports: [u8; 4]) {
 }
 
 /// ICMP has no ports; echo request and reply carry an identifier instead, which stands in
-/// for both ports so that the reply finds the request's conntrack entry.
+/// for both ports so that a reply finds its request's conntrack entry (which also records
+/// which side asked).
 #[inline(always)]
 fn set_icmp(flow: &mut Flow, hdr: [u8; ICMP_HLEN]) {
     if !is_icmp(flow) {
         return;
     }
     flow.icmp_type = hdr[0];
-    let echo = if flow.proto == proto::ICMP {
-        icmp::is_echo(hdr[0])
+    flow.icmp_code = hdr[1];
+    let (request, reply) = if flow.proto == proto::ICMP {
+        (icmp::ECHO_REQUEST, icmp::ECHO_REPLY)
     } else {
-        icmpv6::is_echo(hdr[0])
+        (icmpv6::ECHO_REQUEST, icmpv6::ECHO_REPLY)
     };
-    if echo {
-        let id = u16::from_be_bytes([hdr[4], hdr[5]]);
-        flow.sport = id;
-        flow.dport = id;
-    }
+    flow.echo = if hdr[0] == request {
+        ECHO_REQUEST
+    } else if hdr[0] == reply {
+        ECHO_REPLY
+    } else {
+        return;
+    };
+    let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+    flow.sport = id;
+    flow.dport = id;
+}
+
+/// Whether conntrack may track the flow. ICMP messages other than echo have nothing that
+/// pairs a reply with its request, so an entry for one would admit any ICMP from the peer;
+/// they are decided one by one (errors are matched to the connection they quote instead).
+#[inline(always)]
+pub const fn is_trackable(flow: &Flow) -> bool {
+    !is_icmp(flow) || flow.echo != ECHO_NONE
+}
+
+/// Whether an allowed packet of a flow no entry tracks starts one. An echo reply never
+/// does: nothing asked for it, and its entry would admit the peer's requests.
+#[inline(always)]
+pub const fn opens_connection(flow: &Flow) -> bool {
+    is_trackable(flow) && flow.echo != ECHO_REPLY
+}
+
+/// Whether the flow is tunnel traffic (see `policy_common::net::tunnel`).
+#[inline(always)]
+pub const fn is_tunnel(flow: &Flow) -> bool {
+    tunnel::is_tunnel(flow.proto, flow.dport)
 }

@@ -3,7 +3,7 @@
 //! `/sys/fs/bpf/policy-agent/<instance>/`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use policy_common::{
@@ -13,6 +13,16 @@ use policy_common::{
         PolicyKey, PolicyValue, StatsKey, StatsValue, capacity,
     },
 };
+
+/// Capacity of the template the kernel checks per-endpoint tables against. The agent
+/// creates each endpoint's real tables with their own capacity (the kernel does not compare
+/// capacities of hash maps inside maps), so the template stays small.
+const TEMPLATE_ENTRIES: usize = 64;
+
+/// One endpoint's tracked connections.
+pub type ConntrackTable = LruHashMap<CtKey, CtEntry, TEMPLATE_ENTRIES>;
+/// One endpoint's fragmented datagrams in flight.
+pub type FragmentTable = LruHashMap<FragKey, FragValue, TEMPLATE_ENTRIES>;
 
 /// Host-side interface index -> the pod behind it.
 #[btf_map]
@@ -30,15 +40,15 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyValue, { capacity::POLICY as usize }
 #[btf_map]
 pub static CIDR: LpmTrie<CidrKey, CidrValue, { capacity::CIDR as usize }> = LpmTrie::new();
 
-/// Tracked connections, per endpoint.
+/// Endpoint id -> its own conntrack table: one pod's flows can only evict its own entries.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> =
-    LruHashMap::new();
+pub static CONNTRACK: HashOfMaps<u32, ConntrackTable, { capacity::ENDPOINTS as usize }> =
+    HashOfMaps::new();
 
-/// Ports of allowed first fragments.
+/// Endpoint id -> protocol and ports of its allowed first fragments.
 #[btf_map]
-pub static FRAGMENTS: LruHashMap<FragKey, FragValue, { capacity::FRAGMENTS as usize }> =
-    LruHashMap::new();
+pub static FRAGMENTS: HashOfMaps<u32, FragmentTable, { capacity::ENDPOINTS as usize }> =
+    HashOfMaps::new();
 
 /// Per-endpoint counters.
 #[btf_map]

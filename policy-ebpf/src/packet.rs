@@ -10,8 +10,15 @@ pub const FRAG_FIRST: u8 = 1;
 /// Non-first fragment: no L4 header, its ports come from the first fragment.
 pub const FRAG_LATER: u8 = 2;
 
+/// Not an ICMP echo message.
+pub const ECHO_NONE: u8 = 0;
+/// An ICMP echo request.
+pub const ECHO_REQUEST: u8 = 1;
+/// An ICMP echo reply.
+pub const ECHO_REPLY: u8 = 2;
+
 /// An IP packet as the decisions see it. Ports are in host byte order; for ICMP echo
-/// messages both hold the echo identifier, so that request and reply share a conntrack key.
+/// messages both hold the echo identifier, and `echo` says request or reply.
 #[derive(Clone, Copy)]
 pub struct Flow {
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
@@ -24,6 +31,10 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// ICMP or ICMPv6 type (ICMP only).
     pub icmp_type: u8,
+    /// ICMP or ICMPv6 code (ICMP only).
+    pub icmp_code: u8,
+    /// One of `ECHO_*`.
+    pub echo: u8,
     /// TTL or hop limit.
     pub hop_limit: u8,
     /// Fragment identification (fragments only).
@@ -52,6 +63,8 @@ impl Flow {
             frag: FRAG_NONE,
             tcp_flags: 0,
             icmp_type: 0,
+            icmp_code: 0,
+            echo: ECHO_NONE,
             hop_limit,
             frag_id: 0,
             l4_off,
@@ -72,4 +85,12 @@ impl Flow {
 #[inline(always)]
 pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
     ctx.load::<T>(offset).map_err(|_| DropReason::Malformed)
+}
+
+/// The skb's GSO segment size: non-zero for a GSO packet, which may be larger than what its
+/// IP header's length field can say.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: the program's context pointer; gso_size is readable in TC programs.
+    unsafe { (*ctx.skb.skb).gso_size }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use policy_agent::{
     compiler::{Compiled, Compiler},
-    datapath::{Datapath, bpffs},
+    datapath::{Datapath, TableSizes, bpffs},
     evaluate::{
         Flow,
         compiled::{node, on_one_node},
@@ -22,6 +22,11 @@ const LOOPBACK_IFINDEX: u32 = 1;
 const PIN_PREFIX: &str = "keval-";
 /// First source port of the crafted flows; each flow gets its own.
 const FIRST_SOURCE_PORT: u16 = 1024;
+/// Each question is one flow: small tables are made (and remade per scenario) quickly.
+const TABLES: TableSizes = TableSizes {
+    conntrack: 1024,
+    fragments: 16,
+};
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -49,7 +54,7 @@ impl KernelEvaluator {
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
         Self {
-            datapath: Datapath::load(&instance)
+            datapath: Datapath::load_with(&instance, TABLES)
                 .expect("datapath loads")
                 .unpin_on_drop(),
             compiler: Compiler::new(),

@@ -3,9 +3,12 @@
 
 pub mod conformance;
 pub mod fake_api;
+pub mod fuzz;
 pub mod kernel;
 pub mod packets;
+pub mod records;
 pub mod scenarios;
+pub mod wire;
 
 use std::{fmt::Write as _, future::Future, path::Path};
 

@@ -24,8 +24,12 @@ pub struct Packet {
     l4: Vec<u8>,
     ttl: u8,
     ipv4_options: Vec<u8>,
-    /// IPv6 extension headers: (type, body after the next-header and length bytes).
+    /// IPv6 extension headers before the Fragment header: (type, body after the
+    /// next-header and length bytes).
     ext: Vec<(u8, Vec<u8>)>,
+    /// IPv6 extension headers after the Fragment header: part of the fragmentable part, so
+    /// only the first fragment carries them.
+    ext_after_fragment: Vec<(u8, Vec<u8>)>,
     /// (offset in 8-byte units, more fragments, identification).
     fragment: Option<(u16, bool, u32)>,
     /// Bytes to cut from the end of the L4 header.
@@ -48,6 +52,7 @@ impl Packet {
             ttl: 64,
             ipv4_options: Vec::new(),
             ext: Vec::new(),
+            ext_after_fragment: Vec::new(),
             fragment: None,
             truncate: 0,
         }
@@ -130,6 +135,41 @@ impl Packet {
         Self::new(src, dst, proto::ICMPV6, vec![ty, 0, 0, 0, 0, 0, 0, 0])
     }
 
+    /// An ICMPv6 message of type `ty` and `code` whose body (after the 4-byte header) is
+    /// `body`: neighbour discovery with a target, or anything an attacker puts there.
+    pub fn icmpv6_with(src: IpAddr, dst: IpAddr, ty: u8, code: u8, body: &[u8]) -> Self {
+        let mut h = vec![ty, code, 0, 0];
+        h.extend_from_slice(body);
+        Self::new(src, dst, proto::ICMPV6, h)
+    }
+
+    /// A neighbour advertisement (hop limit 255) claiming `target`.
+    pub fn neighbour_advert(src: IpAddr, dst: IpAddr, target: IpAddr) -> Self {
+        let IpAddr::V6(target) = target else {
+            panic!("neighbour discovery is IPv6");
+        };
+        let mut body = vec![0x60, 0, 0, 0]; // solicited, override
+        body.extend_from_slice(&target.octets());
+        Self::icmpv6_with(src, dst, icmpv6::NEIGHBOUR_ADVERT, 0, &body).ttl(icmpv6::ND_HOP_LIMIT)
+    }
+
+    /// An ICMP or ICMPv6 message of any type and code with `body` after its 4-byte header.
+    pub fn icmp_any(src: IpAddr, dst: IpAddr, ty: u8, code: u8, body: &[u8]) -> Self {
+        let p = if src.is_ipv6() {
+            proto::ICMPV6
+        } else {
+            proto::ICMP
+        };
+        let mut h = vec![ty, code, 0, 0];
+        h.extend_from_slice(body);
+        Self::new(src, dst, p, h)
+    }
+
+    /// A packet of any IP protocol carrying `payload` as its upper-layer bytes.
+    pub fn raw(src: IpAddr, dst: IpAddr, ip_proto: u8, payload: &[u8]) -> Self {
+        Self::new(src, dst, ip_proto, payload.to_vec())
+    }
+
     /// Sets the TTL / hop limit.
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
@@ -154,6 +194,18 @@ impl Packet {
             "extension headers are multiples of 8 bytes"
         );
         self.ext.push((ty, body.to_vec()));
+        self
+    }
+
+    /// Adds an IPv6 extension header after the Fragment header (only a first fragment, or
+    /// an unfragmented packet, carries it).
+    pub fn ext_after_fragment(mut self, ty: u8, body: &[u8]) -> Self {
+        assert_eq!(
+            (body.len() + 2) % 8,
+            0,
+            "extension headers are multiples of 8 bytes"
+        );
+        self.ext_after_fragment.push((ty, body.to_vec()));
         self
     }
 
@@ -182,14 +234,31 @@ impl Packet {
         l4
     }
 
+    fn is_later_fragment(&self) -> bool {
+        self.fragment.is_some_and(|(offset, _, _)| offset != 0)
+    }
+
     fn l4_offset(&self) -> usize {
         match self.src {
             IpAddr::V4(_) => 20 + self.ipv4_options.len(),
-            IpAddr::V6(_) => {
-                40 + self.ext.iter().map(|(_, b)| b.len() + 2).sum::<usize>()
-                    + if self.fragment.is_some() { 8 } else { 0 }
-            }
+            IpAddr::V6(_) => self.chain().iter().map(|(_, b)| b.len() + 2).sum::<usize>() + 40,
         }
+    }
+
+    /// The IPv6 extension headers in order: those before the Fragment header, the Fragment
+    /// header, then (first fragments only) those after it.
+    fn chain(&self) -> Vec<(u8, Vec<u8>)> {
+        let mut chain: Vec<(u8, Vec<u8>)> = self.ext.clone();
+        if let Some((offset, more, id)) = self.fragment {
+            let mut body = Vec::new();
+            body.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+            body.extend_from_slice(&id.to_be_bytes());
+            chain.push((proto::IPV6_FRAGMENT, body));
+        }
+        if !self.is_later_fragment() {
+            chain.extend(self.ext_after_fragment.iter().cloned());
+        }
+        chain
     }
 
     /// The L4 bytes with a valid TCP or UDP checksum (real receivers check it).
@@ -198,9 +267,16 @@ impl Packet {
         let at = match self.proto {
             proto::TCP => 16,
             proto::UDP => 6,
+            proto::ICMP | proto::ICMPV6 => 2,
             _ => return l4,
         };
         if self.fragment.is_some() || self.truncate > 0 || l4.len() < at + 2 {
+            return l4;
+        }
+        if self.proto == proto::ICMP {
+            // ICMP for IPv4 sums the message alone.
+            let sum = checksum(&l4);
+            l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
             return l4;
         }
         let mut pseudo = Vec::new();
@@ -253,17 +329,16 @@ impl Packet {
                 h
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                // The chain: the extension headers in order, then the fragment header.
-                let mut chain: Vec<(u8, Vec<u8>)> = self.ext.clone();
-                if let Some((offset, more, id)) = self.fragment {
-                    let mut body = Vec::new();
-                    body.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
-                    body.extend_from_slice(&id.to_be_bytes());
-                    chain.push((proto::IPV6_FRAGMENT, body));
-                }
+                let chain = self.chain();
+                // A later fragment's Fragment header names the first header of the
+                // fragmentable part, as its first fragment's does.
+                let after_last = match self.ext_after_fragment.first() {
+                    Some((ty, _)) if self.is_later_fragment() => *ty,
+                    _ => self.proto,
+                };
                 let mut exts = Vec::new();
                 for (i, (ty, body)) in chain.iter().enumerate() {
-                    let next = chain.get(i + 1).map_or(self.proto, |(t, _)| *t);
+                    let next = chain.get(i + 1).map_or(after_last, |(t, _)| *t);
                     exts.push(next);
                     // Fragment headers have a reserved byte where others have a length.
                     if *ty == proto::IPV6_FRAGMENT {
@@ -325,6 +400,31 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 pub fn vlan_frame() -> Vec<u8> {
     let mut f = ethernet(0x8100);
     f.extend_from_slice(&[0; 46]);
+    f
+}
+
+/// 802.1Q tag protocol identifier.
+pub const TPID_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag protocol identifier.
+pub const TPID_8021AD: u16 = 0x88a8;
+
+/// `frame` with VLAN tags `(tpid, tci)` inserted after its addresses, outermost first.
+/// A tag with VID 0 is a priority tag, which the kernel strips and then routes what it
+/// carried.
+pub fn tagged(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// `frame` with its EtherType replaced.
+pub fn with_ether_type(frame: &[u8], ether_type: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[12..14].copy_from_slice(&ether_type.to_be_bytes());
     f
 }
 

@@ -33,7 +33,7 @@ pub struct Snapshot {
     /// Packets and bytes by (direction, verdict, reason).
     pub packets: Vec<((String, String, String), u64, u64)>,
     /// Entries and capacity by map.
-    pub maps: Vec<(String, usize, u32)>,
+    pub maps: Vec<(String, usize, u64)>,
     /// Local endpoints.
     pub endpoints: usize,
     /// Policies in the cluster.
@@ -114,7 +114,7 @@ impl Collector for SnapshotCollector {
             gauge.metric_type(),
         )?;
         for (map, _, cap) in &s.maps {
-            ConstGauge::new(i64::from(*cap))
+            ConstGauge::new(i64::try_from(*cap).unwrap_or(i64::MAX))
                 .encode(capacity.encode_family(&[("map", map.as_str())])?)?;
         }
         for (name, help, value) in [

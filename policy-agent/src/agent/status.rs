@@ -86,8 +86,8 @@ pub struct MapStatus {
     pub name: String,
     /// Entries.
     pub entries: usize,
-    /// Capacity.
-    pub capacity: u32,
+    /// Capacity (of CONNTRACK and FRAGMENTS: all endpoints' tables together).
+    pub capacity: u64,
 }
 
 /// One sync.

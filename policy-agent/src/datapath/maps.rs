@@ -5,20 +5,18 @@
 //! first, then the endpoints that refer to them, and only then the entries nothing refers
 //! to any more ("make before break").
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-};
+use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf, Pod,
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use policy_common::maps::{
-    CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, IpKey, IpcacheValue,
-    PolicyKey, PolicyValue, StatsKey, StatsValue, capacity, names,
+    CidrKey, CidrValue, EndpointInfo, IpKey, IpcacheValue, PolicyKey, PolicyValue, StatsKey,
+    StatsValue, capacity, names,
 };
 
+use super::tables::{self, EndpointTables, TableSizes};
 use crate::compiler::LpmKey;
 
 /// Errors reading or writing a map.
@@ -32,7 +30,8 @@ pub struct MapOpError {
     pub source: MapError,
 }
 
-fn op<T>(map: &'static str, r: Result<T, MapError>) -> Result<T, MapOpError> {
+/// Names the map of a failed operation.
+pub(super) fn op<T>(map: &'static str, r: Result<T, MapError>) -> Result<T, MapOpError> {
     r.map_err(|source| MapOpError { map, source })
 }
 
@@ -46,10 +45,8 @@ pub struct Maps {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// CIDR trie.
     pub cidr: LpmTrie<MapData, CidrKey, CidrValue>,
-    /// Connection tracking.
-    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
-    /// First fragments.
-    pub fragments: HashMap<MapData, FragKey, FragValue>,
+    /// Each endpoint's conntrack and fragment tables.
+    pub tables: EndpointTables,
     /// Counters.
     pub stats: PerCpuHashMap<MapData, StatsKey, StatsValue>,
     /// Flow records.
@@ -128,7 +125,7 @@ fn live_lpm<K: Pod + Ord, V: Pod>(
 }
 
 /// Removing what is already gone is fine.
-fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
@@ -140,8 +137,8 @@ fn lpm_key<K: Pod>(k: &LpmKey<K>) -> Key<K> {
 }
 
 impl Maps {
-    /// Takes the maps out of a loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+    /// Takes the maps out of a loaded object; endpoints get tables of `sizes`.
+    pub fn take(ebpf: &mut Ebpf, sizes: TableSizes) -> Result<Self, MapError> {
         let mut take = |name: &str| {
             ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
                 name: name.to_owned(),
@@ -152,8 +149,7 @@ impl Maps {
             ipcache: HashMap::try_from(take(names::IPCACHE)?)?,
             policy: LpmTrie::try_from(take(names::POLICY)?)?,
             cidr: LpmTrie::try_from(take(names::CIDR)?)?,
-            conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
-            fragments: HashMap::try_from(take(names::FRAGMENTS)?)?,
+            tables: EndpointTables::new(take(names::CONNTRACK)?, take(names::FRAGMENTS)?, sizes)?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
         })
@@ -190,6 +186,18 @@ impl Maps {
         for (k, v) in &cidr.upserts {
             op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
         }
+        // An endpoint's tables exist before its entry does; an id that is new (or reused
+        // for another interface) starts with empty ones.
+        let ids = |m: &BTreeMap<u32, EndpointInfo>| -> BTreeMap<u32, u32> {
+            m.iter().map(|(&i, e)| (i, e.endpoint_id)).collect()
+        };
+        let fresh = tables::fresh(&ids(&current.endpoints), &ids(&desired.endpoints));
+        for &id in &fresh {
+            self.tables.create(id)?;
+        }
+        for e in desired.endpoints.values() {
+            self.tables.ensure(e.endpoint_id)?;
+        }
         for (k, v) in &endpoints.upserts {
             op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
         }
@@ -198,16 +206,8 @@ impl Maps {
             op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
         }
         // An endpoint id is reused by the next pod: its connections must not outlive it.
-        let gone: BTreeSet<u32> = endpoints
-            .removes
-            .iter()
-            .filter_map(|k| current.endpoints.get(k))
-            .map(|e| e.endpoint_id)
-            .filter(|id| !desired.endpoints.values().any(|e| e.endpoint_id == *id))
-            .collect();
-        if !gone.is_empty() {
-            self.forget_connections(Some(&gone))?;
-        }
+        self.tables
+            .retain(&desired.endpoints.values().map(|e| e.endpoint_id).collect())?;
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
         }
@@ -229,49 +229,30 @@ impl Maps {
         })
     }
 
-    /// Deletes the conntrack entries of `endpoints` (`None`: of every endpoint).
-    pub fn forget_connections(
-        &mut self,
-        endpoints: Option<&BTreeSet<u32>>,
-    ) -> Result<(), MapOpError> {
-        let stale: Vec<CtKey> = self
-            .conntrack
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| endpoints.is_none_or(|e| e.contains(&k.endpoint_id)))
-            .collect();
-        for k in stale {
-            // The LRU may have evicted it meanwhile.
-            op(names::CONNTRACK, absent_ok(self.conntrack.remove(&k)))?;
-        }
-        Ok(())
-    }
-
-    /// Entries of each map with a fixed capacity, and the capacity.
-    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+    /// Entries of each map with a fixed capacity, and the capacity (of the per-endpoint
+    /// tables: all of them together).
+    pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
+        let (conntrack, conntrack_capacity) = self.tables.conntrack_fill();
+        let (fragments, fragments_capacity) = self.tables.fragments_fill();
         vec![
             (
                 names::ENDPOINTS,
                 self.endpoints.keys().count(),
-                capacity::ENDPOINTS,
+                capacity::ENDPOINTS.into(),
             ),
             (
                 names::IPCACHE,
                 self.ipcache.keys().count(),
-                capacity::IPCACHE,
-            ),
-            (names::POLICY, self.policy.keys().count(), capacity::POLICY),
-            (names::CIDR, self.cidr.keys().count(), capacity::CIDR),
-            (
-                names::CONNTRACK,
-                self.conntrack.keys().count(),
-                capacity::CONNTRACK,
+                capacity::IPCACHE.into(),
             ),
             (
-                names::FRAGMENTS,
-                self.fragments.keys().count(),
-                capacity::FRAGMENTS,
+                names::POLICY,
+                self.policy.keys().count(),
+                capacity::POLICY.into(),
             ),
+            (names::CIDR, self.cidr.keys().count(), capacity::CIDR.into()),
+            (names::CONNTRACK, conntrack, conntrack_capacity),
+            (names::FRAGMENTS, fragments, fragments_capacity),
         ]
     }
 

@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod maps;
+pub mod tables;
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +23,10 @@ use policy_common::{
     maps::{EndpointInfo, StatsKey, StatsValue, names, programs},
 };
 
-pub use self::maps::{MapContents, MapOpError, Maps, SyncReport};
+pub use self::{
+    maps::{MapContents, MapOpError, Maps, SyncReport},
+    tables::TableSizes,
+};
 
 /// Subdirectory of an instance's pin directory holding its TCX links.
 pub const LINKS_DIR: &str = "links";
@@ -95,6 +99,11 @@ impl Datapath {
     /// Loads the programs and maps of `instance`, pinning the maps under
     /// `/sys/fs/bpf/policy-agent/<instance>/` and reusing maps already pinned there.
     pub fn load(instance: &str) -> Result<Self, DatapathError> {
+        Self::load_with(instance, TableSizes::default())
+    }
+
+    /// Like [`Datapath::load`], with the given capacities for each endpoint's tables.
+    pub fn load_with(instance: &str, sizes: TableSizes) -> Result<Self, DatapathError> {
         let pin_dir = bpffs::instance_dir(instance)?;
         let pins: Vec<(&str, PathBuf)> = names::ALL
             .iter()
@@ -110,7 +119,7 @@ impl Datapath {
                 .load()
                 .map_err(program_error(name))?;
         }
-        let maps = Maps::take(&mut ebpf).map_err(DatapathError::MissingMap)?;
+        let maps = Maps::take(&mut ebpf, sizes).map_err(DatapathError::MissingMap)?;
         Ok(Self {
             ebpf,
             maps,
@@ -262,13 +271,14 @@ impl Datapath {
     }
 
     /// Entries in each map that has a fixed capacity, and that capacity.
-    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+    pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
         self.maps.fill()
     }
 
     /// Writes one endpoint entry directly, outside any sync (evaluations that run every
     /// endpoint on the same test interface).
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), DatapathError> {
+        self.maps.tables.ensure(info.endpoint_id)?;
         self.maps
             .endpoints
             .insert(ifindex, info, 0)
@@ -279,16 +289,30 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets every tracked connection.
+    /// Forgets every tracked connection and fragment.
     pub fn clear_conntrack(&mut self) -> Result<(), DatapathError> {
-        Ok(self.maps.forget_connections(None)?)
+        Ok(self.maps.tables.clear()?)
+    }
+
+    /// Endpoint `id`'s conntrack table (tests and tools that look inside).
+    pub fn conntrack(&self, id: u32) -> Result<tables::ConntrackTable, DatapathError> {
+        Ok(self.maps.tables.conntrack(id)?)
     }
 
     /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
     /// its TC action. The packet appears on the loopback interface (ifindex 1) of the
-    /// calling thread's network namespace.
+    /// calling thread's network namespace, as if forwarded by the node.
     pub fn test_run(&self, program: &'static str, packet: &[u8]) -> Result<i32, DatapathError> {
         Ok(self.test_run_repeat(program, packet, 1)?.0)
+    }
+
+    /// Like [`Datapath::test_run`], for a packet the node's own stack sent.
+    pub fn test_run_from_node(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+    ) -> Result<i32, DatapathError> {
+        Ok(self.test_run_as(program, packet, 1, Arrival::FromNode)?.0)
     }
 
     /// Runs `program` `repeat` times on `packet`; returns its TC action and the mean time
@@ -299,6 +323,16 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(i32, u64), DatapathError> {
+        self.test_run_as(program, packet, repeat, Arrival::Forwarded)
+    }
+
+    fn test_run_as(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+        arrival: Arrival,
+    ) -> Result<(i32, u64), DatapathError> {
         let prog: &SchedClassifier = self
             .ebpf
             .program(program)
@@ -306,9 +340,11 @@ impl Datapath {
             .and_then(|p| p.try_into())
             .map_err(program_error(program))?;
         let mut out = vec![0u8; packet.len() + 256];
+        let ctx = arrival.context();
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: Some(bytemuck::cast_slice(&ctx)),
             repeat,
             ..TestRunOptions::default()
         };
@@ -350,6 +386,32 @@ impl Drop for Datapath {
         if self.unpin_on_drop {
             bpffs::remove_instance_dir(&self.pin_dir);
         }
+    }
+}
+
+/// How a test packet reached the interface, as the skb records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Received on another interface and forwarded (`skb_iif` is that interface).
+    Forwarded,
+    /// Made by the node's own stack (`skb_iif` is 0).
+    FromNode,
+}
+
+/// `__sk_buff` up to and including `ingress_ifindex`, the one field test packets set.
+const SKB_CONTEXT_WORDS: usize = 10;
+/// Index of `ingress_ifindex` (the kernel's `skb_iif`) in `__sk_buff`.
+const SKB_INGRESS_IFINDEX: usize = 9;
+/// Where forwarded test packets came in: any interface but "none".
+const FORWARDED_FROM_IFINDEX: u32 = 1;
+
+impl Arrival {
+    fn context(self) -> [u32; SKB_CONTEXT_WORDS] {
+        let mut ctx = [0u32; SKB_CONTEXT_WORDS];
+        if self == Self::Forwarded {
+            ctx[SKB_INGRESS_IFINDEX] = FORWARDED_FROM_IFINDEX;
+        }
+        ctx
     }
 }
 

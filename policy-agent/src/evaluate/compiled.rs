@@ -120,9 +120,20 @@ impl CompiledEvaluator {
             let Some(ep) = pod.and_then(|p| self.compiled.endpoints.get(p)) else {
                 return true; // an external host: no policy of ours applies
             };
-            decide::new_flow(self, ep, dir, &ip_key(remote), proto, flow.port)
-                .allowed
-                .is_some()
+            // Between two hosts the node only forwards: a node address on the sending side
+            // would be just an address, as the datapath sees it on a pod's interface.
+            let node_itself = dir == Direction::Egress;
+            decide::new_flow(
+                self,
+                ep,
+                dir,
+                &ip_key(remote),
+                proto,
+                flow.port,
+                node_itself,
+            )
+            .allowed
+            .is_some()
         };
         side(flow.from.pod.as_ref(), Direction::Egress, flow.dst)
             && side(flow.to.pod.as_ref(), Direction::Ingress, flow.src)

@@ -97,13 +97,25 @@ impl<'a> Reference<'a> {
 
     /// The verdict on `flow`, and why.
     pub fn explain(&self, flow: &Flow<'_>) -> Explanation {
+        self.explain_l4(flow, Some((flow.protocol, flow.port)))
+    }
+
+    /// The verdict on `flow` if it were of a protocol without ports (ICMP, or anything but
+    /// TCP, UDP and SCTP; `flow.protocol` and `flow.port` are not looked at): "If this field
+    /// is present and contains at least one item, then this rule allows traffic only if the
+    /// traffic matches at least one port in the list" - which such traffic never does.
+    pub fn explain_portless(&self, flow: &Flow<'_>) -> Explanation {
+        self.explain_l4(flow, None)
+    }
+
+    fn explain_l4(&self, flow: &Flow<'_>, l4: Option<(Protocol, u16)>) -> Explanation {
         let (src, dst) = (self.pod(flow.from), self.pod(flow.to));
         Explanation {
             loopback: src.is_some() && flow.from.pod == flow.to.pod,
             // The source's egress decides on the destination; the destination's ingress on
             // the source. Ports always name the destination's port.
-            egress: self.side(Direction::Egress, src, flow.to, flow.dst, dst, flow),
-            ingress: self.side(Direction::Ingress, dst, flow.from, flow.src, dst, flow),
+            egress: self.side(Direction::Egress, src, flow.to, flow.dst, dst, l4),
+            ingress: self.side(Direction::Ingress, dst, flow.from, flow.src, dst, l4),
         }
     }
 
@@ -114,7 +126,7 @@ impl<'a> Reference<'a> {
         peer: &Host,
         peer_ip: IpAddr,
         destination: Option<&Pod>,
-        flow: &Flow<'_>,
+        l4: Option<(Protocol, u16)>,
     ) -> Side {
         let mut side = Side {
             direction,
@@ -143,7 +155,7 @@ impl<'a> Reference<'a> {
             // ports match.
             if let Some(rule) = rules.iter().find(|rule| {
                 self.peers_match(rule, &policy.id.namespace, peer, peer_ip)
-                    && ports_match(&rule.ports, flow.protocol, flow.port, destination)
+                    && ports_match(&rule.ports, l4, destination)
             }) {
                 side.allowed_by = Some((policy.id.clone(), rule.index));
             }
@@ -182,12 +194,13 @@ impl<'a> Reference<'a> {
 /// "If this field is empty or missing, this rule matches all ports ... If this field is
 /// present and contains at least one item, then this rule allows traffic only if the traffic
 /// matches at least one port in the list."
-fn ports_match(ports: &Ports, protocol: Protocol, port: u16, destination: Option<&Pod>) -> bool {
-    match ports {
-        Ports::All => true,
-        Ports::Only(specs) => specs
+fn ports_match(ports: &Ports, l4: Option<(Protocol, u16)>, destination: Option<&Pod>) -> bool {
+    match (ports, l4) {
+        (Ports::All, _) => true,
+        (Ports::Only(specs), Some((protocol, port))) => specs
             .iter()
             .any(|s| port_matches(s, protocol, port, destination)),
+        (Ports::Only(_), None) => false,
     }
 }
 

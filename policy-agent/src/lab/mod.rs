@@ -395,6 +395,11 @@ impl Lab {
         !self.agents.is_empty()
     }
 
+    /// The local API socket of node `i`'s agent (of an enforced lab): `status`, `flows`.
+    pub fn socket(&self, node: usize) -> Option<&Path> {
+        self.agents.get(node)?.config.socket.as_deref()
+    }
+
     /// Where node `i`'s datapath is pinned (of an enforced lab).
     pub fn pin_dir(&self, node: usize) -> PathBuf {
         Path::new(bpffs::PIN_ROOT).join(&self.agents[node].config.instance)
