@@ -27,7 +27,7 @@ use policy_tests::{
     packets::{Packet, SYN, TPID_8021AD, TPID_8021Q},
     records::Records,
     standard_with,
-    wire::{Capture, Link, mac_of, raw_ip_socket, send_raw},
+    wire::{Capture, Link, bound, mac_of, raw_ip_socket, send_raw},
 };
 use socket2::{Domain, Socket, Type};
 use tokio::{
@@ -221,7 +221,7 @@ spec:
             let sender = lab
                 .netns("y/b")
                 .unwrap()
-                .run(move || bind(v6, Type::DGRAM, 0))
+                .run(move || bound(v6, Type::DGRAM, 0))
                 .unwrap()
                 .unwrap();
             let sender = UdpSocket::from_std(sender.into()).unwrap();
@@ -361,7 +361,7 @@ fn a_node_address_does_not_make_an_outsider_the_node() {
         let node_ns = lab.node_netns_name(0).to_owned();
         let from_node = NetNs::open(&node_ns)
             .unwrap()
-            .run(move || bind(true, Type::DGRAM, 0))
+            .run(move || bound(true, Type::DGRAM, 0))
             .unwrap()
             .unwrap();
         let from_node = UdpSocket::from_std(from_node.into()).unwrap();
@@ -522,25 +522,6 @@ fn an_echo_entry_lets_in_replies_only() {
     });
 }
 
-/// A socket bound to `port` (0: any) of the unspecified address of its family.
-fn bind(v6: bool, ty: Type, port: u16) -> std::io::Result<Socket> {
-    let s = Socket::new(if v6 { Domain::IPV6 } else { Domain::IPV4 }, ty, None)?;
-    if v6 {
-        s.set_only_v6(true)?;
-    }
-    let any: IpAddr = if v6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    s.bind(&SocketAddr::new(any, port).into())?;
-    if ty == Type::STREAM {
-        s.listen(8)?;
-    }
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
 /// A TCP connection from `from` to a listener of the test's own on `to` (both lab hosts):
 /// the client's and the server's ends.
 async fn connection(lab: &Lab, from: &str, to: &str, port: u16) -> (TcpStream, TcpStream) {
@@ -548,7 +529,7 @@ async fn connection(lab: &Lab, from: &str, to: &str, port: u16) -> (TcpStream, T
     let listener = lab
         .netns(to)
         .unwrap()
-        .run(move || bind(false, Type::STREAM, port))
+        .run(move || bound(false, Type::STREAM, port))
         .unwrap()
         .unwrap();
     let listener = TcpListener::from_std(listener.into()).unwrap();
@@ -678,6 +659,7 @@ fn fragments_with_options(
 #[test]
 fn ipv6_fragments_pass_whatever_follows_the_fragment_header() {
     attack(&[Y_A_TRUSTS_X_B], LabConfig::default(), |lab| async move {
+        let records = Records::watch(&lab, 0).await;
         let family = Family::IPv6;
         let y_a = addr(&lab, "y/a", family);
         for (from, allowed, id) in [("x/b", true, 0x5151), ("x/a", false, 0x5252)] {
@@ -701,6 +683,14 @@ fn ipv6_fragments_pass_whatever_follows_the_fragment_header() {
                 );
             }
         }
+        dropped_where(
+            &records,
+            "y/a",
+            Direction::Ingress,
+            DropReason::PolicyDenied,
+            |r| r.remote_pod.as_deref() == Some("x/a"),
+        )
+        .await;
         lab.shutdown().await;
     });
 }

@@ -15,9 +15,12 @@ use policy_common::{
     reason::{DropReason, Verdict},
 };
 use policy_tests::{
-    assert_reachability, block_on, ns, packets::Packet, standard_with, tcp, to_self, v6,
+    assert_reachability, block_on, ns,
+    packets::Packet,
+    standard_with, tcp, to_self, v6,
+    wire::{bound, domain},
 };
-use socket2::{Domain, Socket, Type};
+use socket2::{Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -274,7 +277,7 @@ fn replies_pass_but_the_reverse_connection_is_denied() {
             let listener = lab
                 .netns("y/a")
                 .unwrap()
-                .run(move || bind(v6, Type::STREAM, 8080))
+                .run(move || bound(v6, Type::STREAM, 8080))
                 .unwrap()
                 .unwrap();
             let listener = TcpListener::from_std(listener.into()).unwrap();
@@ -313,28 +316,6 @@ fn replies_pass_but_the_reverse_connection_is_denied() {
     });
 }
 
-fn domain(v6: bool) -> Domain {
-    if v6 { Domain::IPV6 } else { Domain::IPV4 }
-}
-
-fn bind(v6: bool, ty: Type, port: u16) -> std::io::Result<Socket> {
-    let s = Socket::new(domain(v6), ty, None)?;
-    if v6 {
-        s.set_only_v6(true)?;
-    }
-    let any: std::net::IpAddr = if v6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    s.bind(&SocketAddr::new(any, port).into())?;
-    if ty == Type::STREAM {
-        s.listen(8)?;
-    }
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
 /// Counts of the datapath's drops for `reason` in `dir` on node 0.
 fn drops(lab: &Lab, dir: Direction, reason: DropReason) -> u64 {
     lab.stats(0)
@@ -368,7 +349,7 @@ fn a_spoofed_source_address_is_dropped() {
             let receiver = lab
                 .netns("y/a")
                 .unwrap()
-                .run(move || bind(v6, Type::DGRAM, 9999));
+                .run(move || bound(v6, Type::DGRAM, 9999));
             let receiver = UdpSocket::from_std(receiver.unwrap().unwrap().into()).unwrap();
 
             let raw = lab
@@ -420,13 +401,13 @@ fn fragments_of_a_denied_flow_are_dropped() {
             let receiver = lab
                 .netns("y/a")
                 .unwrap()
-                .run(move || bind(v6, Type::DGRAM, 9000));
+                .run(move || bound(v6, Type::DGRAM, 9000));
             let receiver = UdpSocket::from_std(receiver.unwrap().unwrap().into()).unwrap();
             for (from, allowed) in [("x/a", true), ("x/b", false)] {
                 let sender = lab
                     .netns(from)
                     .unwrap()
-                    .run(move || bind(v6, Type::DGRAM, 0));
+                    .run(move || bound(v6, Type::DGRAM, 0));
                 let sender = UdpSocket::from_std(sender.unwrap().unwrap().into()).unwrap();
                 sender
                     .send_to(&datagram, SocketAddr::new(y_a, 9000))

@@ -5,14 +5,11 @@
 //! The packet appears on the loopback interface (ifindex 1) of the test's namespace; the
 //! pod under test is registered there. Nothing is attached anywhere.
 
-use std::{
-    net::IpAddr,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::IpAddr;
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, TableSizes, bpffs},
+    datapath::{Datapath, TableSizes},
     model::ObjectRef,
 };
 use policy_common::{
@@ -26,6 +23,7 @@ use policy_tests::{
         ACK, Packet, SYN, SYN_ACK, TPID_8021AD, TPID_8021Q, arp_request, tagged, vlan_frame,
         with_ether_type,
     },
+    test_datapath,
 };
 
 const ALLOW: i32 = TC_ACT_UNSPEC;
@@ -72,8 +70,6 @@ struct Fixture {
     compiled: Compiled,
 }
 
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
 impl Fixture {
     /// The pods plus `policies`, compiled and written to a fresh datapath.
     fn new(policies: &str) -> Self {
@@ -82,7 +78,6 @@ impl Fixture {
 
     /// Like [`Fixture::new`], with per-endpoint tables of `sizes`.
     fn with_tables(policies: &str, sizes: TableSizes) -> Self {
-        bpffs::sweep_stale(PIN_PREFIX);
         let cluster = cluster(&format!("{PODS}\n---\n{policies}"));
         let compiled = Compiler::new().compile(
             &cluster,
@@ -92,17 +87,14 @@ impl Fixture {
             },
         );
         assert!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
-        let instance = format!(
-            "{PIN_PREFIX}{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut datapath = Datapath::load_with(&instance, sizes)
-            .unwrap()
-            .unpin_on_drop();
+        let mut datapath = test_datapath(PIN_PREFIX, sizes);
         datapath.adopt_interface(&ObjectRef::new("t", "local"), LOOPBACK_IFINDEX);
         datapath.sync(&compiled).unwrap();
-        Self { datapath, compiled }
+        let mut f = Self { datapath, compiled };
+        // As the other endpoints are written (see `switch_to`): the entries of each stay
+        // its own whichever is on the interface.
+        f.switch_to("t", "local");
+        f
     }
 
     /// Packet entering the pod.
@@ -123,7 +115,7 @@ impl Fixture {
     }
 
     /// Packet the node's own stack sends to the pod.
-    fn from_node(&self, p: &Packet) -> i32 {
+    fn sent_by_node(&self, p: &Packet) -> i32 {
         self.datapath
             .test_run_from_node(programs::TO_POD, &p.frame())
             .unwrap()
@@ -575,11 +567,11 @@ spec:
 fn the_node_always_reaches_its_pods() {
     let f = Fixture::new(DENY_ALL);
     assert_eq!(
-        f.from_node(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)),
+        f.sent_by_node(&Packet::tcp(ip(NODE_IP), ip(LOCAL), 1, 80, SYN)),
         ALLOW
     );
     assert_eq!(
-        f.from_node(&Packet::tcp(ip(NODE_IP6), ip(LOCAL6), 1, 80, SYN)),
+        f.sent_by_node(&Packet::tcp(ip(NODE_IP6), ip(LOCAL6), 1, 80, SYN)),
         ALLOW
     );
     assert_eq!(
@@ -611,7 +603,7 @@ fn a_node_address_on_a_forwarded_packet_is_just_an_address() {
     // Not even an ICMP error the node sends: it would carry someone else's bytes in.
     let quoted = Packet::udp(ip(LOCAL), ip(WORLD), 1000, 53, b"q");
     let error = Packet::icmp_error(ip(NODE_IP), ip(LOCAL), icmp::DEST_UNREACH, 1, &quoted);
-    assert_eq!(f.from_node(&error), DROP);
+    assert_eq!(f.sent_by_node(&error), DROP);
 }
 
 #[test]
@@ -876,7 +868,7 @@ fn discovery_is_link_control_only_as_the_rfcs_define_it() {
 
     // Into the pod: from the link only.
     assert_eq!(
-        f.from_node(&solicitation("fe80::1", "ff02::1:ff00:1", nd)),
+        f.sent_by_node(&solicitation("fe80::1", "ff02::1:ff00:1", nd)),
         ALLOW
     );
     assert_eq!(
@@ -1050,29 +1042,6 @@ fn a_pod_cannot_make_the_node_unwrap_a_packet() {
     );
     assert_eq!(
         f.egress(&Packet::udp(ip(LOCAL), ip(NODE_IP), 40000, 53, b"q")),
-        ALLOW
-    );
-}
-
-#[test]
-fn an_ipv4_source_route_is_not_decided_on() {
-    let f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
-    // Loose source route: type 0x83, length 7, pointer 4, one hop.
-    let lsrr = [0x83u8, 7, 4, 192, 0, 2, 99];
-    let routed = Packet::tcp(ip(PEER), ip(LOCAL), 40000, 80, SYN).ipv4_options(&lsrr);
-    assert_eq!(f.ingress(&routed), DROP);
-    assert_eq!(
-        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 1, 53, b"q").ipv4_options(&lsrr)),
-        DROP
-    );
-    assert_eq!(
-        f.dropped(Direction::Ingress, DropReason::UnsupportedHeader),
-        1
-    );
-    // Other options are walked over (record route: 7).
-    let record = [7u8, 7, 4, 0, 0, 0, 0];
-    assert_eq!(
-        f.ingress(&Packet::tcp(ip(PEER), ip(LOCAL), 40001, 80, SYN).ipv4_options(&record)),
         ALLOW
     );
 }

@@ -45,12 +45,12 @@ aya_pod!(
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<maps::IpKey>() == 20);
-    assert!(size_of::<maps::EndpointInfo>() == 36);
+    assert!(size_of::<maps::EndpointInfo>() == 40);
     assert!(size_of::<maps::PolicyKey>() * 8 == maps::POLICY_PREFIX_FULL as usize);
     assert!(size_of::<maps::CidrKey>() == 24);
-    assert!(size_of::<maps::CtKey>() == 40);
+    assert!(size_of::<maps::CtKey>() == 44);
     assert!(size_of::<maps::CtEntry>() == 24);
-    assert!(size_of::<maps::FragKey>() == 40);
+    assert!(size_of::<maps::FragKey>() == 44);
     assert!(size_of::<maps::StatsKey>() == 8);
     assert!(size_of::<event::FlowEvent>() == 72);
 };

@@ -170,8 +170,13 @@ pub const EP_HAS_IPV6: u32 = 1 << 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct EndpointInfo {
-    /// Agent-assigned id, stable for the pod's life; keys conntrack, stats and events.
+    /// Agent-assigned id, stable for the pod's life; keys the conntrack and fragment tables,
+    /// stats and events. Ids are reused once a pod is gone.
     pub endpoint_id: u32,
+    /// Which pod holds `endpoint_id` now: a new value each time the id goes to another
+    /// interface. It is part of every conntrack and fragment key, so nothing a previous
+    /// holder of the id left in its tables ever matches.
+    pub generation: u32,
     /// Ruleset that decides traffic entering the pod (when ingress-isolated).
     pub ingress_ruleset: u32,
     /// Ruleset that decides traffic leaving the pod (when egress-isolated).
@@ -334,6 +339,8 @@ pub const CIDR_CLASS_NONE: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct CtKey {
+    /// [`EndpointInfo::generation`] of the endpoint whose table it is in.
+    pub generation: u32,
     /// The pod's address.
     pub local_addr: [u8; 16],
     /// The peer's address.
@@ -435,6 +442,8 @@ impl CtEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct FragKey {
+    /// [`EndpointInfo::generation`] of the endpoint whose table it is in.
+    pub generation: u32,
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
     /// IPv4: the header's protocol, which every fragment carries. IPv6: zero (later

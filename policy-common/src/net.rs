@@ -44,18 +44,6 @@ pub mod tunnel {
     }
 }
 
-/// IPv4 options (RFC 791).
-pub mod ipv4_option {
-    /// End of the option list.
-    pub const END: u8 = 0;
-    /// No operation (padding).
-    pub const NOP: u8 = 1;
-    /// Loose source and record route: the destination field is only the next hop.
-    pub const LSRR: u8 = 0x83;
-    /// Strict source and record route.
-    pub const SSRR: u8 = 0x89;
-}
-
 /// IP protocol numbers (IANA) the datapath distinguishes.
 pub mod proto {
     /// ICMP for IPv4.

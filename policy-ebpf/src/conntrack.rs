@@ -26,9 +26,10 @@ fn table(endpoint_id: u32) -> Option<&'static ConntrackTable> {
     unsafe { CONNTRACK.get(&endpoint_id) }
 }
 
-/// The flow's key from the endpoint's point of view: the same for both directions.
+/// The flow's key from the endpoint's point of view (the endpoint's `generation` of its
+/// id): the same for both directions.
 #[inline(always)]
-pub fn key(dir: Direction, flow: &Flow) -> CtKey {
+pub fn key(generation: u32, dir: Direction, flow: &Flow) -> CtKey {
     let (local_addr, remote_addr, local_port, remote_port) = match dir {
         Direction::Egress => (flow.src, flow.dst, flow.sport, flow.dport),
         Direction::Ingress => (flow.dst, flow.src, flow.dport, flow.sport),
@@ -36,6 +37,7 @@ pub fn key(dir: Direction, flow: &Flow) -> CtKey {
     // A request leaving the pod, or a reply entering it, belongs to the pod's ping.
     let pod_asked = (flow.echo == ECHO_REQUEST) == (dir == Direction::Egress);
     CtKey {
+        generation,
         local_addr,
         remote_addr,
         local_port,
@@ -118,7 +120,14 @@ pub fn is_tracked(endpoint_id: u32, key: &CtKey, proto: u8, now: u64) -> bool {
 
 /// Starts tracking a flow whose first packet was allowed.
 #[inline(always)]
-pub fn create(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, policy_id: u32, now: u64) {
+pub fn create(
+    endpoint_id: u32,
+    key: &CtKey,
+    dir: Direction,
+    flow: &Flow,
+    policy_id: u32,
+    now: u64,
+) {
     let Some(table) = table(endpoint_id) else {
         return;
     };

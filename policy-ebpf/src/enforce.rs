@@ -180,19 +180,9 @@ fn decide(
         Err(reason) => return Decision::unreadable(dir, isolated, reason),
     };
 
-    // Anti-spoofing, before anything else may return: what leaves a pod comes from one of
-    // its addresses. Discovery's link-local and unspecified sources are settled below, once
-    // the ICMPv6 header has been read.
-    let source = match dir {
-        Direction::Ingress => Source::Checked,
-        Direction::Egress if ep.owns(flow.family, &flow.src) => Source::Checked,
-        Direction::Egress
-            if flow.family == FAMILY_IPV6
-                && (scope::is_link_local(&flow.src) || scope::is_unspecified(&flow.src)) =>
-        {
-            Source::DiscoveryOnly
-        }
-        Direction::Egress => return Decision::drop(DropReason::SpoofedSource),
+    // Anti-spoofing, before anything else may return.
+    let Some(source) = source(ep, dir, flow) else {
+        return Decision::drop(DropReason::SpoofedSource);
     };
     // Headers past the fixed one: a packet whose source is not the pod's own must turn out
     // to be discovery, so whatever stops us from reading that far condemns it.
@@ -218,24 +208,45 @@ fn decide(
         LinkControl::No => {}
     }
 
-    if flow.frag == FRAG_LATER && !ipfrag::inherit(ep.endpoint_id, flow, now) {
+    if flow.frag == FRAG_LATER && !ipfrag::inherit(ep, flow, now) {
         return Decision::unless_isolated(isolated, DropReason::UnknownFragment);
     }
 
-    // A pod has no business making the node unwrap a packet: like a VLAN tag, a tunnel
-    // header to the node hides a packet the node routes on with whatever source it names.
-    if dir == Direction::Egress
-        && l4::is_tunnel(flow)
-        && ipcache::identity(&remote(dir, flow)) == IDENTITY_HOST
-    {
+    if is_tunnel_to_node(dir, flow) {
         return Decision::drop(DropReason::TunnelToNode);
     }
 
     let decision = decide_flow(ctx, ep, dir, flow, now);
     if flow.frag == FRAG_FIRST && decision.verdict == Verdict::Allow {
-        ipfrag::remember_first(ep.endpoint_id, flow, now);
+        ipfrag::remember_first(ep, flow, now);
     }
     decision
+}
+
+/// What leaves a pod comes from one of its addresses; `None` if it does not. Discovery's
+/// link-local and unspecified sources are settled once the ICMPv6 header has been read.
+#[inline(always)]
+fn source(ep: &EndpointInfo, dir: Direction, flow: &Flow) -> Option<Source> {
+    match dir {
+        Direction::Ingress => Some(Source::Checked),
+        Direction::Egress if ep.owns(flow.family, &flow.src) => Some(Source::Checked),
+        Direction::Egress
+            if flow.family == FAMILY_IPV6
+                && (scope::is_link_local(&flow.src) || scope::is_unspecified(&flow.src)) =>
+        {
+            Some(Source::DiscoveryOnly)
+        }
+        Direction::Egress => None,
+    }
+}
+
+/// A pod has no business making the node unwrap a packet: like a VLAN tag, a tunnel header
+/// to the node hides a packet the node routes on with whatever source it names.
+#[inline(always)]
+fn is_tunnel_to_node(dir: Direction, flow: &Flow) -> bool {
+    dir == Direction::Egress
+        && l4::is_tunnel(flow)
+        && ipcache::identity(&remote(dir, flow)) == IDENTITY_HOST
 }
 
 /// Conntrack, then policy for a packet that starts a new flow.
@@ -256,7 +267,7 @@ fn decide_flow(
         && icmp::answers(flow, &quoted, dir)
         && conntrack::is_tracked(
             ep.endpoint_id,
-            &conntrack::key(dir.reverse(), &quoted),
+            &conntrack::key(ep.generation, dir.reverse(), &quoted),
             quoted.proto,
             now,
         )
@@ -265,7 +276,7 @@ fn decide_flow(
     }
 
     let trackable = l4::is_trackable(flow);
-    let key = conntrack::key(dir, flow);
+    let key = conntrack::key(ep.generation, dir, flow);
     if trackable && conntrack::track(ep.endpoint_id, &key, dir, flow, now) {
         return Decision::allow(AllowReason::Established);
     }

@@ -41,7 +41,12 @@ pub enum LinkControl {
 /// Classifies ICMPv6 neighbour discovery (RFC 4861) and multicast listener discovery
 /// (RFC 2710, RFC 3810) seen on `ep`'s interface in `dir`.
 #[inline(always)]
-pub fn link_control(ctx: &TcContext, ep: &EndpointInfo, dir: Direction, flow: &Flow) -> LinkControl {
+pub fn link_control(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    dir: Direction,
+    flow: &Flow,
+) -> LinkControl {
     if flow.family != FAMILY_IPV6 || flow.proto != proto::ICMPV6 {
         return LinkControl::No;
     }
@@ -71,8 +76,7 @@ fn multicast_listener(flow: &Flow) -> bool {
     let unspecified_ok = flow.icmp_type != icmpv6::MLD_QUERY;
     flow.hop_limit == MLD_HOP_LIMIT
         && scope::is_multicast(&flow.dst)
-        && (scope::is_link_local(&flow.src)
-            || (unspecified_ok && scope::is_unspecified(&flow.src)))
+        && (scope::is_link_local(&flow.src) || (unspecified_ok && scope::is_unspecified(&flow.src)))
 }
 
 /// Hop limit 255 (so it never crossed a router), and addresses of the link.
@@ -144,8 +148,13 @@ pub fn quoted_flow(ctx: &TcContext, error: &Flow) -> Result<Flow, DropReason> {
         if ihl < Ipv4Hdr::LEN {
             return Err(DropReason::Malformed);
         }
-        let mut inner =
-            Flow::new(FAMILY_IPV4, hdr.proto, hdr.ttl, (off + ihl) as u32, error.l3_end);
+        let mut inner = Flow::new(
+            FAMILY_IPV4,
+            hdr.proto,
+            hdr.ttl,
+            (off + ihl) as u32,
+            error.l3_end,
+        );
         inner.src[..4].copy_from_slice(&hdr.src_addr);
         inner.dst[..4].copy_from_slice(&hdr.dst_addr);
         inner

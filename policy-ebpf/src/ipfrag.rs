@@ -7,7 +7,7 @@
 //! it allowed itself: both ends of a node-local datagram decide it with their own policy.
 
 use policy_common::{
-    maps::{FRAG_TIMEOUT_NS, FragKey, FragValue},
+    maps::{EndpointInfo, FRAG_TIMEOUT_NS, FragKey, FragValue},
     net::FAMILY_IPV4,
 };
 
@@ -23,10 +23,12 @@ fn table(endpoint_id: u32) -> Option<&'static FragmentTable> {
     unsafe { FRAGMENTS.get(&endpoint_id) }
 }
 
-/// What every fragment of the datagram carries alike (RFC 791, RFC 8200).
+/// What every fragment of the datagram carries alike (RFC 791, RFC 8200), in the table
+/// of the endpoint's `generation` of its id.
 #[inline(always)]
-fn key(flow: &Flow) -> FragKey {
+fn key(generation: u32, flow: &Flow) -> FragKey {
     FragKey {
+        generation,
         family: flow.family,
         // IPv6 fragments agree only on the Fragment header's identification: what follows
         // it differs between the first fragment and the others.
@@ -45,8 +47,8 @@ fn key(flow: &Flow) -> FragKey {
 /// Records the protocol and ports of an allowed first fragment for the fragments that
 /// follow it.
 #[inline(always)]
-pub fn remember_first(endpoint_id: u32, flow: &Flow, now: u64) {
-    let Some(table) = table(endpoint_id) else {
+pub fn remember_first(ep: &EndpointInfo, flow: &Flow, now: u64) {
+    let Some(table) = table(ep.endpoint_id) else {
         return;
     };
     let value = FragValue {
@@ -59,14 +61,15 @@ pub fn remember_first(endpoint_id: u32, flow: &Flow, now: u64) {
     };
     // If the table is full the LRU evicts the endpoint's own oldest datagram; at worst one
     // of its later fragments is then dropped.
-    let _ = table.insert(key(flow), value, 0);
+    let _ = table.insert(key(ep.generation, flow), value, 0);
 }
 
 /// Gives a later fragment the protocol, ports and ICMP type of its first fragment; false if
 /// there is none.
 #[inline(always)]
-pub fn inherit(endpoint_id: u32, flow: &mut Flow, now: u64) -> bool {
-    let Some(first) = table(endpoint_id).and_then(|t| t.get_ptr(key(flow))) else {
+pub fn inherit(ep: &EndpointInfo, flow: &mut Flow, now: u64) -> bool {
+    let Some(first) = table(ep.endpoint_id).and_then(|t| t.get_ptr(key(ep.generation, flow)))
+    else {
         return false;
     };
     // SAFETY: the pointer comes from a successful lookup and is only read here.

@@ -2,10 +2,7 @@
 
 use aya_ebpf::programs::TcContext;
 use network_types::ip::Ipv4Hdr;
-use policy_common::{
-    net::{FAMILY_IPV4, ipv4_option},
-    reason::DropReason,
-};
+use policy_common::{net::FAMILY_IPV4, reason::DropReason};
 
 use crate::{
     eth::ETH_HLEN,
@@ -15,8 +12,6 @@ use crate::{
 const VERSION: u8 = 4;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 const FRAG_MORE: u16 = 0x2000;
-/// Option bytes an IPv4 header can hold (a 15-word header).
-const MAX_OPTION_BYTES: usize = 40;
 
 /// Parses the IPv4 header that follows the Ethernet header, options included.
 #[inline(always)]
@@ -36,11 +31,6 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
     {
         return Err(DropReason::Malformed);
     }
-    // A source route makes the destination field a mere next hop: we cannot decide on it.
-    if ihl > Ipv4Hdr::LEN && source_routed(ctx, ihl)? {
-        return Err(DropReason::UnsupportedHeader);
-    }
-
     let mut flow = Flow::new(
         FAMILY_IPV4,
         hdr.proto,
@@ -61,32 +51,4 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
         flow.frag_id = u32::from(u16::from_be_bytes(hdr.id));
     }
     Ok(flow)
-}
-
-/// Whether the options (the header is `ihl` bytes) hold a loose or strict source route.
-#[inline(always)]
-fn source_routed(ctx: &TcContext, ihl: usize) -> Result<bool, DropReason> {
-    let mut off = Ipv4Hdr::LEN;
-    // Every option takes at least one byte, so this many steps read them all.
-    for _ in 0..MAX_OPTION_BYTES {
-        if off >= ihl {
-            break;
-        }
-        let kind: u8 = load(ctx, ETH_HLEN + off)?;
-        match kind {
-            ipv4_option::END => break,
-            ipv4_option::NOP => off += 1,
-            ipv4_option::LSRR | ipv4_option::SSRR => return Ok(true),
-            _ => {
-                let len: u8 = load(ctx, ETH_HLEN + off + 1)?;
-                // A length that does not move on, or runs past the header, hides what
-                // follows: the kernel rejects such a header too.
-                if len < 2 || off + usize::from(len) > ihl {
-                    return Err(DropReason::Malformed);
-                }
-                off += usize::from(len);
-            }
-        }
-    }
-    Ok(false)
 }

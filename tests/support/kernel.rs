@@ -2,11 +2,9 @@
 //! crafted and run with BPF_PROG_TEST_RUN: `from_pod` as the source pod, then `to_pod` as
 //! the destination pod. Every endpoint takes its turn on the test interface (loopback).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use policy_agent::{
     compiler::{Compiled, Compiler},
-    datapath::{Datapath, TableSizes, bpffs},
+    datapath::{Datapath, TableSizes},
     evaluate::{
         Flow,
         compiled::{node, on_one_node},
@@ -28,8 +26,6 @@ const TABLES: TableSizes = TableSizes {
     fragments: 16,
 };
 
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
 /// One datapath, reloaded with each scenario's maps.
 pub struct KernelEvaluator {
     datapath: Datapath,
@@ -47,16 +43,8 @@ impl Default for KernelEvaluator {
 impl KernelEvaluator {
     /// Loads a fresh datapath (its pins go when it is dropped).
     pub fn new() -> Self {
-        bpffs::sweep_stale(PIN_PREFIX);
-        let instance = format!(
-            "{PIN_PREFIX}{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        );
         Self {
-            datapath: Datapath::load_with(&instance, TABLES)
-                .expect("datapath loads")
-                .unpin_on_drop(),
+            datapath: crate::test_datapath(PIN_PREFIX, TABLES),
             compiler: Compiler::new(),
             compiled: Compiled::default(),
             next_port: FIRST_SOURCE_PORT,

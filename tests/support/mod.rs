@@ -10,9 +10,15 @@ pub mod records;
 pub mod scenarios;
 pub mod wire;
 
-use std::{fmt::Write as _, future::Future, path::Path};
+use std::{
+    fmt::Write as _,
+    future::Future,
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use policy_agent::{
+    datapath::{Datapath, TableSizes, bpffs},
     model::{Cluster, Protocol},
     report::{Family, Probe, Reachability},
     source::manifests::{self, Loaded},
@@ -28,6 +34,23 @@ pub fn cluster(yaml: &str) -> Cluster {
         loaded.errors
     );
     loaded.cluster
+}
+
+static DATAPATHS: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh datapath with per-endpoint tables of `sizes`, pinned under a name that starts
+/// with `prefix` and is unique to this process and call; its pins go when it is dropped
+/// (and pins of killed runs with the same prefix are swept first).
+pub fn test_datapath(prefix: &str, sizes: TableSizes) -> Datapath {
+    bpffs::sweep_stale(prefix);
+    let instance = format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        DATAPATHS.fetch_add(1, Ordering::Relaxed)
+    );
+    Datapath::load_with(&instance, sizes)
+        .expect("datapath loads")
+        .unpin_on_drop()
 }
 
 /// The standard model: namespaces x (team=x) and y (team=y), pods a and b in each

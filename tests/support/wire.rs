@@ -193,3 +193,29 @@ pub fn send_raw(socket: &Socket, packet: &Packet, to: IpAddr) -> io::Result<()> 
     )?;
     Ok(())
 }
+
+/// The socket domain of an address family.
+pub fn domain(v6: bool) -> Domain {
+    if v6 { Domain::IPV6 } else { Domain::IPV4 }
+}
+
+/// A non-blocking socket of type `ty` bound to `port` (0: any) of the unspecified address of
+/// its family (IPv6 only, for IPv6), listening if it is a stream socket. Make it inside a
+/// host's namespace ([`NetNs::run`]).
+pub fn bound(v6: bool, ty: Type, port: u16) -> io::Result<Socket> {
+    let s = Socket::new(domain(v6), ty, None)?;
+    if v6 {
+        s.set_only_v6(true)?;
+    }
+    let any: IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    s.bind(&std::net::SocketAddr::new(any, port).into())?;
+    if ty == Type::STREAM {
+        s.listen(8)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}

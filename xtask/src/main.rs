@@ -4,7 +4,9 @@
 //! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
 //! - `test [ARGS]`: build everything and run the whole test suite;
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni]`: run a benchmark suite (root), results under `target/bench/`.
+//! - `bench [datapath|cni]`: run a benchmark suite (root), results under `target/bench/`;
+//! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
+//!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
 
 use std::{
     ffi::OsString,
@@ -50,6 +52,25 @@ enum Task {
         #[arg(value_enum, default_value_t = Suite::Datapath)]
         suite: Suite,
     },
+    /// Fuzz a target; violations are minimised and saved to its corpus (needs root).
+    Fuzz {
+        /// What to fuzz.
+        #[arg(value_enum)]
+        target: FuzzTarget,
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seed of the run (default: the current time).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+/// What `cargo xtask fuzz` can fuzz.
+#[derive(Clone, Copy, ValueEnum)]
+enum FuzzTarget {
+    /// The eBPF programs, with frames through BPF_PROG_TEST_RUN (tests/fuzz_datapath.rs).
+    Datapath,
 }
 
 /// The benchmark suites (each a `[[bench]]` of policy-agent).
@@ -131,6 +152,33 @@ fn run(task: Task) -> anyhow::Result<()> {
                 &root.join(ebpf::EBPF_PACKAGE),
                 &root.join("target").join("ebpf"),
             )
+        }
+        Task::Fuzz {
+            target: FuzzTarget::Datapath,
+            seconds,
+            seed,
+        } => {
+            require_root("the fuzzer loads eBPF programs")?;
+            build_ebpf()?;
+            let mut cmd = cargo_cmd();
+            cmd.args([
+                "test",
+                "--release",
+                "--package",
+                "policy-tests",
+                "--test",
+                "fuzz_datapath",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--exact",
+                "deep",
+            ])
+            .env("POLICY_FUZZ_SECONDS", seconds.to_string());
+            if let Some(seed) = seed {
+                cmd.env("POLICY_FUZZ_SEED", seed.to_string());
+            }
+            exit_status("the datapath fuzzer", cmd.status()?)
         }
         Task::Bench { suite } => {
             build_ebpf()?;

@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod flows;
 pub mod interfaces;
 pub mod metrics;
+pub mod node;
 pub mod status;
 
 use std::{
@@ -219,6 +220,10 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         .map_or_else(CniEndpoints::default, |socket| {
             CniEndpoints::saved_in(endpoints::sandboxes_file(socket))
         });
+    let node_warnings = node::check(netns.as_ref());
+    for w in &node_warnings {
+        tracing::warn!(warning = %w);
+    }
     let mut errors = VecDeque::new();
     if let Err(e) = cni.load(|name| interfaces.by_name(name).is_some()) {
         // Those pods are enforced again once the API server has their addresses.
@@ -246,6 +251,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         names: Names::default(),
         load_errors: Vec::new(),
         warnings: Vec::new(),
+        node_warnings,
         lint_due: false,
         errors,
         last_sync: None,
@@ -297,6 +303,8 @@ struct Agent {
     load_errors: Vec<String>,
     /// Lint warnings about the policies, as of the last lint.
     warnings: Vec<String>,
+    /// Settings of the node the datapath relies on that are not as it needs them.
+    node_warnings: Vec<String>,
     /// Whether a sync happened since the last lint.
     lint_due: bool,
     errors: VecDeque<String>,
@@ -348,6 +356,7 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = snapshot.tick() => {
+                    self.prepare_tables();
                     self.lint();
                     self.publish();
                 }
@@ -747,10 +756,19 @@ impl Agent {
         // The woken API tasks wait in this worker's LIFO slot, which other workers do not
         // steal from: let them write their answers before this task goes on.
         tokio::task::yield_now().await;
+        self.prepare_tables();
         self.lint_due = true;
         self.metrics.set_ready();
         self.publish();
         Ok(())
+    }
+
+    /// Makes a per-endpoint table ahead of need, so that the next new pod's ADD does not
+    /// wait for the kernel to make one: one at a time, when nothing waits for the agent.
+    fn prepare_tables(&mut self) {
+        if let Err(e) = self.datapath.prepare_tables(1) {
+            self.error(format!("preparing conntrack tables: {e}"));
+        }
     }
 
     /// Lints the policies if they may have changed, and logs the warnings that are new.
@@ -855,7 +873,12 @@ impl Agent {
                 .cloned()
                 .chain(self.compiled.rejected.iter().map(ToString::to_string))
                 .collect(),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .node_warnings
+                .iter()
+                .chain(&self.warnings)
+                .cloned()
+                .collect(),
             errors: self.errors.iter().cloned().collect(),
         };
         self.status.send_replace(status);

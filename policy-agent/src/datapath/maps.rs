@@ -5,7 +5,10 @@
 //! first, then the endpoints that refer to them, and only then the entries nothing refers
 //! to any more ("make before break").
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use aya::{
     Ebpf, Pod,
@@ -16,7 +19,7 @@ use policy_common::maps::{
     StatsValue, capacity, names,
 };
 
-use super::tables::{self, EndpointTables, TableSizes};
+use super::tables::{EndpointTables, TableSizes};
 use crate::compiler::LpmKey;
 
 /// Errors reading or writing a map.
@@ -186,15 +189,7 @@ impl Maps {
         for (k, v) in &cidr.upserts {
             op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
         }
-        // An endpoint's tables exist before its entry does; an id that is new (or reused
-        // for another interface) starts with empty ones.
-        let ids = |m: &BTreeMap<u32, EndpointInfo>| -> BTreeMap<u32, u32> {
-            m.iter().map(|(&i, e)| (i, e.endpoint_id)).collect()
-        };
-        let fresh = tables::fresh(&ids(&current.endpoints), &ids(&desired.endpoints));
-        for &id in &fresh {
-            self.tables.create(id)?;
-        }
+        // An endpoint's tables exist before its entry does.
         for e in desired.endpoints.values() {
             self.tables.ensure(e.endpoint_id)?;
         }
@@ -205,9 +200,6 @@ impl Maps {
         for k in &endpoints.removes {
             op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
         }
-        // An endpoint id is reused by the next pod: its connections must not outlive it.
-        self.tables
-            .retain(&desired.endpoints.values().map(|e| e.endpoint_id).collect())?;
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
         }
@@ -232,8 +224,14 @@ impl Maps {
     /// Entries of each map with a fixed capacity, and the capacity (of the per-endpoint
     /// tables: all of them together).
     pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
-        let (conntrack, conntrack_capacity) = self.tables.conntrack_fill();
-        let (fragments, fragments_capacity) = self.tables.fragments_fill();
+        let in_use: BTreeSet<u32> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, e)| e.endpoint_id)
+            .collect();
+        let (conntrack, conntrack_capacity) = self.tables.conntrack_fill(&in_use);
+        let (fragments, fragments_capacity) = self.tables.fragments_fill(&in_use);
         vec![
             (
                 names::ENDPOINTS,

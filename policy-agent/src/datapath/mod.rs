@@ -92,6 +92,8 @@ pub struct Datapath {
     interfaces: BTreeMap<ObjectRef, u32>,
     /// What the last sync wrote (`None`: read the maps before the next one).
     written: Option<MapContents>,
+    /// The highest endpoint generation handed out.
+    last_generation: u32,
     unpin_on_drop: bool,
 }
 
@@ -126,6 +128,7 @@ impl Datapath {
             pin_dir,
             interfaces: BTreeMap::new(),
             written: None,
+            last_generation: 0,
             unpin_on_drop: false,
         })
     }
@@ -246,7 +249,7 @@ impl Datapath {
     /// Only the difference with what the previous sync wrote is written; the first sync
     /// (and the first after an error) compares with what the maps really hold.
     pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
-        let desired = MapContents {
+        let mut desired = MapContents {
             endpoints: compiled
                 .endpoints
                 .iter()
@@ -260,6 +263,11 @@ impl Datapath {
             Some(written) => written,
             None => self.maps.live()?,
         };
+        tables::assign_generations(
+            &current.endpoints,
+            &mut desired.endpoints,
+            &mut self.last_generation,
+        );
         let report = self.maps.apply(&current, &desired)?;
         self.written = Some(desired);
         Ok(report)
@@ -292,6 +300,18 @@ impl Datapath {
     /// Forgets every tracked connection and fragment.
     pub fn clear_conntrack(&mut self) -> Result<(), DatapathError> {
         Ok(self.maps.tables.clear()?)
+    }
+
+    /// Makes per-endpoint tables ahead of need (at most `budget`, each an RCU grace period
+    /// of the kernel's), so that new pods find theirs ready; returns how many it made. Call
+    /// it when nothing waits for the agent.
+    pub fn prepare_tables(&mut self, budget: usize) -> Result<usize, DatapathError> {
+        let in_use = self
+            .written
+            .as_ref()
+            .map(|w| w.endpoints.values().map(|e| e.endpoint_id).collect())
+            .unwrap_or_default();
+        Ok(self.maps.tables.prepare(&in_use, budget)?)
     }
 
     /// Endpoint `id`'s conntrack table (tests and tools that look inside).

@@ -1,9 +1,11 @@
 //! Each endpoint's own state tables: its tracked connections and its fragmented datagrams.
 //!
-//! CONNTRACK and FRAGMENTS are hashes of maps keyed by endpoint id. The agent creates an
-//! endpoint's two LRU tables before the endpoint entry that makes the programs act for it,
-//! and drops them when the endpoint goes, which forgets its connections at once (its id is
-//! reused later). One pod's flows can then only ever evict that pod's own entries.
+//! CONNTRACK and FRAGMENTS are hashes of maps keyed by endpoint id: one pod's flows can only
+//! ever evict that pod's own entries. Adding a table to them costs an RCU grace period (the
+//! kernel waits for running programs on every map-in-map update), so tables are made ahead of
+//! need and kept with their id when a pod goes: ids are reused, and the generation in every
+//! key (`EndpointInfo::generation`) keeps what a previous holder of the id left from ever
+//! matching; the LRU then pushes those entries out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +14,7 @@ use aya::{
     maps::{HashMap, HashOfMaps, Map, MapData, MapError},
 };
 use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH;
-use policy_common::maps::{CtEntry, CtKey, FragKey, FragValue, capacity, names};
+use policy_common::maps::{CtEntry, CtKey, EndpointInfo, FragKey, FragValue, capacity, names};
 
 use super::maps::{MapOpError, absent_ok, op};
 
@@ -20,6 +22,10 @@ use super::maps::{MapOpError, absent_ok, op};
 pub type ConntrackTable = HashMap<MapData, CtKey, CtEntry>;
 /// One endpoint's fragmented datagrams.
 pub type FragmentTable = HashMap<MapData, FragKey, FragValue>;
+
+/// Ids beyond those in use that have their tables ready, so that a new pod (which gets the
+/// lowest free id) does not wait for one to be made.
+pub const SPARE_TABLES: usize = 4;
 
 /// Capacities of each endpoint's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +71,19 @@ fn lru_table<K: Pod, V: Pod>(
     op(map, HashMap::try_from(Map::LruHashMap(data)))
 }
 
+/// Deletes every entry of `table`.
+fn empty<K: Pod + Ord, V: Pod>(
+    map: &'static str,
+    table: &mut HashMap<MapData, K, V>,
+) -> Result<(), MapOpError> {
+    let keys: Vec<K> = table.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        // The LRU may have evicted it meanwhile.
+        op(map, absent_ok(table.remove(&k)))?;
+    }
+    Ok(())
+}
+
 impl EndpointTables {
     /// The outer maps of a loaded object; finds which endpoints already have tables (left
     /// by an agent that ran before, whose connections must survive its restart).
@@ -85,26 +104,11 @@ impl EndpointTables {
         })
     }
 
-    /// The capacities new tables get.
-    pub fn sizes(&self) -> TableSizes {
-        self.sizes
-    }
-
-    /// Endpoint ids that have tables.
-    pub fn present(&self) -> &BTreeSet<u32> {
-        &self.present
-    }
-
-    /// Makes sure endpoint `id` has its tables.
+    /// Makes sure endpoint `id` has its tables (the slow path: a spare should be ready).
     pub fn ensure(&mut self, id: u32) -> Result<(), MapOpError> {
         if self.present.contains(&id) {
             return Ok(());
         }
-        self.create(id)
-    }
-
-    /// Gives endpoint `id` new, empty tables (the old ones, if any, go with what they hold).
-    pub fn create(&mut self, id: u32) -> Result<(), MapOpError> {
         let ct: ConntrackTable = lru_table(names::CONNTRACK, "ct_endpoint", self.sizes.conntrack)?;
         let frag: FragmentTable =
             lru_table(names::FRAGMENTS, "frag_endpoint", self.sizes.fragments)?;
@@ -114,27 +118,28 @@ impl EndpointTables {
         Ok(())
     }
 
-    /// Drops endpoint `id`'s tables and everything in them.
-    pub fn remove(&mut self, id: u32) -> Result<(), MapOpError> {
-        op(names::CONNTRACK, absent_ok(self.conntrack.remove(&id)))?;
-        op(names::FRAGMENTS, absent_ok(self.fragments.remove(&id)))?;
-        self.present.remove(&id);
-        Ok(())
-    }
-
-    /// Drops the tables of every endpoint not in `wanted`.
-    pub fn retain(&mut self, wanted: &BTreeSet<u32>) -> Result<(), MapOpError> {
-        let gone: Vec<u32> = self.present.difference(wanted).copied().collect();
-        for id in gone {
-            self.remove(id)?;
+    /// Makes tables ahead of need, at most `budget` of them: until [`SPARE_TABLES`] ids
+    /// that no endpoint of `in_use` holds have theirs (the allocator hands out the lowest
+    /// free id). Returns how many it made.
+    pub fn prepare(&mut self, in_use: &BTreeSet<u32>, budget: usize) -> Result<usize, MapOpError> {
+        let mut made = 0;
+        let mut candidate = 1;
+        while made < budget && self.present.difference(in_use).count() < SPARE_TABLES {
+            while self.present.contains(&candidate) || in_use.contains(&candidate) {
+                candidate += 1;
+            }
+            self.ensure(candidate)?;
+            made += 1;
         }
-        Ok(())
+        Ok(made)
     }
 
-    /// Empties every table (a fresh table per endpoint).
+    /// Forgets every connection and datagram of every endpoint.
     pub fn clear(&mut self) -> Result<(), MapOpError> {
-        for id in self.present.clone() {
-            self.create(id)?;
+        for &id in &self.present {
+            empty(names::CONNTRACK, &mut self.conntrack(id)?)?;
+            let mut frag = op(names::FRAGMENTS, self.fragments.get(&id, 0))?;
+            empty(names::FRAGMENTS, &mut frag)?;
         }
         Ok(())
     }
@@ -144,51 +149,84 @@ impl EndpointTables {
         op(names::CONNTRACK, self.conntrack.get(&id, 0))
     }
 
-    /// Entries in all conntrack tables, and how many they can hold together.
-    pub fn conntrack_fill(&self) -> (usize, u64) {
+    /// Entries in the conntrack tables of `ids`, and how many they can hold together.
+    pub fn conntrack_fill(&self, ids: &BTreeSet<u32>) -> (usize, u64) {
         self.fill(
+            ids,
             |id| self.conntrack(id).map(|t| t.keys().count()),
             self.sizes.conntrack,
         )
     }
 
-    /// Entries in all fragment tables, and how many they can hold together.
-    pub fn fragments_fill(&self) -> (usize, u64) {
+    /// Entries in the fragment tables of `ids`, and how many they can hold together.
+    pub fn fragments_fill(&self, ids: &BTreeSet<u32>) -> (usize, u64) {
         self.fill(
+            ids,
             |id| op(names::FRAGMENTS, self.fragments.get(&id, 0)).map(|t| t.keys().count()),
             self.sizes.fragments,
         )
     }
 
-    fn fill(&self, count: impl Fn(u32) -> Result<usize, MapOpError>, each: u32) -> (usize, u64) {
-        let entries = self.present.iter().filter_map(|&id| count(id).ok()).sum();
-        (entries, self.present.len() as u64 * u64::from(each))
+    fn fill(
+        &self,
+        ids: &BTreeSet<u32>,
+        count: impl Fn(u32) -> Result<usize, MapOpError>,
+        each: u32,
+    ) -> (usize, u64) {
+        let ids: Vec<u32> = ids.intersection(&self.present).copied().collect();
+        let entries = ids.iter().filter_map(|&id| count(id).ok()).sum();
+        (entries, ids.len() as u64 * u64::from(each))
     }
 }
 
-/// The endpoint ids that need new, empty tables when the endpoint entries go from `current`
-/// to `desired` (interface index -> endpoint id): an id that appears, or that now belongs to
-/// another interface.
-pub fn fresh(current: &BTreeMap<u32, u32>, desired: &BTreeMap<u32, u32>) -> BTreeSet<u32> {
-    let owner = |m: &BTreeMap<u32, u32>| -> BTreeMap<u32, u32> {
-        m.iter().map(|(&ifindex, &id)| (id, ifindex)).collect()
-    };
-    let before = owner(current);
-    owner(desired)
-        .into_iter()
-        .filter(|(id, ifindex)| before.get(id) != Some(ifindex))
-        .map(|(id, _)| id)
-        .collect()
+/// Fills in the generation of every endpoint entry in `desired` (interface index ->
+/// endpoint): the one it has in `current` if the same id stays on the same interface, a new
+/// one above every generation seen (`last`) otherwise.
+pub fn assign_generations(
+    current: &BTreeMap<u32, EndpointInfo>,
+    desired: &mut BTreeMap<u32, EndpointInfo>,
+    last: &mut u32,
+) {
+    *last = current.values().map(|e| e.generation).fold(*last, u32::max);
+    for (ifindex, info) in desired.iter_mut() {
+        info.generation = match current.get(ifindex) {
+            Some(was) if was.endpoint_id == info.endpoint_id => was.generation,
+            _ => {
+                *last = last.wrapping_add(1).max(1);
+                *last
+            }
+        };
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn endpoint(id: u32, generation: u32) -> EndpointInfo {
+        EndpointInfo {
+            endpoint_id: id,
+            generation,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn an_id_that_moves_to_another_interface_starts_afresh() {
-        let current = BTreeMap::from([(10, 1), (11, 2), (12, 3)]);
-        let desired = BTreeMap::from([(10, 1), (13, 2), (14, 4)]);
-        assert_eq!(fresh(&current, &desired), BTreeSet::from([2, 4]));
+    fn an_id_that_moves_or_appears_gets_a_new_generation() {
+        let current = BTreeMap::from([(10, endpoint(1, 5)), (11, endpoint(2, 6))]);
+        let mut desired = BTreeMap::from([
+            (10, endpoint(1, 0)),
+            (12, endpoint(2, 0)),
+            (13, endpoint(3, 0)),
+        ]);
+        let mut last = 0;
+        assign_generations(&current, &mut desired, &mut last);
+        assert_eq!(desired[&10].generation, 5, "same id, same interface: kept");
+        assert_eq!(
+            desired[&12].generation, 7,
+            "id 2 moved to another interface"
+        );
+        assert_eq!(desired[&13].generation, 8);
+        assert_eq!(last, 8);
     }
 }

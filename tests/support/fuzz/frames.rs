@@ -93,7 +93,7 @@ impl Generator {
     }
 
     /// The next frames: usually one, several for a fragmented datagram.
-    pub fn next(&mut self) -> Vec<Step> {
+    pub fn frames(&mut self) -> Vec<Step> {
         if self.pods.is_empty() {
             return Vec::new();
         }

@@ -16,13 +16,12 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, TableSizes, bpffs},
+    datapath::{Datapath, TableSizes},
     evaluate::compiled::on_one_node,
     model::{Cluster, ObjectRef},
 };
@@ -56,8 +55,6 @@ const TABLES: TableSizes = TableSizes {
     conntrack: 4096,
     fragments: 256,
 };
-
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 /// A frame of a saved case.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -136,16 +133,8 @@ struct Outcome {
 impl Harness {
     /// A fresh datapath (its pins go when it is dropped).
     pub fn new() -> Self {
-        bpffs::sweep_stale(PIN_PREFIX);
-        let instance = format!(
-            "{PIN_PREFIX}{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        );
         Self {
-            datapath: Datapath::load_with(&instance, TABLES)
-                .expect("datapath loads")
-                .unpin_on_drop(),
+            datapath: crate::test_datapath(PIN_PREFIX, TABLES),
             compiler: Compiler::new(),
             compiled: Compiled::default(),
             endpoint: None,
@@ -417,7 +406,7 @@ pub fn run(seed: u64, budget: Budget, mut found: impl FnMut(Case) -> bool) -> Re
         let mut sent: Vec<Step> = Vec::new();
         let violation = 'scenario: {
             for _ in 0..STEPS_PER_SCENARIO {
-                for step in generator.next() {
+                for step in generator.frames() {
                     let violation = session.send(&step, &mut report);
                     sent.push(step);
                     if violation.is_some() {

@@ -275,16 +275,15 @@ impl Model {
             }
             return self.policy(s, local, remote, t, false, isolated, pass);
         }
-        if let Some(conn) = conn_key(s.dir, local, remote, &t, v6) {
-            if let Some(&closed) = self.connections.get(s.pod).and_then(|c| c.get(&conn)) {
-                let reopening =
-                    t.proto == proto::TCP && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                if !closed {
-                    return pass("an established connection");
-                }
-                if !reopening {
-                    return Expect::Either;
-                }
+        if let Some(conn) = conn_key(s.dir, local, remote, &t, v6)
+            && let Some(&closed) = self.connections.get(s.pod).and_then(|c| c.get(&conn))
+        {
+            let reopening = t.proto == proto::TCP && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if !closed {
+                return pass("an established connection");
+            }
+            if !reopening {
+                return Expect::Either;
             }
         }
         self.policy(s, local, remote, t, true, isolated, pass)

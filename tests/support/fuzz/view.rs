@@ -163,10 +163,6 @@ fn read_v4(p: &[u8]) -> Frame {
     if vihl >> 4 != 4 || ihl < 20 || total < ihl || total > p.len() {
         return Frame::BadIpHeader { src };
     }
-    if source_routed(&p[20..ihl]) {
-        // Not decidable: the destination field is only the next hop (or the options lie).
-        return Frame::BadIpHeader { src };
-    }
     let (src, dst) = (v4(p, 12).unwrap(), v4(p, 16).unwrap());
     let packet = &p[..total];
     let frags = be16(p, 6).unwrap();
@@ -196,25 +192,6 @@ fn read_v4(p: &[u8]) -> Frame {
         ext_headers: 0,
         payload,
     })
-}
-
-/// Whether IPv4 options hold a loose or strict source route, or cannot be read.
-fn source_routed(options: &[u8]) -> bool {
-    let mut at = 0;
-    while at < options.len() {
-        match options[at] {
-            0 => return false,
-            1 => at += 1,
-            0x83 | 0x89 => return true,
-            _ => match options.get(at + 1) {
-                Some(&len) if len >= 2 && at + usize::from(len) <= options.len() => {
-                    at += usize::from(len);
-                }
-                _ => return true,
-            },
-        }
-    }
-    false
 }
 
 fn read_v6(p: &[u8]) -> Frame {
