@@ -452,3 +452,25 @@ spec:
         |p| p.to != "x/a" || to_self(p) || v6(p),
     );
 }
+
+#[test]
+fn a_finished_pod_never_takes_a_running_pods_address() {
+    // A Job pod finished; its status still shows the address x/b has now, and its name
+    // sorts after x/b's.
+    check(
+        r#"
+kind: Pod
+metadata: {name: zz-job, namespace: x, labels: {app: job}, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {containers: [{name: c}]}
+status: {phase: Succeeded, podIPs: [{ip: 10.100.0.2}, {ip: "fd00:100::2"}]}
+---
+kind: NetworkPolicy
+metadata: {name: from-x-b, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchLabels: {app: b}}}]}]
+"#,
+        LabConfig::default(),
+        |p| p.to != "y/a" || to_self(p) || p.from == "x/b",
+    );
+}

@@ -75,9 +75,9 @@ fn pod(name: &str, labels: Labels, ip: Ipv4Addr, node: &str) -> Pod {
             name: Some("http".into()),
             port: 80,
             protocol: Protocol::Tcp,
+            host_port: None,
         }],
-        host_network: false,
-        uid: None,
+        ..Pod::default()
     }
 }
 
@@ -186,6 +186,7 @@ fn measure(rules: usize, cidrs: usize, baseline: f64, cases: &mut Vec<Case>) -> 
         &NodeConfig {
             name: NODE.into(),
             addresses: vec![],
+            ..NodeConfig::default()
         },
     );
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;

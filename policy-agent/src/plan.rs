@@ -30,7 +30,8 @@ impl Host {
 }
 
 /// The hosts of a scenario: every pod that has an address and its own network namespace
-/// (host-network pods share the node's), in name order, then the external hosts.
+/// (host-network pods share the node's) and has not finished, in name order, then the
+/// external hosts.
 pub fn hosts(
     cluster: &Cluster,
     externals: &[IpAddr],
@@ -39,7 +40,7 @@ pub fn hosts(
     let mut hosts: Vec<Host> = cluster
         .pods
         .values()
-        .filter(|p| !p.host_network && !p.ips.is_empty())
+        .filter(|p| p.holds_addresses() && !p.ips.is_empty())
         .map(|p| {
             let mut serves: Vec<(Protocol, u16)> =
                 p.ports.iter().map(|c| (c.protocol, c.port)).collect();

@@ -97,7 +97,7 @@ fn kustomization_lists_every_manifest() {
 }
 
 #[test]
-fn rbac_reads_pods_namespaces_and_policies_and_nothing_else() {
+fn rbac_reads_what_decides_policy_and_nothing_else() {
     let m = manifests();
     let mut granted = BTreeSet::new();
     for rule in m.role.rules.as_deref().unwrap_or_default() {
@@ -115,7 +115,10 @@ fn rbac_reads_pods_namespaces_and_policies_and_nothing_else() {
         BTreeSet::from([
             "/pods".to_owned(),
             "/namespaces".to_owned(),
-            "networking.k8s.io/networkpolicies".to_owned()
+            "/services".to_owned(),
+            "/nodes".to_owned(),
+            "networking.k8s.io/networkpolicies".to_owned(),
+            "discovery.k8s.io/endpointslices".to_owned(),
         ])
     );
 

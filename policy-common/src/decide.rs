@@ -11,7 +11,9 @@
 use crate::{
     maps::{
         CIDR_CLASS_NONE, CIDR_PREFIX_BASE, CidrKey, CidrValue, Direction, EndpointInfo,
-        IDENTITY_HOST, IDENTITY_WORLD, IpKey, PolicyKey, PolicyValue, peer_kind,
+        FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IDENTITY_WORLD, IpKey,
+        PolicyKey, PolicyValue, SERVICE_ALLOWED, ServicePolicyKey, ServicePolicyValue,
+        peer_kind,
     },
     net::{FAMILY_IPV4, proto},
     reason::AllowReason,
@@ -20,7 +22,7 @@ use crate::{
 const IPV4_BITS: u32 = 32;
 const IPV6_BITS: u32 = 128;
 
-/// The three lookups a decision makes.
+/// The lookups a decision makes.
 pub trait PolicyMaps {
     /// IPCACHE: the identity of an address, [`IDENTITY_WORLD`] if it has none.
     fn identity(&self, addr: &IpKey) -> u32;
@@ -28,6 +30,57 @@ pub trait PolicyMaps {
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
     /// CIDR: the longest entry matching a full-length address key (`prefix_len` bits).
     fn cidr(&self, key: &CidrKey, prefix_len: u32) -> Option<CidrValue>;
+    /// FRONTENDS: the Service port behind an address and port.
+    fn frontend(&self, key: &FrontendKey) -> Option<FrontendValue>;
+    /// SERVICE_POLICY: what an egress ruleset says of a frontend's backends.
+    fn service_policy(&self, key: &ServicePolicyKey) -> Option<ServicePolicyValue>;
+}
+
+/// How a new flow to a Service frontend is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceFlow {
+    /// Allowed (why, and the allowing policy or 0).
+    Allowed(AllowReason, u32),
+    /// No backend is allowed (or the port leads to no Service).
+    Denied,
+    /// Some backends are allowed and some not: the proxy picks after the datapath decided.
+    BackendsDiffer,
+}
+
+/// The frontend a new flow leaving a pod dials, if it dials one: a Service port's (or a
+/// host port's) id, or [`FRONTEND_NONE`] for an address only Services answer on, on a port
+/// none of them has.
+#[inline(always)]
+pub fn frontend<M: PolicyMaps>(maps: &M, remote: &IpKey, ip_proto: u8, dport: u16) -> Option<u32> {
+    let port = if proto::has_ports(ip_proto) { dport } else { 0 };
+    if let Some(v) = maps.frontend(&FrontendKey::new(*remote, ip_proto, port)) {
+        return Some(v.frontend);
+    }
+    maps.frontend(&FrontendKey::address(*remote))
+        .map(|_| FRONTEND_NONE)
+}
+
+/// A new flow of `ep` to `frontend`: decided as the connection to the backend the proxy will
+/// choose, which must be allowed whichever it is.
+#[inline(always)]
+pub fn service_flow<M: PolicyMaps>(maps: &M, ep: &EndpointInfo, frontend: u32) -> ServiceFlow {
+    if !ep.is_isolated(Direction::Egress) {
+        return ServiceFlow::Allowed(AllowReason::NotIsolated, 0);
+    }
+    if frontend == FRONTEND_NONE {
+        return ServiceFlow::Denied;
+    }
+    let key = ServicePolicyKey {
+        ruleset: ep.egress_ruleset,
+        frontend,
+    };
+    match maps.service_policy(&key) {
+        Some(v) if v.verdict == SERVICE_ALLOWED => {
+            ServiceFlow::Allowed(AllowReason::Policy, v.policy_id)
+        }
+        Some(_) => ServiceFlow::BackendsDiffer,
+        None => ServiceFlow::Denied,
+    }
 }
 
 /// How a new flow was decided.

@@ -38,6 +38,10 @@ aya_pod!(
     maps::FragValue,
     maps::StatsKey,
     maps::StatsValue,
+    maps::FrontendKey,
+    maps::FrontendValue,
+    maps::ServicePolicyKey,
+    maps::ServicePolicyValue,
     event::FlowEvent,
 );
 
@@ -53,4 +57,6 @@ const _: () = {
     assert!(size_of::<maps::FragKey>() == 44);
     assert!(size_of::<maps::StatsKey>() == 8);
     assert!(size_of::<event::FlowEvent>() == 72);
+    assert!(size_of::<maps::FrontendKey>() == 24);
+    assert!(size_of::<maps::ServicePolicyValue>() == 8);
 };

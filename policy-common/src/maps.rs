@@ -29,10 +29,23 @@ pub mod names {
     pub const STATS: &str = "STATS";
     /// Flow records for drops and new allowed flows. Ring buffer.
     pub const EVENTS: &str = "EVENTS";
+    /// (address, protocol, port) a client dials -> the Service port or host port behind it.
+    pub const FRONTENDS: &str = "FRONTENDS";
+    /// (egress ruleset, frontend) -> whether the ruleset allows every backend, or some.
+    pub const SERVICE_POLICY: &str = "SERVICE_POLICY";
 
     /// Every map, in a stable order (for pinning and status output).
-    pub const ALL: [&str; 8] = [
-        ENDPOINTS, IPCACHE, POLICY, CIDR, CONNTRACK, FRAGMENTS, STATS, EVENTS,
+    pub const ALL: [&str; 10] = [
+        ENDPOINTS,
+        IPCACHE,
+        POLICY,
+        CIDR,
+        CONNTRACK,
+        FRAGMENTS,
+        STATS,
+        EVENTS,
+        FRONTENDS,
+        SERVICE_POLICY,
     ];
 }
 
@@ -65,6 +78,10 @@ pub mod capacity {
     pub const STATS: u32 = 16_384;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Service frontends (every address and port, node ports on every node's addresses).
+    pub const FRONTENDS: u32 = 262_144;
+    /// (egress ruleset, frontend) pairs where the ruleset allows a backend.
+    pub const SERVICE_POLICY: u32 = 262_144;
 }
 
 /// Direction of a packet relative to the pod it is enforced for.
@@ -504,4 +521,79 @@ pub struct StatsValue {
     pub packets: u64,
     /// Bytes counted (skb length, L2 included).
     pub bytes: u64,
+}
+
+/// Key of [`names::FRONTENDS`]: what a client dials. An entry with protocol and port 0 marks
+/// an address that only Services answer on (a cluster IP, say): a port no Service has there
+/// leads nowhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FrontendKey {
+    /// The address dialled.
+    pub addr: IpKey,
+    /// IP protocol (0: any, in a Service address's own entry).
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// The port dialled (host byte order; 0 with `proto` 0).
+    pub port: u16,
+}
+
+impl FrontendKey {
+    /// The frontend `addr`, `proto`, `port`.
+    #[inline(always)]
+    pub const fn new(addr: IpKey, proto: u8, port: u16) -> Self {
+        Self {
+            addr,
+            proto,
+            _pad: 0,
+            port,
+        }
+    }
+
+    /// The entry that marks `addr` as a Service's.
+    #[inline(always)]
+    pub const fn address(addr: IpKey) -> Self {
+        Self::new(addr, 0, 0)
+    }
+}
+
+/// Value of [`names::FRONTENDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FrontendValue {
+    /// Agent-assigned id of the Service port (or host port) and address family behind the
+    /// frontend; [`FRONTEND_NONE`] for a Service address's own entry.
+    pub frontend: u32,
+}
+
+/// [`FrontendValue::frontend`] of an address's own entry: no Service port there.
+pub const FRONTEND_NONE: u32 = 0;
+
+/// Key of [`names::SERVICE_POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct ServicePolicyKey {
+    /// Egress ruleset of the client.
+    pub ruleset: u32,
+    /// The frontend dialled.
+    pub frontend: u32,
+}
+
+/// [`ServicePolicyValue::verdict`]: the ruleset allows the connection to every backend.
+pub const SERVICE_ALLOWED: u8 = 1;
+/// [`ServicePolicyValue::verdict`]: it allows some backends and not others, and the proxy
+/// picks one after the datapath decided: never allowed, and reported.
+pub const SERVICE_BACKENDS_DIFFER: u8 = 2;
+
+/// Value of [`names::SERVICE_POLICY`] (absent: no backend is allowed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct ServicePolicyValue {
+    /// A policy whose rule allows it (for flow records), when allowed.
+    pub policy_id: u32,
+    /// [`SERVICE_ALLOWED`] or [`SERVICE_BACKENDS_DIFFER`].
+    pub verdict: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
 }

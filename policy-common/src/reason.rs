@@ -78,6 +78,9 @@ pub enum DropReason {
     /// Tunnel traffic (IP-in-IP, GRE, VXLAN, Geneve, ...) from a pod to the node, which
     /// would unwrap it and route what it carried, forged source and all.
     TunnelToNode = 10,
+    /// A connection to a Service frontend whose backends the pod's egress policy does not
+    /// all allow: the node's proxy picks one after the datapath decided.
+    ServiceBackendsDiffer = 11,
 }
 
 impl AllowReason {
@@ -121,6 +124,7 @@ impl DropReason {
             8 => Self::InvalidLinkControl,
             9 => Self::UnknownConnection,
             10 => Self::TunnelToNode,
+            11 => Self::ServiceBackendsDiffer,
             _ => return None,
         })
     }
@@ -138,6 +142,7 @@ impl DropReason {
             Self::InvalidLinkControl => "invalid-link-control",
             Self::UnknownConnection => "unknown-connection",
             Self::TunnelToNode => "tunnel-to-node",
+            Self::ServiceBackendsDiffer => "service-backends-differ",
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use policy_common::{
-    decide,
+    decide::{self, ServiceFlow},
     maps::{Direction, EndpointInfo, IDENTITY_HOST, IDENTITY_WORLD, IpKey},
     net::{ETH_P_IP, ETH_P_IPV6, FAMILY_IPV4, FAMILY_IPV6, ipv6 as scope, proto},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
@@ -281,6 +281,26 @@ fn decide_flow(
         return Decision::allow(AllowReason::Established);
     }
 
+    // A Service frontend is decided as the backend the proxy will pick: never by its own
+    // address, and never as "the node" (IPVS puts cluster IPs on the node; node ports are on
+    // its addresses).
+    let remote_addr = remote(dir, flow);
+    if dir == Direction::Egress
+        && !icmp_error
+        && let Some(frontend) = decide::frontend(&KernelMaps, &remote_addr, flow.proto, flow.dport)
+    {
+        return match decide::service_flow(&KernelMaps, ep, frontend) {
+            ServiceFlow::Allowed(reason, policy_id) => {
+                if l4::opens_connection(flow) {
+                    conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+                }
+                Decision::new_flow(reason, policy_id, IDENTITY_WORLD)
+            }
+            ServiceFlow::Denied => Decision::drop(denial(flow)),
+            ServiceFlow::BackendsDiffer => Decision::drop(DropReason::ServiceBackendsDiffer),
+        };
+    }
+
     // An error about nothing this pod tracks is never the node's say-so, whoever sent it:
     // it would carry another packet's bytes in as "node traffic".
     let node_itself = !icmp_error && node_itself(ctx, dir);
@@ -288,7 +308,7 @@ fn decide_flow(
         &KernelMaps,
         ep,
         dir,
-        &remote(dir, flow),
+        &remote_addr,
         flow.proto,
         flow.dport,
         node_itself,
@@ -301,20 +321,25 @@ fn decide_flow(
             Decision::new_flow(reason, policy_id, decided.remote_identity)
         }
         None => {
-            // A segment in the middle of a connection that the pod does not track: its entry
-            // was evicted or expired (or never existed), which must not look like policy.
-            let mid_connection = flow.proto == proto::TCP
-                && flow.frag != FRAG_LATER
-                && !conntrack::is_tcp_start(flow);
-            let mut denied = Decision::drop(if mid_connection {
-                DropReason::UnknownConnection
-            } else {
-                DropReason::PolicyDenied
-            });
+            let mut denied = Decision::drop(denial(flow));
             denied.remote_identity = decided.remote_identity;
             denied.identity_known = true;
             denied
         }
+    }
+}
+
+/// Why the policy's "no" drops a packet that no entry tracks: a TCP segment in the middle of
+/// a connection had its entry evicted or expired (or never had one), which must not look
+/// like policy.
+#[inline(always)]
+fn denial(flow: &Flow) -> DropReason {
+    let mid_connection =
+        flow.proto == proto::TCP && flow.frag != FRAG_LATER && !conntrack::is_tcp_start(flow);
+    if mid_connection {
+        DropReason::UnknownConnection
+    } else {
+        DropReason::PolicyDenied
     }
 }
 

@@ -55,7 +55,8 @@ pub fn extensions(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
     let mut next = flow.proto;
     let end = flow.l3_end as usize;
     let mut fragmented = false;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One step per extension header, and one more to reach the upper-layer header.
+    for _ in 0..=MAX_EXT_HEADERS {
         let len = match next {
             proto::IPV6_HOP_BY_HOP | proto::IPV6_DEST_OPTS | proto::IPV6_ROUTING => {
                 // [next header, length in 8-octet units beyond the first, type, segments left]

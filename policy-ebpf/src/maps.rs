@@ -9,8 +9,9 @@ use aya_ebpf::{
 use policy_common::{
     event::FlowEvent,
     maps::{
-        CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, IpKey, IpcacheValue,
-        PolicyKey, PolicyValue, StatsKey, StatsValue, capacity,
+        CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, FrontendKey,
+        FrontendValue, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
+        ServicePolicyValue, StatsKey, StatsValue, capacity,
     },
 };
 
@@ -58,3 +59,16 @@ pub static STATS: PerCpuHashMap<StatsKey, StatsValue, { capacity::STATS as usize
 /// Flow records for user space.
 #[btf_map]
 pub static EVENTS: RingBuf<FlowEvent, { capacity::EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// (address, protocol, port) a client dials -> the Service port behind it.
+#[btf_map]
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue, { capacity::FRONTENDS as usize }> =
+    HashMap::new();
+
+/// (egress ruleset, frontend) -> whether every backend is allowed, or some.
+#[btf_map]
+pub static SERVICE_POLICY: HashMap<
+    ServicePolicyKey,
+    ServicePolicyValue,
+    { capacity::SERVICE_POLICY as usize },
+> = HashMap::new();

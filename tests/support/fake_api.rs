@@ -1,5 +1,5 @@
 //! A fake Kubernetes API server for the agent's tests, speaking the real list/watch HTTP
-//! protocol for Namespaces, Pods and NetworkPolicies: JSON lists with a resourceVersion,
+//! protocol for Namespaces, Pods, NetworkPolicies, Services, EndpointSlices and Nodes: JSON lists with a resourceVersion,
 //! `?watch=true` streams of ADDED/MODIFIED/DELETED events from a given resourceVersion,
 //! BOOKMARK events, and `410 Gone` for a resourceVersion older than the retained history.
 //! The real kube-rs client and watchers run against it unchanged.
@@ -39,6 +39,12 @@ pub enum ApiKind {
     Pod,
     /// /apis/networking.k8s.io/v1/networkpolicies
     NetworkPolicy,
+    /// /api/v1/services
+    Service,
+    /// /apis/discovery.k8s.io/v1/endpointslices
+    EndpointSlice,
+    /// /api/v1/nodes
+    Node,
 }
 
 impl ApiKind {
@@ -47,6 +53,9 @@ impl ApiKind {
             "Namespace" => Self::Namespace,
             "Pod" => Self::Pod,
             "NetworkPolicy" => Self::NetworkPolicy,
+            "Service" => Self::Service,
+            "EndpointSlice" => Self::EndpointSlice,
+            "Node" => Self::Node,
             other => panic!("the fake API server does not serve {other}"),
         }
     }
@@ -56,6 +65,9 @@ impl ApiKind {
             Self::Namespace => ("v1", "Namespace", "NamespaceList"),
             Self::Pod => ("v1", "Pod", "PodList"),
             Self::NetworkPolicy => ("networking.k8s.io/v1", "NetworkPolicy", "NetworkPolicyList"),
+            Self::Service => ("v1", "Service", "ServiceList"),
+            Self::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSlice", "EndpointSliceList"),
+            Self::Node => ("v1", "Node", "NodeList"),
         }
     }
 }
@@ -135,6 +147,12 @@ impl FakeApi {
                 "/apis/networking.k8s.io/v1/networkpolicies",
                 route(ApiKind::NetworkPolicy),
             )
+            .route("/api/v1/services", route(ApiKind::Service))
+            .route(
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                route(ApiKind::EndpointSlice),
+            )
+            .route("/api/v1/nodes", route(ApiKind::Node))
             .with_state(Arc::clone(&self.shared));
         let mut up = self.shared.up.subscribe();
         tokio::spawn(async move {
@@ -242,7 +260,7 @@ impl FakeApi {
 fn key_of(kind: ApiKind, object: &Value) -> (ApiKind, String, String) {
     let meta = &object["metadata"];
     let namespace = match kind {
-        ApiKind::Namespace => String::new(),
+        ApiKind::Namespace | ApiKind::Node => String::new(),
         _ => meta["namespace"].as_str().unwrap_or("default").to_owned(),
     };
     (

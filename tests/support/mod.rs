@@ -24,7 +24,8 @@ use policy_agent::{
     source::manifests::{self, Loaded},
 };
 
-/// A cluster from manifest text; panics on any manifest error.
+/// A cluster from manifest text (with the EndpointSlices the control plane would make for
+/// Services that have none); panics on any manifest error.
 pub fn cluster(yaml: &str) -> Cluster {
     let mut loaded = Loaded::default();
     manifests::load_str(yaml, Path::new("test.yaml"), &mut loaded);
@@ -33,6 +34,7 @@ pub fn cluster(yaml: &str) -> Cluster {
         "manifest errors: {:?}",
         loaded.errors
     );
+    policy_agent::source::slices::derive(&mut loaded.cluster);
     loaded.cluster
 }
 

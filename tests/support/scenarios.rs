@@ -243,6 +243,7 @@ fn build_pod(i: usize, (ns, labels, dual, http, declared): PodParts) -> Pod {
             name: name.map(str::to_owned),
             port: *port,
             protocol: *protocol,
+            host_port: None,
         })
         .collect();
     if ports.is_empty() {
@@ -250,6 +251,7 @@ fn build_pod(i: usize, (ns, labels, dual, http, declared): PodParts) -> Pod {
             name: None,
             port: 81,
             protocol: Protocol::Tcp,
+            host_port: None,
         });
     }
     Pod {
@@ -258,8 +260,7 @@ fn build_pod(i: usize, (ns, labels, dual, http, declared): PodParts) -> Pod {
         ips,
         node: None,
         ports,
-        host_network: false,
-        uid: None,
+        ..Pod::default()
     }
 }
 

@@ -11,7 +11,7 @@
 //! has reported the addresses.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -144,6 +144,11 @@ impl CniEndpoints {
         Ok(())
     }
 
+    /// The pods whose sandbox this node made.
+    pub fn pods(&self) -> BTreeSet<ObjectRef> {
+        self.by_pod.keys().cloned().collect()
+    }
+
     /// The sandbox of `pod`, if one was added.
     pub fn get(&self, pod: &ObjectRef) -> Option<&CniEndpoint> {
         self.by_pod.get(pod)
@@ -221,8 +226,8 @@ mod tests {
             ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
             node: None,
             ports: Vec::new(),
-            host_network: false,
             uid: uid.map(str::to_owned),
+            ..Pod::default()
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub policies: usize,
     /// Policies rejected by validation.
     pub rejected: usize,
+    /// Addresses several running pods claim.
+    pub address_conflicts: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +130,11 @@ impl Collector for SnapshotCollector {
                 "policy_agent_rejected_policies",
                 "NetworkPolicies rejected by validation",
                 s.rejected,
+            ),
+            (
+                "policy_agent_address_conflicts",
+                "Addresses several running pods claim (one of them keeps each)",
+                s.address_conflicts,
             ),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;

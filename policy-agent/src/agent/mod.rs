@@ -701,8 +701,12 @@ impl Agent {
         let node = NodeConfig {
             name: self.config.node_name.clone(),
             addresses,
+            sandboxes: self.cni.pods(),
         };
         let compiled = self.compiler.compile(&self.cluster, &node);
+        for c in compiled.conflicts.iter().filter(|c| !self.compiled.conflicts.contains(c)) {
+            tracing::warn!(conflict = %c);
+        }
         let report = self.datapath.sync(&compiled)?;
 
         // Endpoint entries first, then the programs: an attached interface never lacks one.
@@ -831,6 +835,7 @@ impl Agent {
             endpoints: self.attached.len(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
+            address_conflicts: self.compiled.conflicts.len(),
         });
 
         let endpoints = self

@@ -1,6 +1,6 @@
 //! `policy-agent explain`: the verdict on one flow, and why.
 
-use std::{net::IpAddr, process::ExitCode};
+use std::{collections::BTreeSet, net::IpAddr, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -47,7 +47,8 @@ fn parse_family(s: &str) -> Result<Family, String> {
     }
 }
 
-/// A pod of the plan, or an external host with that address.
+/// A pod of the plan (by name, or by one of its addresses), or an external host with that
+/// address.
 fn host(hosts: &[Host], name: &str) -> anyhow::Result<Host> {
     if let Some(h) = hosts.iter().find(|h| h.label == name) {
         return Ok(h.clone());
@@ -55,6 +56,9 @@ fn host(hosts: &[Host], name: &str) -> anyhow::Result<Host> {
     let ip: IpAddr = name.parse().with_context(|| {
         format!("{name} is neither a pod with an address (NAMESPACE/POD) nor an IP address")
     })?;
+    if let Some(pod) = hosts.iter().find(|h| h.pod.is_some() && h.ips.contains(&ip)) {
+        return Ok(pod.clone());
+    }
     Ok(Host {
         label: ip.to_string(),
         pod: None,
@@ -68,7 +72,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     for e in &loaded.errors {
         eprintln!("error: {e}");
     }
-    let cluster = &loaded.cluster;
+    // Finished pods hold no address; an address claimed twice stays with one pod.
+    let (cluster, conflicts) = loaded.cluster.settled(&BTreeSet::new());
+    let cluster = &cluster;
     let hosts = plan::hosts(cluster, &[], &[]);
     let (from, to) = (host(&hosts, &args.from)?, host(&hosts, &args.to)?);
     let family = match args.family {
@@ -111,7 +117,11 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let warnings = lint::lint(cluster, reference.policies());
+    let warnings: Vec<String> = conflicts
+        .iter()
+        .map(ToString::to_string)
+        .chain(lint::lint(cluster, reference.policies()).iter().map(ToString::to_string))
+        .collect();
     if !warnings.is_empty() {
         println!("\nWarnings:");
         for w in warnings {

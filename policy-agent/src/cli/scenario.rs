@@ -1,7 +1,7 @@
 //! What `lab`, `matrix` and `explain` share: a manifest directory, its lab.toml, and the
 //! external hosts.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
 
 use clap::Args;
 use policy_agent::{
@@ -35,10 +35,16 @@ pub struct Scenario {
 impl ScenarioArgs {
     /// Loads the manifests (reporting bad objects on stderr) and the lab settings.
     pub fn load(&self) -> anyhow::Result<Scenario> {
-        let loaded = manifests::load_dir(&self.manifests)?;
+        let mut loaded = manifests::load_dir(&self.manifests)?;
         for e in &loaded.errors {
             eprintln!("error: {e}");
         }
+        // Finished pods hold no address; an address claimed twice stays with one pod.
+        let (cluster, conflicts) = loaded.cluster.settled(&BTreeSet::new());
+        for c in conflicts {
+            eprintln!("warning: {c}");
+        }
+        loaded.cluster = cluster;
         let mut config = LabConfig::from_dir(&self.manifests)?;
         if !self.external.is_empty() {
             config.externals.clone_from(&self.external);

@@ -42,6 +42,11 @@ impl<K: Ord + Clone> IdAllocator<K> {
         id
     }
 
+    /// The id of `key`, if it has one (without marking it as in use).
+    pub fn get(&self, key: &K) -> Option<&u32> {
+        self.ids.get(key)
+    }
+
     /// Gives `key` the id `id` (one a previous run used), unless the key has an id already
     /// or the id is taken; returns whether it did.
     pub fn reserve(&mut self, key: &K, id: u32) -> bool {

@@ -15,7 +15,9 @@
 
 mod cidr;
 pub mod ids;
+pub mod lookup;
 mod ports;
+mod services;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,15 +27,17 @@ use std::{
 use ipnet::IpNet;
 use policy_common::maps::{
     CIDR_CLASS_NONE, CidrKey, CidrValue, Direction, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
-    EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, IDENTITY_HOST, IpKey, IpcacheValue,
-    PolicyKey, PolicyValue, peer_kind,
+    EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, FRONTEND_NONE, FrontendKey,
+    FrontendValue,
+    IDENTITY_HOST, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
+    ServicePolicyValue, peer_kind,
 };
 
 pub use self::ports::{PortMatch, PortSet};
 use self::{ids::IdAllocator, ports::RulePorts};
 use crate::{
-    model::{Cluster, Labels, ObjectRef, Pod, Protocol},
-    semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError},
+    model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Protocol},
+    semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, services::Forwarder},
 };
 
 /// A key of an LPM-trie map: prefix length in bits, and the data it applies to.
@@ -52,6 +56,9 @@ pub struct NodeConfig {
     pub name: String,
     /// The node's own addresses: traffic between them and local pods is always allowed.
     pub addresses: Vec<IpAddr>,
+    /// Pods whose sandbox this node made: where running pods claim one address, theirs
+    /// is the claim that counts here.
+    pub sandboxes: BTreeSet<ObjectRef>,
 }
 
 /// What a pod's identity is made of: everything a policy can select or resolve on it.
@@ -122,6 +129,14 @@ pub struct Compiled {
     pub rejected: Vec<PolicyError>,
     /// Things an operator should know (e.g. pods that cannot be enforced).
     pub warnings: Vec<String>,
+    /// Addresses several running pods claim, and which of them keeps each.
+    pub conflicts: Vec<AddressConflict>,
+    /// FRONTENDS contents.
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// SERVICE_POLICY contents.
+    pub service_policy: BTreeMap<ServicePolicyKey, ServicePolicyValue>,
+    /// What each frontend id stands for (for `explain` and flow records).
+    pub frontend_names: BTreeMap<u32, (Forwarder, bool)>,
 }
 
 /// Compiles clusters for one node, keeping ids stable from one compilation to the next.
@@ -132,6 +147,7 @@ pub struct Compiler {
     classes: IdAllocator<PortSet>,
     endpoints: IdAllocator<ObjectRef>,
     policies: IdAllocator<ObjectRef>,
+    frontends: IdAllocator<services::FrontendId>,
 }
 
 impl Default for Compiler {
@@ -142,6 +158,7 @@ impl Default for Compiler {
             classes: IdAllocator::new(CIDR_CLASS_NONE + 1),
             endpoints: IdAllocator::new(1),
             policies: IdAllocator::new(1),
+            frontends: IdAllocator::new(FRONTEND_NONE + 1),
         }
     }
 }
@@ -186,6 +203,10 @@ impl Compiler {
     #[tracing::instrument(skip_all, fields(node = %node.name, pods = cluster.pods.len(), policies = cluster.policies.len()))]
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeConfig) -> Compiled {
         let mut out = Compiled::default();
+        // Finished pods hold no address, and a claimed twice stays with one pod.
+        let (settled, conflicts) = cluster.settled(&node.sandboxes);
+        let cluster = &settled;
+        out.conflicts = conflicts;
 
         let mut policies = Vec::new();
         for policy in cluster.policies.values() {
@@ -203,7 +224,8 @@ impl Compiler {
         let mut pods_by_ip: BTreeMap<IpAddr, &Pod> = BTreeMap::new();
         for pod in cluster.pods.values() {
             // Host-network pods share the node's addresses; their traffic is the node's.
-            if pod.host_network {
+            // Finished pods have no traffic at all.
+            if !pod.holds_addresses() {
                 continue;
             }
             let key = IdentityKey::of(cluster, pod);
@@ -216,7 +238,9 @@ impl Compiler {
                 pods_by_ip.insert(ip, pod);
             }
         }
-        for &ip in &node.addresses {
+        // A Service's address is never the node, even where the node holds it (IPVS).
+        let service_ips = semantics::services::service_addresses(cluster);
+        for &ip in node.addresses.iter().filter(|ip| !service_ips.contains(ip)) {
             out.ipcache.insert(
                 ip_key(ip),
                 IpcacheValue {
@@ -226,7 +250,7 @@ impl Compiler {
         }
 
         let mut emitted = BTreeSet::new();
-        for pod in cluster.pods_on(&node.name) {
+        for pod in cluster.pods_on(&node.name).filter(|p| !p.finished) {
             if pod.host_network {
                 out.warnings.push(format!(
                     "pod {} uses the host network: NetworkPolicy cannot be enforced on it",
@@ -274,11 +298,14 @@ impl Compiler {
             out.endpoints.insert(pod.id.clone(), info);
         }
 
+        services::compile(&mut self.frontends, cluster, node, &mut out);
+
         self.identities.sweep();
         self.rulesets.sweep();
         self.classes.sweep();
         self.endpoints.sweep();
         self.policies.sweep();
+        self.frontends.sweep();
         out
     }
 

@@ -2,8 +2,8 @@
 //!
 //! A sync diffs the desired contents against what the kernel holds and writes only the
 //! difference, in an order that never opens a gap: new policy, CIDR and ipcache entries
-//! first, then the endpoints that refer to them, and only then the entries nothing refers
-//! to any more ("make before break").
+//! first, then the Service verdicts and the frontends that refer to them, then the endpoints,
+//! and only then the entries nothing refers to any more ("make before break").
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use policy_common::maps::{
-    CidrKey, CidrValue, EndpointInfo, IpKey, IpcacheValue, PolicyKey, PolicyValue, StatsKey,
-    StatsValue, capacity, names,
+    CidrKey, CidrValue, EndpointInfo, FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey,
+    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, capacity, names,
 };
 
 use super::tables::{EndpointTables, TableSizes};
@@ -48,6 +48,10 @@ pub struct Maps {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// CIDR trie.
     pub cidr: LpmTrie<MapData, CidrKey, CidrValue>,
+    /// Service frontends.
+    pub frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    /// What egress rulesets say of frontends' backends.
+    pub service_policy: HashMap<MapData, ServicePolicyKey, ServicePolicyValue>,
     /// Each endpoint's conntrack and fragment tables.
     pub tables: EndpointTables,
     /// Counters.
@@ -67,6 +71,10 @@ pub struct MapContents {
     pub policy: BTreeMap<LpmKey<PolicyKey>, PolicyValue>,
     /// CIDR.
     pub cidr: BTreeMap<LpmKey<CidrKey>, CidrValue>,
+    /// FRONTENDS.
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// SERVICE_POLICY.
+    pub service_policy: BTreeMap<ServicePolicyKey, ServicePolicyValue>,
 }
 
 /// How many entries a sync wrote and removed.
@@ -152,6 +160,8 @@ impl Maps {
             ipcache: HashMap::try_from(take(names::IPCACHE)?)?,
             policy: LpmTrie::try_from(take(names::POLICY)?)?,
             cidr: LpmTrie::try_from(take(names::CIDR)?)?,
+            frontends: HashMap::try_from(take(names::FRONTENDS)?)?,
+            service_policy: HashMap::try_from(take(names::SERVICE_POLICY)?)?,
             tables: EndpointTables::new(take(names::CONNTRACK)?, take(names::FRAGMENTS)?, sizes)?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
@@ -165,6 +175,8 @@ impl Maps {
             ipcache: live_hash(names::IPCACHE, &self.ipcache)?,
             policy: live_lpm(names::POLICY, &self.policy)?,
             cidr: live_lpm(names::CIDR, &self.cidr)?,
+            frontends: live_hash(names::FRONTENDS, &self.frontends)?,
+            service_policy: live_hash(names::SERVICE_POLICY, &self.service_policy)?,
         })
     }
 
@@ -179,6 +191,8 @@ impl Maps {
         let ipcache = diff(&current.ipcache, &desired.ipcache);
         let policy = diff(&current.policy, &desired.policy);
         let cidr = diff(&current.cidr, &desired.cidr);
+        let frontends = diff(&current.frontends, &desired.frontends);
+        let service_policy = diff(&current.service_policy, &desired.service_policy);
 
         for (k, v) in &ipcache.upserts {
             op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
@@ -188,6 +202,13 @@ impl Maps {
         }
         for (k, v) in &cidr.upserts {
             op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
+        }
+        // A frontend's verdicts before the frontend itself.
+        for (k, v) in &service_policy.upserts {
+            op(names::SERVICE_POLICY, self.service_policy.insert(k, v, 0))?;
+        }
+        for (k, v) in &frontends.upserts {
+            op(names::FRONTENDS, self.frontends.insert(k, v, 0))?;
         }
         // An endpoint's tables exist before its entry does.
         for e in desired.endpoints.values() {
@@ -199,6 +220,12 @@ impl Maps {
 
         for k in &endpoints.removes {
             op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+        }
+        for k in &frontends.removes {
+            op(names::FRONTENDS, absent_ok(self.frontends.remove(k)))?;
+        }
+        for k in &service_policy.removes {
+            op(names::SERVICE_POLICY, absent_ok(self.service_policy.remove(k)))?;
         }
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
@@ -213,8 +240,12 @@ impl Maps {
             written: ipcache.upserts.len()
                 + policy.upserts.len()
                 + cidr.upserts.len()
+                + service_policy.upserts.len()
+                + frontends.upserts.len()
                 + endpoints.upserts.len(),
             removed: endpoints.removes.len()
+                + frontends.removes.len()
+                + service_policy.removes.len()
                 + cidr.removes.len()
                 + policy.removes.len()
                 + ipcache.removes.len(),
@@ -249,6 +280,16 @@ impl Maps {
                 capacity::POLICY.into(),
             ),
             (names::CIDR, self.cidr.keys().count(), capacity::CIDR.into()),
+            (
+                names::FRONTENDS,
+                self.frontends.keys().count(),
+                capacity::FRONTENDS.into(),
+            ),
+            (
+                names::SERVICE_POLICY,
+                self.service_policy.keys().count(),
+                capacity::SERVICE_POLICY.into(),
+            ),
             (names::CONNTRACK, conntrack, conntrack_capacity),
             (names::FRAGMENTS, fragments, fragments_capacity),
         ]

@@ -258,6 +258,8 @@ impl Datapath {
             ipcache: compiled.ipcache.clone(),
             policy: compiled.policy.clone(),
             cidr: compiled.cidr.clone(),
+            frontends: compiled.frontends.clone(),
+            service_policy: compiled.service_policy.clone(),
         };
         let current = match self.written.take() {
             Some(written) => written,

@@ -3,89 +3,24 @@
 //! A flow passes when the source's egress and the destination's ingress both allow it,
 //! as `from_pod` and `to_pod` decide it on one node.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use bytemuck::Pod as PlainData;
-use policy_common::{
-    decide::{self, PolicyMaps},
-    maps::{
-        CidrKey, CidrValue, Direction, IDENTITY_WORLD, IpKey, POLICY_PREFIX_FULL, PolicyKey,
-        PolicyValue,
-    },
-};
+use policy_common::{decide, maps::Direction};
 
 use super::Flow;
 use crate::{
-    compiler::{Compiled, Compiler, LpmKey, NodeConfig, ip_key},
+    compiler::{
+        Compiled, Compiler, NodeConfig, ip_key,
+        lookup::{Lookup, PrefixLengths},
+    },
     model::{Cluster, ObjectRef},
 };
 
 /// Node name under which every pod is compiled as local.
 const NODE: &str = "evaluation";
 
-/// An LPM trie in user space: exact lookups at each prefix length present, longest first.
-#[derive(Debug)]
-struct LpmTable<K, V> {
-    entries: BTreeMap<LpmKey<K>, V>,
-    lengths: BTreeSet<u32>,
-}
-
-impl<K: PlainData + Ord, V: Copy> LpmTable<K, V> {
-    fn new(entries: &BTreeMap<LpmKey<K>, V>) -> Self {
-        Self {
-            lengths: entries.keys().map(|k| k.prefix_len).collect(),
-            entries: entries.clone(),
-        }
-    }
-
-    /// The entry with the longest prefix (at most `max_len` bits) matching `data`.
-    fn longest(&self, data: &K, max_len: u32) -> Option<V> {
-        self.lengths.range(..=max_len).rev().find_map(|&len| {
-            let key = LpmKey {
-                prefix_len: len,
-                data: masked(data, len),
-            };
-            self.entries.get(&key).copied()
-        })
-    }
-}
-
-/// `data` with every bit after the first `bits` cleared, as the compiler stores prefixes.
-fn masked<K: PlainData>(data: &K, bits: u32) -> K {
-    let mut bytes = bytemuck::bytes_of(data).to_vec();
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        let start = i as u32 * 8;
-        if start >= bits {
-            *byte = 0;
-        } else if start + 8 > bits {
-            *byte &= 0xffu8 << (start + 8 - bits);
-        }
-    }
-    bytemuck::pod_read_unaligned(&bytes)
-}
-
 /// A cluster compiled for one node that holds every pod.
 pub struct CompiledEvaluator {
     compiled: Compiled,
-    policy: LpmTable<PolicyKey, PolicyValue>,
-    cidr: LpmTable<CidrKey, CidrValue>,
-}
-
-impl PolicyMaps for CompiledEvaluator {
-    fn identity(&self, addr: &IpKey) -> u32 {
-        self.compiled
-            .ipcache
-            .get(addr)
-            .map_or(IDENTITY_WORLD, |v| v.identity)
-    }
-
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
-        self.policy.longest(key, POLICY_PREFIX_FULL)
-    }
-
-    fn cidr(&self, key: &CidrKey, prefix_len: u32) -> Option<CidrValue> {
-        self.cidr.longest(key, prefix_len)
-    }
+    lengths: PrefixLengths,
 }
 
 impl CompiledEvaluator {
@@ -98,8 +33,7 @@ impl CompiledEvaluator {
     pub fn with_compiler(compiler: &mut Compiler, cluster: &Cluster) -> Self {
         let compiled = compiler.compile(&on_one_node(cluster), &node());
         Self {
-            policy: LpmTable::new(&compiled.policy),
-            cidr: LpmTable::new(&compiled.cidr),
+            lengths: PrefixLengths::of(&compiled),
             compiled,
         }
     }
@@ -107,6 +41,11 @@ impl CompiledEvaluator {
     /// What the compiler produced.
     pub fn compiled(&self) -> &Compiled {
         &self.compiled
+    }
+
+    /// The compiled maps, read as the datapath reads them.
+    pub fn maps(&self) -> Lookup<'_> {
+        Lookup::new(&self.compiled, &self.lengths)
     }
 
     /// Whether the flow's first packet passes the source's egress and the destination's
@@ -124,7 +63,7 @@ impl CompiledEvaluator {
             // would be just an address, as the datapath sees it on a pod's interface.
             let node_itself = dir == Direction::Egress;
             decide::new_flow(
-                self,
+                &self.maps(),
                 ep,
                 dir,
                 &ip_key(remote),
@@ -145,6 +84,7 @@ pub fn node() -> NodeConfig {
     NodeConfig {
         name: NODE.to_owned(),
         addresses: Vec::new(),
+        ..NodeConfig::default()
     }
 }
 
@@ -155,16 +95,4 @@ pub fn on_one_node(cluster: &Cluster) -> Cluster {
         pod.node = Some(NODE.to_owned());
     }
     c
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masking_keeps_the_prefix_bits_only() {
-        assert_eq!(masked(&0xffff_ffffu32.to_be(), 12), 0xfff0_0000u32.to_be());
-        assert_eq!(masked(&[0xabu8, 0xcd], 0), [0, 0]);
-        assert_eq!(masked(&[0xabu8, 0xcd], 16), [0xab, 0xcd]);
-    }
 }

@@ -119,7 +119,7 @@ impl Lab {
         let missing: Vec<String> = cluster
             .pods
             .values()
-            .filter(|p| !p.host_network && p.ips.is_empty())
+            .filter(|p| p.holds_addresses() && p.ips.is_empty())
             .map(|p| p.id.to_string())
             .collect();
         if !missing.is_empty() {
@@ -161,7 +161,7 @@ impl Lab {
         let not_started = cluster
             .pods
             .values()
-            .filter(|p| !p.host_network)
+            .filter(|p| p.holds_addresses())
             .map(|p| p.id.clone())
             .collect();
         let mut lab = Self {

@@ -5,6 +5,7 @@ pub mod describe;
 pub mod lint;
 pub mod policy;
 pub mod selector;
+pub mod services;
 
 pub use policy::{
     FieldError, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule,

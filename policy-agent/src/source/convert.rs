@@ -4,18 +4,26 @@ use std::net::IpAddr;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+        core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
+        discovery::v1::EndpointSlice as ApiEndpointSlice,
         networking::v1::NetworkPolicy as ApiNetworkPolicy,
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{ContainerPort, Namespace, ObjectRef, Origin, Pod, Policy, Protocol};
+use crate::model::{
+    ContainerPort, EndpointSlice, Namespace, Node, ObjectRef, Origin, Pod, Policy, Protocol,
+    SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+};
 
 /// Namespace of objects that do not say.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The phase of a pod whose containers all ended successfully.
+const FINISHED_SUCCEEDED: &str = "Succeeded";
+/// The phase of a pod whose containers all ended, one at least in failure.
+const FINISHED_FAILED: &str = "Failed";
 
 /// The path of the offending field (if known) and what is wrong with it.
 pub type FieldResult<T> = Result<T, (Option<String>, String)>;
@@ -118,10 +126,22 @@ pub fn pod(pod: ApiPod) -> FieldResult<Pod> {
                     )
                 })?,
             };
+            let host_port = p
+                .host_port
+                .map(|h| {
+                    port_number(h).ok_or_else(|| {
+                        (
+                            Some(format!("{field}.hostPort")),
+                            format!("{h} is not a valid port number (1-65535)"),
+                        )
+                    })
+                })
+                .transpose()?;
             ports.push(ContainerPort {
                 name: p.name.clone(),
                 port,
                 protocol,
+                host_port,
             });
         }
     }
@@ -134,5 +154,184 @@ pub fn pod(pod: ApiPod) -> FieldResult<Pod> {
         ports,
         host_network: spec.host_network.unwrap_or(false),
         uid: pod.metadata.uid,
+        finished: matches!(
+            status.phase.as_deref(),
+            Some(FINISHED_SUCCEEDED | FINISHED_FAILED)
+        ),
+        created: pod.metadata.creation_timestamp.map(|t| t.0),
     })
+}
+
+/// A port number (1-65535) from the API's i32.
+fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|&p| p != 0)
+}
+
+/// An address field.
+fn address(field: String, text: &str) -> FieldResult<IpAddr> {
+    text.parse()
+        .map_err(|_| (Some(field), format!("invalid IP address {text:?}")))
+}
+
+/// A protocol field (TCP when absent).
+fn protocol(field: String, p: Option<&str>) -> FieldResult<Protocol> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(s) => Protocol::parse(s).ok_or_else(|| {
+            (Some(field), format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"))
+        }),
+    }
+}
+
+/// The "None" of a headless Service's clusterIP.
+const HEADLESS: &str = "None";
+
+/// A Service: its frontends, ports and selector.
+pub fn service(svc: ApiService) -> FieldResult<Service> {
+    let (name, namespace) = name_of(&svc.metadata, true)?;
+    let spec = svc.spec.unwrap_or_default();
+    let mut cluster_ips = Vec::new();
+    let listed: Vec<(String, String)> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.clone()))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .map(|ip| ("spec.clusterIP".to_owned(), ip.clone()))
+            .collect(),
+    };
+    for (field, text) in listed {
+        if text != HEADLESS && !text.is_empty() {
+            cluster_ips.push(address(field, &text)?);
+        }
+    }
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, ip)| address(format!("spec.externalIPs[{i}]"), ip))
+        .collect::<Result<_, _>>()?;
+    let load_balancer_ips = svc
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, ing)| Some((i, ing.ip?)))
+        .map(|(i, ip)| address(format!("status.loadBalancer.ingress[{i}].ip"), &ip))
+        .collect::<Result<_, _>>()?;
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let port = port_number(p.port).ok_or_else(|| {
+            (Some(format!("{field}.port")), format!("{} is not a valid port number (1-65535)", p.port))
+        })?;
+        let target_port = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => TargetPort::Number(port_number(*n).ok_or_else(|| {
+                (Some(format!("{field}.targetPort")), format!("{n} is not a valid port number (1-65535)"))
+            })?),
+            Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
+        };
+        ports.push(ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(format!("{field}.protocol"), p.protocol.as_deref())?,
+            port,
+            node_port: p.node_port.and_then(port_number),
+            target_port,
+        });
+    }
+    Ok(Service {
+        id: ObjectRef::new(namespace, name),
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        ports,
+        selector: spec.selector.filter(|s| !s.is_empty()),
+        external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+    })
+}
+
+/// An EndpointSlice: its Service, ports and backends.
+pub fn endpoint_slice(slice: ApiEndpointSlice) -> FieldResult<EndpointSlice> {
+    let (name, namespace) = name_of(&slice.metadata, true)?;
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned()
+        .ok_or_else(|| {
+            (
+                Some(format!("metadata.labels[{SERVICE_NAME_LABEL}]")),
+                "required: the slice's Service".to_owned(),
+            )
+        })?;
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let field = format!("ports[{i}]");
+        let Some(port) = p.port.and_then(port_number) else {
+            // No port: "all ports" of a Service without ports; nothing to forward to here.
+            continue;
+        };
+        ports.push(SlicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(format!("{field}.protocol"), p.protocol.as_deref())?,
+            port,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().flatten().enumerate() {
+        let addresses = e
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(j, a)| address(format!("endpoints[{i}].addresses[{j}]"), a))
+            .collect::<Result<_, _>>()?;
+        let pod = e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| {
+                Some(ObjectRef::new(
+                    r.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                    r.name.clone()?,
+                ))
+            });
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            node: e.node_name.clone(),
+            pod,
+        });
+    }
+    Ok(EndpointSlice {
+        id: ObjectRef::new(namespace, name),
+        service,
+        ports,
+        endpoints,
+    })
+}
+
+/// The node address types that node ports and host ports are served on.
+const NODE_ADDRESS_TYPES: [&str; 2] = ["InternalIP", "ExternalIP"];
+
+/// A node: its name and addresses.
+pub fn node(node: ApiNode) -> FieldResult<Node> {
+    let (name, _) = name_of(&node.metadata, false)?;
+    let addresses = node
+        .status
+        .and_then(|s| s.addresses)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, a)| NODE_ADDRESS_TYPES.contains(&a.type_.as_str()))
+        .map(|(i, a)| address(format!("status.addresses[{i}].address"), &a.address))
+        .collect::<Result<_, _>>()?;
+    Ok(Node { name, addresses })
 }

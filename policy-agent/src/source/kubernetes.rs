@@ -1,5 +1,6 @@
 //! The Kubernetes API as a source: kube-rs watchers on Namespaces, Pods (all namespaces:
-//! remote pods feed the ipcache) and NetworkPolicies. A (re)list is reported whole, once
+//! remote pods feed the ipcache), NetworkPolicies, Services and EndpointSlices (where a
+//! Service frontend forwards to) and Nodes (where node ports are served). A (re)list is reported whole, once
 //! complete, so the agent never sees half a list; watch errors are reported and retried
 //! with backoff, and a `410 Gone` makes the watcher list again. [`PodLookup`] gets one pod
 //! directly, for the CNI plugin's pods that the watch has not delivered yet.
@@ -9,7 +10,8 @@ use std::fmt::Debug;
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+        core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
+        discovery::v1::EndpointSlice as ApiEndpointSlice,
         networking::v1::NetworkPolicy as ApiNetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -46,7 +48,7 @@ impl PodLookup {
     }
 }
 
-/// Starts the three watchers.
+/// Starts the watchers, one per [`Kind`].
 pub fn watch(client: Client) -> mpsc::Receiver<SourceEvent> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     spawn(
@@ -63,8 +65,26 @@ pub fn watch(client: Client) -> mpsc::Receiver<SourceEvent> {
     );
     spawn(
         Kind::Policy,
-        Api::<ApiNetworkPolicy>::all(client),
+        Api::<ApiNetworkPolicy>::all(client.clone()),
         |np| convert::policy(np, Origin::default()).map(Object::Policy),
+        tx.clone(),
+    );
+    spawn(
+        Kind::Service,
+        Api::<ApiService>::all(client.clone()),
+        |svc| convert::service(svc).map(Object::Service),
+        tx.clone(),
+    );
+    spawn(
+        Kind::EndpointSlice,
+        Api::<ApiEndpointSlice>::all(client.clone()),
+        |slice| convert::endpoint_slice(slice).map(Object::EndpointSlice),
+        tx.clone(),
+    );
+    spawn(
+        Kind::Node,
+        Api::<ApiNode>::all(client),
+        |node| convert::node(node).map(Object::Node),
         tx,
     );
     rx
@@ -146,7 +166,7 @@ fn convert_or_report<K: Resource, T>(
 fn reference(kind: Kind, meta: &ObjectMeta) -> ObjectRef {
     let name = meta.name.clone().unwrap_or_default();
     match kind {
-        Kind::Namespace => ObjectRef::new("", name),
+        _ if !kind.namespaced() => ObjectRef::new("", name),
         _ => ObjectRef::new(
             meta.namespace
                 .clone()

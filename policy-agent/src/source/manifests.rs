@@ -1,6 +1,8 @@
 //! A directory of manifests as the cluster model: YAML or JSON files, several documents per
-//! file, `kind: List` as `kubectl get -o yaml` prints it. Namespaces, Pods and
-//! NetworkPolicies are read; other kinds are skipped with a note.
+//! file, `kind: List` as `kubectl get -o yaml` prints it. Namespaces, Pods, NetworkPolicies,
+//! Services, EndpointSlices and Nodes are read; other kinds are skipped with a note. A
+//! Service with a selector and no EndpointSlice gets the slices the control plane would
+//! make ([`super::slices::derive`]).
 //!
 //! One bad object never spoils the others: each error names the file, the object and the
 //! field, and the rest still loads.
@@ -12,7 +14,8 @@ use std::{
 
 use anyhow::Context as _;
 use k8s_openapi::api::{
-    core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+    core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
+    discovery::v1::EndpointSlice as ApiEndpointSlice,
     networking::v1::NetworkPolicy as ApiNetworkPolicy,
 };
 use serde_json::Value;
@@ -93,6 +96,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
             }),
         }
     }
+    super::slices::derive(&mut loaded.cluster);
     Ok(loaded)
 }
 
@@ -141,7 +145,8 @@ fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
         message,
     };
     let result = match kind.as_str() {
-        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
+        | "EndpointSliceList" | "NodeList" => {
             if let Some(Value::Array(items)) = doc.get("items") {
                 for item in items.clone() {
                     load_value(item, file, loaded);
@@ -163,6 +168,15 @@ fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
                 convert::policy(np, origin)
             })
             .map(|policy| loaded.cluster.add_policy(policy)),
+        "Service" => typed::<ApiService>(doc)
+            .and_then(convert::service)
+            .map(|svc| loaded.cluster.add_service(svc)),
+        "EndpointSlice" => typed::<ApiEndpointSlice>(doc)
+            .and_then(convert::endpoint_slice)
+            .map(|slice| loaded.cluster.add_endpoint_slice(slice)),
+        "Node" => typed::<ApiNode>(doc)
+            .and_then(convert::node)
+            .map(|node| loaded.cluster.add_node(node)),
         "" => Err((None, "document has no kind".to_owned())),
         _ => {
             loaded.skipped.push(format!("{}: {label}", file.display()));
@@ -234,7 +248,7 @@ items:
   spec: {podSelector: {}}
 ---
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: s}
 "#,
         );

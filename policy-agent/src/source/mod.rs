@@ -6,10 +6,11 @@ pub mod convert;
 pub mod directory;
 pub mod kubernetes;
 pub mod manifests;
+pub mod slices;
 
 use tokio::sync::mpsc;
 
-use crate::model::{Cluster, Namespace, ObjectRef, Pod, Policy};
+use crate::model::{Cluster, EndpointSlice, Namespace, Node, ObjectRef, Pod, Policy, Service};
 
 /// What an agent is fed by: a source's events, and for the Kubernetes source a way to get
 /// a pod the watch has not delivered yet.
@@ -38,6 +39,12 @@ pub enum Object {
     Pod(Pod),
     /// A NetworkPolicy.
     Policy(Policy),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// A node.
+    Node(Node),
 }
 
 /// The kinds the agent follows.
@@ -49,11 +56,24 @@ pub enum Kind {
     Pod,
     /// NetworkPolicies.
     Policy,
+    /// Services.
+    Service,
+    /// EndpointSlices.
+    EndpointSlice,
+    /// Nodes.
+    Node,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+    pub const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Policy,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+    ];
 
     /// Resource name, as metrics and logs print it.
     pub const fn as_str(self) -> &'static str {
@@ -61,7 +81,15 @@ impl Kind {
             Self::Namespace => "namespaces",
             Self::Pod => "pods",
             Self::Policy => "networkpolicies",
+            Self::Service => "services",
+            Self::EndpointSlice => "endpointslices",
+            Self::Node => "nodes",
         }
+    }
+
+    /// Whether objects of the kind live in a namespace.
+    pub const fn namespaced(self) -> bool {
+        !matches!(self, Self::Namespace | Self::Node)
     }
 }
 
@@ -79,7 +107,7 @@ pub enum SourceEvent {
     Relisted(Kind, Vec<Object>),
     /// An object was added or changed.
     Applied(Object),
-    /// An object was deleted (namespaces have an empty `namespace`).
+    /// An object was deleted (namespaces and nodes have an empty `namespace`).
     Deleted(Kind, ObjectRef),
     /// Something went wrong; the source keeps trying.
     Error(String),
@@ -92,6 +120,9 @@ impl Cluster {
             Object::Namespace(ns) => self.add_namespace(ns),
             Object::Pod(pod) => self.add_pod(pod),
             Object::Policy(policy) => self.add_policy(policy),
+            Object::Service(service) => self.add_service(service),
+            Object::EndpointSlice(slice) => self.add_endpoint_slice(slice),
+            Object::Node(node) => self.add_node(node),
         }
     }
 
@@ -107,6 +138,15 @@ impl Cluster {
             Kind::Policy => {
                 self.policies.remove(id);
             }
+            Kind::Service => {
+                self.services.remove(id);
+            }
+            Kind::EndpointSlice => {
+                self.endpoint_slices.remove(id);
+            }
+            Kind::Node => {
+                self.nodes.remove(&id.name);
+            }
         }
     }
 
@@ -116,6 +156,9 @@ impl Cluster {
             Kind::Namespace => self.namespaces.clear(),
             Kind::Pod => self.pods.clear(),
             Kind::Policy => self.policies.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::Node => self.nodes.clear(),
         }
         for object in objects {
             self.apply(object);

@@ -146,6 +146,7 @@ impl Harness {
         let node = NodeConfig {
             name: "fuzz".to_owned(),
             addresses: NODE_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect(),
+            ..NodeConfig::default()
         };
         let mut cluster = on_one_node(cluster);
         for pod in cluster.pods.values_mut() {
