@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, TableSizes},
+    datapath::{Arrival, Datapath, TableSizes},
     model::ObjectRef,
 };
 use policy_common::{
@@ -1126,6 +1126,13 @@ ports: [{port: 8080, protocol: TCP}]
 endpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.4]}]
 ---
 kind: Service
+metadata: {name: local, namespace: t}
+spec:
+  clusterIP: 10.96.0.12
+  selector: {role: local}
+  ports: [{port: 80}]
+---
+kind: Service
 metadata: {name: kube-dns, namespace: kube-system}
 spec:
   clusterIP: 10.96.0.53
@@ -1226,4 +1233,29 @@ fn node_ports_and_ipvs_addresses_are_not_the_node() {
         .map(|(_, v)| v.packets)
         .sum();
     assert_eq!(denied, 3, "denied by policy, not for another reason");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    let f = Fixture::new(&format!("{SERVICES}\n---\n{DENY_ALL}"));
+    // Out through its own Service, the only backend being itself...
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip("10.96.0.12"), 40000, 80, SYN)),
+        ALLOW
+    );
+    assert_eq!(f.allowed(Direction::Egress, AllowReason::Hairpin), 1);
+    // ...and back in, masqueraded to the node's address by the proxy, through the very
+    // interface it left by.
+    let back = Packet::tcp(ip(NODE_IP), ip(LOCAL), 61000, 80, SYN).frame();
+    let run = |arrival| f.datapath.test_run_arriving(programs::TO_POD, &back, arrival).unwrap();
+    assert_eq!(run(Arrival::Hairpin), ALLOW);
+    assert_eq!(f.allowed(Direction::Ingress, AllowReason::Hairpin), 1);
+    // The same packet forwarded from elsewhere is an outsider with the node's address.
+    let other = Packet::tcp(ip(NODE_IP), ip(LOCAL), 61001, 80, SYN).frame();
+    assert_eq!(
+        f.datapath
+            .test_run_arriving(programs::TO_POD, &other, Arrival::Forwarded)
+            .unwrap(),
+        DROP
+    );
 }

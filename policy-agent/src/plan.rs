@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::{
     model::{Cluster, ObjectRef, Protocol},
     report::{Family, Probe, Reachability},
+    semantics::services::{Backend, backends},
 };
 
 /// A pod or an external host.
@@ -115,6 +116,109 @@ pub fn probe(hosts: &[Host], q: &Question, allowed: bool) -> Probe {
         protocol: q.protocol,
         family: q.family,
         allowed,
+        service: None,
+        address: None,
+    }
+}
+
+/// A Service frontend that pods dial: a cluster IP and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTarget {
+    /// `namespace/name` of the Service.
+    pub label: String,
+    /// The Service.
+    pub service: ObjectRef,
+    /// The cluster IP.
+    pub address: std::net::IpAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// The Service port.
+    pub port: u16,
+    /// The backends of the address's family.
+    pub backends: Vec<Backend>,
+}
+
+impl ServiceTarget {
+    /// The address family.
+    pub fn family(&self) -> Family {
+        Family::of(&self.address)
+    }
+
+    /// The backend pod, when there is exactly one.
+    pub fn only_pod(&self) -> Option<&ObjectRef> {
+        match self.backends.as_slice() {
+            [only] => only.pod.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Every cluster IP and port of the cluster's Services (with the backends of its family).
+pub fn service_targets(cluster: &Cluster) -> Vec<ServiceTarget> {
+    let mut out = Vec::new();
+    for service in cluster.services.values() {
+        for port in &service.ports {
+            let all = backends(cluster, service, port);
+            for &address in &service.cluster_ips {
+                out.push(ServiceTarget {
+                    label: service.id.to_string(),
+                    service: service.id.clone(),
+                    address,
+                    protocol: port.protocol,
+                    port: port.port,
+                    backends: all
+                        .iter()
+                        .filter(|b| b.address.is_ipv6() == address.is_ipv6())
+                        .cloned()
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One pod dialling one Service frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceQuestion {
+    /// Index of the source in the host list (a pod).
+    pub from: usize,
+    /// Index of the target in the target list.
+    pub target: usize,
+}
+
+/// Every pod dialling every Service frontend of a family it has.
+pub fn service_questions(hosts: &[Host], targets: &[ServiceTarget]) -> Vec<ServiceQuestion> {
+    let mut out = Vec::new();
+    for (from, h) in hosts.iter().enumerate().filter(|(_, h)| h.pod.is_some()) {
+        for (target, t) in targets.iter().enumerate() {
+            if h.ip(t.family()).is_some() {
+                out.push(ServiceQuestion { from, target });
+            }
+        }
+    }
+    out
+}
+
+/// The report row of an answered Service question.
+pub fn service_probe(
+    hosts: &[Host],
+    targets: &[ServiceTarget],
+    q: &ServiceQuestion,
+    allowed: bool,
+) -> Probe {
+    let t = &targets[q.target];
+    Probe {
+        from: hosts[q.from].label.clone(),
+        to: t
+            .only_pod()
+            .map_or_else(|| t.label.clone(), ToString::to_string),
+        port: t.port,
+        protocol: t.protocol,
+        family: t.family(),
+        allowed,
+        service: Some(t.label.clone()),
+        address: Some(t.address),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Reachability results as `matrix` and `lab` print them: a readable truth table per
 //! (protocol, port, family), or the JSON contract
-//! `{"probes": [{"from", "to", "port", "protocol", "family", "allowed"}]}`.
+//! `{"probes": [{"from", "to", "port", "protocol", "family", "allowed"}]}` (probes through a
+//! Service add `"service"` and `"address"`).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,14 @@ pub struct Probe {
     pub family: Family,
     /// The verdict.
     pub allowed: bool,
+    /// For a probe through a Service: its `namespace/name` (`to` is then its backend pod
+    /// when it has one, else the Service again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// For a probe through a Service: the frontend address dialled (`port` is the
+    /// frontend's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
 }
 
 impl Serialize for Protocol {
@@ -81,26 +90,33 @@ impl Reachability {
     /// One truth table per (protocol, port, family): rows are sources, columns the
     /// destinations serving that port.
     pub fn render_table(&self) -> String {
-        let mut groups: BTreeMap<(Protocol, u16, Family), Vec<&Probe>> = BTreeMap::new();
+        let mut groups: BTreeMap<(Protocol, u16, Family, bool), Vec<&Probe>> = BTreeMap::new();
         for p in &self.probes {
             groups
-                .entry((p.protocol, p.port, p.family))
+                .entry((p.protocol, p.port, p.family, p.service.is_some()))
                 .or_default()
                 .push(p);
         }
+        // Columns of probes through Services are the Services.
+        let column = |p: &'_ Probe| -> String {
+            p.service.clone().unwrap_or_else(|| p.to.clone())
+        };
         let mut out = String::new();
-        for ((protocol, port, family), probes) in &groups {
+        for ((protocol, port, family, through_services), probes) in &groups {
+            let columns: Vec<String> = probes.iter().map(|p| column(p)).collect();
             let mut rows: Vec<&str> = probes.iter().map(|p| p.from.as_str()).collect();
-            let mut cols: Vec<&str> = probes.iter().map(|p| p.to.as_str()).collect();
+            let mut cols: Vec<&str> = columns.iter().map(String::as_str).collect();
             rows.sort();
             rows.dedup();
             cols.sort();
             cols.dedup();
             let cell: BTreeMap<(&str, &str), bool> = probes
                 .iter()
-                .map(|p| ((p.from.as_str(), p.to.as_str()), p.allowed))
+                .zip(&columns)
+                .map(|(p, c)| ((p.from.as_str(), c.as_str()), p.allowed))
                 .collect();
-            let title = format!("{protocol}/{port} {family:?}");
+            let via = if *through_services { " through Services" } else { "" };
+            let title = format!("{protocol}/{port} {family:?}{via}");
             let first = rows
                 .iter()
                 .map(|r| r.len())
@@ -151,6 +167,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 family: Family::IPv4,
                 allowed: true,
+                service: None,
+                address: None,
             },
             Probe {
                 from: "10.1.2.3".into(),
@@ -159,6 +177,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 family: Family::IPv4,
                 allowed: false,
+                service: None,
+                address: None,
             },
         ]);
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();

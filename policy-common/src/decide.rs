@@ -47,32 +47,43 @@ pub enum ServiceFlow {
     BackendsDiffer,
 }
 
-/// The frontend a new flow leaving a pod dials, if it dials one: a Service port's (or a
-/// host port's) id, or [`FRONTEND_NONE`] for an address only Services answer on, on a port
-/// none of them has.
+/// The frontend a new flow leaving a pod dials, if it dials one (its `frontend` is
+/// [`FRONTEND_NONE`] for an address only Services answer on, on a port none of them has).
 #[inline(always)]
-pub fn frontend<M: PolicyMaps>(maps: &M, remote: &IpKey, ip_proto: u8, dport: u16) -> Option<u32> {
+pub fn frontend<M: PolicyMaps>(
+    maps: &M,
+    remote: &IpKey,
+    ip_proto: u8,
+    dport: u16,
+) -> Option<FrontendValue> {
     let port = if proto::has_ports(ip_proto) { dport } else { 0 };
     if let Some(v) = maps.frontend(&FrontendKey::new(*remote, ip_proto, port)) {
-        return Some(v.frontend);
+        return Some(v);
     }
     maps.frontend(&FrontendKey::address(*remote))
-        .map(|_| FRONTEND_NONE)
 }
 
 /// A new flow of `ep` to `frontend`: decided as the connection to the backend the proxy will
-/// choose, which must be allowed whichever it is.
+/// choose, which must be allowed whichever it is. A pod reaching itself always may.
 #[inline(always)]
-pub fn service_flow<M: PolicyMaps>(maps: &M, ep: &EndpointInfo, frontend: u32) -> ServiceFlow {
+pub fn service_flow<M: PolicyMaps>(
+    maps: &M,
+    ep: &EndpointInfo,
+    frontend: &FrontendValue,
+) -> ServiceFlow {
     if !ep.is_isolated(Direction::Egress) {
         return ServiceFlow::Allowed(AllowReason::NotIsolated, 0);
     }
-    if frontend == FRONTEND_NONE {
+    if frontend.frontend == FRONTEND_NONE {
         return ServiceFlow::Denied;
+    }
+    let only = &frontend.only_backend;
+    if only.family != 0 && ep.owns(only.family, &only.addr) {
+        return ServiceFlow::Allowed(AllowReason::Hairpin, 0);
     }
     let key = ServicePolicyKey {
         ruleset: ep.egress_ruleset,
-        frontend,
+        frontend: frontend.frontend,
     };
     match maps.service_policy(&key) {
         Some(v) if v.verdict == SERVICE_ALLOWED => {

@@ -58,5 +58,6 @@ const _: () = {
     assert!(size_of::<maps::StatsKey>() == 8);
     assert!(size_of::<event::FlowEvent>() == 72);
     assert!(size_of::<maps::FrontendKey>() == 24);
+    assert!(size_of::<maps::FrontendValue>() == 24);
     assert!(size_of::<maps::ServicePolicyValue>() == 8);
 };

@@ -565,6 +565,9 @@ pub struct FrontendValue {
     /// Agent-assigned id of the Service port (or host port) and address family behind the
     /// frontend; [`FRONTEND_NONE`] for a Service address's own entry.
     pub frontend: u32,
+    /// The frontend's only backend, if it has exactly one (else all zero): a pod dialling a
+    /// Service whose only backend is itself reaches itself, which it always may.
+    pub only_backend: IpKey,
 }
 
 /// [`FrontendValue::frontend`] of an address's own entry: no Service port there.

@@ -46,6 +46,9 @@ pub enum AllowReason {
     LinkControl = 5,
     /// Traffic between the pod and the node it runs on, always allowed by Kubernetes.
     Host = 6,
+    /// The pod's own traffic, back through a Service whose backend it is (hairpin): a pod
+    /// can always reach itself.
+    Hairpin = 7,
 }
 
 /// Why a packet was dropped.
@@ -93,6 +96,7 @@ impl AllowReason {
             4 => Self::Related,
             5 => Self::LinkControl,
             6 => Self::Host,
+            7 => Self::Hairpin,
             _ => return None,
         })
     }
@@ -106,6 +110,7 @@ impl AllowReason {
             Self::Related => "related",
             Self::LinkControl => "link-control",
             Self::Host => "host",
+            Self::Hairpin => "hairpin",
         }
     }
 }

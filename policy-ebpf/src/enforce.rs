@@ -289,7 +289,7 @@ fn decide_flow(
         && !icmp_error
         && let Some(frontend) = decide::frontend(&KernelMaps, &remote_addr, flow.proto, flow.dport)
     {
-        return match decide::service_flow(&KernelMaps, ep, frontend) {
+        return match decide::service_flow(&KernelMaps, ep, &frontend) {
             ServiceFlow::Allowed(reason, policy_id) => {
                 if l4::opens_connection(flow) {
                     conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
@@ -299,6 +299,16 @@ fn decide_flow(
             ServiceFlow::Denied => Decision::drop(denial(flow)),
             ServiceFlow::BackendsDiffer => Decision::drop(DropReason::ServiceBackendsDiffer),
         };
+    }
+
+    // The pod's own packet coming back (through a Service whose backend it is): it went
+    // out through this very interface, past anti-spoofing and its egress policy, and a pod
+    // can always reach itself. The proxy's masquerade hides that in the addresses.
+    if dir == Direction::Ingress && is_own_packet(ctx) {
+        if l4::opens_connection(flow) {
+            conntrack::create(ep.endpoint_id, &key, dir, flow, 0, now);
+        }
+        return Decision::new_flow(AllowReason::Hairpin, 0, IDENTITY_WORLD);
     }
 
     // An error about nothing this pod tracks is never the node's say-so, whoever sent it:
@@ -373,6 +383,14 @@ fn node_itself(ctx: &TcContext, dir: Direction) -> bool {
             (*ctx.skb.skb).ingress_ifindex == 0 && !(*ctx.skb.skb).__bindgen_anon_2.sk.is_null()
         },
     }
+}
+
+/// Whether a packet about to enter the pod came in through the pod's own interface: the
+/// pod sent it, and the node sent it back.
+#[inline(always)]
+fn is_own_packet(ctx: &TcContext) -> bool {
+    // SAFETY: the program's context pointer; both fields are readable in TC programs.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == (*ctx.skb.skb).ifindex }
 }
 
 /// The remote side's identity for a flow record, with the same rule for node addresses.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use policy_common::{
     decide,
     maps::{
-        Direction, EP_EGRESS_ISOLATED, EndpointInfo, FRONTEND_NONE, FrontendKey, FrontendValue,
+        Direction, EP_EGRESS_ISOLATED, EndpointInfo, FRONTEND_NONE, FrontendKey, FrontendValue, IpKey,
         SERVICE_ALLOWED, SERVICE_BACKENDS_DIFFER, ServicePolicyKey, ServicePolicyValue,
     },
 };
@@ -41,9 +41,17 @@ pub fn compile(
             let key = (f.forwarder.clone(), fe.address.is_ipv6());
             let id = ids.id(&key);
             out.frontend_names.insert(id, key);
+            let mut backends = f.backends_for(fe.address);
+            let only_backend = match (backends.next(), backends.next()) {
+                (Some(b), None) => ip_key(b.address),
+                _ => IpKey::default(),
+            };
             out.frontends.insert(
                 FrontendKey::new(ip_key(fe.address), fe.protocol.number(), fe.port),
-                FrontendValue { frontend: id },
+                FrontendValue {
+                    frontend: id,
+                    only_backend,
+                },
             );
         }
     }
@@ -53,6 +61,7 @@ pub fn compile(
             .entry(FrontendKey::address(ip_key(ip)))
             .or_insert(FrontendValue {
                 frontend: FRONTEND_NONE,
+                only_backend: IpKey::default(),
             });
     }
 

@@ -334,7 +334,17 @@ impl Datapath {
         program: &'static str,
         packet: &[u8],
     ) -> Result<i32, DatapathError> {
-        Ok(self.test_run_as(program, packet, 1, Arrival::FromNode)?.0)
+        self.test_run_arriving(program, packet, Arrival::FromNode)
+    }
+
+    /// Like [`Datapath::test_run`], for a packet that reached the interface as `arrival` says.
+    pub fn test_run_arriving(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        arrival: Arrival,
+    ) -> Result<i32, DatapathError> {
+        Ok(self.test_run_as(program, packet, 1, arrival)?.0)
     }
 
     /// Runs `program` `repeat` times on `packet`; returns its TC action and the mean time
@@ -413,26 +423,33 @@ impl Drop for Datapath {
 
 /// How a test packet reached the interface, as the skb records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Arrival {
+pub enum Arrival {
     /// Received on another interface and forwarded (`skb_iif` is that interface).
     Forwarded,
     /// Made by the node's own stack (`skb_iif` is 0).
     FromNode,
+    /// Received on the very interface it is about to leave by (the pod's own packet, sent
+    /// back to it through a Service: hairpin).
+    Hairpin,
 }
 
 /// `__sk_buff` up to and including `ingress_ifindex`, the one field test packets set.
 const SKB_CONTEXT_WORDS: usize = 10;
 /// Index of `ingress_ifindex` (the kernel's `skb_iif`) in `__sk_buff`.
 const SKB_INGRESS_IFINDEX: usize = 9;
-/// Where forwarded test packets came in: any interface but "none".
-const FORWARDED_FROM_IFINDEX: u32 = 1;
+/// The interface test packets run on (loopback).
+const TEST_IFINDEX: u32 = 1;
+/// Where forwarded test packets came in: any interface but "none" and the test interface.
+const FORWARDED_FROM_IFINDEX: u32 = 2;
 
 impl Arrival {
     fn context(self) -> [u32; SKB_CONTEXT_WORDS] {
         let mut ctx = [0u32; SKB_CONTEXT_WORDS];
-        if self == Self::Forwarded {
-            ctx[SKB_INGRESS_IFINDEX] = FORWARDED_FROM_IFINDEX;
-        }
+        ctx[SKB_INGRESS_IFINDEX] = match self {
+            Self::Forwarded => FORWARDED_FROM_IFINDEX,
+            Self::FromNode => 0,
+            Self::Hairpin => TEST_IFINDEX,
+        };
         ctx
     }
 }

@@ -5,7 +5,7 @@
 
 use policy_common::{decide, maps::Direction};
 
-use super::Flow;
+use super::{Flow, ServiceFlow, service_verdict};
 use crate::{
     compiler::{
         Compiled, Compiler, NodeConfig, ip_key,
@@ -95,4 +95,51 @@ pub fn on_one_node(cluster: &Cluster) -> Cluster {
         pod.node = Some(NODE.to_owned());
     }
     c
+}
+
+impl CompiledEvaluator {
+    /// The verdict on a connection through a Service, as the datapath reaches it: the
+    /// client's `from_pod` decides on the frontend (with the compiled Service verdicts),
+    /// each backend's `to_pod` on the connection the proxy rewrote. `None` when it depends
+    /// on the backend the proxy picks.
+    pub fn allows_service(&self, flow: &ServiceFlow<'_>) -> Option<bool> {
+        let maps = self.maps();
+        let t = flow.target;
+        let proto = t.protocol.number();
+        let client = flow.from.pod.as_ref().and_then(|p| self.compiled.endpoints.get(p));
+        let egress = match client {
+            None => true,
+            Some(ep) => match decide::frontend(&maps, &ip_key(t.address), proto, t.port) {
+                Some(fe) => matches!(
+                    decide::service_flow(&maps, ep, &fe),
+                    decide::ServiceFlow::Allowed(..)
+                ),
+                None => false,
+            },
+        };
+        let sides: Vec<(bool, bool)> = t
+            .backends
+            .iter()
+            .map(|b| {
+                let ingress = match b.pod.as_ref().and_then(|p| self.compiled.endpoints.get(p)) {
+                    None => true,
+                    // Its own packet, back through the Service (hairpin).
+                    Some(_) if b.pod.as_ref() == flow.from.pod.as_ref() => true,
+                    Some(ep) => decide::new_flow(
+                        &maps,
+                        ep,
+                        Direction::Ingress,
+                        &ip_key(flow.src),
+                        proto,
+                        b.port,
+                        false,
+                    )
+                    .allowed
+                    .is_some(),
+                };
+                (egress, ingress)
+            })
+            .collect();
+        service_verdict(&sides)
+    }
 }

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 
 use policy_common::maps::Direction;
 
-use super::Flow;
+use super::{Flow, ServiceFlow, service_verdict};
 use crate::{
     model::{Cluster, ObjectRef, Pod, Protocol},
     plan::Host,
+    semantics::services::Backend,
     semantics::{self, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule},
 };
 
@@ -58,6 +59,30 @@ impl Explanation {
     }
 }
 
+/// The verdict on a connection through a Service, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceExplanation {
+    /// The client dials a Service whose only backend is itself: it may always reach itself.
+    pub hairpin: bool,
+    /// Each backend (of the frontend's family), with the connection to it explained.
+    pub backends: Vec<(Backend, Explanation)>,
+}
+
+impl ServiceExplanation {
+    /// Per backend: whether the client's egress allows it, and the backend's ingress.
+    pub fn sides(&self) -> Vec<(bool, bool)> {
+        self.backends
+            .iter()
+            .map(|(_, e)| (self.hairpin || e.egress.allows(), e.loopback || e.ingress.allows()))
+            .collect()
+    }
+
+    /// The verdict, when it does not depend on the backend the proxy picks.
+    pub fn allowed(&self) -> Option<bool> {
+        service_verdict(&self.sides())
+    }
+}
+
 impl<'a> Reference<'a> {
     /// Parses the cluster's policies.
     pub fn new(cluster: &'a Cluster) -> Self {
@@ -93,6 +118,41 @@ impl<'a> Reference<'a> {
     /// Whether the flow is allowed.
     pub fn allows(&self, flow: &Flow<'_>) -> bool {
         self.explain(flow).allowed()
+    }
+
+    /// A connection through a Service is the connection to the backend the proxy picks,
+    /// on its target port: every backend's, explained.
+    pub fn explain_service(&self, flow: &ServiceFlow<'_>) -> ServiceExplanation {
+        let t = flow.target;
+        let hairpin = t.only_pod().is_some() && t.only_pod() == flow.from.pod.as_ref();
+        let backends = t
+            .backends
+            .iter()
+            .map(|b| {
+                let to = self.host_of(b);
+                let explanation = self.explain(&Flow {
+                    from: flow.from,
+                    to: &to,
+                    src: flow.src,
+                    dst: b.address,
+                    protocol: t.protocol,
+                    port: b.port,
+                });
+                (b.clone(), explanation)
+            })
+            .collect();
+        ServiceExplanation { hairpin, backends }
+    }
+
+    /// A backend as a host: its pod, or an address outside the cluster.
+    fn host_of(&self, b: &Backend) -> Host {
+        let pod = b.pod.as_ref().filter(|p| self.cluster.pods.contains_key(*p));
+        Host {
+            label: pod.map_or_else(|| b.address.to_string(), ToString::to_string),
+            pod: pod.cloned(),
+            ips: vec![b.address],
+            serves: Vec::new(),
+        }
     }
 
     /// The verdict on `flow`, and why.

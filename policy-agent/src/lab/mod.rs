@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod probe;
+pub mod proxy;
 pub mod runtime;
 pub mod sctp;
 pub mod topology;
