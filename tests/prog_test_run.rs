@@ -969,7 +969,10 @@ fn no_pod_can_evict_another_pods_connections() {
             sport = sport.wrapping_add(1).max(1024);
         }
     }
-    assert!(!tracked(&f), "the pod's own flows never evicted its connection");
+    assert!(
+        !tracked(&f),
+        "the pod's own flows never evicted its connection"
+    );
     f.datapath.drain_events();
     assert_eq!(
         f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, ACK)),
@@ -1164,12 +1167,19 @@ spec: {podSelector: {matchLabels: {role: local}}, policyTypes: [Egress]}
 fn a_service_frontend_is_decided_as_its_backends() {
     let mut f = Fixture::new(&format!("{SERVICES}\n---\n{EGRESS_TO_PEER_AND_DNS}"));
     f.datapath.drain_events();
-    let syn = |dst: &str, port: u16| Packet::tcp(ip(LOCAL), ip(dst), 40000 + port % 10_000, port, SYN);
+    let syn =
+        |dst: &str, port: u16| Packet::tcp(ip(LOCAL), ip(dst), 40000 + port % 10_000, port, SYN);
     // Through the cluster IP to the peer's 8080: allowed, and its replies come back from
     // the frontend, as the proxy rewrites them.
     assert_eq!(f.egress(&syn("10.96.0.10", 80)), ALLOW);
     assert_eq!(
-        f.ingress(&Packet::tcp(ip("10.96.0.10"), ip(LOCAL), 80, 40080, SYN_ACK)),
+        f.ingress(&Packet::tcp(
+            ip("10.96.0.10"),
+            ip(LOCAL),
+            80,
+            40080,
+            SYN_ACK
+        )),
         ALLOW
     );
     // The canonical "allow DNS to the kube-dns pods" policy allows DNS through its Service.
@@ -1194,13 +1204,18 @@ fn a_service_frontend_is_decided_as_its_backends() {
         .iter()
         .filter(|e| e.verdict == Verdict::Allow as u8 && e.reason == AllowReason::Policy as u8)
         .count();
-    assert_eq!(allowed, 3, "cluster IP, DNS and node port, by policy: {events:?}");
+    assert_eq!(
+        allowed, 3,
+        "cluster IP, DNS and node port, by policy: {events:?}"
+    );
 }
 
 #[test]
 fn node_ports_and_ipvs_addresses_are_not_the_node() {
     // In IPVS mode every cluster IP is an address of the node (kube-ipvs0).
-    let cluster = cluster(&format!("{PODS}\n---\n{SERVICES}\n---\n{EGRESS_DENY_LOCAL}"));
+    let cluster = cluster(&format!(
+        "{PODS}\n---\n{SERVICES}\n---\n{EGRESS_DENY_LOCAL}"
+    ));
     let compiled = Compiler::new().compile(
         &cluster,
         &NodeConfig {
@@ -1212,7 +1227,10 @@ fn node_ports_and_ipvs_addresses_are_not_the_node() {
     let mut datapath = test_datapath(PIN_PREFIX, TableSizes::default());
     datapath.sync(&compiled).unwrap();
     datapath
-        .set_endpoint(LOOPBACK_IFINDEX, &compiled.endpoints[&ObjectRef::new("t", "local")])
+        .set_endpoint(
+            LOOPBACK_IFINDEX,
+            &compiled.endpoints[&ObjectRef::new("t", "local")],
+        )
         .unwrap();
     let egress = |dst: &str, port| {
         let p = Packet::tcp(ip(LOCAL), ip(dst), 40000 + port % 10_000, port, SYN);
@@ -1247,7 +1265,11 @@ fn a_pod_reaches_itself_through_its_service() {
     // ...and back in, masqueraded to the node's address by the proxy, through the very
     // interface it left by.
     let back = Packet::tcp(ip(NODE_IP), ip(LOCAL), 61000, 80, SYN).frame();
-    let run = |arrival| f.datapath.test_run_arriving(programs::TO_POD, &back, arrival).unwrap();
+    let run = |arrival| {
+        f.datapath
+            .test_run_arriving(programs::TO_POD, &back, arrival)
+            .unwrap()
+    };
     assert_eq!(run(Arrival::Hairpin), ALLOW);
     assert_eq!(f.allowed(Direction::Ingress, AllowReason::Hairpin), 1);
     // The same packet forwarded from elsewhere is an outsider with the node's address.

@@ -257,6 +257,26 @@ pub struct Service {
     /// `spec.externalTrafficPolicy: Local`: node ports keep the client's address and go to
     /// backends on the node dialled only.
     pub external_traffic_local: bool,
+    /// The families whose cluster IP the API server has yet to allocate: a manifest that
+    /// names none (`spec.ipFamilies`, or both for a dual-stack `spec.ipFamilyPolicy`; empty
+    /// for "the cluster's primary family"). `None` when nothing is to be allocated.
+    pub unallocated: Option<Vec<IpFamily>>,
+}
+
+/// An address family, as `spec.ipFamilies` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// `IPv4`.
+    Ipv4,
+    /// `IPv6`.
+    Ipv6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::Ipv4 } else { Self::Ipv6 }
+    }
 }
 
 impl Service {

@@ -5,10 +5,105 @@
 use std::net::IpAddr;
 
 use crate::{
-    model::{Cluster, ObjectRef, Protocol},
+    model::{
+        Cluster, EndpointSlice, IpFamily, ObjectRef, Protocol, Service, ServicePort, SliceEndpoint,
+        SlicePort, TargetPort,
+    },
     report::{Family, Probe, Reachability},
     semantics::services::{Backend, backends},
+    source::control_plane,
 };
+
+/// Which Services `lab` and `matrix` probe through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceProbes {
+    /// Through every Service of the manifests.
+    On,
+    /// By pod address only.
+    Off,
+    /// Through one Service per pod, `s-<namespace>-<pod>`, as the upstream e2e suite
+    /// probes, and through the manifests' Services.
+    PerPod,
+}
+
+impl ServiceProbes {
+    /// What to do when nobody chose: probe through the Services the cluster has, if any.
+    pub fn resolve(choice: Option<Self>, cluster: &Cluster) -> Self {
+        choice.unwrap_or(if cluster.services.is_empty() {
+            Self::Off
+        } else {
+            Self::On
+        })
+    }
+}
+
+/// The name of pod `pod`'s own Service: `s-<namespace>-<pod>`.
+pub fn per_pod_service_name(pod: &ObjectRef) -> String {
+    format!("s-{}-{}", pod.namespace, pod.name)
+}
+
+/// Adds one Service per pod that serves ports, as the upstream e2e suite does: named
+/// [`per_pod_service_name`], in the pod's namespace, a port per container port (the same
+/// number on the Service and the pod), cluster IPs of the pod's families, and an
+/// EndpointSlice per family with the pod as the only backend.
+pub fn add_per_pod_services(cluster: &mut Cluster) {
+    let pods: Vec<_> = cluster
+        .pods
+        .values()
+        .filter(|p| p.holds_addresses() && !p.ips.is_empty() && !p.ports.is_empty())
+        .cloned()
+        .collect();
+    for pod in pods {
+        let name = per_pod_service_name(&pod.id);
+        let mut ports: Vec<(Protocol, u16)> =
+            pod.ports.iter().map(|c| (c.protocol, c.port)).collect();
+        ports.sort();
+        ports.dedup();
+        let port_name = |(protocol, port): &(Protocol, u16)| {
+            format!("{}-{port}", protocol.to_string().to_ascii_lowercase())
+        };
+        let mut families: Vec<IpFamily> = pod.ips.iter().map(IpFamily::of).collect();
+        families.dedup();
+        cluster.add_service(Service {
+            id: ObjectRef::new(&pod.id.namespace, &name),
+            ports: ports
+                .iter()
+                .map(|p| ServicePort {
+                    name: port_name(p),
+                    protocol: p.0,
+                    port: p.1,
+                    node_port: None,
+                    target_port: TargetPort::Number(p.1),
+                })
+                .collect(),
+            unallocated: Some(families),
+            ..Service::default()
+        });
+        for ip in &pod.ips {
+            let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+            cluster.add_endpoint_slice(EndpointSlice {
+                id: ObjectRef::new(&pod.id.namespace, format!("{name}-{family}")),
+                service: name.clone(),
+                ports: ports
+                    .iter()
+                    .map(|p| SlicePort {
+                        name: port_name(p),
+                        protocol: p.0,
+                        port: p.1,
+                    })
+                    .collect(),
+                endpoints: vec![SliceEndpoint {
+                    addresses: vec![*ip],
+                    ready: true,
+                    node: pod.node.clone(),
+                    pod: Some(pod.id.clone()),
+                }],
+            });
+        }
+    }
+    control_plane::allocate_cluster_ips(cluster);
+}
 
 /// A pod or an external host.
 #[derive(Clone, Debug, PartialEq, Eq)]

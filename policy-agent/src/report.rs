@@ -98,9 +98,7 @@ impl Reachability {
                 .push(p);
         }
         // Columns of probes through Services are the Services.
-        let column = |p: &'_ Probe| -> String {
-            p.service.clone().unwrap_or_else(|| p.to.clone())
-        };
+        let column = |p: &'_ Probe| -> String { p.service.clone().unwrap_or_else(|| p.to.clone()) };
         let mut out = String::new();
         for ((protocol, port, family, through_services), probes) in &groups {
             let columns: Vec<String> = probes.iter().map(|p| column(p)).collect();
@@ -115,7 +113,11 @@ impl Reachability {
                 .zip(&columns)
                 .map(|(p, c)| ((p.from.as_str(), c.as_str()), p.allowed))
                 .collect();
-            let via = if *through_services { " through Services" } else { "" };
+            let via = if *through_services {
+                " through Services"
+            } else {
+                ""
+            };
             let title = format!("{protocol}/{port} {family:?}{via}");
             let first = rows
                 .iter()

@@ -11,9 +11,8 @@
 use crate::{
     maps::{
         CIDR_CLASS_NONE, CIDR_PREFIX_BASE, CidrKey, CidrValue, Direction, EndpointInfo,
-        FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IDENTITY_WORLD, IpKey,
-        PolicyKey, PolicyValue, SERVICE_ALLOWED, ServicePolicyKey, ServicePolicyValue,
-        peer_kind,
+        FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IDENTITY_WORLD, IpKey, PolicyKey,
+        PolicyValue, SERVICE_ALLOWED, ServicePolicyKey, ServicePolicyValue, peer_kind,
     },
     net::{FAMILY_IPV4, proto},
     reason::AllowReason,

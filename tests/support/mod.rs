@@ -34,7 +34,7 @@ pub fn cluster(yaml: &str) -> Cluster {
         "manifest errors: {:?}",
         loaded.errors
     );
-    policy_agent::source::slices::derive(&mut loaded.cluster);
+    policy_agent::source::control_plane::complete(&mut loaded.cluster);
     loaded.cluster
 }
 

@@ -704,7 +704,11 @@ impl Agent {
             sandboxes: self.cni.pods(),
         };
         let compiled = self.compiler.compile(&self.cluster, &node);
-        for c in compiled.conflicts.iter().filter(|c| !self.compiled.conflicts.contains(c)) {
+        for c in compiled
+            .conflicts
+            .iter()
+            .filter(|c| !self.compiled.conflicts.contains(c))
+        {
             tracing::warn!(conflict = %c);
         }
         let report = self.datapath.sync(&compiled)?;

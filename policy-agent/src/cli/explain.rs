@@ -56,7 +56,10 @@ fn host(hosts: &[Host], name: &str) -> anyhow::Result<Host> {
     let ip: IpAddr = name.parse().with_context(|| {
         format!("{name} is neither a pod with an address (NAMESPACE/POD) nor an IP address")
     })?;
-    if let Some(pod) = hosts.iter().find(|h| h.pod.is_some() && h.ips.contains(&ip)) {
+    if let Some(pod) = hosts
+        .iter()
+        .find(|h| h.pod.is_some() && h.ips.contains(&ip))
+    {
         return Ok(pod.clone());
     }
     Ok(Host {
@@ -120,7 +123,11 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let warnings: Vec<String> = conflicts
         .iter()
         .map(ToString::to_string)
-        .chain(lint::lint(cluster, reference.policies()).iter().map(ToString::to_string))
+        .chain(
+            lint::lint(cluster, reference.policies())
+                .iter()
+                .map(ToString::to_string),
+        )
         .collect();
     if !warnings.is_empty() {
         println!("\nWarnings:");

@@ -9,7 +9,11 @@ use std::time::Duration;
 use policy_agent::{
     agent::{self, AgentConfig, api},
     datapath::bpffs,
-    lab::{Lab, LabConfig, topology},
+    lab::{
+        Lab, LabConfig,
+        config::{CniKind, ProxyMode},
+        topology,
+    },
     report::Reachability,
     source::directory,
 };
@@ -31,6 +35,13 @@ pub struct LabArgs {
     /// Simulated nodes to spread the pods over [default: from lab.toml, else 1].
     #[arg(long)]
     nodes: Option<usize>,
+    /// How the nodes forward Service traffic, as kube-proxy's `--proxy-mode`
+    /// [default: from lab.toml, else iptables].
+    #[arg(long, value_enum)]
+    proxy_mode: Option<ProxyMode>,
+    /// The CNI plugin that gives pods their network [default: from lab.toml, else ptp].
+    #[arg(long, value_enum)]
+    cni: Option<CniKind>,
     /// Print the JSON contract instead of tables.
     #[arg(long)]
     json: bool,
@@ -56,6 +67,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.nodes {
         config.nodes = n;
     }
+    config.proxy_mode = args.proxy_mode.unwrap_or(config.proxy_mode);
+    config.cni = args.cni.unwrap_or(config.cni);
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if args.watch {

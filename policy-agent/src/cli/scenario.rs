@@ -5,7 +5,10 @@ use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
 
 use clap::Args;
 use policy_agent::{
-    lab::{LabConfig, config::parse_port},
+    lab::{
+        LabConfig,
+        config::{ServiceProbes, parse_port},
+    },
     model::Protocol,
     semantics::{ParsedPolicy, lint},
     source::manifests::{self, Loaded},
@@ -24,6 +27,11 @@ pub struct ScenarioArgs {
     /// [default: from lab.toml, else 22,80,443,53/udp].
     #[arg(long, value_delimiter = ',', value_parser = parse_port)]
     pub external_ports: Vec<(Protocol, u16)>,
+    /// Probe through Services too: `on` (the default when the manifests have Services),
+    /// `off`, or `per-pod` (one Service per pod, `s-<namespace>-<pod>`, as the upstream
+    /// e2e suite does) [default: from lab.toml].
+    #[arg(long, value_enum)]
+    pub services: Option<ServiceProbes>,
 }
 
 /// A loaded scenario.
@@ -52,6 +60,7 @@ impl ScenarioArgs {
         if !self.external_ports.is_empty() {
             config.external_ports.clone_from(&self.external_ports);
         }
+        config.services = self.services.or(config.services);
         Ok(Scenario { loaded, config })
     }
 }

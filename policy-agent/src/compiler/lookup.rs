@@ -86,7 +86,12 @@ impl PolicyMaps for Lookup<'_> {
     }
 
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
-        longest(&self.compiled.policy, &self.lengths.policy, key, POLICY_PREFIX_FULL)
+        longest(
+            &self.compiled.policy,
+            &self.lengths.policy,
+            key,
+            POLICY_PREFIX_FULL,
+        )
     }
 
     fn cidr(&self, key: &CidrKey, prefix_len: u32) -> Option<CidrValue> {

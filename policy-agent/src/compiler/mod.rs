@@ -28,8 +28,7 @@ use ipnet::IpNet;
 use policy_common::maps::{
     CIDR_CLASS_NONE, CidrKey, CidrValue, Direction, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
     EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, FRONTEND_NONE, FrontendKey,
-    FrontendValue,
-    IDENTITY_HOST, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
+    FrontendValue, IDENTITY_HOST, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
     ServicePolicyValue, peer_kind,
 };
 

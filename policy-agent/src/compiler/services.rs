@@ -9,14 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use policy_common::{
     decide,
     maps::{
-        Direction, EP_EGRESS_ISOLATED, EndpointInfo, FRONTEND_NONE, FrontendKey, FrontendValue, IpKey,
-        SERVICE_ALLOWED, SERVICE_BACKENDS_DIFFER, ServicePolicyKey, ServicePolicyValue,
+        Direction, EP_EGRESS_ISOLATED, EndpointInfo, FRONTEND_NONE, FrontendKey, FrontendValue,
+        IpKey, SERVICE_ALLOWED, SERVICE_BACKENDS_DIFFER, ServicePolicyKey, ServicePolicyValue,
     },
 };
 
 use super::{
-    Compiled, NodeConfig, ip_key,
+    Compiled, NodeConfig,
     ids::IdAllocator,
+    ip_key,
     lookup::{Lookup, PrefixLengths},
 };
 use crate::{
@@ -89,7 +90,13 @@ pub fn compile(
                     continue;
                 };
                 if let Some(verdict) = verdict(&maps, &ep, f, fe.address, fe.protocol.number()) {
-                    verdicts.insert(ServicePolicyKey { ruleset, frontend: id }, verdict);
+                    verdicts.insert(
+                        ServicePolicyKey {
+                            ruleset,
+                            frontend: id,
+                        },
+                        verdict,
+                    );
                 }
             }
         }
@@ -109,9 +116,17 @@ fn verdict(
     let allowed: Vec<Option<u32>> = f
         .backends_for(address)
         .map(|b| {
-            decide::new_flow(maps, ep, Direction::Egress, &ip_key(b.address), proto, b.port, true)
-                .allowed
-                .map(|(_, policy)| policy)
+            decide::new_flow(
+                maps,
+                ep,
+                Direction::Egress,
+                &ip_key(b.address),
+                proto,
+                b.port,
+                true,
+            )
+            .allowed
+            .map(|(_, policy)| policy)
         })
         .collect();
     let first = allowed.iter().flatten().next().copied()?;

@@ -225,7 +225,10 @@ impl Maps {
             op(names::FRONTENDS, absent_ok(self.frontends.remove(k)))?;
         }
         for k in &service_policy.removes {
-            op(names::SERVICE_POLICY, absent_ok(self.service_policy.remove(k)))?;
+            op(
+                names::SERVICE_POLICY,
+                absent_ok(self.service_policy.remove(k)),
+            )?;
         }
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;

@@ -106,7 +106,11 @@ impl CompiledEvaluator {
         let maps = self.maps();
         let t = flow.target;
         let proto = t.protocol.number();
-        let client = flow.from.pod.as_ref().and_then(|p| self.compiled.endpoints.get(p));
+        let client = flow
+            .from
+            .pod
+            .as_ref()
+            .and_then(|p| self.compiled.endpoints.get(p));
         let egress = match client {
             None => true,
             Some(ep) => match decide::frontend(&maps, &ip_key(t.address), proto, t.port) {

@@ -65,7 +65,11 @@ pub struct ServiceFlow<'a> {
 
 impl<'a> ServiceFlow<'a> {
     /// The flow a Service question asks about; `None` if the client lacks the family.
-    pub fn of(hosts: &'a [Host], targets: &'a [ServiceTarget], q: &ServiceQuestion) -> Option<Self> {
+    pub fn of(
+        hosts: &'a [Host],
+        targets: &'a [ServiceTarget],
+        q: &ServiceQuestion,
+    ) -> Option<Self> {
         let (from, target) = (&hosts[q.from], &targets[q.target]);
         Some(Self {
             from,

@@ -73,7 +73,12 @@ impl ServiceExplanation {
     pub fn sides(&self) -> Vec<(bool, bool)> {
         self.backends
             .iter()
-            .map(|(_, e)| (self.hairpin || e.egress.allows(), e.loopback || e.ingress.allows()))
+            .map(|(_, e)| {
+                (
+                    self.hairpin || e.egress.allows(),
+                    e.loopback || e.ingress.allows(),
+                )
+            })
             .collect()
     }
 
@@ -146,7 +151,10 @@ impl<'a> Reference<'a> {
 
     /// A backend as a host: its pod, or an address outside the cluster.
     fn host_of(&self, b: &Backend) -> Host {
-        let pod = b.pod.as_ref().filter(|p| self.cluster.pods.contains_key(*p));
+        let pod = b
+            .pod
+            .as_ref()
+            .filter(|p| self.cluster.pods.contains_key(*p));
         Host {
             label: pod.map_or_else(|| b.address.to_string(), ToString::to_string),
             pod: pod.cloned(),

@@ -5,6 +5,9 @@
 //! nodes = 1
 //! external = ["192.168.0.10", "172.17.4.8"]
 //! external-ports = ["22", "80", "443", "53/udp"]
+//! proxy-mode = "iptables"   # or "nftables", "ipvs"
+//! cni = "ptp"               # or "bridge"
+//! services = "on"           # or "off", "per-pod" (default: on when there are Services)
 //! ```
 
 use std::{net::IpAddr, path::Path};
@@ -12,7 +15,9 @@ use std::{net::IpAddr, path::Path};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub use super::proxy::ProxyMode;
 use crate::model::{ObjectRef, Protocol};
+pub use crate::plan::ServiceProbes;
 
 /// File the lab reads from the manifest directory, if present.
 pub const LAB_FILE: &str = "lab.toml";
@@ -24,6 +29,28 @@ pub const DEFAULT_EXTERNAL_PORTS: [(Protocol, u16); 4] = [
     (Protocol::Tcp, 443),
     (Protocol::Udp, 53),
 ];
+
+/// How the lab's nodes give pods their network, as the node's CNI configuration would.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniKind {
+    /// The reference `ptp` plugin: a routed veth per pod (as Calico and Cilium do).
+    #[default]
+    Ptp,
+    /// The reference `bridge` plugin: every pod's veth a port of the node's bridge (as
+    /// flannel and kubenet do).
+    Bridge,
+}
+
+impl CniKind {
+    /// As the flag spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ptp => "ptp",
+            Self::Bridge => "bridge",
+        }
+    }
+}
 
 /// How to build a lab.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +65,12 @@ pub struct LabConfig {
     pub fail_open: bool,
     /// Pods the lab does not create at start ([`super::Lab::start_pod`] does, later).
     pub deferred: Vec<ObjectRef>,
+    /// How kube-proxy forwards Service traffic on the nodes.
+    pub proxy_mode: ProxyMode,
+    /// How pods get their network.
+    pub cni: CniKind,
+    /// Which Services to probe through; `None`: all of them, if there are any.
+    pub services: Option<ServiceProbes>,
 }
 
 impl Default for LabConfig {
@@ -48,6 +81,9 @@ impl Default for LabConfig {
             external_ports: DEFAULT_EXTERNAL_PORTS.to_vec(),
             fail_open: false,
             deferred: Vec::new(),
+            proxy_mode: ProxyMode::default(),
+            cni: CniKind::default(),
+            services: None,
         }
     }
 }
@@ -58,6 +94,9 @@ struct LabFile {
     nodes: Option<usize>,
     external: Option<Vec<IpAddr>>,
     external_ports: Option<Vec<String>>,
+    proxy_mode: Option<ProxyMode>,
+    cni: Option<CniKind>,
+    services: Option<ServiceProbes>,
 }
 
 impl LabConfig {
@@ -78,6 +117,9 @@ impl LabConfig {
         if let Some(ext) = file.external {
             config.externals = ext;
         }
+        config.proxy_mode = file.proxy_mode.unwrap_or(config.proxy_mode);
+        config.cni = file.cni.unwrap_or(config.cni);
+        config.services = file.services.or(config.services);
         if let Some(ports) = file.external_ports {
             config.external_ports = ports
                 .iter()

@@ -76,9 +76,9 @@ impl Entry<'_> {
     /// A short, stable hash of the Service port, as kube-proxy's chain names carry.
     fn hash(&self, v6: bool) -> String {
         let text = format!("{}{}{}", self.label(), self.port.protocol, v6);
-        let h = text
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         format!("{h:016X}")
     }
 }
@@ -145,12 +145,21 @@ pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
     ];
     let mut rules = Vec::new();
     let mut push = |r: String| rules.push(r);
-    push("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into());
+    push(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+    );
     push("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into());
-    push("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING".into());
+    push(
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+            .into(),
+    );
     push(format!("-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"));
-    push(format!("-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"));
-    push(format!("-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"));
+    push(format!(
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    ));
+    push(format!(
+        "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"
+    ));
     push("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into());
     for e in &entries {
         let (hash, p, label) = (e.hash(v6), proto(e.port.protocol), e.label());
@@ -171,7 +180,9 @@ pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
             ));
             // With externalTrafficPolicy: Cluster the client's address is lost on the way.
             if !e.service.external_traffic_local {
-                push(format!("-A {ext} -m comment --comment \"masquerade traffic for {label} external destinations\" -j KUBE-MARK-MASQ"));
+                push(format!(
+                    "-A {ext} -m comment --comment \"masquerade traffic for {label} external destinations\" -j KUBE-MARK-MASQ"
+                ));
             }
             push(format!("-A {ext} -j {svc}"));
         }
@@ -180,13 +191,22 @@ pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
             let sep = format!("KUBE-SEP-{}{i:02}", &hash[..14]);
             chains.push(sep.clone());
             let choice = if i + 1 < n {
-                format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+                format!(
+                    " -m statistic --mode random --probability {:.10}",
+                    1.0 / (n - i) as f64
+                )
             } else {
                 String::new()
             };
-            push(format!("-A {svc} -m comment --comment \"{label} -> {}\"{choice} -j {sep}", target(b.address, b.port)));
+            push(format!(
+                "-A {svc} -m comment --comment \"{label} -> {}\"{choice} -j {sep}",
+                target(b.address, b.port)
+            ));
             // A pod reaching itself through its Service is masqueraded (hairpin).
-            push(format!("-A {sep} -s {} -m comment --comment \"{label}\" -j KUBE-MARK-MASQ", host(b.address)));
+            push(format!(
+                "-A {sep} -s {} -m comment --comment \"{label}\" -j KUBE-MARK-MASQ",
+                host(b.address)
+            ));
             push(format!(
                 "-A {sep} -p {p} -m comment --comment \"{label}\" -m {p} -j DNAT --to-destination {}",
                 target(b.address, b.port)
@@ -264,7 +284,10 @@ pub fn nftables_rules(cluster: &Cluster, v6: bool) -> String {
                 choices.join(", ")
             )
         };
-        let _ = write!(chains, "\tchain {svc} {{\n\t\tcomment \"{label}\"\n{body}\t}}\n");
+        let _ = write!(
+            chains,
+            "\tchain {svc} {{\n\t\tcomment \"{label}\"\n{body}\t}}\n"
+        );
     }
     let elements = |v: &[String]| {
         if v.is_empty() {
@@ -320,8 +343,18 @@ fn run_with_input(netns: &NetNs, program: &str, args: &[&str], input: &str) -> a
 pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Result<()> {
     match mode {
         ProxyMode::Iptables => {
-            run_with_input(node, "iptables-restore", &["--noflush"], &iptables_rules(cluster, false))?;
-            run_with_input(node, "ip6tables-restore", &["--noflush"], &iptables_rules(cluster, true))?;
+            run_with_input(
+                node,
+                "iptables-restore",
+                &["--noflush"],
+                &iptables_rules(cluster, false),
+            )?;
+            run_with_input(
+                node,
+                "ip6tables-restore",
+                &["--noflush"],
+                &iptables_rules(cluster, true),
+            )?;
         }
         ProxyMode::Nftables => {
             for v6 in [false, true] {
@@ -349,8 +382,18 @@ pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Resu
                 }
                 node.ip(&add)?;
             }
-            run_with_input(node, "iptables-restore", &["--noflush"], &iptables_rules(cluster, false))?;
-            run_with_input(node, "ip6tables-restore", &["--noflush"], &iptables_rules(cluster, true))?;
+            run_with_input(
+                node,
+                "iptables-restore",
+                &["--noflush"],
+                &iptables_rules(cluster, false),
+            )?;
+            run_with_input(
+                node,
+                "ip6tables-restore",
+                &["--noflush"],
+                &iptables_rules(cluster, true),
+            )?;
         }
     }
     Ok(())
@@ -365,7 +408,10 @@ mod tests {
         let mut c = Cluster::default();
         c.add_service(Service {
             id: ObjectRef::new("x", "web"),
-            cluster_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::10".parse().unwrap()],
+            cluster_ips: vec![
+                "10.96.0.10".parse().unwrap(),
+                "fd00:96::10".parse().unwrap(),
+            ],
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,

@@ -173,15 +173,27 @@ pub fn forwards(cluster: &Cluster, local_node: &str, local_addresses: &[IpAddr])
                     kind,
                 }));
             };
-            at(&mut service.cluster_ips.iter().copied(), port.port, FrontendKind::ClusterIp);
-            at(&mut service.external_ips.iter().copied(), port.port, FrontendKind::ExternalIp);
+            at(
+                &mut service.cluster_ips.iter().copied(),
+                port.port,
+                FrontendKind::ClusterIp,
+            );
+            at(
+                &mut service.external_ips.iter().copied(),
+                port.port,
+                FrontendKind::ExternalIp,
+            );
             at(
                 &mut service.load_balancer_ips.iter().copied(),
                 port.port,
                 FrontendKind::LoadBalancer,
             );
             if let Some(node_port) = port.node_port {
-                at(&mut all_nodes.iter().copied(), node_port, FrontendKind::NodePort);
+                at(
+                    &mut all_nodes.iter().copied(),
+                    node_port,
+                    FrontendKind::NodePort,
+                );
             }
             out.push(Forward {
                 forwarder: Forwarder::Service {
@@ -196,7 +208,9 @@ pub fn forwards(cluster: &Cluster, local_node: &str, local_addresses: &[IpAddr])
     for pod in cluster.pods.values().filter(|p| p.holds_addresses()) {
         let Some(node) = &pod.node else { continue };
         for cp in &pod.ports {
-            let Some(host_port) = cp.host_port else { continue };
+            let Some(host_port) = cp.host_port else {
+                continue;
+            };
             out.push(Forward {
                 forwarder: Forwarder::HostPort {
                     pod: pod.id.clone(),
@@ -229,5 +243,9 @@ pub fn forwards(cluster: &Cluster, local_node: &str, local_addresses: &[IpAddr])
 /// Every address a Service answers on (cluster, external, load-balancer): never "the
 /// node", even where the node holds it (IPVS puts cluster IPs on a device of the node).
 pub fn service_addresses(cluster: &Cluster) -> BTreeSet<IpAddr> {
-    cluster.services.values().flat_map(Service::frontend_ips).collect()
+    cluster
+        .services
+        .values()
+        .flat_map(Service::frontend_ips)
+        .collect()
 }

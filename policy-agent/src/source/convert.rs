@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
+        core::v1::{
+            Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService,
+        },
         discovery::v1::EndpointSlice as ApiEndpointSlice,
         networking::v1::NetworkPolicy as ApiNetworkPolicy,
     },
@@ -14,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    ContainerPort, EndpointSlice, Namespace, Node, ObjectRef, Origin, Pod, Policy, Protocol,
-    SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    ContainerPort, EndpointSlice, IpFamily, Namespace, Node, ObjectRef, Origin, Pod, Policy,
+    Protocol, SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
 
 /// Namespace of objects that do not say.
@@ -178,13 +180,20 @@ fn protocol(field: String, p: Option<&str>) -> FieldResult<Protocol> {
     match p {
         None => Ok(Protocol::Tcp),
         Some(s) => Protocol::parse(s).ok_or_else(|| {
-            (Some(field), format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"))
+            (
+                Some(field),
+                format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"),
+            )
         }),
     }
 }
 
 /// The "None" of a headless Service's clusterIP.
 const HEADLESS: &str = "None";
+/// `spec.type` of a Service that is a DNS alias, with no address of its own.
+const EXTERNAL_NAME: &str = "ExternalName";
+/// `spec.ipFamilyPolicy` of a Service with one family.
+const SINGLE_STACK: &str = "SingleStack";
 
 /// A Service: its frontends, ports and selector.
 pub fn service(svc: ApiService) -> FieldResult<Service> {
@@ -203,11 +212,37 @@ pub fn service(svc: ApiService) -> FieldResult<Service> {
             .map(|ip| ("spec.clusterIP".to_owned(), ip.clone()))
             .collect(),
     };
-    for (field, text) in listed {
+    let headless = listed.iter().any(|(_, text)| text == HEADLESS);
+    for (field, text) in &listed {
         if text != HEADLESS && !text.is_empty() {
-            cluster_ips.push(address(field, &text)?);
+            cluster_ips.push(address(field.clone(), text)?);
         }
     }
+    // A manifest may leave the cluster IP to the API server, which allocates one per family.
+    let unallocated = (cluster_ips.is_empty()
+        && !headless
+        && spec.type_.as_deref() != Some(EXTERNAL_NAME))
+    .then(|| {
+        let dual = spec
+            .ip_family_policy
+            .as_deref()
+            .is_some_and(|p| p != SINGLE_STACK);
+        let families: Vec<IpFamily> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(IpFamily::Ipv4),
+                "IPv6" => Some(IpFamily::Ipv6),
+                _ => None,
+            })
+            .collect();
+        match (families.is_empty(), dual) {
+            (true, true) => vec![IpFamily::Ipv4, IpFamily::Ipv6],
+            (_, false) => families.into_iter().take(1).collect(),
+            (false, true) => families,
+        }
+    });
     let external_ips = spec
         .external_ips
         .iter()
@@ -229,12 +264,18 @@ pub fn service(svc: ApiService) -> FieldResult<Service> {
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
         let port = port_number(p.port).ok_or_else(|| {
-            (Some(format!("{field}.port")), format!("{} is not a valid port number (1-65535)", p.port))
+            (
+                Some(format!("{field}.port")),
+                format!("{} is not a valid port number (1-65535)", p.port),
+            )
         })?;
         let target_port = match &p.target_port {
             None => TargetPort::Number(port),
             Some(IntOrString::Int(n)) => TargetPort::Number(port_number(*n).ok_or_else(|| {
-                (Some(format!("{field}.targetPort")), format!("{n} is not a valid port number (1-65535)"))
+                (
+                    Some(format!("{field}.targetPort")),
+                    format!("{n} is not a valid port number (1-65535)"),
+                )
             })?),
             Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
         };
@@ -254,6 +295,7 @@ pub fn service(svc: ApiService) -> FieldResult<Service> {
         ports,
         selector: spec.selector.filter(|s| !s.is_empty()),
         external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        unallocated,
     })
 }
 

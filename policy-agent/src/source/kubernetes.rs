@@ -10,7 +10,9 @@ use std::fmt::Debug;
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
+        core::v1::{
+            Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService,
+        },
         discovery::v1::EndpointSlice as ApiEndpointSlice,
         networking::v1::NetworkPolicy as ApiNetworkPolicy,
     },

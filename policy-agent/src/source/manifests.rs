@@ -1,8 +1,8 @@
 //! A directory of manifests as the cluster model: YAML or JSON files, several documents per
 //! file, `kind: List` as `kubectl get -o yaml` prints it. Namespaces, Pods, NetworkPolicies,
 //! Services, EndpointSlices and Nodes are read; other kinds are skipped with a note. A
-//! Service with a selector and no EndpointSlice gets the slices the control plane would
-//! make ([`super::slices::derive`]).
+//! Service without a cluster IP gets one, and a Service with a selector and no
+//! EndpointSlice the slices, as the control plane would ([`super::control_plane`]).
 //!
 //! One bad object never spoils the others: each error names the file, the object and the
 //! field, and the rest still loads.
@@ -96,7 +96,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
             }),
         }
     }
-    super::slices::derive(&mut loaded.cluster);
+    super::control_plane::complete(&mut loaded.cluster);
     Ok(loaded)
 }
 

@@ -2,11 +2,11 @@
 //! change), or the Kubernetes API ([`kubernetes`], watched). Both report [`SourceEvent`]s
 //! on a channel; the agent applies them to its [`Cluster`].
 
+pub mod control_plane;
 pub mod convert;
 pub mod directory;
 pub mod kubernetes;
 pub mod manifests;
-pub mod slices;
 
 use tokio::sync::mpsc;
 

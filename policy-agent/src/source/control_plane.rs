@@ -1,12 +1,79 @@
-//! What the EndpointSlice controller does, for sources that have no control plane (a
-//! manifest directory, the lab): a Service with a selector and no slice of its own gets
-//! slices of the running pods it selects, one per address family and port mapping.
+//! What the control plane fills in, for sources that have none (a manifest directory, the
+//! lab): the API server allocates cluster IPs to Services that name none, and the
+//! EndpointSlice controller gives a Service with a selector and no slice of its own slices
+//! of the running pods it selects, one per address family and port mapping.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{IpAddrRange, Ipv4AddrRange, Ipv6AddrRange};
 
 use crate::model::{
-    Cluster, EndpointSlice, ObjectRef, Pod, Service, SliceEndpoint, SlicePort, TargetPort,
+    Cluster, EndpointSlice, IpFamily, ObjectRef, Pod, Service, SliceEndpoint, SlicePort, TargetPort,
 };
+
+/// Where allocated IPv4 cluster IPs come from: kube-apiserver's default service range
+/// (10.96.0.0/12), above the addresses clusters give by convention (the API at .1, DNS at
+/// .10).
+const FIRST_CLUSTER_IP_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 0);
+/// The last allocatable IPv4 cluster IP.
+const LAST_CLUSTER_IP_V4: Ipv4Addr = Ipv4Addr::new(10, 111, 255, 254);
+/// Where allocated IPv6 cluster IPs come from (kind's service range, fd00:10:96::/112).
+const FIRST_CLUSTER_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x100);
+/// The last allocatable IPv6 cluster IP.
+const LAST_CLUSTER_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xfffe);
+
+/// Everything the control plane would add: cluster IPs, then EndpointSlices.
+pub fn complete(cluster: &mut Cluster) {
+    allocate_cluster_ips(cluster);
+    derive(cluster);
+}
+
+/// Gives every Service that asks for cluster IPs one per family it asks for (the cluster's
+/// primary family when it names none: IPv4 unless every pod is IPv6-only), from the
+/// service ranges, skipping addresses anything already has.
+pub fn allocate_cluster_ips(cluster: &mut Cluster) {
+    let mut taken: BTreeSet<IpAddr> = cluster
+        .pods
+        .values()
+        .flat_map(|p| p.ips.iter().copied())
+        .chain(cluster.services.values().flat_map(Service::frontend_ips))
+        .collect();
+    let primary = if cluster
+        .pods
+        .values()
+        .flat_map(|p| &p.ips)
+        .any(IpAddr::is_ipv4)
+        || cluster.pods.values().all(|p| p.ips.is_empty())
+    {
+        IpFamily::Ipv4
+    } else {
+        IpFamily::Ipv6
+    };
+    let mut ranges = [
+        IpAddrRange::from(Ipv4AddrRange::new(FIRST_CLUSTER_IP_V4, LAST_CLUSTER_IP_V4)),
+        IpAddrRange::from(Ipv6AddrRange::new(FIRST_CLUSTER_IP_V6, LAST_CLUSTER_IP_V6)),
+    ];
+    for service in cluster.services.values_mut() {
+        let Some(families) = service.unallocated.take() else {
+            continue;
+        };
+        let families = if families.is_empty() {
+            vec![primary]
+        } else {
+            families
+        };
+        for family in families {
+            let range = &mut ranges[usize::from(family == IpFamily::Ipv6)];
+            if let Some(ip) = range.find(|ip| !taken.contains(ip)) {
+                taken.insert(ip);
+                service.cluster_ips.push(ip);
+            }
+        }
+    }
+}
 
 /// Adds the slices the controller would make for every Service with a selector that has
 /// none.
@@ -75,7 +142,10 @@ fn slices_of(cluster: &Cluster, service: &Service) -> Vec<EndpointSlice> {
         .into_values()
         .enumerate()
         .map(|(i, (ports, endpoints))| EndpointSlice {
-            id: ObjectRef::new(&service.id.namespace, format!("{}-derived-{i}", service.id.name)),
+            id: ObjectRef::new(
+                &service.id.namespace,
+                format!("{}-derived-{i}", service.id.name),
+            ),
             service: service.id.name.clone(),
             ports,
             endpoints,
