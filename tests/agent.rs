@@ -510,7 +510,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
 
         // The runtime creates the sandbox through ptp and the policy plugin.
         let runtime = CniRuntime::new(
-            runtime::lab_conflist(Some(&socket), false),
+            runtime::lab_conflist(Some(&socket), &LabConfig::default()),
             runtime::bin_dirs(true).unwrap(),
         );
         lab.start_pod_with(&new, Some(&runtime))

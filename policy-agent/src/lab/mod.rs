@@ -104,7 +104,7 @@ impl Lab {
         let mut lab = Self::prepare(cluster, config)?;
         let bin_dirs = runtime::bin_dirs(false)?;
         lab.runtimes = (0..lab.nodes())
-            .map(|_| CniRuntime::new(runtime::lab_conflist(None, false), bin_dirs.clone()))
+            .map(|_| CniRuntime::new(runtime::lab_conflist(None, config), bin_dirs.clone()))
             .collect();
         lab.start_pods(config)?;
         Ok(lab)
@@ -189,7 +189,7 @@ impl Lab {
             let instance = format!("{PIN_PREFIX}{}-n{}", self.topology.id, i + 1);
             let socket = api::default_socket(&instance);
             let conf_dir = socket.with_extension("d");
-            let conflist = runtime::lab_conflist(Some(&socket), config.fail_open);
+            let conflist = runtime::lab_conflist(Some(&socket), config);
             std::fs::create_dir_all(&conf_dir)
                 .and_then(|()| std::fs::write(conf_dir.join(CONFLIST_FILE), conflist.to_string()))
                 .with_context(|| format!("writing {}", conf_dir.display()))?;

@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
+use super::LabConfig;
 use crate::{cni::spec::PLUGIN_TYPE, netns::NetNs};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
@@ -215,7 +216,8 @@ impl CniRuntime {
 /// The lab's network configuration: `ptp` (a veth per pod, routed, with the addresses the
 /// runtime asks `static` IPAM for), then, if `socket` is given, the policy plugin talking
 /// to the node's agent there.
-pub fn lab_conflist(socket: Option<&Path>, fail_open: bool) -> Value {
+pub fn lab_conflist(socket: Option<&Path>, config: &LabConfig) -> Value {
+    let fail_open = config.fail_open;
     let mut plugins = vec![json!({
         "type": "ptp",
         "mtu": 1500,
