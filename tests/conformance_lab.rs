@@ -1,12 +1,17 @@
 //! The upstream NetworkPolicy e2e suite's cases (see `policy_tests::conformance`) with real
 //! packets: each case builds the model in the lab (nine dual-stack pods with TCP, UDP and
 //! SCTP servers on ports 80 and 81), applies its steps to the running datapath, and probes
-//! every pair. A few labs run at once, since probes mostly wait.
+//! every pair, by address and, as upstream probes, through every pod's own Service
+//! (`s-<ns>-<pod>`) in each of kube-proxy's modes. A few labs run at once, since probes
+//! mostly wait.
 
 use std::fmt::Write as _;
 
 use futures::{StreamExt as _, stream};
-use policy_agent::lab::{Lab, LabConfig};
+use policy_agent::lab::{
+    Lab, LabConfig,
+    config::{ProxyMode, ServiceProbes},
+};
 use policy_tests::{
     block_on,
     conformance::{Case, cases, conn},
@@ -15,20 +20,14 @@ use policy_tests::{
 /// Labs running at the same time.
 const CONCURRENT_LABS: usize = 4;
 
-/// Runs one case; returns its wrong verdicts.
-async fn run(case: &Case) -> String {
+/// Runs one case in a lab built as `config` says; returns its wrong verdicts.
+async fn run(case: &Case, config: &LabConfig) -> String {
     let mut wrong = String::new();
     let mut lab: Option<Lab> = None;
     for (i, step) in case.steps.iter().enumerate() {
         let cluster = step.cluster();
         match &mut lab {
-            None => {
-                lab = Some(
-                    Lab::start(&cluster, &LabConfig::default())
-                        .await
-                        .expect("lab starts"),
-                )
-            }
+            None => lab = Some(Lab::start(&cluster, config).await.expect("lab starts")),
             Some(lab) => lab.update(&cluster).await.expect("lab updates"),
         }
         let reachability = lab
@@ -41,9 +40,13 @@ async fn run(case: &Case) -> String {
             let want = conn(&p.from, &p.to, p.protocol, p.port, p.family)
                 .is_none_or(|c| (step.expect)(&c));
             if p.allowed != want {
+                let through = p
+                    .service
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!(" through {s}"));
                 let _ = writeln!(
                     wrong,
-                    "{} (step {}): {} -> {} {}/{} {:?}: got {}, want {want}",
+                    "{} (step {}): {} -> {}{through} {}/{} {:?}: got {}, want {want}",
                     case.name,
                     i + 1,
                     p.from,
@@ -62,17 +65,48 @@ async fn run(case: &Case) -> String {
     wrong
 }
 
-#[test]
-fn every_upstream_case_holds_with_real_packets() {
+/// Runs every case the lab can in labs built as `config` says; panics with the wrong
+/// verdicts.
+fn run_all(config: &LabConfig) {
     let cases: Vec<Case> = cases().into_iter().filter(|c| c.lab).collect();
     let failures: String = block_on(
-        stream::iter(cases.iter().map(run))
+        stream::iter(cases.iter().map(|c| run(c, config)))
             .buffer_unordered(CONCURRENT_LABS)
             .collect::<Vec<String>>(),
     )
     .concat();
     assert!(
         failures.is_empty(),
-        "conformance failures in the lab:\n{failures}"
+        "conformance failures in the lab ({config:?}):\n{failures}"
     );
+}
+
+#[test]
+fn every_upstream_case_holds_with_real_packets() {
+    run_all(&LabConfig::default());
+}
+
+/// Through every pod's own Service, as the upstream suite probes: the verdict through a
+/// Service is the verdict to its backend.
+fn through_services(proxy_mode: ProxyMode) {
+    run_all(&LabConfig {
+        services: Some(ServiceProbes::PerPod),
+        proxy_mode,
+        ..LabConfig::default()
+    });
+}
+
+#[test]
+fn every_upstream_case_holds_through_services_with_iptables() {
+    through_services(ProxyMode::Iptables);
+}
+
+#[test]
+fn every_upstream_case_holds_through_services_with_nftables() {
+    through_services(ProxyMode::Nftables);
+}
+
+#[test]
+fn every_upstream_case_holds_through_services_with_ipvs() {
+    through_services(ProxyMode::Ipvs);
 }

@@ -10,7 +10,7 @@ use crate::{
         SlicePort, TargetPort,
     },
     report::{Family, Probe, Reachability},
-    semantics::services::{Backend, backends},
+    semantics::services::{Backend, FrontendKind, backends},
     source::control_plane,
 };
 
@@ -213,6 +213,7 @@ pub fn probe(hosts: &[Host], q: &Question, allowed: bool) -> Probe {
         allowed,
         service: None,
         address: None,
+        backend_dependent: false,
     }
 }
 
@@ -250,23 +251,43 @@ impl ServiceTarget {
 
 /// Every cluster IP and port of the cluster's Services (with the backends of its family).
 pub fn service_targets(cluster: &Cluster) -> Vec<ServiceTarget> {
+    frontend_targets(cluster)
+        .into_iter()
+        .filter(|(kind, _)| *kind == FrontendKind::ClusterIp)
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// Every address a Service answers on (cluster, external and load-balancer IPs) and port,
+/// with how it is reached and the backends of its family. Node ports and host ports are
+/// left out: they are addresses of nodes, which a client outside the cluster dials too,
+/// and the proxy masquerades some of those connections.
+pub fn frontend_targets(cluster: &Cluster) -> Vec<(FrontendKind, ServiceTarget)> {
     let mut out = Vec::new();
     for service in cluster.services.values() {
+        let addresses = [
+            (FrontendKind::ClusterIp, &service.cluster_ips),
+            (FrontendKind::ExternalIp, &service.external_ips),
+            (FrontendKind::LoadBalancer, &service.load_balancer_ips),
+        ];
         for port in &service.ports {
             let all = backends(cluster, service, port);
-            for &address in &service.cluster_ips {
-                out.push(ServiceTarget {
-                    label: service.id.to_string(),
-                    service: service.id.clone(),
-                    address,
-                    protocol: port.protocol,
-                    port: port.port,
-                    backends: all
-                        .iter()
-                        .filter(|b| b.address.is_ipv6() == address.is_ipv6())
-                        .cloned()
-                        .collect(),
-                });
+            for (kind, ips) in addresses {
+                for &address in ips {
+                    let target = ServiceTarget {
+                        label: service.id.to_string(),
+                        service: service.id.clone(),
+                        address,
+                        protocol: port.protocol,
+                        port: port.port,
+                        backends: all
+                            .iter()
+                            .filter(|b| b.address.is_ipv6() == address.is_ipv6())
+                            .cloned()
+                            .collect(),
+                    };
+                    out.push((kind, target));
+                }
             }
         }
     }
@@ -314,7 +335,39 @@ pub fn service_probe(
         allowed,
         service: Some(t.label.clone()),
         address: Some(t.address),
+        backend_dependent: false,
     }
+}
+
+/// The report row of a Service question an evaluator answered: `None` (the verdict
+/// depends on the backend the proxy picks) is reported as not allowed, and marked.
+pub fn service_probe_verdict(
+    hosts: &[Host],
+    targets: &[ServiceTarget],
+    q: &ServiceQuestion,
+    verdict: Option<bool>,
+) -> Probe {
+    Probe {
+        backend_dependent: verdict.is_none(),
+        ..service_probe(hosts, targets, q, verdict.unwrap_or(false))
+    }
+}
+
+/// Answers every question by address with `allowed`, then every question through a
+/// Service frontend of `targets` with `through` (`None`: it depends on the backend).
+pub fn answer_with_services(
+    hosts: &[Host],
+    targets: &[ServiceTarget],
+    allowed: impl FnMut(&Question) -> bool,
+    mut through: impl FnMut(&ServiceQuestion) -> Option<bool>,
+) -> Reachability {
+    let mut probes = answer(hosts, allowed).probes;
+    probes.extend(
+        service_questions(hosts, targets)
+            .iter()
+            .map(|q| service_probe_verdict(hosts, targets, q, through(q))),
+    );
+    Reachability::new(probes)
 }
 
 /// Answers every question with `allowed`.

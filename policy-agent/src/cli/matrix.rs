@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use policy_agent::{
-    evaluate::{Flow, compiled::CompiledEvaluator, reference::Reference},
-    plan,
+    evaluate::{Flow, ServiceFlow, compiled::CompiledEvaluator, reference::Reference},
+    model::Cluster,
+    plan::{self, Host, ServiceProbes, ServiceTarget},
+    report::Reachability,
 };
 
 use super::scenario::ScenarioArgs;
@@ -25,22 +27,27 @@ pub struct MatrixArgs {
 pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.load()?;
     scenario.report_policies();
-    let cluster = &scenario.loaded.cluster;
+    let mut cluster = scenario.loaded.cluster.clone();
+    let services = ServiceProbes::resolve(scenario.config.services, &cluster);
+    if services == ServiceProbes::PerPod {
+        // The per-pod Services are part of the cluster the evaluators see: the compiled
+        // maps need their frontends.
+        plan::add_per_pod_services(&mut cluster);
+    }
     let hosts = plan::hosts(
-        cluster,
+        &cluster,
         &scenario.config.externals,
         &scenario.config.external_ports,
     );
-    let reachability = if args.reference {
-        let reference = Reference::new(cluster);
-        plan::answer(&hosts, |q| {
-            Flow::of(&hosts, q).is_some_and(|f| reference.allows(&f))
-        })
+    let targets = if services == ServiceProbes::Off {
+        Vec::new()
     } else {
-        let compiled = CompiledEvaluator::new(cluster);
-        plan::answer(&hosts, |q| {
-            Flow::of(&hosts, q).is_some_and(|f| compiled.allows(&f))
-        })
+        plan::service_targets(&cluster)
+    };
+    let reachability = if args.reference {
+        by_reference(&cluster, &hosts, &targets)
+    } else {
+        by_compiled_maps(&cluster, &hosts, &targets)
     };
     if args.json {
         println!("{}", reachability.to_json());
@@ -54,4 +61,29 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
         print!("{}", reachability.render_table());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every question answered by the reference semantics.
+fn by_reference(cluster: &Cluster, hosts: &[Host], targets: &[ServiceTarget]) -> Reachability {
+    let reference = Reference::new(cluster);
+    plan::answer_with_services(
+        hosts,
+        targets,
+        |q| Flow::of(hosts, q).is_some_and(|f| reference.allows(&f)),
+        |q| {
+            ServiceFlow::of(hosts, targets, q)
+                .map_or(Some(false), |f| reference.explain_service(&f).allowed())
+        },
+    )
+}
+
+/// Every question answered from the compiled maps, with the datapath's lookups.
+fn by_compiled_maps(cluster: &Cluster, hosts: &[Host], targets: &[ServiceTarget]) -> Reachability {
+    let compiled = CompiledEvaluator::new(cluster);
+    plan::answer_with_services(
+        hosts,
+        targets,
+        |q| Flow::of(hosts, q).is_some_and(|f| compiled.allows(&f)),
+        |q| ServiceFlow::of(hosts, targets, q).map_or(Some(false), |f| compiled.allows_service(&f)),
+    )
 }

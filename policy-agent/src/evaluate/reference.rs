@@ -86,6 +86,87 @@ impl ServiceExplanation {
     pub fn allowed(&self) -> Option<bool> {
         service_verdict(&self.sides())
     }
+
+    /// How the verdict comes about, in the cases an explanation tells apart.
+    pub fn outcome(&self) -> ServiceOutcome {
+        if self.backends.is_empty() {
+            return ServiceOutcome::NoBackend;
+        }
+        if self.hairpin {
+            return ServiceOutcome::Hairpin;
+        }
+        let sides = self.sides();
+        // The backends for which `pick` holds, and the others.
+        let split = |pick: fn(&(bool, bool)) -> bool| {
+            let (mut yes, mut no) = (Vec::new(), Vec::new());
+            for ((backend, _), side) in self.backends.iter().zip(&sides) {
+                if pick(side) { &mut yes } else { &mut no }.push(backend.clone());
+            }
+            (yes, no)
+        };
+        let (allowed, denied) = split(|(egress, _)| *egress);
+        if allowed.is_empty() {
+            return ServiceOutcome::EgressDeniesAll;
+        }
+        if !denied.is_empty() {
+            return ServiceOutcome::BackendsDiffer { allowed, denied };
+        }
+        let (admitting, refusing) = split(|(_, ingress)| *ingress);
+        match (admitting.is_empty(), refusing.is_empty()) {
+            (_, true) => ServiceOutcome::Allowed,
+            (true, false) => ServiceOutcome::IngressDeniesAll,
+            (false, false) => ServiceOutcome::DependsOnBackend {
+                admitting,
+                refusing,
+            },
+        }
+    }
+}
+
+/// How the verdict on a connection through a Service comes about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceOutcome {
+    /// The frontend has no ready backend of its family: the connection goes nowhere.
+    NoBackend,
+    /// The client is the Service's only backend: it may always reach itself.
+    Hairpin,
+    /// The client's egress allows no backend.
+    EgressDeniesAll,
+    /// The client's egress allows some backends and not others. The datapath decides egress
+    /// at the client, before the proxy picks, so it drops the connection
+    /// (`service-backends-differ`) rather than allow what the chosen backend's rules deny.
+    BackendsDiffer {
+        /// The backends the client's egress allows.
+        allowed: Vec<Backend>,
+        /// The backends it denies.
+        denied: Vec<Backend>,
+    },
+    /// The egress allows every backend, and every backend's ingress admits the client.
+    Allowed,
+    /// The egress allows every backend, and no backend's ingress admits the client.
+    IngressDeniesAll,
+    /// The egress allows every backend, and some backends admit the client and some do not:
+    /// the verdict depends on the backend the proxy picks.
+    DependsOnBackend {
+        /// The backends whose ingress admits the client.
+        admitting: Vec<Backend>,
+        /// The backends whose ingress does not.
+        refusing: Vec<Backend>,
+    },
+}
+
+impl ServiceOutcome {
+    /// The verdict, when it does not depend on the backend the proxy picks.
+    pub fn allowed(&self) -> Option<bool> {
+        match self {
+            Self::Hairpin | Self::Allowed => Some(true),
+            Self::DependsOnBackend { .. } => None,
+            Self::NoBackend
+            | Self::EgressDeniesAll
+            | Self::BackendsDiffer { .. }
+            | Self::IngressDeniesAll => Some(false),
+        }
+    }
 }
 
 impl<'a> Reference<'a> {
@@ -134,7 +215,7 @@ impl<'a> Reference<'a> {
             .backends
             .iter()
             .map(|b| {
-                let to = self.host_of(b);
+                let to = self.backend_host(b);
                 let explanation = self.explain(&Flow {
                     from: flow.from,
                     to: &to,
@@ -150,7 +231,7 @@ impl<'a> Reference<'a> {
     }
 
     /// A backend as a host: its pod, or an address outside the cluster.
-    fn host_of(&self, b: &Backend) -> Host {
+    pub fn backend_host(&self, b: &Backend) -> Host {
         let pod = b
             .pod
             .as_ref()

@@ -11,13 +11,14 @@ pub mod topology;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use futures::future::join_all;
+use futures::{FutureExt as _, future::join_all};
 use policy_common::maps::{StatsKey, StatsValue};
 use tokio::{
     sync::{Semaphore, mpsc},
@@ -32,10 +33,11 @@ use self::{
 use crate::{
     agent::{self, AgentConfig, AgentHandle, api, endpoints, status::Status},
     datapath::{bpffs, maps::pinned_stats},
-    model::{Cluster, ObjectRef, Pod, Protocol},
+    model::{self, Cluster, ObjectRef, Pod, Protocol},
     netns::{self, NetNs},
-    plan,
+    plan::{self, ServiceProbes},
     report::{Family, Reachability},
+    semantics,
     source::{CHANNEL_CAPACITY, Object, SourceEvent},
 };
 
@@ -82,6 +84,8 @@ pub struct Lab {
     not_started: BTreeSet<ObjectRef>,
     /// Pods whose sandbox exists but whose addresses no kubelet has reported yet.
     unreported: BTreeSet<ObjectRef>,
+    /// Whether probes go through Services too.
+    service_probes: ServiceProbes,
 }
 
 impl Lab {
@@ -134,6 +138,10 @@ impl Lab {
         }
         // Pods are spread over the nodes in name order; external hosts too.
         let mut cluster = cluster.clone();
+        let service_probes = ServiceProbes::resolve(config.services, &cluster);
+        if service_probes == ServiceProbes::PerPod {
+            plan::add_per_pod_services(&mut cluster);
+        }
         let plan = plan::hosts(&cluster, &config.externals, &config.external_ports);
         let taken: BTreeSet<_> = plan.iter().flat_map(|h| h.ips.iter().copied()).collect();
         let (mut pods, mut externals) = (0, 0);
@@ -157,8 +165,31 @@ impl Lab {
                 None => external_hosts.push((host, node)),
             }
         }
+        place_backends(&mut cluster);
+        // No gateway of a pod subnet may take a Service's address either.
+        let taken = taken
+            .into_iter()
+            .chain(semantics::services::service_addresses(&cluster))
+            .collect();
         let topology =
             Topology::build(nodes, external_hosts, taken).context("building the lab network")?;
+        for node in &topology.nodes {
+            cluster.add_node(model::Node {
+                name: node.name.clone(),
+                addresses: node.internal_addresses(),
+            });
+        }
+        if !cluster.services.is_empty() {
+            for node in &topology.nodes {
+                proxy::install(config.proxy_mode, &node.netns, &cluster).with_context(|| {
+                    format!(
+                        "writing kube-proxy's {} rules on {}",
+                        config.proxy_mode.as_str(),
+                        node.name
+                    )
+                })?;
+            }
+        }
         let not_started = cluster
             .pods
             .values()
@@ -173,6 +204,7 @@ impl Lab {
             cluster,
             not_started,
             unreported: BTreeSet::new(),
+            service_probes,
         };
         for host in &lab.topology.hosts {
             probe::serve(host, &mut lab.servers)
@@ -504,29 +536,44 @@ impl Lab {
     }
 
     /// Probes every ordered pair of hosts (external to external excepted) on every port the
-    /// destination serves, once per address family both have (see [`plan::questions`]).
+    /// destination serves, once per address family both have (see [`plan::questions`]),
+    /// then, unless Services are left out, every pod through every Service cluster IP and
+    /// port of a family it has (see [`plan::service_questions`]).
     pub async fn probe_all(&self) -> anyhow::Result<Reachability> {
         let hosts: Vec<plan::Host> = self.topology.hosts.iter().map(|h| h.spec.clone()).collect();
+        let targets = if self.service_probes == ServiceProbes::Off {
+            Vec::new()
+        } else {
+            plan::service_targets(&self.cluster)
+        };
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
-        let results = join_all(plan::questions(&hosts).into_iter().map(|q| {
+        let by_address = plan::questions(&hosts).into_iter().map(|q| {
             let limit = Arc::clone(&limit);
             let (src, dst) = (&self.topology.hosts[q.from], &self.topology.hosts[q.to]);
+            let ip = dst.spec.ip(q.family).expect("planned with this family");
             let hosts = &hosts;
             async move {
                 let _permit = limit.acquire().await.expect("never closed");
-                let ip = dst.spec.ip(q.family).expect("planned with this family");
-                let allowed = probe::probe(&src.netns, ip, q.port, q.protocol)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "probing {} -> {ip}:{}/{}",
-                            src.spec.label, q.port, q.protocol
-                        )
-                    })?;
+                let allowed = probe_once(src, ip, q.port, q.protocol).await?;
                 anyhow::Ok(plan::probe(hosts, &q, allowed))
             }
-        }))
-        .await;
+            .boxed()
+        });
+        let through_services = plan::service_questions(&hosts, &targets)
+            .into_iter()
+            .map(|q| {
+                let limit = Arc::clone(&limit);
+                let src = &self.topology.hosts[q.from];
+                let (hosts, targets) = (&hosts, &targets);
+                async move {
+                    let _permit = limit.acquire().await.expect("never closed");
+                    let t = &targets[q.target];
+                    let allowed = probe_once(src, t.address, t.port, t.protocol).await?;
+                    anyhow::Ok(plan::service_probe(hosts, targets, &q, allowed))
+                }
+                .boxed()
+            });
+        let results = join_all(by_address.chain(through_services)).await;
         Ok(Reachability::new(
             results.into_iter().collect::<Result<_, _>>()?,
         ))
@@ -538,6 +585,32 @@ impl Lab {
         self.servers.shutdown().await;
         for i in 0..self.agents.len() {
             let _ = self.stop_agent(i).await;
+        }
+    }
+}
+
+/// One probe from `src` to `ip:port`, with an error that says which.
+async fn probe_once(src: &Host, ip: IpAddr, port: u16, protocol: Protocol) -> anyhow::Result<bool> {
+    probe::probe(&src.netns, ip, port, protocol)
+        .await
+        .with_context(|| format!("probing {} -> {ip}:{port}/{protocol}", src.spec.label))
+}
+
+/// Puts every pod backend of an EndpointSlice on its pod's node (`nodeName`), as the
+/// EndpointSlice controller reports it; the lab places pods after the slices were made.
+fn place_backends(cluster: &mut Cluster) {
+    let nodes: BTreeMap<ObjectRef, Option<String>> = cluster
+        .pods
+        .iter()
+        .map(|(id, p)| (id.clone(), p.node.clone()))
+        .collect();
+    for endpoint in cluster
+        .endpoint_slices
+        .values_mut()
+        .flat_map(|s| s.endpoints.iter_mut())
+    {
+        if let Some(node) = endpoint.pod.as_ref().and_then(|p| nodes.get(p)) {
+            endpoint.node.clone_from(node);
         }
     }
 }

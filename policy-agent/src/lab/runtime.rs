@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::LabConfig;
+use super::{LabConfig, config::CniKind};
 use crate::{cni::spec::PLUGIN_TYPE, netns::NetNs};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
@@ -213,16 +213,17 @@ impl CniRuntime {
     }
 }
 
-/// The lab's network configuration: `ptp` (a veth per pod, routed, with the addresses the
-/// runtime asks `static` IPAM for), then, if `socket` is given, the policy plugin talking
-/// to the node's agent there.
+/// The bridge the lab's nodes hang their pods off with [`CniKind::Bridge`], named as
+/// flannel names it (kubenet's is `cbr0`). It never starts with the pods' interface prefix.
+pub const LAB_BRIDGE: &str = "cni0";
+/// The MTU of every pod link.
+const LAB_MTU: u32 = 1500;
+
+/// The lab's network configuration: the node's main plugin (see [`main_plugin`]), then, if
+/// `socket` is given, the policy plugin talking to the node's agent there.
 pub fn lab_conflist(socket: Option<&Path>, config: &LabConfig) -> Value {
     let fail_open = config.fail_open;
-    let mut plugins = vec![json!({
-        "type": "ptp",
-        "mtu": 1500,
-        "ipam": {"type": "static", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]},
-    })];
+    let mut plugins = vec![main_plugin(config.cni)];
     if let Some(socket) = socket {
         plugins.push(json!({
             "type": PLUGIN_TYPE,
@@ -233,12 +234,34 @@ pub fn lab_conflist(socket: Option<&Path>, config: &LabConfig) -> Value {
     json!({"cniVersion": CNI_VERSION, "name": "lab", "plugins": plugins})
 }
 
+/// The node's main plugin, with the addresses the runtime asks `static` IPAM for and a
+/// default route per family: `ptp` (a routed veth per pod, as Calico and Cilium do), or
+/// `bridge` as flannel and kubenet configure it (every pod's veth a port of [`LAB_BRIDGE`],
+/// which holds the gateway address of each pod subnet; hairpin mode, so that a pod reaches
+/// itself through a Service; no masquerade).
+pub fn main_plugin(cni: CniKind) -> Value {
+    let ipam = json!({"type": "static", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]});
+    match cni {
+        CniKind::Ptp => json!({"type": "ptp", "mtu": LAB_MTU, "ipam": ipam}),
+        CniKind::Bridge => json!({
+            "type": "bridge",
+            "bridge": LAB_BRIDGE,
+            "isGateway": true,
+            "hairpinMode": true,
+            "mtu": LAB_MTU,
+            "ipam": ipam,
+        }),
+    }
+}
+
 /// Where the reference plugins and (`with_ours`) `policy-agent-cni` are: the reference
 /// directory and the directory of the running binary (or its parent, for test binaries in
 /// `deps/`).
 pub fn bin_dirs(with_ours: bool) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
-        Path::new(REFERENCE_PLUGINS).join("ptp").exists(),
+        ["ptp", "bridge", "static"]
+            .iter()
+            .all(|p| Path::new(REFERENCE_PLUGINS).join(p).exists()),
         "the lab gives pods their network with the reference CNI plugins, which are missing \
          from {REFERENCE_PLUGINS}: apt-get install containernetworking-plugins"
     );

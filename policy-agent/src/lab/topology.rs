@@ -4,7 +4,15 @@
 //!
 //! Pods get their network the way a node gives it: the container runtime's CNI calls
 //! ([`super::runtime`]) run the reference `ptp` plugin (a routed veth pair, the node owning
-//! the gateway address of the pod's subnet) and, on an enforced lab, the policy plugin.
+//! the gateway address of the pod's subnet) or the `bridge` plugin (the pod's veth a port
+//! of the node's bridge, which holds the gateway address of every pod subnet, as flannel's
+//! `cni0` and kubenet's `cbr0` do) and, on an enforced lab, the policy plugin.
+//!
+//! On a bridge, pods of one subnet reach each other directly, frames bridged from port to
+//! port. The lab takes pod addresses from the manifests, so one subnet may have pods on
+//! several nodes (where flannel gives each node a subnet of its own): the bridge answers
+//! neighbour resolution for the addresses the node routes elsewhere (proxy ARP, proxy NDP),
+//! and such traffic is routed through the node as it would be between flannel subnets.
 //! External hosts hang off their node by a veth pair the lab makes itself, routed like
 //! Calico does it: a /32 (or /128) and a default route via a link-local gateway
 //! (169.254.1.1, fe80::1) that the node owns. Every node routes the addresses of other
@@ -19,7 +27,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::runtime::{CniRuntime, PluginTime, Sandbox};
+use super::runtime::{CniRuntime, LAB_BRIDGE, PluginTime, Sandbox};
 use crate::{
     netns::{NetNs, NetnsError},
     plan,
@@ -64,6 +72,24 @@ pub struct Node {
     pub netns: NetNs,
     /// Its own addresses (traffic with them is the node's).
     pub addresses: Vec<IpAddr>,
+}
+
+impl Node {
+    /// The addresses other nodes and external hosts reach it at, as its Node object's
+    /// `InternalIP`s: its fabric addresses, or, alone, the gateway its hosts use.
+    pub fn internal_addresses(&self) -> Vec<IpAddr> {
+        let fabric: Vec<IpAddr> = self
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| *a != IpAddr::from(GATEWAY_V4) && *a != IpAddr::from(GATEWAY_V6))
+            .collect();
+        if fabric.is_empty() {
+            self.addresses.clone()
+        } else {
+            fabric
+        }
+    }
 }
 
 /// A pod or external host, built.
@@ -112,6 +138,8 @@ pub struct Topology {
     taken: BTreeSet<IpAddr>,
     /// Hosts made so far (names namespaces).
     made: usize,
+    /// Nodes whose pods hang off [`LAB_BRIDGE`] (a pod's CNI result named it).
+    bridged: BTreeSet<usize>,
 }
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
@@ -170,6 +198,7 @@ impl Topology {
             fabric: None,
             taken,
             made: 0,
+            bridged: BTreeSet::new(),
         };
         for i in 0..nodes.max(1) {
             topo.add_node(i)?;
@@ -241,14 +270,16 @@ impl Topology {
             .add(&sandbox)
             .with_context(|| format!("creating the sandbox of pod {pod}"))?;
         let result = added.result;
-        let node_if = result["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i.get("sandbox").is_none())
-            .and_then(|i| i["name"].as_str())
+        let host_side = host_interfaces(&result);
+        // A bridge plugin lists the bridge before the pod's own veth.
+        let node_if = host_side
+            .iter()
+            .find(|name| *name != LAB_BRIDGE)
             .with_context(|| format!("the CNI result for {pod} names no host interface"))?
-            .to_owned();
+            .clone();
+        if host_side.iter().any(|name| name == LAB_BRIDGE) {
+            self.bridge_answers_for_others(node)?;
+        }
         self.route_from_other_nodes(node, &spec.ips)?;
         self.hosts.push(Host {
             spec,
@@ -382,6 +413,9 @@ impl Topology {
             }
             netns.ip(&add)?;
             node_ns.ip(&["route", "add", &host, "dev", &node_if])?;
+            if self.bridged.contains(&node) {
+                proxy_neighbour(node_ns, ip)?;
+            }
         }
         self.route_from_other_nodes(node, &spec.ips)?;
         if spec.ips.iter().any(IpAddr::is_ipv4) {
@@ -404,6 +438,34 @@ impl Topology {
         Ok(())
     }
 
+    /// Makes the bridge of `node` (once its first pod hangs off it) answer neighbour
+    /// resolution for every address the node routes elsewhere: hosts of other nodes, and
+    /// the node's external hosts. Pods on the bridge answer for themselves.
+    fn bridge_answers_for_others(&mut self, node: usize) -> Result<(), NetnsError> {
+        if !self.bridged.insert(node) {
+            return Ok(());
+        }
+        let ns = &self.nodes[node].netns;
+        for (key, value) in [
+            (format!("net.ipv4.conf.{LAB_BRIDGE}.proxy_arp"), "1"),
+            (format!("net.ipv6.conf.{LAB_BRIDGE}.proxy_ndp"), "1"),
+            // Answer at once, as a neighbour would (the default delays proxied answers).
+            (format!("net.ipv4.neigh.{LAB_BRIDGE}.proxy_delay"), "0"),
+            (format!("net.ipv6.neigh.{LAB_BRIDGE}.proxy_delay"), "0"),
+        ] {
+            ns.sysctl(&key, value)?;
+        }
+        let elsewhere = self
+            .hosts
+            .iter()
+            .filter(|h| h.node != node || h.sandbox.is_none())
+            .flat_map(|h| h.spec.ips.iter().copied());
+        for ip in elsewhere {
+            proxy_neighbour(ns, ip)?;
+        }
+        Ok(())
+    }
+
     /// Routes the addresses of a host on `node` from every other node, via the fabric.
     fn route_from_other_nodes(&self, node: usize, ips: &[IpAddr]) -> Result<(), NetnsError> {
         for &ip in ips {
@@ -417,10 +479,42 @@ impl Topology {
                     other
                         .netns
                         .ip(&["route", "add", &host, "via", &via, "dev", FABRIC_IF])?;
+                    if self.bridged.contains(&i) {
+                        proxy_neighbour(&other.netns, ip)?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The host-side interfaces a CNI result lists (those without a `sandbox`), in its order.
+fn host_interfaces(result: &Value) -> Vec<String> {
+    result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i.get("sandbox").is_none())
+        .filter_map(|i| i["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Lets the bridge of `node_ns` answer neighbour solicitations for `ip`, which the node
+/// routes elsewhere (IPv4 needs no entry: proxy ARP answers for whatever is routed through
+/// another interface).
+fn proxy_neighbour(node_ns: &NetNs, ip: IpAddr) -> Result<(), NetnsError> {
+    match ip {
+        IpAddr::V4(_) => Ok(()),
+        IpAddr::V6(v6) => node_ns.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            "proxy",
+            &v6.to_string(),
+            "dev",
+            LAB_BRIDGE,
+        ]),
     }
 }
 

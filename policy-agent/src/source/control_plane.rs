@@ -114,11 +114,13 @@ fn ports_on(service: &Service, pod: &Pod) -> Vec<SlicePort> {
         .collect()
 }
 
+/// What pods sharing one slice have in common: the address family (IPv6?) and the resolved ports.
+type SliceShape = (bool, Vec<(String, u16)>);
+
 fn slices_of(cluster: &Cluster, service: &Service) -> Vec<EndpointSlice> {
     let selector = service.selector.as_ref().expect("filtered on it");
     // Pods with the same family and ports share a slice.
-    let mut groups: BTreeMap<(bool, Vec<(String, u16)>), (Vec<SlicePort>, Vec<SliceEndpoint>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<SliceShape, (Vec<SlicePort>, Vec<SliceEndpoint>)> = BTreeMap::new();
     for pod in cluster.pods.values().filter(|p| {
         p.id.namespace == service.id.namespace
             && !p.finished
