@@ -212,11 +212,14 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
 /// System tools the lab and the tests use (a command on PATH, or a file), by the Debian
 /// package that provides them. The lab's pods get their network from the reference CNI
 /// plugins, as on a real node.
-const PACKAGES: [(&str, &str); 4] = [
+const PACKAGES: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("nsenter", "util-linux"),
     ("/usr/lib/cni/ptp", "containernetworking-plugins"),
+    // kube-proxy's rule layouts on the lab's nodes.
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
 ];
 
 /// Installs the missing ones with apt-get (the lab and the tests run as root anyway).
