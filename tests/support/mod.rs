@@ -101,7 +101,13 @@ pub fn api_objects(cluster: &Cluster) -> Vec<serde_json::Value> {
         let ports: Vec<_> = pod
             .ports
             .iter()
-            .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_str()}))
+            .map(|p| {
+                let mut port = json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_str()});
+                if let Some(host_port) = p.host_port {
+                    port["hostPort"] = json!(host_port);
+                }
+                port
+            })
             .collect();
         let ips: Vec<_> = pod
             .ips
@@ -122,7 +128,55 @@ pub fn api_objects(cluster: &Cluster) -> Vec<serde_json::Value> {
             "spec": p.spec,
         }));
     }
+    out.extend(cluster.services.values().map(service_object));
     out
+}
+
+/// A Service as an API object (its EndpointSlices are derived again from its selector).
+fn service_object(s: &policy_agent::model::Service) -> serde_json::Value {
+    use policy_agent::model::TargetPort;
+    use serde_json::json;
+    let ports: Vec<_> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let target = match &p.target_port {
+                TargetPort::Number(n) => json!(n),
+                TargetPort::Name(name) => json!(name),
+            };
+            let mut port = json!({"name": p.name, "protocol": p.protocol.as_str(),
+                "port": p.port, "targetPort": target});
+            if let Some(node_port) = p.node_port {
+                port["nodePort"] = json!(node_port);
+            }
+            port
+        })
+        .collect();
+    let addresses =
+        |ips: &[std::net::IpAddr]| -> Vec<String> { ips.iter().map(ToString::to_string).collect() };
+    let mut spec = json!({
+        "type": "ClusterIP",
+        "selector": s.selector,
+        "clusterIP": s.cluster_ips.first().map(ToString::to_string),
+        "clusterIPs": addresses(&s.cluster_ips),
+        "externalIPs": addresses(&s.external_ips),
+        "ports": ports,
+    });
+    if s.ports.iter().any(|p| p.node_port.is_some()) {
+        spec["type"] = json!("NodePort");
+        spec["externalTrafficPolicy"] = json!(if s.external_traffic_local {
+            "Local"
+        } else {
+            "Cluster"
+        });
+    }
+    json!({
+        "kind": "Service",
+        "metadata": {"name": s.id.name, "namespace": s.id.namespace},
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": addresses(&s.load_balancer_ips)
+            .into_iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}},
+    })
 }
 
 /// Runs `f` on a fresh multi-threaded runtime (with logs per `RUST_LOG`, shown for failing

@@ -56,9 +56,14 @@ pub struct Generator {
     pods: Vec<(ObjectRef, Vec<IpAddr>)>,
     externals: Vec<IpAddr>,
     node: Vec<IpAddr>,
+    /// Service frontends (address, port) the node's proxy forwards.
+    frontends: Vec<(IpAddr, u16)>,
     history: Vec<Made>,
     next_id: u32,
 }
+
+/// The share of new flows leaving a pod that dial a Service frontend, when there is one.
+const FRONTEND_SHARE: f64 = 0.3;
 
 /// The shortest Ethernet frame (without its checksum).
 const MIN_FRAME: usize = 60;
@@ -78,6 +83,7 @@ impl Generator {
         pods: Vec<(ObjectRef, Vec<IpAddr>)>,
         externals: Vec<IpAddr>,
         node: Vec<IpAddr>,
+        frontends: Vec<(IpAddr, u16)>,
     ) -> Self {
         Self {
             rng,
@@ -87,6 +93,7 @@ impl Generator {
                 .collect(),
             externals,
             node,
+            frontends,
             history: Vec::new(),
             next_id: 1,
         }
@@ -187,6 +194,27 @@ impl Generator {
         random
     }
 
+    /// Sometimes a Service frontend of the family, as a pod dials it.
+    fn frontend(&mut self, v6: bool) -> Option<(IpAddr, u16)> {
+        let of_family: Vec<(IpAddr, u16)> = self
+            .frontends
+            .iter()
+            .copied()
+            .filter(|(a, _)| a.is_ipv6() == v6)
+            .collect();
+        if of_family.is_empty() || !self.rng.random_bool(FRONTEND_SHARE) {
+            return None;
+        }
+        let (address, port) = *of_family.choose(&mut self.rng).expect("not empty");
+        // A frontend address on another port, now and then.
+        let port = if self.rng.random_bool(0.2) {
+            self.port()
+        } else {
+            port
+        };
+        Some((address, port))
+    }
+
     fn port(&mut self) -> u16 {
         if self.rng.random_bool(0.8) {
             *PORTS.choose(&mut self.rng).unwrap()
@@ -220,9 +248,15 @@ impl Generator {
         let (pod, ips) = self.pick_pod();
         let own = *ips.choose(&mut self.rng).unwrap();
         let dir = self.dir();
-        let (src, dst) = self.ends(own, dir);
+        let (src, mut dst) = self.ends(own, dir);
         let v6 = own.is_ipv6();
-        let (sport, dport) = (self.rng.random_range(1024..=u16::MAX), self.port());
+        let (sport, mut dport) = (self.rng.random_range(1024..=u16::MAX), self.port());
+        if dir == Direction::Egress
+            && let Some((address, port)) = self.frontend(v6)
+        {
+            // Through a Service: any protocol, so that some do not match the port's.
+            (dst, dport) = (address, port);
+        }
         let (packet, shape) = match self.rng.random_range(0..9) {
             0 | 1 => {
                 let flags = if self.rng.random_bool(0.8) {

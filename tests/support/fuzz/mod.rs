@@ -22,8 +22,8 @@ use std::{
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::{Datapath, TableSizes},
-    evaluate::compiled::on_one_node,
     model::{Cluster, ObjectRef},
+    semantics,
 };
 use policy_common::{
     event::FlowEvent,
@@ -46,6 +46,8 @@ use crate::scenarios::{Scenario, scenario};
 /// Where test packets appear.
 const LOOPBACK_IFINDEX: u32 = 1;
 const PIN_PREFIX: &str = "fuzz-";
+/// The node every scenario's pods are on.
+pub const NODE_NAME: &str = "fuzz";
 /// The node's own addresses in every scenario.
 pub const NODE_ADDRESSES: [&str; 2] = ["10.0.255.254", "fd00:ff::fe"];
 /// Frames per scenario before the next one is drawn.
@@ -144,14 +146,11 @@ impl Harness {
     /// Loads `cluster` with every pod on the node, and forgets every connection.
     fn load(&mut self, cluster: &Cluster) {
         let node = NodeConfig {
-            name: "fuzz".to_owned(),
+            name: NODE_NAME.to_owned(),
             addresses: NODE_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect(),
             ..NodeConfig::default()
         };
-        let mut cluster = on_one_node(cluster);
-        for pod in cluster.pods.values_mut() {
-            pod.node = Some(node.name.clone());
-        }
+        let cluster = on_node(cluster);
         self.compiled = self.compiler.compile(&cluster, &node);
         self.datapath.sync(&self.compiled).expect("maps sync");
         self.datapath.clear_conntrack().expect("tables clear");
@@ -264,6 +263,15 @@ fn check(expect: &Expect, outcome: &Outcome, endpoint_id: u32, dir: Direction) -
     (!record_ok).then(|| format!("flow records {records:?} for a packet counted as {key:?}"))
 }
 
+/// `cluster` with every pod on [`NODE_NAME`].
+fn on_node(cluster: &Cluster) -> Cluster {
+    let mut cluster = cluster.clone();
+    for pod in cluster.pods.values_mut() {
+        pod.node = Some(NODE_NAME.to_owned());
+    }
+    cluster
+}
+
 /// A scenario's model, harness state and checks, frame by frame.
 struct Session<'h> {
     harness: &'h mut Harness,
@@ -276,7 +284,7 @@ impl<'h> Session<'h> {
         let node: Vec<IpAddr> = NODE_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect();
         Self {
             harness,
-            model: Model::new(cluster, externals, &node),
+            model: Model::new(&on_node(cluster), externals, NODE_NAME, &node),
         }
     }
 
@@ -397,11 +405,17 @@ pub fn run(seed: u64, budget: Budget, mut found: impl FnMut(Case) -> bool) -> Re
             .map(|p| (p.id.clone(), p.ips.clone()))
             .collect();
         let node: Vec<IpAddr> = NODE_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect();
+        let frontends = semantics::services::forwards(&on_node(&s.cluster), NODE_NAME, &node)
+            .iter()
+            .flat_map(|f| &f.frontends)
+            .map(|f| (f.address, f.port))
+            .collect();
         let mut generator = Generator::new(
             StdRng::seed_from_u64(scenario_seed),
             pods,
             s.externals.clone(),
             node,
+            frontends,
         );
         let mut session = Session::start(&mut harness, &s.cluster, &s.externals);
         let mut sent: Vec<Step> = Vec::new();

@@ -13,6 +13,10 @@
 //!   request never as part of another's ping), or as an ICMP error going back to the sender
 //!   of a packet of such a connection; a node address is the node only when the packet goes
 //!   to it or the node sent it; a later fragment only with its first fragment;
+//! - a new flow to a Service frontend (a cluster, external or load-balancer IP, a node address
+//!   on a node port or host port) leaves a pod only if the pod's egress allows every backend
+//!   the proxy may pick (or the pod is the only one), never as the node's; a Service address
+//!   on a port no Service has is no way out of an egress-isolated pod;
 //! - what an isolated pod cannot read, it does not get;
 //! - a well-formed packet of an allowed flow passes.
 
@@ -22,10 +26,13 @@ use std::{
 };
 
 use policy_agent::{
-    evaluate::{Flow, reference::Reference},
+    evaluate::{Flow, ServiceFlow, reference::Reference},
     model::{Cluster, ObjectRef, Protocol},
-    plan::{self, Host},
-    semantics,
+    plan::{self, Host, ServiceTarget},
+    semantics::{
+        self,
+        services::{Forward, Forwarder, FrontendKind},
+    },
 };
 use policy_common::{
     maps::Direction,
@@ -121,6 +128,10 @@ pub struct Model {
     cluster: Cluster,
     hosts: Vec<Host>,
     node: Vec<IpAddr>,
+    /// What the node's proxy forwards, and where.
+    forwards: Vec<Forward>,
+    /// Addresses only Services answer on (cluster, external, load-balancer IPs).
+    service_addresses: BTreeSet<IpAddr>,
     /// Per endpoint: its connections, and whether each has closed.
     connections: BTreeMap<ObjectRef, BTreeMap<Conn, bool>>,
     /// Per endpoint: the first fragments it let through.
@@ -128,13 +139,27 @@ pub struct Model {
 }
 
 impl Model {
-    /// The model of `cluster` (every pod on the node), with external hosts and the node's
-    /// addresses.
-    pub fn new(cluster: &Cluster, externals: &[IpAddr], node: &[IpAddr]) -> Self {
+    /// The model of `cluster` (every pod on node `node_name`), with external hosts and the
+    /// node's addresses.
+    pub fn new(cluster: &Cluster, externals: &[IpAddr], node_name: &str, node: &[IpAddr]) -> Self {
+        let forwards = semantics::services::forwards(cluster, node_name, node);
+        let service_addresses = forwards
+            .iter()
+            .flat_map(|f| &f.frontends)
+            .filter(|f| {
+                matches!(
+                    f.kind,
+                    FrontendKind::ClusterIp | FrontendKind::ExternalIp | FrontendKind::LoadBalancer
+                )
+            })
+            .map(|f| f.address)
+            .collect();
         Self {
             hosts: plan::hosts(cluster, externals, &[]),
             cluster: cluster.clone(),
             node: node.to_vec(),
+            forwards,
+            service_addresses,
             connections: BTreeMap::new(),
             datagrams: BTreeMap::new(),
         }
@@ -305,6 +330,17 @@ impl Model {
         if !isolated {
             return pass("not isolated");
         }
+        // An ICMP error is never a connection through a Service.
+        if egress
+            && may_be_node
+            && let Some(allowed) = self.through_service(s.pod, local, remote, t)
+        {
+            return if allowed {
+                pass("the policy allows every backend of the Service")
+            } else {
+                Expect::Drop("a Service frontend whose backends the policy does not all allow")
+            };
+        }
         if may_be_node && self.node.contains(&remote) && (egress || s.from_node) {
             return pass("the node");
         }
@@ -344,6 +380,56 @@ impl Model {
         } else {
             Expect::Drop("the policy denies the flow")
         }
+    }
+
+    /// For a new flow of `pod` from `local` to a Service frontend `remote`: whether the pod's
+    /// egress allows it, decided as the connection to every backend the proxy may pick
+    /// (the proxy rewrites after the datapath decided). `None` if `remote` is no frontend.
+    fn through_service(
+        &self,
+        pod: &ObjectRef,
+        local: IpAddr,
+        remote: IpAddr,
+        t: Transport,
+    ) -> Option<bool> {
+        let protocol = match t.proto {
+            proto::TCP => Some(Protocol::Tcp),
+            proto::UDP => Some(Protocol::Udp),
+            proto::SCTP => Some(Protocol::Sctp),
+            _ => None,
+        };
+        let port = t.ports.map_or(0, |(_, d)| d);
+        let forward = protocol.and_then(|protocol| {
+            self.forwards.iter().find(|f| {
+                f.frontends
+                    .iter()
+                    .any(|fe| fe.address == remote && fe.protocol == protocol && fe.port == port)
+            })
+        });
+        let Some(forward) = forward else {
+            // An address only Services answer on, on a port none of them has.
+            return self.service_addresses.contains(&remote).then_some(false);
+        };
+        let service = match &forward.forwarder {
+            Forwarder::Service { service, .. } => service.clone(),
+            Forwarder::HostPort { pod, .. } => pod.clone(),
+        };
+        let target = ServiceTarget {
+            label: forward.forwarder.to_string(),
+            service,
+            address: remote,
+            protocol: protocol.expect("found by protocol"),
+            port,
+            backends: forward.backends_for(remote).cloned().collect(),
+        };
+        let client = self.host_of(pod, local);
+        let explanation = Reference::new(&self.cluster).explain_service(&ServiceFlow {
+            from: &client,
+            src: local,
+            target: &target,
+        });
+        let sides = explanation.sides();
+        Some(explanation.hairpin || (!sides.is_empty() && sides.iter().all(|(egress, _)| *egress)))
     }
 
     /// Whether an ICMP error goes back to the sender of a packet of one of the pod's
