@@ -362,8 +362,8 @@ pub fn minimise(harness: &mut Harness, mut case: Case) -> Case {
     case
 }
 
-/// A scenario drawn with `seed`.
-fn draw(seed: u64) -> Scenario {
+/// The random scenario drawn with `seed` (the same one every time).
+pub fn draw(seed: u64) -> Scenario {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
