@@ -4,7 +4,8 @@
 //! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
 //! - `test [ARGS]`: build everything and run the whole test suite;
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni]`: run a benchmark suite (root), results under `target/bench/`;
+//! - `bench [datapath|cni|remote-pod]`: run a benchmark suite (root), results under
+//!   `target/bench/`;
 //! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
 //!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
 
@@ -80,6 +81,8 @@ enum Suite {
     Datapath,
     /// Latency of the chained CNI plugin's ADD in a lab node.
     Cni,
+    /// How long a new pod is "world" on other nodes: its kubelet's report to their ipcache.
+    RemotePod,
 }
 
 impl Suite {
@@ -87,6 +90,7 @@ impl Suite {
         match self {
             Self::Datapath => "datapath",
             Self::Cni => "cni",
+            Self::RemotePod => "remote_pod",
         }
     }
 }
@@ -183,7 +187,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { suite } => {
             build_ebpf()?;
             require_root("the benchmarks load eBPF programs")?;
-            if let Suite::Cni = suite {
+            if let Suite::Cni | Suite::RemotePod = suite {
                 ensure_packages()?;
             }
             cargo([
@@ -212,7 +216,7 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
 /// System tools the lab and the tests use (a command on PATH, or a file), by the Debian
 /// package that provides them. The lab's pods get their network from the reference CNI
 /// plugins, as on a real node.
-const PACKAGES: [(&str, &str); 6] = [
+const PACKAGES: [(&str, &str); 7] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("nsenter", "util-linux"),
@@ -220,6 +224,8 @@ const PACKAGES: [(&str, &str); 6] = [
     // kube-proxy's rule layouts on the lab's nodes.
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
+    // The lab's cluster DNS server.
+    ("/usr/sbin/dnsmasq", "dnsmasq-base"),
 ];
 
 /// Installs the missing ones with apt-get (the lab and the tests run as root anyway).
