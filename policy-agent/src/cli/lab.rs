@@ -10,7 +10,7 @@ use policy_agent::{
     agent::{self, AgentConfig, api},
     datapath::bpffs,
     lab::{
-        Lab, LabConfig,
+        self, Lab, LabConfig,
         config::{CniKind, ProxyMode},
         topology,
     },
@@ -42,6 +42,12 @@ pub struct LabArgs {
     /// The CNI plugin that gives pods their network [default: from lab.toml, else ptp].
     #[arg(long, value_enum)]
     cni: Option<CniKind>,
+    /// Run the cluster's DNS: a DNS server (dnsmasq) in pod kube-system/kube-dns-0 (labelled
+    /// k8s-app: kube-dns) behind Service kube-system/kube-dns, added where the manifests
+    /// have none; every pod's resolver points at it, and probes to it are real lookups
+    /// [default: from lab.toml's `dns`, else off].
+    #[arg(long)]
+    dns: bool,
     /// Print the JSON contract instead of tables.
     #[arg(long)]
     json: bool,
@@ -69,6 +75,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
     config.proxy_mode = args.proxy_mode.unwrap_or(config.proxy_mode);
     config.cni = args.cni.unwrap_or(config.cni);
+    config.dns |= args.dns;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if args.watch {
@@ -114,6 +121,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                     lab.pin_dir(node).display(),
                 );
             }
+            let first_pod = lab.hosts().iter().find(|h| h.spec.pod.is_some());
+            if let (Some(dns), Some(pod)) = (lab.dns(), first_pod) {
+                eprintln!(
+                    "pods resolve cluster names through kube-dns (try: ip netns exec {} getent \
+                     hosts {})",
+                    pod.netns.name(),
+                    dns.lookup().name
+                );
+            }
             eprintln!("lab kept running; press Ctrl-C to tear it down");
             tokio::select! {
                 _ = interrupt.recv() => {}
@@ -132,6 +148,7 @@ fn print_table(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> an
         config.nodes.max(1),
         config.externals.len()
     );
+    print_dns(lab);
     print!("{}", reachability.render_table());
     let mut drops = std::collections::BTreeMap::<String, u64>::new();
     let enforcing = if lab.enforced() { lab.nodes() } else { 0 };
@@ -150,6 +167,27 @@ fn print_table(lab: &Lab, config: &LabConfig, reachability: &Reachability) -> an
         println!("Packets dropped by the datapath: {}", list.join(", "));
     }
     Ok(())
+}
+
+/// What the cluster DNS is, when the lab runs it.
+fn print_dns(lab: &Lab) {
+    let Some(dns) = lab.dns() else {
+        return;
+    };
+    let servers: Vec<String> = dns
+        .server_pids()
+        .into_keys()
+        .map(|p| p.to_string())
+        .collect();
+    let nameservers: Vec<String> = dns.nameservers().iter().map(ToString::to_string).collect();
+    println!(
+        "Cluster DNS: {} at {} (dnsmasq in {}); probes to port {} of it look up {}.\n",
+        lab::dns::service_ref(),
+        nameservers.join(", "),
+        servers.join(", "),
+        lab::dns::PORT,
+        dns.lookup().name,
+    );
 }
 
 /// `lab --watch`: the real agent on every node, following the manifest directory.

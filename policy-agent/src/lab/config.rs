@@ -8,7 +8,11 @@
 //! proxy-mode = "iptables"   # or "nftables", "ipvs"
 //! cni = "ptp"               # or "bridge"
 //! services = "on"           # or "off", "per-pod" (default: on when there are Services)
+//! dns = true                # the cluster DNS behind kube-system/kube-dns (default: false)
 //! ```
+//!
+//! `dns` may also be a section, `[dns]` (on unless it says `enabled = false`), the place of
+//! DNS settings to come. See [`super::dns`] for what the cluster DNS adds.
 
 use std::{net::IpAddr, path::Path};
 
@@ -71,6 +75,11 @@ pub struct LabConfig {
     pub cni: CniKind,
     /// Which Services to probe through; `None`: all of them, if there are any.
     pub services: Option<ServiceProbes>,
+    /// Whether the lab runs the cluster's DNS: a DNS server pod behind Service
+    /// `kube-system/kube-dns`, every pod's resolver pointed at it, and DNS lookups as the
+    /// probes to it (see [`super::dns`]). Off by default: it adds a pod and a Service to the
+    /// manifests' cluster.
+    pub dns: bool,
 }
 
 impl Default for LabConfig {
@@ -84,6 +93,7 @@ impl Default for LabConfig {
             proxy_mode: ProxyMode::default(),
             cni: CniKind::default(),
             services: None,
+            dns: false,
         }
     }
 }
@@ -97,6 +107,35 @@ struct LabFile {
     proxy_mode: Option<ProxyMode>,
     cni: Option<CniKind>,
     services: Option<ServiceProbes>,
+    dns: Option<DnsFile>,
+}
+
+/// lab.toml's `dns`: a switch, or a section.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DnsFile {
+    /// `dns = true`.
+    Switch(bool),
+    /// `[dns]`.
+    Section(DnsSection),
+}
+
+/// lab.toml's `[dns]` section.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsSection {
+    /// Whether the cluster DNS runs [default: true, as the section is there].
+    enabled: Option<bool>,
+}
+
+impl DnsFile {
+    /// Whether the cluster DNS runs.
+    fn enabled(&self) -> bool {
+        match self {
+            Self::Switch(on) => *on,
+            Self::Section(section) => section.enabled.unwrap_or(true),
+        }
+    }
 }
 
 impl LabConfig {
@@ -120,6 +159,7 @@ impl LabConfig {
         config.proxy_mode = file.proxy_mode.unwrap_or(config.proxy_mode);
         config.cni = file.cni.unwrap_or(config.cni);
         config.services = file.services.or(config.services);
+        config.dns = file.dns.map_or(config.dns, |d| d.enabled());
         if let Some(ports) = file.external_ports {
             config.external_ports = ports
                 .iter()
@@ -161,5 +201,29 @@ mod tests {
         assert_eq!(parse_port("9/SCTP").unwrap(), (Protocol::Sctp, 9));
         assert!(parse_port("0").is_err());
         assert!(parse_port("80/icmp").is_err());
+    }
+
+    /// The settings of a lab.toml holding `text`.
+    fn settings(text: &str) -> anyhow::Result<LabConfig> {
+        let dir = std::env::temp_dir().join(format!(
+            "lab-config-{}",
+            super::super::topology::unique_id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(LAB_FILE), text)?;
+        let config = LabConfig::from_dir(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        config
+    }
+
+    #[test]
+    fn dns_is_a_switch_or_a_section() {
+        assert!(!settings("").unwrap().dns, "off by default");
+        assert!(settings("dns = true").unwrap().dns);
+        assert!(!settings("dns = false").unwrap().dns);
+        assert!(settings("[dns]").unwrap().dns);
+        assert!(!settings("[dns]\nenabled = false").unwrap().dns);
+        assert!(settings("[dns]\nbogus = 1").is_err());
+        assert!(settings("dns = \"yes\"").is_err());
     }
 }

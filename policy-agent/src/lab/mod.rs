@@ -1,8 +1,10 @@
 //! The network-namespace lab: a simulated node (or several) built from the manifests, the
 //! real datapath attached to every pod, probe servers on every declared port, and probes
 //! between every ordered pair of hosts. Everything is torn down on drop, also on error.
+//! With [`LabConfig::dns`], the cluster's DNS too ([`dns`]).
 
 pub mod config;
+pub mod dns;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;
@@ -11,7 +13,7 @@ pub mod topology;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -73,6 +75,9 @@ impl Drop for NodeAgent {
 pub struct Lab {
     /// Probe servers; aborted first on drop.
     servers: JoinSet<()>,
+    /// The cluster DNS, when the lab runs it: its servers stop on drop, before the
+    /// namespaces go.
+    dns: Option<dns::ClusterDns>,
     /// The agent of each node, when the lab enforces.
     agents: Vec<NodeAgent>,
     /// Each node's container runtime: the CNI configuration pods are created with.
@@ -116,6 +121,7 @@ impl Lab {
 
     /// Plans the hosts and builds the nodes and external hosts.
     fn prepare(cluster: &Cluster, config: &LabConfig) -> anyhow::Result<Self> {
+        dns::sweep_stale();
         netns::sweep_stale(topology::NETNS_PREFIX);
         bpffs::sweep_stale(PIN_PREFIX);
         raise_open_file_limit();
@@ -139,6 +145,14 @@ impl Lab {
         // Pods are spread over the nodes in name order; external hosts too.
         let mut cluster = cluster.clone();
         let service_probes = ServiceProbes::resolve(config.services, &cluster);
+        let dns_additions = if config.dns {
+            Some(
+                dns::add_to_cluster(&mut cluster, &config.externals)
+                    .context("adding the cluster DNS")?,
+            )
+        } else {
+            None
+        };
         if service_probes == ServiceProbes::PerPod {
             plan::add_per_pod_services(&mut cluster);
         }
@@ -173,6 +187,10 @@ impl Lab {
             .collect();
         let topology =
             Topology::build(nodes, external_hosts, taken).context("building the lab network")?;
+        let dns = match dns_additions {
+            Some(additions) => Some(dns::ClusterDns::new(&topology.id, additions, &cluster)?),
+            None => None,
+        };
         for node in &topology.nodes {
             cluster.add_node(model::Node {
                 name: node.name.clone(),
@@ -198,6 +216,7 @@ impl Lab {
             .collect();
         let mut lab = Self {
             servers: JoinSet::new(),
+            dns,
             agents: Vec::new(),
             runtimes: Vec::new(),
             topology,
@@ -341,7 +360,16 @@ impl Lab {
         let host = self
             .topology
             .add_pod(spec, uid.as_deref(), node, &runtime)?;
-        probe::serve(host, &mut self.servers)
+        let mut ports = host.spec.serves.clone();
+        if let Some(dns) = &mut self.dns {
+            let pod = &self.cluster.pods[id];
+            dns.pod_started(pod, host)?;
+            // The DNS server answers on its ports; probes to them are lookups.
+            if dns::is_server_pod(pod) {
+                ports.retain(|&(protocol, port)| !dns::serves(protocol, port));
+            }
+        }
+        probe::serve_ports(host, &ports, &mut self.servers)
             .with_context(|| format!("starting probe servers in {id}"))?;
         self.not_started.remove(id);
         self.unreported.insert(id.clone());
@@ -358,6 +386,9 @@ impl Lab {
     /// Deletes pod `id`'s sandbox through its node's CNI configuration.
     pub fn stop_pod(&mut self, id: &ObjectRef) -> anyhow::Result<()> {
         let (_, node) = self.placed(id)?;
+        if let Some(dns) = &mut self.dns {
+            dns.pod_stopped(id);
+        }
         self.topology
             .remove_pod(&id.to_string(), &self.runtimes[node])?;
         self.unreported.remove(id);
@@ -393,13 +424,17 @@ impl Lab {
 
     /// Moves the lab to `cluster`'s policies and labels (of namespaces and pods) and waits
     /// until every agent enforces them. The pods themselves, their addresses and ports,
-    /// must stay as they are.
+    /// must stay as they are. What the lab added itself (the cluster DNS) stays.
     pub async fn update(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let added = self.dns.as_ref().map(|d| d.additions().clone());
+        let added_pod = added.as_ref().and_then(|a| a.pod.as_ref());
         for (id, pod) in &mut self.cluster.pods {
-            let new = cluster
-                .pods
-                .get(id)
-                .with_context(|| format!("pod {id} cannot leave a running lab"))?;
+            let Some(new) = cluster.pods.get(id) else {
+                if Some(id) == added_pod {
+                    continue;
+                }
+                bail!("pod {id} cannot leave a running lab");
+            };
             if new.ips != pod.ips || new.ports != pod.ports {
                 bail!("pod {id} cannot change addresses or ports in a running lab");
             }
@@ -414,6 +449,9 @@ impl Lab {
         }
         self.cluster.policies.clone_from(&cluster.policies);
         self.cluster.namespaces.clone_from(&cluster.namespaces);
+        if added.is_some_and(|a| a.namespace) {
+            dns::ensure_namespace(&mut self.cluster);
+        }
         self.report_addresses().await
     }
 
@@ -465,8 +503,14 @@ impl Lab {
 
     /// Forwards `source` with every pod put on its lab node (sources that do not know the
     /// lab, like a manifest directory, leave `spec.nodeName` to chance); pods the lab does
-    /// not have are on no node.
+    /// not have are on no node. Snapshots get what the lab added to the manifests (the
+    /// cluster DNS) where they lack it.
     pub fn place(&self, mut source: mpsc::Receiver<SourceEvent>) -> mpsc::Receiver<SourceEvent> {
+        let added = self
+            .dns
+            .as_ref()
+            .map(|d| dns::added_objects(d.additions(), &self.cluster))
+            .unwrap_or_default();
         let nodes: BTreeMap<ObjectRef, Option<String>> = self
             .cluster
             .pods
@@ -479,6 +523,7 @@ impl Lab {
             while let Some(mut event) = source.recv().await {
                 match &mut event {
                     SourceEvent::Snapshot { cluster, .. } => {
+                        add_missing(cluster, &added);
                         cluster.pods.values_mut().for_each(place)
                     }
                     SourceEvent::Relisted(_, objects) => {
@@ -518,7 +563,8 @@ impl Lab {
         Ok(&self.host(label)?.netns)
     }
 
-    /// One probe from host `from` to host `to` over `family`.
+    /// One probe from host `from` to host `to` over `family` (a DNS lookup when `to` is a
+    /// DNS server and `port` its port, see [`dns`]).
     pub async fn probe(
         &self,
         from: &str,
@@ -527,34 +573,96 @@ impl Lab {
         protocol: Protocol,
         family: Family,
     ) -> anyhow::Result<bool> {
-        let ip = self
-            .host(to)?
+        let to = self.host(to)?;
+        let ip = to
             .spec
             .ip(family)
-            .with_context(|| format!("{to} has no {family:?} address"))?;
-        Ok(probe::probe(&self.host(from)?.netns, ip, port, protocol).await?)
+            .with_context(|| format!("{} has no {family:?} address", to.spec.label))?;
+        let lookup = self.dns_lookup_for([(to.spec.pod.as_ref(), port)], protocol);
+        exchange(
+            self.host(from)?,
+            SocketAddr::new(ip, port),
+            protocol,
+            lookup,
+        )
+        .await
+    }
+
+    /// Looks up the addresses of `family` of `name` from host `from`, over `protocol` (UDP or
+    /// TCP), as its resolver would: through kube-dns's cluster IP of `family` (of a lab that
+    /// runs the cluster DNS). `None`: no answer came.
+    pub async fn lookup(
+        &self,
+        from: &str,
+        name: &str,
+        family: Family,
+        protocol: Protocol,
+    ) -> anyhow::Result<Option<dns::Answer>> {
+        let dns = self.dns.as_ref().context("this lab runs no cluster DNS")?;
+        let server = dns
+            .nameservers()
+            .iter()
+            .copied()
+            .find(|ip| Family::of(ip) == family)
+            .with_context(|| format!("kube-dns has no {family:?} cluster IP"))?;
+        let server = SocketAddr::new(server, dns::PORT);
+        dns::lookup(&self.host(from)?.netns, server, protocol, name, family)
+            .await
+            .with_context(|| format!("looking up {name} from {from} at {server}/{protocol}"))
+    }
+
+    /// The cluster DNS, when the lab runs it.
+    pub fn dns(&self) -> Option<&dns::ClusterDns> {
+        self.dns.as_ref()
+    }
+
+    /// The lookup a probe makes instead of a plain exchange when it ends at a DNS server: when
+    /// every one of `backends` (pod, port) is a DNS pod's DNS port for `protocol`.
+    fn dns_lookup_for<'a>(
+        &self,
+        backends: impl IntoIterator<Item = (Option<&'a ObjectRef>, u16)>,
+        protocol: Protocol,
+    ) -> Option<&dns::ProbeLookup> {
+        let dns = self.dns.as_ref()?;
+        let mut backends = backends.into_iter().peekable();
+        backends.peek()?;
+        backends
+            .all(|(pod, port)| {
+                dns::serves(protocol, port)
+                    && pod
+                        .and_then(|p| self.cluster.pods.get(p))
+                        .is_some_and(dns::is_server_pod)
+            })
+            .then(|| dns.lookup())
     }
 
     /// Probes every ordered pair of hosts (external to external excepted) on every port the
     /// destination serves, once per address family both have (see [`plan::questions`]),
     /// then, unless Services are left out, every pod through every Service cluster IP and
-    /// port of a family it has (see [`plan::service_questions`]).
+    /// port of a family it has (see [`plan::service_questions`]); with the cluster DNS,
+    /// through kube-dns in any case. A probe that ends at a DNS server's port is a lookup
+    /// (see [`dns`]).
     pub async fn probe_all(&self) -> anyhow::Result<Reachability> {
         let hosts: Vec<plan::Host> = self.topology.hosts.iter().map(|h| h.spec.clone()).collect();
-        let targets = if self.service_probes == ServiceProbes::Off {
-            Vec::new()
-        } else {
-            plan::service_targets(&self.cluster)
-        };
+        let kube_dns = dns::service_ref();
+        let targets: Vec<plan::ServiceTarget> = plan::service_targets(&self.cluster)
+            .into_iter()
+            .filter(|t| {
+                self.service_probes != ServiceProbes::Off
+                    || (self.dns.is_some() && t.service == kube_dns)
+            })
+            .collect();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
         let by_address = plan::questions(&hosts).into_iter().map(|q| {
             let limit = Arc::clone(&limit);
             let (src, dst) = (&self.topology.hosts[q.from], &self.topology.hosts[q.to]);
             let ip = dst.spec.ip(q.family).expect("planned with this family");
+            let lookup = self.dns_lookup_for([(dst.spec.pod.as_ref(), q.port)], q.protocol);
             let hosts = &hosts;
             async move {
                 let _permit = limit.acquire().await.expect("never closed");
-                let allowed = probe_once(src, ip, q.port, q.protocol).await?;
+                let allowed =
+                    exchange(src, SocketAddr::new(ip, q.port), q.protocol, lookup).await?;
                 anyhow::Ok(plan::probe(hosts, &q, allowed))
             }
             .boxed()
@@ -565,10 +673,15 @@ impl Lab {
                 let limit = Arc::clone(&limit);
                 let src = &self.topology.hosts[q.from];
                 let (hosts, targets) = (&hosts, &targets);
+                let t = &targets[q.target];
+                let lookup = self.dns_lookup_for(
+                    t.backends.iter().map(|b| (b.pod.as_ref(), b.port)),
+                    t.protocol,
+                );
                 async move {
                     let _permit = limit.acquire().await.expect("never closed");
-                    let t = &targets[q.target];
-                    let allowed = probe_once(src, t.address, t.port, t.protocol).await?;
+                    let frontend = SocketAddr::new(t.address, t.port);
+                    let allowed = exchange(src, frontend, t.protocol, lookup).await?;
                     anyhow::Ok(plan::service_probe(hosts, targets, &q, allowed))
                 }
                 .boxed()
@@ -589,11 +702,45 @@ impl Lab {
     }
 }
 
+/// One probe from `src` to `dst`: `lookup` when it ends at a DNS server, else a plain
+/// exchange.
+async fn exchange(
+    src: &Host,
+    dst: SocketAddr,
+    protocol: Protocol,
+    lookup: Option<&dns::ProbeLookup>,
+) -> anyhow::Result<bool> {
+    match lookup {
+        Some(lookup) => lookup
+            .probe(&src.netns, dst, protocol)
+            .await
+            .with_context(|| format!("DNS lookup {} -> {dst}/{protocol}", src.spec.label)),
+        None => probe_once(src, dst.ip(), dst.port(), protocol).await,
+    }
+}
+
 /// One probe from `src` to `ip:port`, with an error that says which.
 async fn probe_once(src: &Host, ip: IpAddr, port: u16, protocol: Protocol) -> anyhow::Result<bool> {
     probe::probe(&src.netns, ip, port, protocol)
         .await
         .with_context(|| format!("probing {} -> {ip}:{port}/{protocol}", src.spec.label))
+}
+
+/// Adds to `cluster` each of `objects` that it lacks.
+fn add_missing(cluster: &mut Cluster, objects: &[Object]) {
+    for object in objects {
+        let missing = match object {
+            Object::Namespace(ns) => !cluster.namespaces.contains_key(&ns.name),
+            Object::Pod(p) => !cluster.pods.contains_key(&p.id),
+            Object::Service(s) => !cluster.services.contains_key(&s.id),
+            Object::EndpointSlice(s) => !cluster.endpoint_slices.contains_key(&s.id),
+            Object::Policy(p) => !cluster.policies.contains_key(&p.id),
+            Object::Node(n) => !cluster.nodes.contains_key(&n.name),
+        };
+        if missing {
+            cluster.apply(object.clone());
+        }
+    }
 }
 
 /// Puts every pod backend of an EndpointSlice on its pod's node (`nodeName`), as the
@@ -625,9 +772,10 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Namespaces and pin directories that labs of process `pid` created and still exist.
+/// Namespaces, pin directories and DNS files that labs of process `pid` created and still
+/// exist.
 pub fn resources_of(pid: u32) -> Vec<PathBuf> {
-    let mut found = Vec::new();
+    let mut found = dns::files_of(pid);
     for (dir, prefix) in [
         (netns::NETNS_DIR, topology::NETNS_PREFIX),
         (bpffs::PIN_ROOT, PIN_PREFIX),

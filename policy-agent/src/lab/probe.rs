@@ -13,7 +13,7 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 use tokio::{
-    net::{TcpListener, TcpSocket, UdpSocket},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
     task::JoinSet,
     time::timeout,
 };
@@ -35,7 +35,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// Ephemeral range for SCTP probe source ports.
 const SCTP_PORT_BASE: u16 = 49_152;
 
-fn unspecified(ipv6: bool) -> IpAddr {
+/// The unspecified address of a family (`ipv6` or not).
+pub(super) fn unspecified(ipv6: bool) -> IpAddr {
     if ipv6 {
         Ipv6Addr::UNSPECIFIED.into()
     } else {
@@ -55,11 +56,21 @@ fn socket(ipv6: bool, ty: Type) -> io::Result<Socket> {
 
 /// Starts a host's servers on every port it serves, for each of its address families.
 pub fn serve(host: &Host, tasks: &mut JoinSet<()>) -> io::Result<()> {
+    serve_ports(host, &host.spec.serves, tasks)
+}
+
+/// Starts a host's servers on `ports` (of those it serves, the ones no other server of the
+/// host takes), for each of its address families.
+pub fn serve_ports(
+    host: &Host,
+    ports: &[(Protocol, u16)],
+    tasks: &mut JoinSet<()>,
+) -> io::Result<()> {
     let families: Vec<bool> = [false, true]
         .into_iter()
         .filter(|v6| host.spec.ips.iter().any(|ip| ip.is_ipv6() == *v6))
         .collect();
-    let serves = host.spec.serves.clone();
+    let serves = ports.to_vec();
     let (tcp, udp, raw) = host.netns.run(|| -> io::Result<_> {
         let (mut tcp, mut udp, mut raw) = (Vec::new(), Vec::new(), Vec::new());
         for &v6 in &families {
@@ -134,10 +145,30 @@ pub fn serve(host: &Host, tasks: &mut JoinSet<()>) -> io::Result<()> {
     Ok(())
 }
 
+/// A TCP connection from `from_ns` to `dst`, or why not: `TimedOut` when the handshake did
+/// not complete within [`TCP_TIMEOUT`].
+pub(super) async fn tcp_connect(from_ns: &NetNs, dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = from_ns.run(|| socket(dst.is_ipv6(), Type::STREAM))??;
+    let s = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    timeout(TCP_TIMEOUT, s.connect(dst))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// A UDP socket of `from_ns` bound to an ephemeral port of family `v6` (or IPv4).
+pub(super) fn udp_client(from_ns: &NetNs, v6: bool) -> io::Result<UdpSocket> {
+    let s = from_ns.run(|| -> io::Result<Socket> {
+        let s = socket(v6, Type::DGRAM)?;
+        s.bind(&SocketAddr::new(unspecified(v6), 0).into())?;
+        Ok(s)
+    })??;
+    UdpSocket::from_std(std::net::UdpSocket::from(s))
+}
+
 static NONCE: AtomicU32 = AtomicU32::new(0);
 
 /// A value no other probe of this process uses.
-fn nonce() -> u32 {
+pub(super) fn nonce() -> u32 {
     let seed = std::process::id().rotate_left(16);
     seed ^ NONCE
         .fetch_add(1, Ordering::Relaxed)
@@ -149,23 +180,14 @@ pub async fn probe(from_ns: &NetNs, to: IpAddr, port: u16, protocol: Protocol) -
     let dst = SocketAddr::new(to, port);
     let v6 = to.is_ipv6();
     match protocol {
-        Protocol::Tcp => {
-            let s = from_ns.run(|| socket(v6, Type::STREAM))??;
-            let s = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
-            Ok(match timeout(TCP_TIMEOUT, s.connect(dst)).await {
-                Ok(Ok(_)) => true,
-                // A reset also crossed the datapath both ways.
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => true,
-                Ok(Err(_)) | Err(_) => false,
-            })
-        }
+        Protocol::Tcp => Ok(match tcp_connect(from_ns, dst).await {
+            Ok(_) => true,
+            // A reset also crossed the datapath both ways.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => true,
+            Err(_) => false,
+        }),
         Protocol::Udp => {
-            let s = from_ns.run(|| -> io::Result<Socket> {
-                let s = socket(v6, Type::DGRAM)?;
-                s.bind(&SocketAddr::new(unspecified(v6), 0).into())?;
-                Ok(s)
-            })??;
-            let s = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
+            let s = udp_client(from_ns, v6)?;
             s.connect(dst).await?;
             let token = nonce().to_be_bytes();
             let mut buf = [0u8; 16];
