@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use futures::{StreamExt as _, stream};
 use policy_agent::lab::{
     Lab, LabConfig,
-    config::{ProxyMode, ServiceProbes},
+    config::{CniKind, ProxyMode, ServiceProbes},
 };
 use policy_tests::{
     block_on,
@@ -109,4 +109,16 @@ fn every_upstream_case_holds_through_services_with_nftables() {
 #[test]
 fn every_upstream_case_holds_through_services_with_ipvs() {
     through_services(ProxyMode::Ipvs);
+}
+
+/// On a bridge CNI (the reference `bridge` plugin, as flannel and kubenet set it up), each
+/// pod enforced on its own port of the bridge: pod to pod is bridged from port to port, and
+/// a pod reaching itself through its Service comes back through its own port (hairpin).
+#[test]
+fn every_upstream_case_holds_with_the_bridge_cni() {
+    run_all(&LabConfig {
+        cni: CniKind::Bridge,
+        services: Some(ServiceProbes::PerPod),
+        ..LabConfig::default()
+    });
 }

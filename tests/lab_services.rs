@@ -108,23 +108,35 @@ fn node_address(lab: &Lab) -> IpAddr {
 /// addresses (`InternalIP`) and its address on y/a's subnet.
 fn node_port_addresses(lab: &Lab) -> Vec<IpAddr> {
     let node = lab.cluster().nodes.values().next().expect("one node");
-    let mut out: Vec<IpAddr> = node.addresses.iter().copied().filter(IpAddr::is_ipv4).collect();
+    let mut out: Vec<IpAddr> = node
+        .addresses
+        .iter()
+        .copied()
+        .filter(IpAddr::is_ipv4)
+        .collect();
     out.push(node_address(lab));
     out
 }
 
 /// One TCP connection from host `from` to `ip:port`.
 async fn connects(lab: &Lab, from: &str, ip: IpAddr, port: u16) -> bool {
-    probe::probe(lab.netns(from).expect("host exists"), ip, port, Protocol::Tcp)
-        .await
-        .expect("probe runs")
+    probe::probe(
+        lab.netns(from).expect("host exists"),
+        ip,
+        port,
+        Protocol::Tcp,
+    )
+    .await
+    .expect("probe runs")
 }
 
 /// Runs `f` on a lab of the standard model plus `manifests`, in `mode`.
 fn with_lab(manifests: &str, mode: ProxyMode, f: impl AsyncFnOnce(&Lab)) {
     let cluster = standard_with(manifests);
     block_on(async {
-        let lab = Lab::start(&cluster, &config(mode)).await.expect("lab starts");
+        let lab = Lab::start(&cluster, &config(mode))
+            .await
+            .expect("lab starts");
         f(&lab).await;
         lab.shutdown().await;
     });

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use policy_common::{
-    maps::{Direction, EndpointInfo, IDENTITY_HOST, IpKey},
+    maps::{Direction, EP_HAS_IPV6, EndpointInfo, IDENTITY_HOST, IpKey},
     net::{
         FAMILY_IPV4, FAMILY_IPV6,
         icmpv6::{self, MLD_HOP_LIMIT, ND_HOP_LIMIT},
@@ -14,7 +14,7 @@ use policy_common::{
 };
 
 use crate::{
-    ipcache, ipv6, l4,
+    fib, ipcache, ipv6, l4,
     packet::{FRAG_LATER, FRAG_NONE, Flow, load},
 };
 
@@ -101,11 +101,14 @@ fn neighbour_discovery(ctx: &TcContext, ep: &EndpointInfo, dir: Direction, flow:
                 || (unspecified
                     && (ty == icmpv6::ROUTER_SOLICIT
                         || (ty == icmpv6::NEIGHBOUR_SOLICIT && scope::is_solicited_node(dst))));
-            // The link: link-local addresses and groups, or the node, which receives what is
-            // addressed to it. Anything else would be routed on, hop limit and all.
+            // The link: link-local addresses and groups, the node, which receives what is
+            // addressed to it, or, on a bridge, a neighbour on the pod's link (sent to the
+            // node instead, it is routed back onto that link, its hop limit no longer that of
+            // discovery). Anything else would be routed on, hop limit and all.
             let dst_ok = scope::is_link_local(dst)
                 || scope::is_link_scope_multicast(dst)
-                || ipcache::identity(&IpKey::v6(*dst)) == IDENTITY_HOST;
+                || ipcache::identity(&IpKey::v6(*dst)) == IDENTITY_HOST
+                || (ep.flags & EP_HAS_IPV6 != 0 && fib::on_same_link_v6(ctx, &ep.ipv6, dst));
             src_ok
                 && dst_ok
                 && (ty != icmpv6::NEIGHBOUR_ADVERT || advertises_own_address(ctx, ep, flow))

@@ -10,6 +10,7 @@ mod conntrack;
 mod enforce;
 mod eth;
 mod events;
+mod fib;
 mod icmp;
 mod ipcache;
 mod ipfrag;

@@ -4,8 +4,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use policy_common::{
     decide::PolicyMaps,
     maps::{
-        CidrKey, CidrValue, FrontendKey, FrontendValue, POLICY_PREFIX_FULL, PolicyKey,
-        PolicyValue, ServicePolicyKey, ServicePolicyValue,
+        CidrKey, CidrValue, FrontendKey, FrontendValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue,
+        ServicePolicyKey, ServicePolicyValue,
     },
 };
 

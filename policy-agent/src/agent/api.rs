@@ -53,6 +53,10 @@ pub struct EndpointRequest {
     pub container_id: String,
     /// Host-side interface from the main plugin's result, if it named one.
     pub interface: Option<String>,
+    /// Every host-side interface of the main plugin's result (a bridge plugin names the
+    /// bridge and the pod's veth): the agent picks the pod's own among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_interfaces: Vec<String>,
     /// The pod's addresses from the main plugin's result.
     pub ips: Vec<IpAddr>,
 }
@@ -95,6 +99,12 @@ pub enum EndpointReply {
     },
     /// The agent cannot enforce policy on the pod yet (not ready, attach failed).
     Failed {
+        /// Why.
+        message: String,
+    },
+    /// The pod's interface cannot be attributed to the pod alone (a bridge, an uplink, an
+    /// interface another pod has): the agent will not attach to it.
+    Refused {
         /// Why.
         message: String,
     },

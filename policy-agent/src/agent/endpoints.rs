@@ -31,7 +31,8 @@ pub struct CniEndpoint {
     pub container_id: String,
     /// The pod's uid, when the runtime passed it.
     pub uid: Option<String>,
-    /// Host-side interface from the main plugin's result, if it named one.
+    /// The pod's own host-side interface: the one the agent picked among those of the
+    /// main plugin's result, if it found one there.
     pub interface: Option<String>,
     /// Addresses from the main plugin's result.
     pub ips: Vec<IpAddr>,
@@ -238,6 +239,7 @@ mod tests {
             uid: Some("u1".into()),
             container_id: container.into(),
             interface: Some("veth1".into()),
+            host_interfaces: vec!["veth1".into()],
             ips: vec![ip.parse().unwrap()],
         }
     }

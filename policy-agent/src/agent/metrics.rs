@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub maps: Vec<(String, usize, u64)>,
     /// Local endpoints.
     pub endpoints: usize,
+    /// Local pods whose interface the agent refuses (not the pod's alone).
+    pub refused: usize,
     /// Policies in the cluster.
     pub policies: usize,
     /// Policies rejected by validation.
@@ -49,6 +51,11 @@ struct ResourceLabel {
     resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
 /// The agent's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -59,6 +66,8 @@ pub struct Metrics {
     watch_restarts: Family<ResourceLabel, Counter>,
     /// Errors reported by the source.
     pub source_errors: Counter,
+    /// Interfaces refused as not a single pod's, by reason.
+    interface_refusals: Family<ReasonLabel, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
     ready: AtomicBool,
 }
@@ -122,6 +131,11 @@ impl Collector for SnapshotCollector {
         for (name, help, value) in [
             ("policy_agent_endpoints", "Local pods enforced", s.endpoints),
             (
+                "policy_agent_endpoints_refused",
+                "Local pods not enforced because their interface is not theirs alone",
+                s.refused,
+            ),
+            (
                 "policy_agent_policies",
                 "NetworkPolicies in the cluster",
                 s.policies,
@@ -179,6 +193,12 @@ impl Metrics {
             "Errors reported by the source (API unreachable, bad objects)",
             source_errors.clone(),
         );
+        let interface_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "policy_agent_interface_refusals",
+            "Pod interfaces refused as not one pod's alone (bridge, uplink, shared), by reason",
+            interface_refusals.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(SnapshotCollector(Arc::clone(&snapshot))));
         Arc::new(Self {
@@ -186,6 +206,7 @@ impl Metrics {
             sync_latency,
             watch_restarts,
             source_errors,
+            interface_refusals,
             snapshot,
             ready: AtomicBool::new(false),
         })
@@ -196,6 +217,15 @@ impl Metrics {
         self.watch_restarts
             .get_or_create(&ResourceLabel {
                 resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an interface refused for `reason` (a [`super::interfaces::Refusal::kind`]).
+    pub fn interface_refused(&self, reason: &str) {
+        self.interface_refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -45,7 +45,7 @@ use self::{
     api::{EndpointDelete, EndpointReply, EndpointRequest},
     endpoints::{CniEndpoints, same_pod},
     flows::{FlowRecord, Names},
-    interfaces::{Interface, Interfaces},
+    interfaces::{Interface, Interfaces, Lookup, Refusal},
     metrics::{Metrics, Snapshot},
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
@@ -247,6 +247,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         last_change: Instant::now(),
         found: BTreeMap::new(),
         attached: BTreeSet::new(),
+        unattached: BTreeMap::new(),
         compiled: Compiled::default(),
         names: Names::default(),
         load_errors: Vec::new(),
@@ -270,6 +271,25 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         servers,
         socket,
     })
+}
+
+/// Why a local pod has no interface to attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NotAttached {
+    /// None found yet: why.
+    Waiting(String),
+    /// The interface found is not the pod's alone. With [`Refusal::Shared`], the interface
+    /// the pod claims (so that a later claimant sees it is shared).
+    Refused(Refusal, Option<Interface>),
+}
+
+impl std::fmt::Display for NotAttached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Waiting(why) => write!(f, "waiting: {why}"),
+            Self::Refused(refusal, _) => write!(f, "interface refused: {refusal}"),
+        }
+    }
 }
 
 struct Agent {
@@ -297,6 +317,8 @@ struct Agent {
     found: BTreeMap<ObjectRef, Interface>,
     /// Pods whose interfaces have the programs attached.
     attached: BTreeSet<ObjectRef>,
+    /// Local pods without an interface in `found`, and why.
+    unattached: BTreeMap<ObjectRef, NotAttached>,
     compiled: Compiled,
     names: Names,
     /// Objects the source could not read (directory sources).
@@ -480,32 +502,46 @@ impl Agent {
             .cni
             .get(&id)
             .is_some_and(|old| old.container_id != request.container_id);
-        let interface = match &request.interface {
-            Some(name) => match self.interfaces.by_name(name) {
-                Some(iface) => Some(iface),
-                None => {
-                    let _ = reply.send(EndpointReply::Failed {
-                        message: format!("interface {name} of pod {id} does not exist"),
-                    });
-                    return;
-                }
-            },
-            None => None,
+        // The pod's own among the interfaces the CNI result names; with none named, the
+        // sync finds it by the route.
+        let candidates = candidates(&request);
+        let lookup = if candidates.is_empty() {
+            None
+        } else {
+            Some(self.interfaces.named(&candidates).await)
+        };
+        if let Some(Lookup::Missing(why)) = &lookup {
+            let _ = reply.send(EndpointReply::Failed {
+                message: format!("pod {id}: {why}"),
+            });
+            return;
+        }
+        let interface = match &lookup {
+            Some(Lookup::Found(iface)) => Some(iface),
+            _ => None,
         };
         // A new sandbox of the pod: the old interface loses the programs first.
-        if replaced || interface.is_some() && self.found.get(&id) != interface.as_ref() {
+        if replaced || lookup.is_some() && self.found.get(&id) != interface {
             self.forget_interface(&id);
         }
-        if let Some(iface) = interface {
-            // Its endpoint entry is written before the programs are attached.
-            self.datapath.adopt_interface(&id, iface.index);
-            self.found.insert(id.clone(), iface);
-        }
+        let mut request = request;
+        request.interface = lookup.as_ref().and_then(recorded_interface);
         tracing::info!("sandbox added by the CNI plugin");
         self.cni.insert(&request, pod);
         self.overlay_sandboxes();
-        self.waiting.push((id, reply));
         self.changed(Instant::now());
+        if let Some(lookup) = lookup {
+            // Its endpoint entry is written before the programs are attached.
+            self.settle(vec![(id.clone(), lookup)]);
+        }
+        match self.unattached.get(&id) {
+            Some(NotAttached::Refused(refusal, _)) => {
+                let _ = reply.send(EndpointReply::Refused {
+                    message: format!("pod {id}: {refusal}"),
+                });
+            }
+            _ => self.waiting.push((id, reply)),
+        }
     }
 
     /// Lays the sandboxes over the cluster and saves them if that or a request changed
@@ -529,12 +565,15 @@ impl Agent {
             .cni
             .get(&id)
             .is_some_and(|e| e.container_id == request.container_id);
+        if let Some(NotAttached::Refused(refusal, _)) = self.unattached.get(&id) {
+            return EndpointReply::Refused {
+                message: format!("pod {id}: {refusal}"),
+            };
+        }
         let iface = self.found.get(&id);
-        let interface_matches = match (&request.interface, iface) {
-            (Some(name), Some(iface)) => iface.name == *name,
-            (None, Some(_)) => true,
-            (_, None) => false,
-        };
+        let candidates = candidates(request);
+        let interface_matches =
+            iface.is_some_and(|i| candidates.is_empty() || candidates.contains(&i.name));
         if !sandbox || !interface_matches || !self.attached.contains(&id) {
             return EndpointReply::Failed {
                 message: format!(
@@ -564,6 +603,7 @@ impl Agent {
             pod.ips.clear();
         }
         self.forget_interface(&id);
+        self.unattached.remove(&id);
         self.changed(Instant::now());
     }
 
@@ -596,13 +636,21 @@ impl Agent {
                     message: format!("the agent could not sync: {e}"),
                 },
                 None if self.attached.contains(&pod) => self.enforced(&pod),
-                None => EndpointReply::Failed {
-                    message: format!(
-                        "no programs attached for pod {pod}: {}",
-                        self.errors
-                            .back()
-                            .map_or("its interface was not found", String::as_str)
-                    ),
+                None => match self.unattached.get(&pod) {
+                    Some(NotAttached::Refused(refusal, _)) => EndpointReply::Refused {
+                        message: format!("pod {pod}: {refusal}"),
+                    },
+                    Some(NotAttached::Waiting(why)) => EndpointReply::Failed {
+                        message: format!("no programs attached for pod {pod}: {why}"),
+                    },
+                    None => EndpointReply::Failed {
+                        message: format!(
+                            "no programs attached for pod {pod}: {}",
+                            self.errors
+                                .back()
+                                .map_or("its interface was not found", String::as_str)
+                        ),
+                    },
                 },
             };
             let _ = reply.send(answer);
@@ -618,23 +666,122 @@ impl Agent {
         self.publish();
     }
 
-    /// Looks for the interfaces of local pods that have none yet; true if it found one.
+    /// Looks for the interfaces of local pods that have none yet: the one their sandbox
+    /// recorded, checked again, or else by the route. True if it found one.
     async fn find_interfaces(&mut self) -> bool {
-        let missing: Vec<(ObjectRef, IpAddr)> = self
+        let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
+        self.unattached.retain(|pod, _| local.contains(pod));
+        let missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
             .local_pods()
             .filter(|p| !self.found.contains_key(&p.id))
-            .map(|p| (p.id.clone(), p.ips[0]))
+            .map(|p| {
+                let recorded = self.cni.get(&p.id).and_then(|e| e.interface.clone());
+                (p.id.clone(), p.ips.clone(), recorded)
+            })
             .collect();
+        let mut lookups = Vec::new();
+        for (pod, ips, recorded) in missing {
+            let lookup = match recorded {
+                Some(name) => self.interfaces.named(&[name]).await,
+                None => self.interfaces.of(&ips).await,
+            };
+            lookups.push((pod, lookup));
+        }
+        self.settle(lookups)
+    }
+
+    /// Takes in what looking for pods' interfaces found: an interface found for a pod
+    /// becomes its own unless another pod claims it too, in which case none of them keeps
+    /// it (an interface that carries two pods is no pod's). True if a pod got one.
+    fn settle(&mut self, lookups: Vec<(ObjectRef, Lookup)>) -> bool {
+        let shared = self.shared_interfaces(&lookups);
+        for (pod, (refusal, iface)) in &shared {
+            if self.found.contains_key(pod) {
+                self.forget_interface(pod);
+            }
+            let why = NotAttached::Refused(refusal.clone(), Some(iface.clone()));
+            self.not_attached(pod, why);
+        }
         let mut found = false;
-        for (pod, ip) in missing {
-            if let Some(iface) = self.interfaces.of(ip).await {
-                tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
-                self.datapath.adopt_interface(&pod, iface.index);
-                self.found.insert(pod, iface);
-                found = true;
+        for (pod, lookup) in lookups {
+            match lookup {
+                Lookup::Found(_) if shared.contains_key(&pod) => {}
+                Lookup::Found(iface) => {
+                    tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
+                    self.datapath.adopt_interface(&pod, iface.index);
+                    self.found.insert(pod.clone(), iface);
+                    self.unattached.remove(&pod);
+                    found = true;
+                }
+                Lookup::Missing(why) => self.not_attached(&pod, NotAttached::Waiting(why)),
+                Lookup::Refused(refusal) => {
+                    self.not_attached(&pod, NotAttached::Refused(refusal, None));
+                }
             }
         }
         found
+    }
+
+    /// The pods that claim an interface another pod claims too, each with its refusal:
+    /// among the pods that have one, those refused for sharing one (unless looked up again
+    /// now), and what `lookups` just found.
+    fn shared_interfaces(
+        &self,
+        lookups: &[(ObjectRef, Lookup)],
+    ) -> BTreeMap<ObjectRef, (Refusal, Interface)> {
+        let looked_up: BTreeSet<&ObjectRef> = lookups.iter().map(|(pod, _)| pod).collect();
+        let kept = self
+            .found
+            .iter()
+            .filter(|(pod, _)| !looked_up.contains(pod));
+        let refused = self.unattached.iter().filter_map(|(pod, n)| match n {
+            NotAttached::Refused(_, Some(iface)) if !looked_up.contains(pod) => Some((pod, iface)),
+            _ => None,
+        });
+        let new = lookups.iter().filter_map(|(pod, l)| match l {
+            Lookup::Found(iface) => Some((pod, iface)),
+            _ => None,
+        });
+        let mut claims: BTreeMap<u32, Vec<(&ObjectRef, &Interface)>> = BTreeMap::new();
+        for (pod, iface) in kept.chain(refused).chain(new) {
+            claims.entry(iface.index).or_default().push((pod, iface));
+        }
+        let mut shared = BTreeMap::new();
+        for holders in claims.values().filter(|h| h.len() > 1) {
+            for &(pod, iface) in holders {
+                let others: Vec<String> = holders
+                    .iter()
+                    .filter(|(other, _)| *other != pod)
+                    .map(|(other, _)| other.to_string())
+                    .collect();
+                let refusal = Refusal::Shared {
+                    name: iface.name.clone(),
+                    others: others.join(", "),
+                };
+                shared.insert(pod.clone(), (refusal, iface.clone()));
+            }
+        }
+        shared
+    }
+
+    /// Records why `pod` has no interface. A new refusal is counted, logged and kept among
+    /// the recent errors (which outlive the pod's sandbox, when the refusal failed its ADD).
+    fn not_attached(&mut self, pod: &ObjectRef, why: NotAttached) {
+        if self.unattached.get(pod) == Some(&why) {
+            return;
+        }
+        let refusal = match &why {
+            NotAttached::Refused(refusal, _) => Some(refusal.clone()),
+            NotAttached::Waiting(reason) => {
+                tracing::debug!(%pod, %reason, "pod's interface not found yet");
+                None
+            }
+        };
+        self.unattached.insert(pod.clone(), why);
+        if let Some(refusal) = refusal {
+            self.metrics.interface_refused(refusal.kind());
+            self.error(format!("pod {pod} not enforced: {refusal}"));
+        }
     }
 
     /// Takes over the ids an earlier agent left in the pinned maps.
@@ -729,7 +876,9 @@ impl Agent {
                 Err(e) => {
                     // Looked up again next time (the interface may have gone meanwhile).
                     self.found.remove(&pod);
-                    self.error(format!("attaching to {ifname} for {pod}: {e}"));
+                    let e = format!("attaching to {ifname} for {pod}: {e}");
+                    self.not_attached(&pod, NotAttached::Waiting(e.clone()));
+                    self.error(e);
                 }
             }
         }
@@ -837,6 +986,11 @@ impl Agent {
                 .map(|(n, e, c)| ((*n).to_owned(), *e, *c))
                 .collect(),
             endpoints: self.attached.len(),
+            refused: self
+                .unattached
+                .values()
+                .filter(|n| matches!(n, NotAttached::Refused(..)))
+                .count(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
             address_conflicts: self.compiled.conflicts.len(),
@@ -848,10 +1002,13 @@ impl Agent {
             .filter(|p| !p.host_network)
             .map(|p| {
                 let info = self.compiled.endpoints.get(&p.id);
+                let unattached = self.unattached.get(&p.id);
                 EndpointStatus {
                     pod: p.id.to_string(),
                     interface: self.found.get(&p.id).map(|i| i.name.clone()),
                     attached: self.attached.contains(&p.id),
+                    refused: matches!(unattached, Some(NotAttached::Refused(..))),
+                    reason: unattached.map(ToString::to_string),
                     ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
                     egress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Egress)),
                 }
@@ -891,5 +1048,25 @@ impl Agent {
             errors: self.errors.iter().cloned().collect(),
         };
         self.status.send_replace(status);
+    }
+}
+
+/// The host-side interfaces a CNI request names.
+fn candidates(request: &EndpointRequest) -> Vec<String> {
+    if request.host_interfaces.is_empty() {
+        request.interface.iter().cloned().collect()
+    } else {
+        request.host_interfaces.clone()
+    }
+}
+
+/// The interface a sandbox records as its pod's, to be checked again after a restart: the
+/// one found, or the one refused (but never a bridge: behind it, the pod's port may still
+/// be found by the route).
+fn recorded_interface(lookup: &Lookup) -> Option<String> {
+    match lookup {
+        Lookup::Found(iface) => Some(iface.name.clone()),
+        Lookup::Refused(Refusal::Bridge { .. }) | Lookup::Missing(_) => None,
+        Lookup::Refused(refusal) => refusal.interface().map(str::to_owned),
     }
 }

@@ -71,8 +71,15 @@ pub struct EndpointStatus {
     pub pod: String,
     /// Its host-side interface, once found.
     pub interface: Option<String>,
-    /// Whether the programs are attached to it.
+    /// Whether the programs are attached to it (it is the pod's own: never a bridge, an
+    /// uplink or an interface another pod has).
     pub attached: bool,
+    /// Whether the agent refuses the interface it found, as not the pod's alone.
+    #[serde(default)]
+    pub refused: bool,
+    /// Why the programs are not attached: what was refused, or what the agent waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Whether policy isolates its ingress.
     pub ingress_isolated: bool,
     /// Whether policy isolates its egress.
@@ -134,13 +141,20 @@ impl fmt::Display for Status {
                 (false, true) => "egress isolated",
                 (false, false) => "not isolated",
             };
+            let state = match (e.attached, e.refused) {
+                (true, _) => "attached",
+                (false, true) => "REFUSED",
+                (false, false) => "waiting",
+            };
             let _ = writeln!(
                 out,
-                "  {:<40} {:<16} {:<10} {isolation}",
+                "  {:<40} {:<16} {state:<10} {isolation}",
                 e.pod,
                 e.interface.as_deref().unwrap_or("(no interface)"),
-                if e.attached { "attached" } else { "waiting" },
             );
+            if let Some(reason) = &e.reason {
+                let _ = writeln!(out, "  {:<40} {reason}", "");
+            }
         }
         for n in &self.not_enforced {
             let _ = writeln!(out, "  not enforced: {n}");
@@ -162,5 +176,54 @@ impl fmt::Display for Status {
             }
         }
         f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(pod: &str, interface: Option<&str>, attached: bool) -> EndpointStatus {
+        EndpointStatus {
+            pod: pod.to_owned(),
+            interface: interface.map(str::to_owned),
+            attached,
+            refused: false,
+            reason: None,
+            ingress_isolated: false,
+            egress_isolated: false,
+        }
+    }
+
+    #[test]
+    fn a_refused_interface_is_shown_with_its_reason_and_never_as_attached() {
+        let refused = EndpointStatus {
+            refused: true,
+            reason: Some("interface refused: cni0 is a bridge".to_owned()),
+            ..endpoint("x/b", None, false)
+        };
+        let status = Status {
+            endpoints: vec![endpoint("x/a", Some("veth1a2b3c4d"), true), refused],
+            ..Status::default()
+        };
+        let text = status.to_string();
+        let line = |pod: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(pod))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("x/a").contains("attached"), "{text}");
+        assert!(line("x/b").contains("REFUSED"), "{text}");
+        assert!(!line("x/b").contains("attached"), "{text}");
+        assert!(
+            text.contains("interface refused: cni0 is a bridge"),
+            "{text}"
+        );
+
+        // What an older agent wrote (without these fields) still reads.
+        let json = r#"{"pod":"x/a","interface":"veth1","attached":true,"ingress_isolated":false,"egress_isolated":false}"#;
+        let old: EndpointStatus = serde_json::from_str(json).unwrap();
+        assert!(!old.refused && old.reason.is_none());
     }
 }

@@ -149,6 +149,11 @@ fn endpoint(invocation: &Invocation, conf: &NetConf) -> Result<(EndpointRequest,
         uid: invocation.args.get("K8S_POD_UID").cloned(),
         container_id: invocation.container_id.clone(),
         interface: parsed.host_interface().map(str::to_owned),
+        host_interfaces: parsed
+            .host_interfaces()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         ips,
     };
     Ok((request, prev))
@@ -178,6 +183,14 @@ fn refused(reply: EndpointReply) -> CniError {
             message,
             "see policy-agent status and the agent's log on this node",
         ),
+        EndpointReply::Refused { message } => CniError::new(
+            Code::InterfaceRefused,
+            format!("the policy agent refuses the pod's interface: {message}"),
+            "the agent only enforces a pod on a host-side interface that carries that pod \
+             alone (its veth, or its port of the bridge); see policy-agent status on this \
+             node. To let such pods start unprotected, set \"failOpen\": true in the \
+             plugin's entry (policy-agent cni install --fail-open)",
+        ),
         other => CniError::new(
             Code::NotEnforced,
             format!("unexpected answer from the agent: {other:?}"),
@@ -194,6 +207,13 @@ fn add(invocation: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             eprintln!("policy-agent-cni: {pod} enforced on {interface}");
             Ok(prev)
         }
+        Ok(EndpointReply::Refused { message }) if conf.fail_open => {
+            eprintln!(
+                "policy-agent-cni: the agent refuses {pod}'s interface ({message}); failOpen \
+                 is set: {pod} starts unprotected"
+            );
+            Ok(prev)
+        }
         Ok(reply) => Err(refused(reply)),
         Err(e @ EndpointCallError::Unreachable { .. }) if conf.fail_open => {
             eprintln!("policy-agent-cni: {e}; failOpen is set: {pod} starts unprotected");
@@ -207,6 +227,13 @@ fn check(invocation: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     let (request, prev) = endpoint(invocation, conf)?;
     match api::endpoint_check(&socket(conf), request, timeout(conf)) {
         Ok(EndpointReply::Enforced { .. }) => Ok(prev),
+        // ADD let it start unprotected; CHECK keeps to that.
+        Ok(EndpointReply::Refused { message }) if conf.fail_open => {
+            eprintln!(
+                "policy-agent-cni: the agent refuses the pod's interface ({message}); failOpen is set"
+            );
+            Ok(prev)
+        }
         Ok(reply) => Err(refused(reply)),
         Err(e @ EndpointCallError::Unreachable { .. }) if conf.fail_open => {
             eprintln!("policy-agent-cni: {e}; failOpen is set");

@@ -38,6 +38,9 @@ pub enum Code {
     UnknownPod = 100,
     /// The agent could not enforce policy on the pod's interface.
     NotEnforced = 101,
+    /// The pod's interface is not the pod's alone (a bridge, an uplink, shared with another
+    /// pod): the agent refuses to enforce the pod there.
+    InterfaceRefused = 102,
 }
 
 /// A failure, printed to stdout as the specification's error object.
@@ -161,18 +164,23 @@ impl PrevResult {
         Ok(ips)
     }
 
-    /// The host-side interface, if the main plugin reported one: it is where the
+    /// The host-side interface, if the main plugin reported exactly one: it is where the
     /// programs attach. Without it the agent finds the interface by the route to the pod.
     pub fn host_interface(&self) -> Option<&str> {
-        let host: Vec<&ResultInterface> = self
-            .interfaces
-            .iter()
-            .filter(|i| i.sandbox.is_none())
-            .collect();
-        match host.as_slice() {
-            [one] => Some(one.name.as_str()),
+        match self.host_interfaces().as_slice() {
+            [one] => Some(one),
             _ => None,
         }
+    }
+
+    /// Every host-side interface the main plugin reported, in its order: a bridge plugin
+    /// names the bridge and the pod's veth, and the agent tells them apart.
+    pub fn host_interfaces(&self) -> Vec<&str> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.sandbox.is_none())
+            .map(|i| i.name.as_str())
+            .collect()
     }
 }
 
@@ -219,6 +227,29 @@ mod tests {
             ]
         );
         assert_eq!(prev.host_interface(), Some("veth0a1b2c3d"));
+    }
+
+    /// What the reference bridge plugin returns: the bridge, the pod's veth (a port of the
+    /// bridge) and the pod's interface.
+    const BRIDGE_RESULT: &str = r#"{
+        "cniVersion": "1.0.0",
+        "interfaces": [
+            {"name": "cni0", "mac": "2a:1b:5c:00:00:01"},
+            {"name": "veth5f3e9a1c", "mac": "8e:69:a5:56:47:04"},
+            {"name": "eth0", "mac": "72:92:96:e9:34:5c", "sandbox": "/var/run/netns/p"}
+        ],
+        "ips": [{"interface": 2, "address": "10.1.2.3/24", "gateway": "10.1.2.254"}]
+    }"#;
+
+    #[test]
+    fn a_bridge_result_names_the_bridge_and_the_veth_and_no_single_interface() {
+        let prev: PrevResult = serde_json::from_str(BRIDGE_RESULT).unwrap();
+        assert_eq!(
+            prev.pod_ips().unwrap(),
+            ["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(prev.host_interfaces(), ["cni0", "veth5f3e9a1c"]);
+        assert_eq!(prev.host_interface(), None);
     }
 
     #[test]

@@ -239,6 +239,12 @@ pub fn lab_conflist(socket: Option<&Path>, config: &LabConfig) -> Value {
 /// `bridge` as flannel and kubenet configure it (every pod's veth a port of [`LAB_BRIDGE`],
 /// which holds the gateway address of each pod subnet; hairpin mode, so that a pod reaches
 /// itself through a Service; no masquerade).
+///
+/// The bridge holds the gateways, but the plugin is not their keeper (`isGateway` off): it
+/// allows one IPv4 address per bridge, where flannel and kubenet give a node one subnet,
+/// and the lab's pods, with the manifests' addresses, may come from several. The lab's
+/// node puts each pod subnet's gateway on the bridge itself (see
+/// [`super::topology::Topology::add_pod`]), as the node's network setup does for `cni0`.
 pub fn main_plugin(cni: CniKind) -> Value {
     let ipam = json!({"type": "static", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]});
     match cni {
@@ -246,7 +252,7 @@ pub fn main_plugin(cni: CniKind) -> Value {
         CniKind::Bridge => json!({
             "type": "bridge",
             "bridge": LAB_BRIDGE,
-            "isGateway": true,
+            "isGateway": false,
             "hairpinMode": true,
             "mtu": LAB_MTU,
             "ipam": ipam,

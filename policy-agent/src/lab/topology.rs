@@ -27,7 +27,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::runtime::{CniRuntime, LAB_BRIDGE, PluginTime, Sandbox};
+use super::runtime::{CniRuntime, LAB_BRIDGE, POD_IFNAME, PluginTime, Sandbox};
 use crate::{
     netns::{NetNs, NetnsError},
     plan,
@@ -237,14 +237,13 @@ impl Topology {
         let netns = NetNs::create(&format!("{}-p{index}", self.prefix))?;
         prepare(&netns)?;
         let container_id = format!("{}-{index}", self.prefix);
-        let (addresses, gateways): (Vec<String>, Vec<String>) = spec
+        let subnets: Vec<(String, IpAddr)> = spec
             .ips
             .iter()
-            .map(|&ip| {
-                let (cidr, gateway) = pod_address(ip, &self.taken);
-                (cidr, gateway.to_string())
-            })
-            .unzip();
+            .map(|&ip| pod_address(ip, &self.taken))
+            .collect();
+        let addresses: Vec<String> = subnets.iter().map(|(cidr, _)| cidr.clone()).collect();
+        let gateways: Vec<String> = subnets.iter().map(|(_, gw)| gw.to_string()).collect();
         let mut args = vec![
             ("IgnoreUnknown".to_owned(), "1".to_owned()),
             ("K8S_POD_NAMESPACE".to_owned(), pod.namespace.clone()),
@@ -271,13 +270,16 @@ impl Topology {
             .with_context(|| format!("creating the sandbox of pod {pod}"))?;
         let result = added.result;
         let host_side = host_interfaces(&result);
-        // A bridge plugin lists the bridge before the pod's own veth.
+        // A bridge plugin lists the bridge before the pod's own veth; a result that names
+        // no veth leaves the pod's side to tell.
         let node_if = host_side
             .iter()
             .find(|name| *name != LAB_BRIDGE)
-            .with_context(|| format!("the CNI result for {pod} names no host interface"))?
-            .clone();
+            .cloned()
+            .or_else(|| peer_of_pod_interface(&self.nodes[node].netns, &netns))
+            .with_context(|| format!("the CNI result for {pod} names no host interface"))?;
         if host_side.iter().any(|name| name == LAB_BRIDGE) {
+            self.bridge_holds_gateways(node, &subnets)?;
             self.bridge_answers_for_others(node)?;
         }
         self.route_from_other_nodes(node, &spec.ips)?;
@@ -438,6 +440,27 @@ impl Topology {
         Ok(())
     }
 
+    /// Puts the gateway of each of a pod's subnets (`ip/prefix` and gateway, as IPAM was
+    /// asked for them) on the bridge of `node`, with the subnet's prefix: the node's address
+    /// on the pods' link, as flannel's `cni0` holds its node's subnet gateway.
+    fn bridge_holds_gateways(
+        &self,
+        node: usize,
+        subnets: &[(String, IpAddr)],
+    ) -> Result<(), NetnsError> {
+        let ns = &self.nodes[node].netns;
+        for (cidr, gateway) in subnets {
+            let prefix = cidr.rsplit_once('/').map_or("", |(_, p)| p);
+            let address = format!("{gateway}/{prefix}");
+            let mut replace = vec!["addr", "replace", address.as_str(), "dev", LAB_BRIDGE];
+            if gateway.is_ipv6() {
+                replace.push("nodad");
+            }
+            ns.ip(&replace)?;
+        }
+        Ok(())
+    }
+
     /// Makes the bridge of `node` (once its first pod hangs off it) answer neighbour
     /// resolution for every address the node routes elsewhere: hosts of other nodes, and
     /// the node's external hosts. Pods on the bridge answer for themselves.
@@ -498,6 +521,20 @@ fn host_interfaces(result: &Value) -> Vec<String> {
         .filter(|i| i.get("sandbox").is_none())
         .filter_map(|i| i["name"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The node-side end of the veth whose pod side is the pod's interface in `pod_ns`.
+fn peer_of_pod_interface(node_ns: &NetNs, pod_ns: &NetNs) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", pod_ns.name(), "-j", "link", "show", "dev", POD_IFNAME])
+        .output()
+        .ok()?;
+    let links: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let index = u32::try_from(links.get(0)?.get("link_index")?.as_u64()?).ok()?;
+    let name = node_ns
+        .run(|| nix::net::if_::if_indextoname(index).ok())
+        .ok()??;
+    name.into_string().ok()
 }
 
 /// Lets the bridge of `node_ns` answer neighbour solicitations for `ip`, which the node
