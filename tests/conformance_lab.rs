@@ -122,3 +122,15 @@ fn every_upstream_case_holds_with_the_bridge_cni() {
         ..LabConfig::default()
     });
 }
+
+/// Across two nodes joined by the VXLAN overlay, through every pod's own Service: the proxy
+/// of the client's node picks a backend on the other node, and the connection crosses the
+/// overlay after the client's `from_pod` decided it.
+#[test]
+fn every_upstream_case_holds_across_two_nodes() {
+    run_all(&LabConfig {
+        nodes: 2,
+        services: Some(ServiceProbes::PerPod),
+        ..LabConfig::default()
+    });
+}

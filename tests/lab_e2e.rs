@@ -247,6 +247,55 @@ spec:
     );
 }
 
+/// Packets node `node` of `lab` sent through its VXLAN device.
+fn overlay_tx_packets(lab: &Lab, node: usize) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            lab.node_netns_name(node),
+            "-s",
+            "-j",
+            "link",
+            "show",
+            "dev",
+        ])
+        .arg(policy_agent::lab::topology::OVERLAY_IF)
+        .output()
+        .expect("ip runs");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+    links[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no overlay device on node {node}: {links}"))
+}
+
+#[test]
+fn pods_of_two_nodes_talk_over_the_vxlan_overlay() {
+    let config = LabConfig {
+        nodes: 2,
+        ..LabConfig::default()
+    };
+    let cluster = standard_with("");
+    block_on(async {
+        let lab = Lab::start(&cluster, &config).await.expect("lab starts");
+        let before = overlay_tx_packets(&lab, 0);
+        // x/a is on node-1, x/b on node-2.
+        for family in [Family::IPv4, Family::IPv6] {
+            assert!(
+                lab.probe("x/a", "x/b", 80, Protocol::Tcp, family)
+                    .await
+                    .expect("probe runs"),
+                "x/a reaches x/b on the other node over {family:?}"
+            );
+        }
+        let sent = overlay_tx_packets(&lab, 0) - before;
+        lab.shutdown().await;
+        assert!(
+            sent >= 4,
+            "the connections did not cross the overlay ({sent} packets sent through it)"
+        );
+    });
+}
+
 const Y_A_SERVES_X_A_ONLY: &str = r#"
 kind: NetworkPolicy
 metadata: {name: serve-x-a, namespace: y}

@@ -15,8 +15,9 @@
 //! and such traffic is routed through the node as it would be between flannel subnets.
 //! External hosts hang off their node by a veth pair the lab makes itself, routed like
 //! Calico does it: a /32 (or /128) and a default route via a link-local gateway
-//! (169.254.1.1, fe80::1) that the node owns. Every node routes the addresses of other
-//! nodes' hosts via the fabric.
+//! (169.254.1.1, fe80::1) that the node owns. Every node routes the pods of other nodes
+//! through a VXLAN overlay as flannel builds it (`flannel.1`, UDP 8472, over the fabric), and
+//! their external hosts via the fabric.
 
 use std::{
     collections::BTreeSet,
@@ -49,6 +50,32 @@ fn fabric_v4(node: usize) -> Ipv4Addr {
 
 fn fabric_v6(node: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xff, node as u16 + 1)
+}
+
+/// The VXLAN device that carries pod traffic between nodes, named as flannel names it.
+pub const OVERLAY_IF: &str = "flannel.1";
+/// flannel's VXLAN network identifier.
+const VXLAN_ID: &str = "1";
+/// flannel's VXLAN UDP port (the kernel's, not IANA's 4789).
+const VXLAN_PORT: &str = "8472";
+/// MTU of the fabric links: a full-size pod packet plus VXLAN's 50 bytes of encapsulation,
+/// so that pods keep their MTU of 1500 across nodes.
+const FABRIC_MTU: &str = "1600";
+
+/// The address of a node's VXLAN endpoint, the next hop of routes to its pods (flannel uses
+/// the `.0` of the node's pod subnet; the lab's pod subnets may span nodes).
+fn vtep_v4(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(169, 254, 254, node as u8 + 1)
+}
+
+fn vtep_v6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xfe, node as u16 + 1)
+}
+
+/// The MAC address of a node's VXLAN device, which other nodes' forwarding tables map to
+/// its fabric address (flannel publishes it in the Node's annotations).
+fn vtep_mac(node: usize) -> String {
+    format!("02:00:00:00:fe:{:02x}", node + 1)
 }
 
 /// Names of pods' host-side interfaces start with this (`ptp` names them `veth<hex>`).
@@ -282,7 +309,7 @@ impl Topology {
             self.bridge_holds_gateways(node, &subnets)?;
             self.bridge_answers_for_others(node)?;
         }
-        self.route_from_other_nodes(node, &spec.ips)?;
+        self.route_from_other_nodes(node, &spec.ips, true)?;
         self.hosts.push(Host {
             spec,
             netns,
@@ -371,8 +398,84 @@ impl Topology {
                 FABRIC_IF,
                 "nodad",
             ])?;
+            for (ns, link) in [(fabric, port.as_str()), (node_ns, FABRIC_IF)] {
+                ns.ip(&["link", "set", link, "mtu", FABRIC_MTU])?;
+            }
             node_ns.ip(&["link", "set", FABRIC_IF, "up"])?;
             node.addresses.extend([IpAddr::from(v4), IpAddr::from(v6)]);
+        }
+        self.add_overlay()
+    }
+
+    /// Joins the nodes' pod networks with VXLAN, as flannel's `vxlan` backend does: a
+    /// `flannel.1` device per node (no learning), and on every node, per other node, a
+    /// permanent neighbour entry for its endpoint address and a forwarding entry sending its
+    /// device's MAC to its fabric address. Pods' routes then go via the endpoint addresses.
+    fn add_overlay(&self) -> Result<(), NetnsError> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let ns = &node.netns;
+            let local = fabric_v4(i).to_string();
+            ns.ip(&[
+                "link",
+                "add",
+                OVERLAY_IF,
+                "type",
+                "vxlan",
+                "id",
+                VXLAN_ID,
+                "local",
+                &local,
+                "dev",
+                FABRIC_IF,
+                "dstport",
+                VXLAN_PORT,
+                "nolearning",
+            ])?;
+            ns.ip(&["link", "set", OVERLAY_IF, "address", &vtep_mac(i), "up"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", vtep_v4(i)),
+                "dev",
+                OVERLAY_IF,
+            ])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/128", vtep_v6(i)),
+                "dev",
+                OVERLAY_IF,
+                "nodad",
+            ])?;
+            for j in (0..self.nodes.len()).filter(|j| *j != i) {
+                let mac = vtep_mac(j);
+                for vtep in [vtep_v4(j).to_string(), vtep_v6(j).to_string()] {
+                    ns.ip(&[
+                        "neigh",
+                        "replace",
+                        &vtep,
+                        "lladdr",
+                        &mac,
+                        "dev",
+                        OVERLAY_IF,
+                        "nud",
+                        "permanent",
+                    ])?;
+                }
+                crate::netns::ip(&[
+                    "netns",
+                    "exec",
+                    ns.name(),
+                    "bridge",
+                    "fdb",
+                    "append",
+                    &mac,
+                    "dev",
+                    OVERLAY_IF,
+                    "dst",
+                    &fabric_v4(j).to_string(),
+                ])?;
+            }
         }
         Ok(())
     }
@@ -419,7 +522,7 @@ impl Topology {
                 proxy_neighbour(node_ns, ip)?;
             }
         }
-        self.route_from_other_nodes(node, &spec.ips)?;
+        self.route_from_other_nodes(node, &spec.ips, false)?;
         if spec.ips.iter().any(IpAddr::is_ipv4) {
             let gw = GATEWAY_V4.to_string();
             netns.ip(&["route", "add", &gw, "dev", HOST_IF, "scope", "link"])?;
@@ -489,19 +592,27 @@ impl Topology {
         Ok(())
     }
 
-    /// Routes the addresses of a host on `node` from every other node, via the fabric.
-    fn route_from_other_nodes(&self, node: usize, ips: &[IpAddr]) -> Result<(), NetnsError> {
+    /// Routes the addresses of a host on `node` from every other node: a pod's through the
+    /// VXLAN overlay, an external host's over the fabric (it is outside the pod network).
+    fn route_from_other_nodes(
+        &self,
+        node: usize,
+        ips: &[IpAddr],
+        pod: bool,
+    ) -> Result<(), NetnsError> {
         for &ip in ips {
             let host = host_prefix(ip);
-            let via = match ip {
-                IpAddr::V4(_) => fabric_v4(node).to_string(),
-                IpAddr::V6(_) => fabric_v6(node).to_string(),
+            let (via, dev) = match (ip, pod) {
+                (IpAddr::V4(_), true) => (vtep_v4(node).to_string(), OVERLAY_IF),
+                (IpAddr::V6(_), true) => (vtep_v6(node).to_string(), OVERLAY_IF),
+                (IpAddr::V4(_), false) => (fabric_v4(node).to_string(), FABRIC_IF),
+                (IpAddr::V6(_), false) => (fabric_v6(node).to_string(), FABRIC_IF),
             };
             for (i, other) in self.nodes.iter().enumerate() {
                 if i != node {
                     other
                         .netns
-                        .ip(&["route", "add", &host, "via", &via, "dev", FABRIC_IF])?;
+                        .ip(&["route", "add", &host, "via", &via, "dev", dev, "onlink"])?;
                     if self.bridged.contains(&i) {
                         proxy_neighbour(&other.netns, ip)?;
                     }
