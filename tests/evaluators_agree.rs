@@ -2,18 +2,34 @@
 //! (read with the datapath's own decision code) give the same verdict on every question,
 //! and so does the kernel (BPF_PROG_TEST_RUN) on a sample.
 //!
+//! The scenarios have Services, and every pod dials every frontend of a family it has: the
+//! two evaluators agree there too, and a Service with one backend is exactly that backend:
+//! the verdict through it is the verdict on the direct connection to the backend on the
+//! target port. That includes a pod dialling its own Service (hairpin), allowed as it is
+//! directly: a pod may always reach itself. And `lint` warns of exactly the clients whose
+//! egress allows some backends of a Service port and not others (service-backends-differ).
+//!
 //! Seeded and reproducible: `POLICY_TEST_SEED=<n>` replays a run, `POLICY_TEST_CASES=<n>`
 //! changes how many scenarios it tries (default 10,000). A failure prints the seed and the
 //! smallest failing scenario as manifests.
 
-use std::cell::{Cell, RefCell};
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeSet,
+};
 
 use policy_agent::{
     compiler::Compiler,
-    evaluate::{Flow, compiled::CompiledEvaluator, reference::Reference},
-    plan,
+    evaluate::{
+        Flow, ServiceFlow,
+        compiled::CompiledEvaluator,
+        reference::{Reference, ServiceOutcome},
+    },
+    model::{Cluster, ObjectRef, Protocol},
+    plan::{self, Host, ServiceTarget},
+    semantics::{ParsedPolicy, lint, services::Backend},
 };
-use policy_tests::{kernel::KernelEvaluator, scenarios::scenario};
+use policy_tests::{kernel::KernelEvaluator, scenarios::scenario_with_services};
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 
 const DEFAULT_SEED: u64 = 0x5eed_2026;
@@ -44,8 +60,9 @@ fn reference_compiled_and_kernel_agree_on_random_scenarios() {
     let kernel = RefCell::new(KernelEvaluator::new());
     let count = Cell::new(0u32);
     let questions = Cell::new(0usize);
+    let service_questions = Cell::new(0usize);
 
-    let result = runner.run(&scenario(), |s| {
+    let result = runner.run(&scenario_with_services(), |s| {
         count.set(count.get() + 1);
         let hosts = plan::hosts(
             &s.cluster,
@@ -87,13 +104,17 @@ fn reference_compiled_and_kernel_agree_on_random_scenarios() {
                 )));
             }
         }
+        let asked = check_services(&s.cluster, &hosts, &reference, &compiled)
+            .map_err(TestCaseError::fail)?;
+        service_questions.set(service_questions.get() + asked);
         Ok(())
     });
 
     match result {
         Ok(()) => eprintln!(
-            "{cases} scenarios, {} questions, seed {seed}: all agree",
-            questions.get()
+            "{cases} scenarios, {} questions, {} through Services, seed {seed}: all agree",
+            questions.get(),
+            service_questions.get()
         ),
         Err(TestError::Fail(why, s)) => panic!(
             "evaluators disagree (seed {seed}; rerun with POLICY_TEST_SEED={seed}): {why}\n\
@@ -102,4 +123,134 @@ fn reference_compiled_and_kernel_agree_on_random_scenarios() {
         ),
         Err(e) => panic!("property run aborted (seed {seed}): {e}"),
     }
+}
+
+/// The connection from `flow`'s client straight to backend `b` (as the host `to`) on its
+/// target port.
+fn direct<'a>(flow: &ServiceFlow<'a>, b: &Backend, to: &'a Host) -> Flow<'a> {
+    Flow {
+        from: flow.from,
+        to,
+        src: flow.src,
+        dst: b.address,
+        protocol: flow.target.protocol,
+        port: b.port,
+    }
+}
+
+/// Checks every pod's connections through every Service frontend of `cluster`
+/// ([`check_service`]), and that `lint` warns of the clients whose connections the
+/// reference finds `service-backends-differ`. Returns how many connections it checked.
+fn check_services(
+    cluster: &Cluster,
+    hosts: &[Host],
+    reference: &Reference<'_>,
+    compiled: &CompiledEvaluator,
+) -> Result<usize, String> {
+    let targets: Vec<ServiceTarget> = plan::frontend_targets(cluster)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let questions = plan::service_questions(hosts, &targets);
+    let mut differ = BTreeSet::new();
+    for q in &questions {
+        let flow = ServiceFlow::of(hosts, &targets, q).expect("planned with the family");
+        let outcome = check_service(reference, compiled, &flow)?;
+        if let (ServiceOutcome::BackendsDiffer { .. }, Some(client)) = (outcome, &flow.from.pod) {
+            let t = flow.target;
+            let v6 = t.address.is_ipv6();
+            differ.insert((t.service.clone(), t.protocol, t.port, v6, client.clone()));
+        }
+    }
+    let warned = lint_backends_differ(cluster, reference.policies());
+    if warned != differ {
+        return Err(format!(
+            "lint warns of service-backends-differ for {warned:?}, the reference finds \
+             {differ:?}"
+        ));
+    }
+    Ok(questions.len())
+}
+
+/// A client dialling a Service port (protocol, port) of a family (IPv6 or not).
+type ServiceClient = (ObjectRef, Protocol, u16, bool, ObjectRef);
+
+/// The clients `lint` finds whose egress allows some backends and not others.
+fn lint_backends_differ(cluster: &Cluster, policies: &[ParsedPolicy]) -> BTreeSet<ServiceClient> {
+    let mut out = BTreeSet::new();
+    for d in lint::backends_differ(cluster, policies) {
+        let port = &d.service.ports[d.port];
+        for client in &d.clients {
+            out.insert((
+                d.service.id.clone(),
+                port.protocol,
+                port.port,
+                d.v6,
+                client.id.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// Checks one connection through a Service: the compiled maps reach the reference's
+/// verdict (also on the direct connection to each backend, whose target port the client
+/// may not be asked about otherwise), the outcome the reference explains has that verdict,
+/// and with one backend it is the verdict on the direct connection to it. Returns the
+/// outcome.
+fn check_service(
+    reference: &Reference<'_>,
+    compiled: &CompiledEvaluator,
+    flow: &ServiceFlow<'_>,
+) -> Result<ServiceOutcome, String> {
+    let t = flow.target;
+    let explanation = reference.explain_service(flow);
+    let want = explanation.allowed();
+    let outcome = explanation.outcome();
+    let describe = || {
+        format!(
+            "{} -> {} ({} {}/{}, backends {:?}): reference says {want:?} ({outcome:?})",
+            flow.from.label, t.label, t.address, t.protocol, t.port, t.backends
+        )
+    };
+    if compiled.allows_service(flow) != want {
+        return Err(format!("compiled maps disagree: {}", describe()));
+    }
+    if outcome.allowed() != want {
+        return Err(format!(
+            "the outcome contradicts the verdict: {}",
+            describe()
+        ));
+    }
+    for b in &t.backends {
+        let host = reference.backend_host(b);
+        let to_backend = direct(flow, b, &host);
+        if compiled.allows(&to_backend) != reference.allows(&to_backend) {
+            return Err(format!(
+                "compiled maps disagree on the backend {} on port {}: {}",
+                host.label,
+                b.port,
+                describe()
+            ));
+        }
+    }
+    let [only] = t.backends.as_slice() else {
+        return Ok(outcome);
+    };
+    let host = reference.backend_host(only);
+    let directly = reference.allows(&direct(flow, only, &host));
+    if want != Some(directly) {
+        return Err(format!(
+            "one backend, but directly it is {}: {}",
+            if directly { "allowed" } else { "denied" },
+            describe()
+        ));
+    }
+    // The rule for a pod dialling its own Service (the backend has its address, whether
+    // the EndpointSlice names it or not): allowed, as it is directly.
+    let hairpin = host.pod.is_some() && host.pod == flow.from.pod;
+    if hairpin != (outcome == ServiceOutcome::Hairpin) || (hairpin && want != Some(true)) {
+        return Err(format!("hairpin misjudged: {}", describe()));
+    }
+    Ok(outcome)
 }

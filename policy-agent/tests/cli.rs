@@ -503,3 +503,270 @@ fn a_stopped_agent_keeps_enforcing_until_cleanup() {
     runtime.block_on(lab.shutdown());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Service y/web (cluster IP 10.96.0.20) has two backends: y/web-0, whose ingress admits
+/// x/free only, on its target port (named `http`), and y/web-1, not isolated. The egress of x/client allows y/web-0 only;
+/// x/free and x/other are not isolated.
+const SERVICES: &str = "
+kind: Namespace
+metadata: {name: x}
+---
+kind: Namespace
+metadata: {name: y}
+---
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.9.0.1}
+---
+kind: Pod
+metadata: {name: free, namespace: x, labels: {app: free}}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.9.0.2}
+---
+kind: Pod
+metadata: {name: other, namespace: x, labels: {app: other}}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.9.0.3}
+---
+kind: Pod
+metadata: {name: web-0, namespace: y, labels: {app: web, tier: front}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}
+status: {podIP: 10.9.1.1}
+---
+kind: Pod
+metadata: {name: web-1, namespace: y, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}
+status: {podIP: 10.9.1.2}
+---
+kind: Service
+metadata: {name: web, namespace: y}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP}]
+---
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {}, podSelector: {matchLabels: {tier: front}}}]}]
+---
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: y}
+spec:
+  podSelector: {matchLabels: {tier: front}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: free}}}]
+    ports: [{port: http}]
+";
+
+/// A manifest directory holding `yaml`, removed when dropped.
+struct ManifestDir(std::path::PathBuf);
+
+impl ManifestDir {
+    /// A fresh directory named after `test` and this process, with `yaml` in it.
+    fn new(test: &str, yaml: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("policy-agent-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.yaml"), yaml).unwrap();
+        Self(dir)
+    }
+
+    /// Runs `policy-agent <command> --manifests <dir> <args>`: exit success, stdout, stderr.
+    fn run(&self, command: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(AGENT)
+            .args([command, "--manifests"])
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// `explain` from `from` to `to` with `args`, which must succeed: its output.
+    fn explain(&self, from: &str, to: &str, args: &[&str]) -> String {
+        let (ok, stdout, stderr) =
+            self.run("explain", &[&["--from", from, "--to", to], args].concat());
+        assert!(ok, "{stderr}");
+        stdout
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The probe of `matrix --json` from `from` through `service` on `port`.
+fn through<'a>(json: &'a Value, from: &str, service: &str, port: u64) -> &'a Value {
+    json["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == from && p["service"] == service && p["port"] == port)
+        .unwrap_or_else(|| panic!("no probe {from} through {service} on {port}: {json}"))
+}
+
+#[test]
+fn matrix_probes_through_services() {
+    let dir = ManifestDir::new("matrix-services", SERVICES);
+    let (ok, stdout, stderr) = dir.run("matrix", &["--services", "per-pod", "--json"]);
+    assert!(ok, "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+
+    // A per-pod Service has one backend: the row names it, on the pod's port.
+    let own = through(&json, "x/free", "y/s-y-web-0", 8080);
+    assert_eq!(own["to"], "y/web-0", "{own}");
+    assert_eq!(own["allowed"], true, "{own}");
+    let address: std::net::IpAddr = own["address"].as_str().unwrap().parse().unwrap();
+    assert_ne!(
+        address.to_string(),
+        "10.9.1.1",
+        "the frontend, not the pod: {own}"
+    );
+    assert!(own.get("backend-dependent").is_none(), "{own}");
+
+    // Two backends: the row names the Service; the frontend's port, not the target port.
+    let web = through(&json, "x/free", "y/web", 80);
+    assert_eq!(
+        (&web["to"], &web["address"], &web["allowed"]),
+        (
+            &Value::from("y/web"),
+            &Value::from("10.96.0.20"),
+            &Value::from(true)
+        ),
+        "{web}"
+    );
+    // y/web-0 refuses x/other and y/web-1 admits it: the proxy's pick decides.
+    let other = through(&json, "x/other", "y/web", 80);
+    assert_eq!(other["backend-dependent"], true, "{other}");
+    assert_eq!(other["allowed"], false, "{other}");
+    // The egress of x/client allows one backend only: dropped, and not backend-dependent.
+    let client = through(&json, "x/client", "y/web", 80);
+    assert_eq!(client["allowed"], false, "{client}");
+    assert!(client.get("backend-dependent").is_none(), "{client}");
+}
+
+#[test]
+fn explain_through_a_service_names_each_backend_and_the_outcome() {
+    let dir = ManifestDir::new("explain-services", SERVICES);
+    let differ = dir.explain("x/client", "y/web", &["--port", "80"]);
+    for line in [
+        "x/client -> y/web (cluster IP 10.96.0.20) on TCP/80 over IPv4 (10.9.0.1 -> 10.96.0.20): \
+         DENIED (service-backends-differ)",
+        "  backends (the proxy picks one; address:target port): y/web-0 at 10.9.1.1:8080, \
+         y/web-1 at 10.9.1.2:8080",
+        "  backend y/web-0 at 10.9.1.1:8080:",
+        "      allowed by x/client-out, egress rule 0: to pods {tier=front} in namespaces {}; \
+         on any port -> allowed",
+        "      no rule admits x/client on TCP/8080 -> denied. The rules that apply:",
+        "  backend y/web-1 at 10.9.1.2:8080:",
+        "      no rule admits y/web-1 on TCP/8080 -> denied. The rules that apply:",
+        "The compiled maps agree.",
+    ] {
+        assert!(
+            differ.lines().any(|l| l == line),
+            "{line:?} missing from\n{differ}"
+        );
+    }
+    assert!(
+        differ.contains(
+            "outcome: service-backends-differ: the egress of x/client allows y/web-0 at \
+             10.9.1.1:8080 and denies y/web-1 at 10.9.1.2:8080"
+        ),
+        "{differ}"
+    );
+    // The frontend's address is the same question.
+    assert_eq!(
+        dir.explain("x/client", "10.96.0.20", &["--port", "80"]),
+        differ
+    );
+
+    let dependent = dir.explain("x/other", "y/web", &["--port", "80"]);
+    assert!(dependent.contains("): BACKEND-DEPENDENT\n"), "{dependent}");
+    assert!(
+        dependent.contains(
+            "outcome: backend-dependent: the egress of x/other allows every backend; allowed \
+             if the proxy picks y/web-1 at 10.9.1.2:8080, denied if it picks y/web-0 at \
+             10.9.1.1:8080"
+        ),
+        "{dependent}"
+    );
+    assert!(
+        dependent.contains("The compiled maps agree."),
+        "{dependent}"
+    );
+
+    // Without a port: every port of the Service. Rules name the backends' target ports.
+    let every = dir.explain("x/free", "y/web", &[]);
+    let header = |port: &str, verdict: &str| {
+        format!(
+            "x/free -> y/web (cluster IP 10.96.0.20) on {port} over IPv4 \
+             (10.9.0.2 -> 10.96.0.20): {verdict}\n"
+        )
+    };
+    let tcp = every
+        .find(&header("TCP/80", "ALLOWED"))
+        .unwrap_or_else(|| panic!("TCP/80 allowed:\n{every}"));
+    let udp = every
+        .find(&header("UDP/53", "BACKEND-DEPENDENT"))
+        .unwrap_or_else(|| panic!("UDP/53 backend-dependent:\n{every}"));
+    assert!(
+        every[tcp..udp].contains(
+            "allowed by y/web-in, ingress rule 0: from pods {app=free} in namespaces {}; on TCP \
+             port named \"http\" -> allowed"
+        ),
+        "{every}"
+    );
+    assert!(
+        every[udp..].contains("no rule admits x/free on UDP/53 -> denied"),
+        "{every}"
+    );
+    assert_eq!(
+        every.matches("The compiled maps agree.").count(),
+        2,
+        "{every}"
+    );
+}
+
+#[test]
+fn explain_names_the_service_or_frontend_it_did_not_find() {
+    let dir = ManifestDir::new("explain-missing", SERVICES);
+    for (to, port, error) in [
+        ("y/nope", "80", "no Service y/nope"),
+        ("10.96.0.9", "", "10.96.0.9 is no Service frontend or pod"),
+        ("10.96.0.20", "81", "y/web answers only on TCP/80, UDP/53"),
+    ] {
+        let port_args: &[&str] = if port.is_empty() {
+            &[]
+        } else {
+            &["--port", port]
+        };
+        let (ok, _, stderr) = dir.run(
+            "explain",
+            &[&["--from", "x/free", "--to", to], port_args].concat(),
+        );
+        assert!(!ok && stderr.contains(error), "{to}: {stderr}");
+    }
+}
+
+#[test]
+fn lint_warns_of_a_service_whose_backends_a_client_egress_allows_in_part() {
+    let dir = ManifestDir::new("lint-services", SERVICES);
+    let (ok, _, stderr) = dir.run("matrix", &[]);
+    assert!(ok, "{stderr}");
+    let warning = "warning: Service y/web: spec.ports[0]: port http TCP/80 (IPv4): the egress \
+                   of pod x/client allows backends y/web-0 (10.9.1.1:8080) and denies y/web-1 \
+                   (10.9.1.2:8080)";
+    assert!(stderr.contains(warning), "{stderr}");
+    assert!(stderr.contains("(service-backends-differ)"), "{stderr}");
+    // Only x/client is isolated; the other clients' egress allows every backend.
+    assert_eq!(stderr.matches("warning: Service").count(), 2, "{stderr}");
+}

@@ -3,7 +3,12 @@
 //! A flow passes when the source's egress and the destination's ingress both allow it,
 //! as `from_pod` and `to_pod` decide it on one node.
 
-use policy_common::{decide, maps::Direction};
+use std::net::IpAddr;
+
+use policy_common::{
+    decide,
+    maps::{Direction, EndpointInfo},
+};
 
 use super::{Flow, ServiceFlow, service_verdict};
 use crate::{
@@ -125,11 +130,11 @@ impl CompiledEvaluator {
             .backends
             .iter()
             .map(|b| {
-                let ingress = match b.pod.as_ref().and_then(|p| self.compiled.endpoints.get(p)) {
+                let ingress = match self.endpoint_with(b.address) {
                     None => true,
                     // Its own packet, back through the Service (hairpin).
-                    Some(_) if b.pod.as_ref() == flow.from.pod.as_ref() => true,
-                    Some(ep) => decide::new_flow(
+                    Some((pod, _)) if Some(pod) == flow.from.pod.as_ref() => true,
+                    Some((_, ep)) => decide::new_flow(
                         &maps,
                         ep,
                         Direction::Ingress,
@@ -145,5 +150,15 @@ impl CompiledEvaluator {
             })
             .collect();
         service_verdict(&sides)
+    }
+
+    /// The endpoint that has `address`: the one whose `to_pod` sees a connection the proxy
+    /// sent there, whatever pod (if any) the EndpointSlice names.
+    fn endpoint_with(&self, address: IpAddr) -> Option<(&ObjectRef, &EndpointInfo)> {
+        let key = ip_key(address);
+        self.compiled
+            .endpoints
+            .iter()
+            .find(|(_, ep)| ep.owns(key.family, &key.addr))
     }
 }

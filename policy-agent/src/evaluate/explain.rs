@@ -1,15 +1,23 @@
 //! An [`Explanation`] in words an administrator reads: who isolates each side, which rule
-//! let the flow through, or that none did and which rules were considered.
+//! let the flow through, or that none did and which rules were considered; and a
+//! [`ServiceExplanation`] the same way for every backend behind a Service frontend, with the
+//! outcome that follows from them.
 
 use std::fmt::Write as _;
 
 use policy_common::maps::Direction;
 
 use super::{
-    Flow,
-    reference::{Explanation, Reference, Side},
+    Flow, ServiceFlow,
+    reference::{Explanation, Reference, ServiceExplanation, ServiceOutcome, Side},
 };
-use crate::semantics::describe;
+use crate::semantics::{
+    describe,
+    services::{Backend, FrontendKind},
+};
+
+/// How much deeper the lines about one backend are indented than those of a direct flow.
+const BACKEND_INDENT: &str = "  ";
 
 /// Renders the explanation of `flow`.
 pub fn render(reference: &Reference<'_>, flow: &Flow<'_>, explanation: &Explanation) -> String {
@@ -123,5 +131,172 @@ fn policy_type(dir: Direction) -> &'static str {
     match dir {
         Direction::Ingress => "Ingress",
         Direction::Egress => "Egress",
+    }
+}
+
+/// Renders the explanation of `flow`, a connection through a frontend of `kind`: the
+/// frontend, then each backend with its egress and ingress verdicts and the rules that
+/// decided them, then the outcome.
+pub fn render_service(
+    reference: &Reference<'_>,
+    flow: &ServiceFlow<'_>,
+    kind: FrontendKind,
+    explanation: &ServiceExplanation,
+) -> String {
+    let t = flow.target;
+    let outcome = explanation.outcome();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} -> {} ({} {}) on {}/{} over {:?} ({} -> {}): {}",
+        flow.from.label,
+        t.label,
+        kind.as_str(),
+        t.address,
+        t.protocol,
+        t.port,
+        t.family(),
+        flow.src,
+        t.address,
+        verdict(&outcome)
+    );
+    let backends: Vec<String> = t.backends.iter().map(|b| backend(reference, b)).collect();
+    if backends.is_empty() {
+        let _ = writeln!(out, "  backends: none ready of {:?}", t.family());
+    } else {
+        let _ = writeln!(
+            out,
+            "  backends (the proxy picks one; address:target port): {}",
+            backends.join(", ")
+        );
+    }
+    if outcome != ServiceOutcome::Hairpin {
+        for (b, e) in &explanation.backends {
+            render_backend(reference, flow, b, e, &mut out);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  outcome: {}",
+        outcome_words(reference, flow, &outcome)
+    );
+    out
+}
+
+/// The verdict as the first line of a Service explanation shows it.
+fn verdict(outcome: &ServiceOutcome) -> &'static str {
+    match outcome {
+        ServiceOutcome::Allowed => "ALLOWED",
+        ServiceOutcome::Hairpin => "ALLOWED (hairpin)",
+        ServiceOutcome::NoBackend => "DENIED (no backend)",
+        ServiceOutcome::BackendsDiffer { .. } => "DENIED (service-backends-differ)",
+        ServiceOutcome::EgressDeniesAll | ServiceOutcome::IngressDeniesAll => "DENIED",
+        ServiceOutcome::DependsOnBackend { .. } => "BACKEND-DEPENDENT",
+    }
+}
+
+/// A backend in words: its pod (or address), and the address and target port the proxy
+/// sends the connection to.
+fn backend(reference: &Reference<'_>, b: &Backend) -> String {
+    let host = reference.backend_host(b);
+    let at = std::net::SocketAddr::new(b.address, b.port);
+    if host.pod.is_some() {
+        format!("{} at {at}", host.label)
+    } else {
+        at.to_string()
+    }
+}
+
+/// Backends in words, joined with "and".
+fn backends(reference: &Reference<'_>, bs: &[Backend]) -> String {
+    bs.iter()
+        .map(|b| backend(reference, b))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// One backend's connection: the client's egress and the backend's ingress, as for a
+/// direct flow to the backend on its target port.
+fn render_backend(
+    reference: &Reference<'_>,
+    flow: &ServiceFlow<'_>,
+    b: &Backend,
+    explanation: &Explanation,
+    out: &mut String,
+) {
+    let to = reference.backend_host(b);
+    let direct = Flow {
+        from: flow.from,
+        to: &to,
+        src: flow.src,
+        dst: b.address,
+        protocol: flow.target.protocol,
+        port: b.port,
+    };
+    let _ = writeln!(out, "  backend {}:", backend(reference, b));
+    let mut sides = String::new();
+    render_side(reference, &direct, &explanation.egress, &mut sides);
+    if explanation.loopback {
+        // The client's own connection comes back to it through the Service: it may
+        // always reach itself, whatever its ingress rules say.
+        let _ = writeln!(
+            sides,
+            "  ingress of {}: the client itself, back through the Service (hairpin) -> allowed",
+            to.label
+        );
+    } else {
+        render_side(reference, &direct, &explanation.ingress, &mut sides);
+    }
+    for line in sides.lines() {
+        let _ = writeln!(out, "{BACKEND_INDENT}{line}");
+    }
+}
+
+/// The outcome in words: what decided it, and what the datapath does.
+fn outcome_words(
+    reference: &Reference<'_>,
+    flow: &ServiceFlow<'_>,
+    outcome: &ServiceOutcome,
+) -> String {
+    let (client, t) = (&flow.from.label, flow.target);
+    match outcome {
+        ServiceOutcome::NoBackend => format!(
+            "no backend: {} has no ready {:?} backend for {}/{}, so the connection goes \
+             nowhere -> denied",
+            t.label,
+            t.family(),
+            t.protocol,
+            t.port
+        ),
+        ServiceOutcome::Hairpin => format!(
+            "hairpin: {client} is the Service's only backend, and a pod may always reach \
+             itself, through its Service too -> allowed"
+        ),
+        ServiceOutcome::EgressDeniesAll => {
+            format!("denied: the egress of {client} allows no backend -> denied")
+        }
+        ServiceOutcome::BackendsDiffer { allowed, denied } => format!(
+            "service-backends-differ: the egress of {client} allows {} and denies {}. The \
+             datapath decides before the proxy picks a backend and never allows what the \
+             chosen backend's rules deny, so it drops the connection -> denied",
+            backends(reference, allowed),
+            backends(reference, denied)
+        ),
+        ServiceOutcome::Allowed => format!(
+            "allowed: the egress of {client} allows every backend and every backend admits \
+             it -> allowed"
+        ),
+        ServiceOutcome::IngressDeniesAll => {
+            format!("denied: no backend admits {client} -> denied")
+        }
+        ServiceOutcome::DependsOnBackend {
+            admitting,
+            refusing,
+        } => format!(
+            "backend-dependent: the egress of {client} allows every backend; allowed if the \
+             proxy picks {}, denied if it picks {}",
+            backends(reference, admitting),
+            backends(reference, refusing)
+        ),
     }
 }

@@ -210,7 +210,12 @@ impl<'a> Reference<'a> {
     /// on its target port: every backend's, explained.
     pub fn explain_service(&self, flow: &ServiceFlow<'_>) -> ServiceExplanation {
         let t = flow.target;
-        let hairpin = t.only_pod().is_some() && t.only_pod() == flow.from.pod.as_ref();
+        // The client is the only backend: by address, as the datapath knows it.
+        let only = match t.backends.as_slice() {
+            [only] => self.backend_host(only).pod,
+            _ => None,
+        };
+        let hairpin = only.is_some() && only == flow.from.pod;
         let backends = t
             .backends
             .iter()
@@ -230,18 +235,10 @@ impl<'a> Reference<'a> {
         ServiceExplanation { hairpin, backends }
     }
 
-    /// A backend as a host: its pod, or an address outside the cluster.
+    /// A backend as a host: the pod that has its address, or an address outside the
+    /// cluster (see [`backend_host`]).
     pub fn backend_host(&self, b: &Backend) -> Host {
-        let pod = b
-            .pod
-            .as_ref()
-            .filter(|p| self.cluster.pods.contains_key(*p));
-        Host {
-            label: pod.map_or_else(|| b.address.to_string(), ToString::to_string),
-            pod: pod.cloned(),
-            ips: vec![b.address],
-            serves: Vec::new(),
-        }
+        backend_host(self.cluster, b)
     }
 
     /// The verdict on `flow`, and why.
@@ -277,67 +274,123 @@ impl<'a> Reference<'a> {
         destination: Option<&Pod>,
         l4: Option<(Protocol, u16)>,
     ) -> Side {
-        let mut side = Side {
-            direction,
-            pod: pod.map(|p| p.id.clone()),
-            isolating: Vec::new(),
-            allowed_by: None,
-        };
         let Some(pod) = pod else {
-            return side;
+            return Side {
+                direction,
+                pod: None,
+                isolating: Vec::new(),
+                allowed_by: None,
+            };
         };
         // "Pods become isolated by having a NetworkPolicy that selects them" for a
         // direction when the policy's policyTypes contains it.
-        for policy in &self.policies {
-            let Some(rules) = policy.rules(direction) else {
-                continue;
-            };
-            if !semantics::applies_to(policy, pod) {
-                continue;
-            }
-            side.isolating.push(policy.id.clone());
-            if side.allowed_by.is_some() {
-                continue;
-            }
-            // "Traffic is allowed if it matches at least one rule across all of the
-            // NetworkPolicy objects": a rule matches when one of its peers and one of its
-            // ports match.
-            if let Some(rule) = rules.iter().find(|rule| {
-                self.peers_match(rule, &policy.id.namespace, peer, peer_ip)
-                    && ports_match(&rule.ports, l4, destination)
-            }) {
-                side.allowed_by = Some((policy.id.clone(), rule.index));
-            }
-        }
-        side
-    }
-
-    fn peers_match(&self, rule: &Rule, policy_namespace: &str, peer: &Host, ip: IpAddr) -> bool {
-        let peers = match &rule.peers {
-            // "If this field is empty or missing, this rule matches all sources" (or
-            // "all destinations" for egress).
-            Peers::All => return true,
-            Peers::Only(peers) => peers,
+        let isolating: Vec<&ParsedPolicy> = self
+            .policies
+            .iter()
+            .filter(|p| p.rules(direction).is_some() && semantics::applies_to(p, pod))
+            .collect();
+        let to = Remote {
+            peer_pod: self.pod(peer),
+            peer_ip,
+            destination,
+            l4,
         };
-        // "If this field is present and contains at least one item, this rule allows
-        // traffic only if the traffic matches at least one item in the from list."
-        peers.iter().any(|p| match p {
-            // "IPBlock defines policy on a particular IPBlock": addresses in cidr and in none
-            // of except, whoever has them (pods included). A CIDR of one family contains no
-            // address of the other.
-            Peer::IpBlock(block) => block.contains(ip),
-            // Selectors select pods; an external host is no pod.
-            Peer::Pods { namespaces, pods } => self.pod(peer).is_some_and(|pod| {
-                semantics::selector_peer_admits_pod(
-                    namespaces.as_ref(),
-                    pods,
-                    policy_namespace,
-                    self.cluster,
-                    pod,
-                )
-            }),
-        })
+        Side {
+            direction,
+            pod: Some(pod.id.clone()),
+            isolating: isolating.iter().map(|p| p.id.clone()).collect(),
+            allowed_by: admitting_rule(self.cluster, isolating, direction, &to),
+        }
     }
+}
+
+/// A backend of `cluster` as a host: the pod that has its address, or an address outside
+/// the cluster. The datapath knows a backend by its address alone, whether the
+/// EndpointSlice names the pod (`targetRef`), leaves it out, or names one that has lost
+/// the address since.
+pub fn backend_host(cluster: &Cluster, b: &Backend) -> Host {
+    let has_address = |p: &&Pod| p.holds_addresses() && p.ips.contains(&b.address);
+    // The pod the slice names is almost always the one; look it up before searching.
+    let pod = b
+        .pod
+        .as_ref()
+        .and_then(|p| cluster.pods.get(p))
+        .filter(has_address)
+        .or_else(|| cluster.pods.values().find(has_address))
+        .map(|p| &p.id);
+    Host {
+        label: pod.map_or_else(|| b.address.to_string(), ToString::to_string),
+        pod: pod.cloned(),
+        ips: vec![b.address],
+        serves: Vec::new(),
+    }
+}
+
+/// The other end of a flow as one side's rules see it, and the flow's destination port.
+#[derive(Clone, Copy, Debug)]
+pub struct Remote<'a> {
+    /// The peer's pod, when it is one of the cluster's: the destination for egress rules,
+    /// the source for ingress rules.
+    pub peer_pod: Option<&'a Pod>,
+    /// The peer's address.
+    pub peer_ip: IpAddr,
+    /// The flow's destination pod, whose container ports named ports resolve against.
+    pub destination: Option<&'a Pod>,
+    /// Protocol and destination port (`None` for a protocol without ports).
+    pub l4: Option<(Protocol, u16)>,
+}
+
+/// The first rule of `direction` among `policies` (those isolating one pod) that admits
+/// the flow to or from `to`: policy, rule index.
+///
+/// "Traffic is allowed if it matches at least one rule across all of the NetworkPolicy
+/// objects": a rule matches when one of its peers and one of its ports match.
+pub fn admitting_rule<'p>(
+    cluster: &Cluster,
+    policies: impl IntoIterator<Item = &'p ParsedPolicy>,
+    direction: Direction,
+    to: &Remote<'_>,
+) -> Option<(ObjectRef, usize)> {
+    policies.into_iter().find_map(|policy| {
+        let rule = policy.rules(direction)?.iter().find(|rule| {
+            peers_match(cluster, rule, &policy.id.namespace, to.peer_pod, to.peer_ip)
+                && ports_match(&rule.ports, to.l4, to.destination)
+        })?;
+        Some((policy.id.clone(), rule.index))
+    })
+}
+
+fn peers_match(
+    cluster: &Cluster,
+    rule: &Rule,
+    policy_namespace: &str,
+    peer_pod: Option<&Pod>,
+    ip: IpAddr,
+) -> bool {
+    let peers = match &rule.peers {
+        // "If this field is empty or missing, this rule matches all sources" (or
+        // "all destinations" for egress).
+        Peers::All => return true,
+        Peers::Only(peers) => peers,
+    };
+    // "If this field is present and contains at least one item, this rule allows
+    // traffic only if the traffic matches at least one item in the from list."
+    peers.iter().any(|p| match p {
+        // "IPBlock defines policy on a particular IPBlock": addresses in cidr and in none
+        // of except, whoever has them (pods included). A CIDR of one family contains no
+        // address of the other.
+        Peer::IpBlock(block) => block.contains(ip),
+        // Selectors select pods; an external host is no pod.
+        Peer::Pods { namespaces, pods } => peer_pod.is_some_and(|pod| {
+            semantics::selector_peer_admits_pod(
+                namespaces.as_ref(),
+                pods,
+                policy_namespace,
+                cluster,
+                pod,
+            )
+        }),
+    })
 }
 
 /// "If this field is empty or missing, this rule matches all ports ... If this field is

@@ -1,7 +1,9 @@
 //! Warnings for valid policies that probably do not do what their author meant: they select
-//! nothing, name labels nobody has, cut off DNS, or open ports nobody listens on.
+//! nothing, name labels nobody has, cut off DNS, or open ports nobody listens on; and for
+//! Services some clients cannot use because their egress allows some backends and not
+//! others.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use policy_common::maps::Direction;
 
@@ -10,16 +12,41 @@ use super::{
     selector::{Requirement, Selector},
     selector_peer_admits_pod,
 };
-use crate::model::{Cluster, ObjectRef, Pod, Protocol};
+use crate::{
+    evaluate::reference::{self, Remote},
+    model::{Cluster, ObjectRef, Pod, Protocol, Service, ServicePort},
+    semantics::services::{self, Backend},
+};
 
 /// The port DNS answers on.
 const DNS_PORT: u16 = 53;
 
-/// A likely mistake in a valid policy.
+/// Clients, or backends, a warning names before it only counts the rest.
+const NAMED_IN_WARNING: usize = 5;
+
+/// What a warning is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A NetworkPolicy.
+    Policy(ObjectRef),
+    /// A Service.
+    Service(ObjectRef),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Policy(id) => write!(f, "NetworkPolicy {id}"),
+            Self::Service(id) => write!(f, "Service {id}"),
+        }
+    }
+}
+
+/// A likely mistake in a valid policy, or a Service the policies make unusable for some.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Warning {
-    /// The policy.
-    pub policy: ObjectRef,
+    /// The object it is about.
+    pub subject: Subject,
     /// The field it is about.
     pub field: String,
     /// What looks wrong, and what it means.
@@ -28,11 +55,7 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "NetworkPolicy {}: {}: {}",
-            self.policy, self.field, self.message
-        )
+        write!(f, "{}: {}: {}", self.subject, self.field, self.message)
     }
 }
 
@@ -42,7 +65,7 @@ pub fn lint(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
     for policy in policies {
         let warn = |out: &mut Vec<Warning>, field: String, message: String| {
             out.push(Warning {
-                policy: policy.id.clone(),
+                subject: Subject::Policy(policy.id.clone()),
                 field,
                 message,
             })
@@ -106,6 +129,7 @@ pub fn lint(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
             }
         }
     }
+    out.extend(lint_services(cluster, policies));
     out
 }
 
@@ -139,7 +163,7 @@ fn lint_peer(
             {
                 missing = true;
                 out.push(Warning {
-                    policy: policy.id.clone(),
+                    subject: Subject::Policy(policy.id.clone()),
                     field: format!("{field}.namespaceSelector"),
                     message: format!(
                         "no namespace carries the label {requirement}: this peer matches nothing"
@@ -166,7 +190,7 @@ fn lint_peer(
             Some(ns) => format!("namespaces {ns}"),
         };
         out.push(Warning {
-            policy: policy.id.clone(),
+            subject: Subject::Policy(policy.id.clone()),
             field: format!("{field}.podSelector"),
             message: format!("{pods} selects no pod in {scope}"),
         });
@@ -205,7 +229,7 @@ fn lint_ports(
                 ),
             };
             out.push(Warning {
-                policy: policy.clone(),
+                subject: Subject::Policy(policy.clone()),
                 field: format!("{field}[{k}]"),
                 message,
             });
@@ -231,6 +255,291 @@ fn reaches_dns(policies: &[ParsedPolicy], pod: &Pod) -> bool {
                     }
             }),
         })
+}
+
+/// Pods whose egress the same policies isolate: the rules of those policies alone decide
+/// where all of them may connect, so one evaluation answers for the whole group.
+struct EgressGroup<'a> {
+    /// The policies isolating the group's egress.
+    policies: Vec<&'a ParsedPolicy>,
+    /// The pods.
+    clients: Vec<&'a Pod>,
+    /// Whether its egress rules look past a backend's namespace and labels: at its address
+    /// (ipBlock peers) or its container ports (named ports).
+    looks_past_labels: bool,
+}
+
+/// Whether some egress rule of `policies` has an ipBlock peer or a named port.
+fn looks_past_labels(policies: &[&ParsedPolicy]) -> bool {
+    policies
+        .iter()
+        .filter_map(|p| p.egress.as_deref())
+        .flatten()
+        .any(|rule| {
+            let by_address = matches!(&rule.peers, Peers::Only(peers)
+                if peers.iter().any(|p| matches!(p, Peer::IpBlock(_))));
+            let by_name = matches!(&rule.ports, Ports::Only(specs)
+                if specs.iter().any(|s| matches!(s.port, PortRef::Named(_))));
+            by_address || by_name
+        })
+}
+
+/// Whether `backends` (with their pods) are alike for egress rules that look only at
+/// namespaces, labels and port numbers: replicas of one workload usually are.
+fn alike(backends: &[Backend], pods: &[Option<&Pod>]) -> bool {
+    let mut keys = backends
+        .iter()
+        .zip(pods)
+        .map(|(b, pod)| pod.map(|p| (&p.id.namespace, &p.labels, b.port)));
+    let first = keys.next().flatten();
+    first.is_some() && keys.all(|k| k == first)
+}
+
+/// The pods with addresses whose egress is isolated, grouped by the policies isolating it.
+fn egress_groups<'a>(cluster: &'a Cluster, policies: &'a [ParsedPolicy]) -> Vec<EgressGroup<'a>> {
+    // A policy selects pods of its own namespace only: index them by namespace, so that a
+    // pod is matched against its namespace's egress policies alone.
+    let mut by_namespace: BTreeMap<&str, Vec<(usize, &ParsedPolicy)>> = BTreeMap::new();
+    for (i, p) in policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.egress.is_some())
+    {
+        by_namespace
+            .entry(&p.id.namespace)
+            .or_default()
+            .push((i, p));
+    }
+    let mut groups: BTreeMap<Vec<usize>, EgressGroup<'a>> = BTreeMap::new();
+    for pod in cluster
+        .pods
+        .values()
+        .filter(|p| p.holds_addresses() && !p.ips.is_empty())
+    {
+        let Some(candidates) = by_namespace.get(pod.id.namespace.as_str()) else {
+            continue;
+        };
+        let isolating: Vec<(usize, &ParsedPolicy)> = candidates
+            .iter()
+            .filter(|(_, p)| applies_to(p, pod))
+            .copied()
+            .collect();
+        if isolating.is_empty() {
+            continue;
+        }
+        groups
+            .entry(isolating.iter().map(|(i, _)| *i).collect())
+            .or_insert_with(|| {
+                let policies: Vec<&ParsedPolicy> = isolating.iter().map(|(_, p)| *p).collect();
+                EgressGroup {
+                    looks_past_labels: looks_past_labels(&policies),
+                    policies,
+                    clients: Vec::new(),
+                }
+            })
+            .clients
+            .push(pod);
+    }
+    groups.into_values().collect()
+}
+
+/// Whether the egress rules of `policies` admit a connection to `backend` (whose pod, if
+/// any, is `pod`) on its target port, decided by the reference evaluator's own rule
+/// matching so that the warning and the verdict never disagree.
+fn egress_admits(
+    cluster: &Cluster,
+    policies: &[&ParsedPolicy],
+    (backend, pod): (&Backend, Option<&Pod>),
+    protocol: Protocol,
+) -> bool {
+    let to = Remote {
+        peer_pod: pod,
+        peer_ip: backend.address,
+        destination: pod,
+        l4: Some((protocol, backend.port)),
+    };
+    reference::admitting_rule(cluster, policies.iter().copied(), Direction::Egress, &to).is_some()
+}
+
+/// Whether clients reach `port` of `service` through a frontend of the family (IPv6 or
+/// not) that the proxy forwards: a headless Service has none, and its clients dial the
+/// backends themselves.
+fn has_frontend(service: &Service, port: &ServicePort, v6: bool) -> bool {
+    port.node_port.is_some() || service.frontend_ips().any(|ip| ip.is_ipv6() == v6)
+}
+
+/// Clients of a Service port whose egress allows some of the port's backends (of one
+/// family) and denies the others. The datapath decides before the proxy picks a backend
+/// and never allows what the chosen backend's rules would deny, so it drops every such
+/// connection through the Service (`service-backends-differ`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendsDiffer<'a> {
+    /// The Service.
+    pub service: &'a Service,
+    /// The index of the port in the Service's `spec.ports`.
+    pub port: usize,
+    /// The family of the backends and of the clients' addresses: IPv6 or not.
+    pub v6: bool,
+    /// The clients.
+    pub clients: Vec<&'a Pod>,
+    /// The backends their egress allows (with the pod that has the address, if any).
+    pub allowed: Vec<Backend>,
+    /// The backends it denies.
+    pub denied: Vec<Backend>,
+}
+
+/// Every Service port, family and set of clients for which the clients' egress allows some
+/// backends and not others. Clients are evaluated once per group of equal egress policies,
+/// which keeps this cheap on large clusters.
+pub fn backends_differ<'a>(
+    cluster: &'a Cluster,
+    policies: &'a [ParsedPolicy],
+) -> Vec<BackendsDiffer<'a>> {
+    let groups = egress_groups(cluster, policies);
+    let mut out = Vec::new();
+    if groups.is_empty() {
+        return out;
+    }
+    for service in cluster.services.values() {
+        for (index, port) in service.ports.iter().enumerate() {
+            let all = services::backends(cluster, service, port);
+            for v6 in [false, true] {
+                // The backends as the datapath knows them: by address.
+                let backends: Vec<Backend> = all
+                    .iter()
+                    .filter(|b| b.address.is_ipv6() == v6)
+                    .map(|b| Backend {
+                        pod: reference::backend_host(cluster, b).pod,
+                        ..b.clone()
+                    })
+                    .collect();
+                // One backend is allowed or not: only two or more can differ.
+                if backends.len() < 2 || !has_frontend(service, port, v6) {
+                    continue;
+                }
+                for (allowed, clients) in splits(cluster, &groups, &backends, port.protocol, v6) {
+                    let side = |want: bool| {
+                        backends
+                            .iter()
+                            .zip(&allowed)
+                            .filter(|(_, a)| **a == want)
+                            .map(|(b, _)| b.clone())
+                            .collect()
+                    };
+                    out.push(BackendsDiffer {
+                        service,
+                        port: index,
+                        v6,
+                        clients,
+                        allowed: side(true),
+                        denied: side(false),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Warnings about Service ports whose backends some clients' egress allows in part
+/// ([`backends_differ`]).
+fn lint_services(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
+    backends_differ(cluster, policies)
+        .iter()
+        .map(|d| Warning {
+            subject: Subject::Service(d.service.id.clone()),
+            field: format!("spec.ports[{}]", d.port),
+            message: d.message(),
+        })
+        .collect()
+}
+
+/// For each way the backends split into allowed and denied (by the client's egress) that
+/// leaves some on each side: the split (allowed or not, per backend) and the clients of
+/// the family (IPv6 or not) that see it.
+fn splits<'a>(
+    cluster: &Cluster,
+    groups: &[EgressGroup<'a>],
+    backends: &[Backend],
+    protocol: Protocol,
+    v6: bool,
+) -> BTreeMap<Vec<bool>, Vec<&'a Pod>> {
+    // Each backend's pod, looked up once rather than for every group.
+    let pods: Vec<Option<&Pod>> = backends
+        .iter()
+        .map(|b| b.pod.as_ref().and_then(|p| cluster.pods.get(p)))
+        .collect();
+    let alike = alike(backends, &pods);
+    let mut out: BTreeMap<Vec<bool>, Vec<&'a Pod>> = BTreeMap::new();
+    // Rules that look only at namespaces, labels and port numbers treat alike backends
+    // alike: only the groups with other rules need a look.
+    for group in groups.iter().filter(|g| !alike || g.looks_past_labels) {
+        let clients = group
+            .clients
+            .iter()
+            .filter(|p| p.ips.iter().any(|ip| ip.is_ipv6() == v6));
+        let mut clients = clients.peekable();
+        if clients.peek().is_none() {
+            continue;
+        }
+        let allowed: Vec<bool> = backends
+            .iter()
+            .zip(pods.iter().copied())
+            .map(|backend| egress_admits(cluster, &group.policies, backend, protocol))
+            .collect();
+        if allowed.iter().all(|a| *a) || !allowed.iter().any(|a| *a) {
+            continue;
+        }
+        out.entry(allowed).or_default().extend(clients);
+    }
+    out
+}
+
+impl BackendsDiffer<'_> {
+    /// The warning's message.
+    fn message(&self) -> String {
+        let list = |bs: &[Backend]| named(&bs.iter().map(describe_backend).collect::<Vec<_>>());
+        let names: Vec<String> = self.clients.iter().map(|p| p.id.to_string()).collect();
+        let who = if names.len() == 1 {
+            format!("pod {}", names[0])
+        } else {
+            format!("{} pods ({})", names.len(), named(&names))
+        };
+        let port = &self.service.ports[self.port];
+        let port_name = if port.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", port.name)
+        };
+        format!(
+            "port{port_name} {}/{} ({}): the egress of {who} allows backends {} and denies {}: \
+             the datapath decides before the proxy picks a backend, so it drops their \
+             connections through the Service (service-backends-differ)",
+            port.protocol,
+            port.port,
+            if self.v6 { "IPv6" } else { "IPv4" },
+            list(&self.allowed),
+            list(&self.denied),
+        )
+    }
+}
+
+/// A backend in words: its pod (or address) and where the proxy sends the connection.
+fn describe_backend(b: &Backend) -> String {
+    let at = std::net::SocketAddr::new(b.address, b.port);
+    match &b.pod {
+        Some(pod) => format!("{pod} ({at})"),
+        None => at.to_string(),
+    }
+}
+
+/// The first [`NAMED_IN_WARNING`] of `items`, and how many more there are.
+fn named(items: &[String]) -> String {
+    let shown = items[..items.len().min(NAMED_IN_WARNING)].join(", ");
+    match items.len().saturating_sub(NAMED_IN_WARNING) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +641,82 @@ status: {podIP: 10.0.0.1}
             policy("{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 443}]}]}")
         ));
         assert_eq!(w, Vec::new());
+    }
+
+    /// Two backends of Service y/web (only y/web-0 is `tier: front`), and three clients
+    /// in x whose egress `policies` isolate.
+    fn service_warnings(policies: &str) -> Vec<Warning> {
+        let pod = |ns: &str, name: &str, labels: &str, ip: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+                 spec: {{containers: [{{name: c, ports: [{{containerPort: 8080}}]}}]}}\n\
+                 status: {{podIP: {ip}}}\n---\n"
+            )
+        };
+        let manifests = [
+            pod("y", "web-0", "app: web, tier: front", "10.0.1.1"),
+            pod("y", "web-1", "app: web", "10.0.1.2"),
+            pod("x", "c0", "app: client", "10.0.0.1"),
+            pod("x", "c1", "app: client", "10.0.0.2"),
+            pod("x", "other", "app: other", "10.0.0.3"),
+            "kind: Service\nmetadata: {name: web, namespace: y}\n\
+             spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n"
+                .to_owned(),
+            policies.to_owned(),
+        ]
+        .concat();
+        let mut loaded = Loaded::default();
+        load_str(&manifests, std::path::Path::new("t.yaml"), &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        crate::source::control_plane::complete(&mut loaded.cluster);
+        let parsed: Vec<ParsedPolicy> = loaded
+            .cluster
+            .policies
+            .values()
+            .map(|p| ParsedPolicy::parse(p).unwrap())
+            .collect();
+        lint(&loaded.cluster, &parsed)
+            .into_iter()
+            .filter(|w| matches!(w.subject, Subject::Service(_)))
+            .collect()
+    }
+
+    /// An egress policy of the clients in x allowing `to` on every port, and DNS.
+    fn client_egress(to: &str) -> String {
+        format!(
+            "kind: NetworkPolicy\nmetadata: {{name: out, namespace: x}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: client}}}}, policyTypes: [Egress], \
+             egress: [{{to: [{to}]}}, {{ports: [{{port: 53, protocol: UDP}}]}}]}}\n"
+        )
+    }
+
+    #[test]
+    fn a_service_whose_backends_the_egress_of_some_clients_allows_in_part() {
+        let w = service_warnings(&client_egress(
+            "{namespaceSelector: {}, podSelector: {matchLabels: {tier: front}}}",
+        ));
+        assert_eq!(w.len(), 1, "{w:?}");
+        let text = w[0].to_string();
+        assert!(
+            text.starts_with("Service y/web: spec.ports[0]: port http TCP/80 (IPv4): ")
+                && text.contains("the egress of 2 pods (x/c0, x/c1)")
+                && text.contains(
+                    "allows backends y/web-0 (10.0.1.1:8080) and denies y/web-1 (10.0.1.2:8080)"
+                )
+                && text.contains("service-backends-differ"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_service_warning_when_the_egress_allows_every_backend_or_none() {
+        let every =
+            client_egress("{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}");
+        assert_eq!(service_warnings(&every), Vec::new());
+        let none = client_egress("{ipBlock: {cidr: 192.168.0.0/16}}");
+        assert_eq!(service_warnings(&none), Vec::new());
+        // The same split for a pod that is not isolated at all: only egress decides.
+        assert_eq!(service_warnings(""), Vec::new());
     }
 
     #[test]
