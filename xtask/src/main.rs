@@ -2,7 +2,8 @@
 //!
 //! - `build-ebpf`: bootstrap the eBPF toolchain (idempotent) and build the eBPF object;
 //! - `lab DIR [ARGS]`: build everything and run `policy-agent lab --manifests DIR` (root);
-//! - `test [ARGS]`: build everything and run the whole test suite;
+//! - `test [--deep] [ARGS]`: build everything and run the whole test suite (`--deep`: the
+//!   long runs too);
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
 //! - `bench [datapath|cni|remote-pod]`: run a benchmark suite (root), results under
 //!   `target/bench/`;
@@ -41,6 +42,10 @@ enum Task {
     },
     /// Run every test (unit, BPF_PROG_TEST_RUN, network-namespace end-to-end).
     Test {
+        /// The long runs too: the ignored tests (the fuzzer for ten minutes) and a larger
+        /// sample of random scenarios in the lab.
+        #[arg(long)]
+        deep: bool,
         /// Further arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -131,11 +136,19 @@ fn run(task: Task) -> anyhow::Result<()> {
                 .with_context(|| format!("running {}", agent.display()))?;
             exit_status("policy-agent lab", status)
         }
-        Task::Test { args } => {
+        Task::Test { deep, mut args } => {
             require_root("the tests create network namespaces and load eBPF programs")?;
             ensure_packages()?;
             build_ebpf()?;
             let mut cmd = cargo_cmd();
+            if deep {
+                cmd.env("POLICY_LAB_SCENARIOS", DEEP_LAB_SCENARIOS)
+                    .env("POLICY_FUZZ_SECONDS", DEEP_FUZZ_SECONDS);
+                if !args.iter().any(|a| a == "--") {
+                    args.push("--".into());
+                }
+                args.push("--include-ignored".into());
+            }
             cmd.args(["test", "--workspace"]).args(args);
             exit_status("cargo test", cmd.status()?)
         }
@@ -212,6 +225,11 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
         &root.join("target").join("ebpf"),
     )
 }
+
+/// Random scenarios per proxy mode in the lab with `test --deep` (the default run: 8).
+const DEEP_LAB_SCENARIOS: &str = "40";
+/// How long the fuzzer runs with `test --deep`.
+const DEEP_FUZZ_SECONDS: &str = "600";
 
 /// System tools the lab and the tests use (a command on PATH, or a file), by the Debian
 /// package that provides them. The lab's pods get their network from the reference CNI

@@ -41,7 +41,7 @@ use self::{
     frames::{Generator, Step},
     oracle::{Expect, Model, Sent},
 };
-use crate::scenarios::{Scenario, scenario};
+use crate::scenarios::{Scenario, scenario_with_services};
 
 /// Where test packets appear.
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -368,7 +368,7 @@ pub fn draw(seed: u64) -> Scenario {
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario()
+    scenario_with_services()
         .new_tree(&mut runner)
         .expect("scenarios are always generated")
         .current()
