@@ -241,6 +241,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         cni,
         waiting: Vec::new(),
         syncs: 0,
+        events: 0,
+        events_synced: 0,
         listed: BTreeSet::new(),
         adopted: false,
         pending_since: None,
@@ -305,6 +307,10 @@ struct Agent {
     waiting: Vec<(ObjectRef, oneshot::Sender<EndpointReply>)>,
     /// Successful syncs so far.
     syncs: u64,
+    /// Events taken from the source so far.
+    events: u64,
+    /// Events the last successful sync enforced (all those taken when it began).
+    events_synced: u64,
     /// Kinds whose complete set the source has delivered at least once.
     listed: BTreeSet<Kind>,
     /// Whether the state left by an earlier agent has been adopted.
@@ -421,6 +427,7 @@ impl Agent {
 
     fn apply(&mut self, event: SourceEvent) {
         let now = Instant::now();
+        self.events += 1;
         match event {
             SourceEvent::Snapshot { cluster, errors } => {
                 self.cluster = *cluster;
@@ -824,6 +831,7 @@ impl Agent {
     }
 
     async fn try_reconcile(&mut self, since: Instant) -> anyhow::Result<()> {
+        let events = self.events;
         // Pods that went away, moved, or changed address lose their attachment first.
         let local: BTreeMap<ObjectRef, &Pod> =
             self.local_pods().map(|p| (p.id.clone(), p)).collect();
@@ -907,6 +915,7 @@ impl Agent {
         self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
         self.compiled = compiled;
         self.syncs += 1;
+        self.events_synced = events;
         // The datapath is complete: sandboxes waiting for it may start now, before the
         // work that is for people (lint, status).
         self.answer_waiting(None);
@@ -1020,6 +1029,7 @@ impl Agent {
             source: self.config.source.clone(),
             ready: self.adopted,
             syncs: self.syncs,
+            source_events: self.events_synced,
             cni: self.config.cni_conf_dir.as_deref().map(install::status),
             policies: self.cluster.policies.len(),
             endpoints,

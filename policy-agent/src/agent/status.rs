@@ -17,6 +17,11 @@ pub struct Status {
     pub ready: bool,
     /// Successful syncs since the agent started.
     pub syncs: u64,
+    /// Source events (snapshots, objects, deletions, errors) the last successful sync
+    /// enforced, counted since the agent started: whoever feeds the agent knows when what
+    /// it sent is in force.
+    #[serde(default)]
+    pub source_events: u64,
     /// How the CNI plugin is installed on the node, if the agent was told where to look.
     pub cni: Option<CniStatus>,
     /// Count of policies in the cluster.

@@ -56,6 +56,9 @@ struct NodeAgent {
     /// `None` while stopped.
     handle: Option<AgentHandle>,
     feed: mpsc::Sender<SourceEvent>,
+    /// Events sent to the running agent: it enforces them all once its status counts as
+    /// many (a sync for another reason may end in between).
+    sent: u64,
 }
 
 impl Drop for NodeAgent {
@@ -261,6 +264,7 @@ impl Lab {
                 },
                 handle: None,
                 feed,
+                sent: 0,
             });
         }
         for i in 0..self.agents.len() {
@@ -280,6 +284,7 @@ impl Lab {
         let snapshot = self.snapshot();
         let agent = &mut self.agents[i];
         let _ = agent.feed.send(snapshot).await;
+        agent.sent = 1;
         handle.ready(AGENT_TIMEOUT).await?;
         agent.handle = Some(handle);
         Ok(())
@@ -318,12 +323,16 @@ impl Lab {
             let Some(handle) = &mut agent.handle else {
                 continue;
             };
-            let before = handle.status.borrow().syncs;
             let _ = agent.feed.send(snapshot.clone()).await;
-            tokio::time::timeout(AGENT_TIMEOUT, handle.status.wait_for(|s| s.syncs > before))
-                .await
-                .context("an agent did not sync in time")?
-                .context("an agent stopped")?;
+            agent.sent += 1;
+            let sent = agent.sent;
+            tokio::time::timeout(
+                AGENT_TIMEOUT,
+                handle.status.wait_for(|s| s.source_events >= sent),
+            )
+            .await
+            .context("an agent did not sync in time")?
+            .context("an agent stopped")?;
         }
         Ok(())
     }
