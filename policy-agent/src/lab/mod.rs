@@ -13,7 +13,7 @@ pub mod topology;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -29,6 +29,7 @@ use tokio::{
 
 pub use self::config::LabConfig;
 use self::{
+    probe::Refusal,
     runtime::CniRuntime,
     topology::{Host, PIN_PREFIX, POD_INTERFACE_PREFIX, PodSandbox, Topology, node_name},
 };
@@ -593,6 +594,7 @@ impl Lab {
             SocketAddr::new(ip, port),
             protocol,
             lookup,
+            Refusal::Reached,
         )
         .await
     }
@@ -670,8 +672,8 @@ impl Lab {
             let hosts = &hosts;
             async move {
                 let _permit = limit.acquire().await.expect("never closed");
-                let allowed =
-                    exchange(src, SocketAddr::new(ip, q.port), q.protocol, lookup).await?;
+                let dst = SocketAddr::new(ip, q.port);
+                let allowed = exchange(src, dst, q.protocol, lookup, Refusal::Reached).await?;
                 anyhow::Ok(plan::probe(hosts, &q, allowed))
             }
             .boxed()
@@ -690,7 +692,14 @@ impl Lab {
                 async move {
                     let _permit = limit.acquire().await.expect("never closed");
                     let frontend = SocketAddr::new(t.address, t.port);
-                    let allowed = exchange(src, frontend, t.protocol, lookup).await?;
+                    // Without a backend, only the proxy (or the node holding the
+                    // frontend) can refuse: that is no backend reached.
+                    let refusal = if t.backends.is_empty() {
+                        Refusal::NotReached
+                    } else {
+                        Refusal::Reached
+                    };
+                    let allowed = exchange(src, frontend, t.protocol, lookup, refusal).await?;
                     anyhow::Ok(plan::service_probe(hosts, targets, &q, allowed))
                 }
                 .boxed()
@@ -712,27 +721,23 @@ impl Lab {
 }
 
 /// One probe from `src` to `dst`: `lookup` when it ends at a DNS server, else a plain
-/// exchange.
+/// exchange, a refusal counting as `refusal` says.
 async fn exchange(
     src: &Host,
     dst: SocketAddr,
     protocol: Protocol,
     lookup: Option<&dns::ProbeLookup>,
+    refusal: Refusal,
 ) -> anyhow::Result<bool> {
     match lookup {
         Some(lookup) => lookup
             .probe(&src.netns, dst, protocol)
             .await
             .with_context(|| format!("DNS lookup {} -> {dst}/{protocol}", src.spec.label)),
-        None => probe_once(src, dst.ip(), dst.port(), protocol).await,
+        None => probe::probe_with(&src.netns, dst.ip(), dst.port(), protocol, refusal)
+            .await
+            .with_context(|| format!("probing {} -> {dst}/{protocol}", src.spec.label)),
     }
-}
-
-/// One probe from `src` to `ip:port`, with an error that says which.
-async fn probe_once(src: &Host, ip: IpAddr, port: u16, protocol: Protocol) -> anyhow::Result<bool> {
-    probe::probe(&src.netns, ip, port, protocol)
-        .await
-        .with_context(|| format!("probing {} -> {ip}:{port}/{protocol}", src.spec.label))
 }
 
 /// Adds to `cluster` each of `objects` that it lacks.

@@ -177,13 +177,36 @@ pub(super) fn nonce() -> u32 {
 
 /// Whether `from_ns` can open a `protocol` exchange with `to:port`.
 pub async fn probe(from_ns: &NetNs, to: IpAddr, port: u16, protocol: Protocol) -> io::Result<bool> {
+    probe_with(from_ns, to, port, protocol, Refusal::Reached).await
+}
+
+/// What a refusal (a TCP reset, an ICMP port unreachable) says of a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The destination's stack answered: the exchange crossed the datapath both ways.
+    Reached,
+    /// Only the server counts: through a Service without backends, a refusal comes from the
+    /// proxy (kube-proxy rejects such connections) or from the node holding the frontend
+    /// address (IPVS), not from any pod.
+    NotReached,
+}
+
+/// Whether `from_ns` can open a `protocol` exchange with `to:port`, a refusal counting as
+/// `refusal` says.
+pub async fn probe_with(
+    from_ns: &NetNs,
+    to: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    refusal: Refusal,
+) -> io::Result<bool> {
     let dst = SocketAddr::new(to, port);
     let v6 = to.is_ipv6();
+    let refused = refusal == Refusal::Reached;
     match protocol {
         Protocol::Tcp => Ok(match tcp_connect(from_ns, dst).await {
             Ok(_) => true,
-            // A reset also crossed the datapath both ways.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => true,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => refused,
             Err(_) => false,
         }),
         Protocol::Udp => {
@@ -195,7 +218,9 @@ pub async fn probe(from_ns: &NetNs, to: IpAddr, port: u16, protocol: Protocol) -
                 s.send(&token).await?;
                 match timeout(DATAGRAM_WAIT, s.recv(&mut buf)).await {
                     Ok(Ok(n)) if buf[..n] == token => return Ok(true),
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(true),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        return Ok(refused);
+                    }
                     _ => {}
                 }
             }
