@@ -339,22 +339,19 @@ fn run_with_input(netns: &NetNs, program: &str, args: &[&str], input: &str) -> a
     Ok(())
 }
 
+/// Loads the iptables layout of both families into a node's namespace.
+fn install_iptables(node: &NetNs, cluster: &Cluster) -> anyhow::Result<()> {
+    for (v6, restore) in [(false, "iptables-restore"), (true, "ip6tables-restore")] {
+        run_with_input(node, restore, &["--noflush"], &iptables_rules(cluster, v6))?;
+    }
+    Ok(())
+}
+
 /// Writes `cluster`'s Services into a node's namespace, replacing what was there.
 pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Result<()> {
     match mode {
         ProxyMode::Iptables => {
-            run_with_input(
-                node,
-                "iptables-restore",
-                &["--noflush"],
-                &iptables_rules(cluster, false),
-            )?;
-            run_with_input(
-                node,
-                "ip6tables-restore",
-                &["--noflush"],
-                &iptables_rules(cluster, true),
-            )?;
+            install_iptables(node, cluster)?;
         }
         ProxyMode::Nftables => {
             for v6 in [false, true] {
@@ -382,18 +379,7 @@ pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Resu
                 }
                 node.ip(&add)?;
             }
-            run_with_input(
-                node,
-                "iptables-restore",
-                &["--noflush"],
-                &iptables_rules(cluster, false),
-            )?;
-            run_with_input(
-                node,
-                "ip6tables-restore",
-                &["--noflush"],
-                &iptables_rules(cluster, true),
-            )?;
+            install_iptables(node, cluster)?;
         }
     }
     Ok(())
