@@ -116,11 +116,30 @@ fn every_upstream_case_holds_through_services_with_ipvs() {
 /// a pod reaching itself through its Service comes back through its own port (hairpin).
 #[test]
 fn every_upstream_case_holds_with_the_bridge_cni() {
+    on_the_bridge(ProxyMode::Iptables);
+}
+
+fn on_the_bridge(proxy_mode: ProxyMode) {
     run_all(&LabConfig {
         cni: CniKind::Bridge,
         services: Some(ServiceProbes::PerPod),
+        proxy_mode,
         ..LabConfig::default()
     });
+}
+
+/// The other proxy modes on the bridge (`cargo xtask test --deep`; the random sample of
+/// `tests/lab_property.rs` runs every mode with both CNIs by default).
+#[test]
+#[ignore = "deep: cargo xtask test --deep"]
+fn every_upstream_case_holds_with_the_bridge_cni_and_nftables() {
+    on_the_bridge(ProxyMode::Nftables);
+}
+
+#[test]
+#[ignore = "deep: cargo xtask test --deep"]
+fn every_upstream_case_holds_with_the_bridge_cni_and_ipvs() {
+    on_the_bridge(ProxyMode::Ipvs);
 }
 
 /// Across two nodes joined by the VXLAN overlay, through every pod's own Service: the proxy

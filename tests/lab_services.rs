@@ -280,3 +280,54 @@ fn y_a(lab: &Lab) -> IpAddr {
         .ip(Family::IPv4)
         .expect("y/a has IPv4")
 }
+
+/// The host port of y/h, which the `portmap` plugin publishes on its node.
+const HOST_PORT: u16 = 30180;
+
+/// Pod y/h, serving port 80 on host port [`HOST_PORT`], in a subnet of its own (`portmap`
+/// masquerades clients of the pod's own subnet; these are not).
+const HOST_PORT_POD: &str = r#"
+kind: Pod
+metadata: {name: h, namespace: y, labels: {app: h}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, hostPort: 30180}]}]}
+status: {podIPs: [{ip: 10.100.1.5}]}
+"#;
+
+/// A pod's host port (the `portmap` plugin's DNAT on its node) is a frontend like any
+/// other: no way out for an egress-isolated pod (the node's address is not "the node"
+/// there), and no way in past the pod's ingress isolation, from a pod or from outside.
+#[test]
+fn host_ports_are_no_way_past_policy() {
+    let node = |lab: &Lab| -> IpAddr {
+        let node = lab.cluster().nodes.values().next().expect("one node");
+        node.addresses
+            .iter()
+            .copied()
+            .find(IpAddr::is_ipv4)
+            .expect("the node has an IPv4 address")
+    };
+    let manifests = format!("{HOST_PORT_POD}\n---\n{EGRESS_DENY_ALL_X}");
+    with_lab(&manifests, ProxyMode::Iptables, async |lab| {
+        let node = node(lab);
+        for from in ["y/b", EXTERNAL] {
+            assert!(
+                connects(lab, from, node, HOST_PORT).await,
+                "baseline: {from} reaches y/h through {node}:{HOST_PORT}"
+            );
+        }
+        assert!(
+            !connects(lab, "x/a", node, HOST_PORT).await,
+            "x/a is egress-isolated, yet reached y/h through {node}:{HOST_PORT}"
+        );
+    });
+    let manifests = format!("{HOST_PORT_POD}\n---\n{INGRESS_DENY_ALL_Y}");
+    with_lab(&manifests, ProxyMode::Iptables, async |lab| {
+        let node = node(lab);
+        for from in ["x/a", EXTERNAL] {
+            assert!(
+                !connects(lab, from, node, HOST_PORT).await,
+                "y/h is ingress-isolated, yet {from} reached it through {node}:{HOST_PORT}"
+            );
+        }
+    });
+}

@@ -9,7 +9,7 @@ use crate::{
         Cluster, EndpointSlice, IpFamily, ObjectRef, Protocol, Service, ServicePort, SliceEndpoint,
         SlicePort, TargetPort,
     },
-    report::{Family, Probe, Reachability},
+    report::{Family, NodeFrontend, Probe, Reachability},
     semantics::services::{Backend, FrontendKind, backends},
     source::control_plane,
 };
@@ -214,6 +214,7 @@ pub fn probe(hosts: &[Host], q: &Question, allowed: bool) -> Probe {
         service: None,
         address: None,
         backend_dependent: false,
+        via: None,
     }
 }
 
@@ -336,6 +337,7 @@ pub fn service_probe(
         service: Some(t.label.clone()),
         address: Some(t.address),
         backend_dependent: false,
+        via: None,
     }
 }
 
@@ -378,4 +380,153 @@ pub fn answer(hosts: &[Host], mut allowed: impl FnMut(&Question) -> bool) -> Rea
             .map(|q| probe(hosts, q, allowed(q)))
             .collect(),
     )
+}
+
+/// A frontend on a node's address: a Service's node port, or a pod's host port (the
+/// runtime's `portmap` plugin publishes it on the pod's node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    /// The frontend as a Service target: `service` is the pod for a host port.
+    pub target: ServiceTarget,
+    /// Node port or host port.
+    pub via: NodeFrontend,
+    /// The node whose address it is.
+    pub node: String,
+    /// The node masquerades external clients (a node port whose Service has
+    /// `externalTrafficPolicy: Cluster`): backends see the node's address as the source.
+    pub masquerades: bool,
+}
+
+/// Whether a host outside the node can dial `ip` without naming an interface (IPv6
+/// link-local addresses need one).
+fn dialable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unspecified() && !v6.is_unicast_link_local(),
+    }
+}
+
+/// Every node address (of the cluster's Node objects, dialable from outside) on every node
+/// port, and every pod's node address on each of its host ports, with the backends of the
+/// address's family: for a node port of a Service with `externalTrafficPolicy: Local`, those
+/// on the node dialled only.
+pub fn node_targets(cluster: &Cluster) -> Vec<NodeTarget> {
+    let mut out = Vec::new();
+    let node_addresses = |node: &str| {
+        cluster
+            .nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|n| n.addresses.iter().copied())
+            .filter(dialable)
+            .collect::<Vec<_>>()
+    };
+    for service in cluster.services.values() {
+        for port in &service.ports {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            let all = backends(cluster, service, port);
+            for node in cluster.nodes.keys() {
+                for address in node_addresses(node) {
+                    out.push(NodeTarget {
+                        target: ServiceTarget {
+                            label: service.id.to_string(),
+                            service: service.id.clone(),
+                            address,
+                            protocol: port.protocol,
+                            port: node_port,
+                            backends: all
+                                .iter()
+                                .filter(|b| b.address.is_ipv6() == address.is_ipv6())
+                                .filter(|b| {
+                                    !service.external_traffic_local || b.node.as_ref() == Some(node)
+                                })
+                                .cloned()
+                                .collect(),
+                        },
+                        via: NodeFrontend::NodePort,
+                        node: node.clone(),
+                        masquerades: !service.external_traffic_local,
+                    });
+                }
+            }
+        }
+    }
+    for pod in cluster.pods.values().filter(|p| p.holds_addresses()) {
+        let Some(node) = &pod.node else { continue };
+        for cp in &pod.ports {
+            let Some(host_port) = cp.host_port else {
+                continue;
+            };
+            for address in node_addresses(node) {
+                out.push(NodeTarget {
+                    target: ServiceTarget {
+                        label: pod.id.to_string(),
+                        service: pod.id.clone(),
+                        address,
+                        protocol: cp.protocol,
+                        port: host_port,
+                        backends: pod
+                            .ips
+                            .iter()
+                            .filter(|ip| ip.is_ipv6() == address.is_ipv6())
+                            .map(|&ip| Backend {
+                                address: ip,
+                                port: cp.port,
+                                pod: Some(pod.id.clone()),
+                                node: Some(node.clone()),
+                            })
+                            .collect(),
+                    },
+                    via: NodeFrontend::HostPort,
+                    node: node.clone(),
+                    masquerades: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every external host dialling every node target of its family, and every pod dialling
+/// every host port of a family it has (a pod dialling a node port may be masqueraded or
+/// not, as the proxy decides for traffic from its own node's pods: not asked).
+pub fn node_questions(hosts: &[Host], targets: &[NodeTarget]) -> Vec<ServiceQuestion> {
+    let mut out = Vec::new();
+    for (from, h) in hosts.iter().enumerate() {
+        for (target, t) in targets.iter().enumerate() {
+            let asked = h.pod.is_none() || t.via == NodeFrontend::HostPort;
+            if asked && h.ip(t.target.family()).is_some() {
+                out.push(ServiceQuestion { from, target });
+            }
+        }
+    }
+    out
+}
+
+/// The report row of an answered question to a node target (`None`: the verdict depends on
+/// the backend the proxy picks, reported as not allowed and marked).
+pub fn node_probe(
+    hosts: &[Host],
+    targets: &[NodeTarget],
+    q: &ServiceQuestion,
+    verdict: Option<bool>,
+) -> Probe {
+    let t = &targets[q.target];
+    Probe {
+        from: hosts[q.from].label.clone(),
+        to: t
+            .target
+            .only_pod()
+            .map_or_else(|| t.target.label.clone(), ToString::to_string),
+        port: t.target.port,
+        protocol: t.target.protocol,
+        family: t.target.family(),
+        allowed: verdict.unwrap_or(false),
+        service: (t.via == NodeFrontend::NodePort).then(|| t.target.label.clone()),
+        address: Some(t.target.address),
+        backend_dependent: verdict.is_none(),
+        via: Some(t.via),
+    }
 }

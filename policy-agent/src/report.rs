@@ -2,7 +2,8 @@
 //! (protocol, port, family), or the JSON contract
 //! `{"probes": [{"from", "to", "port", "protocol", "family", "allowed"}]}` (probes through a
 //! Service add `"service"` and `"address"`, and `"backend-dependent": true` when the verdict
-//! depends on the backend the proxy picks).
+//! depends on the backend the proxy picks); probes to a node's address on a node port or a
+//! host port add `"via": "node-port"` or `"host-port"` too.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
@@ -59,6 +60,30 @@ pub struct Probe {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub backend_dependent: bool,
+    /// For a probe to a node's address: through a Service's node port or a pod's host port
+    /// (`address` is the node's, `port` the node's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<NodeFrontend>,
+}
+
+/// How a probe reaches a backend through a node's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeFrontend {
+    /// A Service's node port.
+    NodePort,
+    /// A pod's host port.
+    HostPort,
+}
+
+impl NodeFrontend {
+    /// As the tables print it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NodePort => "node ports",
+            Self::HostPort => "host ports",
+        }
+    }
 }
 
 impl Serialize for Protocol {
@@ -101,13 +126,19 @@ impl Reachability {
     }
 
     /// One truth table per (protocol, port, family), then one per (protocol, port, family)
-    /// of the probes through Services: rows are sources, columns the destinations serving
-    /// that port (the Services, for probes through them).
+    /// of the probes through Services, then of those through node ports and host ports:
+    /// rows are sources, columns the destinations serving that port (the Services, for
+    /// probes through them; with the node's address, through a node's port).
     pub fn render_table(&self) -> String {
         let mut groups: BTreeMap<GroupKey, Vec<&Probe>> = BTreeMap::new();
         for p in &self.probes {
+            let through = match p.via {
+                Some(via) => Through::Node(via),
+                None if p.service.is_some() => Through::Services,
+                None => Through::Address,
+            };
             groups
-                .entry((p.service.is_some(), p.protocol, p.port, p.family))
+                .entry((through, p.protocol, p.port, p.family))
                 .or_default()
                 .push(p);
         }
@@ -140,14 +171,29 @@ impl Reachability {
     }
 }
 
-/// What a table is about: whether its probes go through Services (those tables come after
-/// the tables by pod address), protocol, port, family.
-type GroupKey = (bool, Protocol, u16, Family);
+/// How the probes of a table reach their destination, in the order the tables come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Through {
+    /// By the destination's address.
+    Address,
+    /// Through Service cluster IPs.
+    Services,
+    /// Through a node's address.
+    Node(NodeFrontend),
+}
+
+/// What a table is about: how its probes go, protocol, port, family.
+type GroupKey = (Through, Protocol, u16, Family);
 
 /// The column of a probe: its destination, or the Service it went through (whose backends
-/// differ from one row to the next only in the JSON).
-fn column(p: &Probe) -> &str {
-    p.service.as_deref().unwrap_or(&p.to)
+/// differ from one row to the next only in the JSON), at the node's address when it went
+/// through a node's port.
+fn column(p: &Probe) -> String {
+    let to = p.service.as_deref().unwrap_or(&p.to);
+    match (p.via, p.address) {
+        (Some(_), Some(address)) => format!("{to}@{address}"),
+        _ => to.to_owned(),
+    }
 }
 
 /// The symbol of a probe's cell.
@@ -163,21 +209,21 @@ fn symbol(p: &Probe) -> &'static str {
 
 /// One truth table.
 fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
-    let (through_services, protocol, port, family) = key;
+    let (through, protocol, port, family) = key;
     let mut rows: Vec<&str> = probes.iter().map(|p| p.from.as_str()).collect();
-    let mut cols: Vec<&str> = probes.iter().map(|p| column(p)).collect();
+    let mut cols: Vec<String> = probes.iter().map(|p| column(p)).collect();
     rows.sort_unstable();
     rows.dedup();
     cols.sort_unstable();
     cols.dedup();
-    let cell: BTreeMap<(&str, &str), &str> = probes
+    let cell: BTreeMap<(&str, String), &str> = probes
         .iter()
         .map(|p| ((p.from.as_str(), column(p)), symbol(p)))
         .collect();
-    let via = if *through_services {
-        " through Services"
-    } else {
-        ""
+    let via = match through {
+        Through::Address => String::new(),
+        Through::Services => " through Services".to_owned(),
+        Through::Node(via) => format!(" through {}", via.as_str()),
     };
     let title = format!("{protocol}/{port} {family:?}{via}");
     let first = rows
@@ -194,7 +240,7 @@ fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
     for r in &rows {
         let _ = write!(out, "{r:<first$}");
         for c in &cols {
-            let symbol = cell.get(&(*r, *c)).copied().unwrap_or("-");
+            let symbol = cell.get(&(*r, c.clone())).copied().unwrap_or("-");
             let _ = write!(out, "  {symbol:^w$}", w = c.len());
         }
         out.push('\n');
@@ -219,6 +265,7 @@ mod tests {
                 service: None,
                 address: None,
                 backend_dependent: false,
+                via: None,
             },
             Probe {
                 from: "10.1.2.3".into(),
@@ -230,6 +277,7 @@ mod tests {
                 service: None,
                 address: None,
                 backend_dependent: false,
+                via: None,
             },
         ]);
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
@@ -260,7 +308,44 @@ mod tests {
             service: Some("y/web".into()),
             address: Some("10.96.0.20".parse().unwrap()),
             backend_dependent: verdict.is_none(),
+            via: None,
         }
+    }
+
+    #[test]
+    fn probes_through_node_ports_and_host_ports_in_json_and_tables() {
+        let node_port = Probe {
+            port: 30080,
+            via: Some(NodeFrontend::NodePort),
+            address: Some("192.168.1.10".parse().unwrap()),
+            ..through("203.0.113.5", "y/a", Some(true))
+        };
+        let host_port = Probe {
+            port: 8080,
+            service: None,
+            via: Some(NodeFrontend::HostPort),
+            address: Some("192.168.1.10".parse().unwrap()),
+            ..through("203.0.113.5", "y/a", Some(false))
+        };
+        let r = Reachability::new(vec![node_port, host_port]);
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let vias: Vec<&str> = json["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["via"].as_str().unwrap())
+            .collect();
+        assert_eq!(vias, ["host-port", "node-port"], "{json}");
+        assert_eq!(json["probes"][0].get("service"), None, "{json}");
+        let table = r.render_table();
+        assert!(
+            table.contains("TCP/30080 IPv4 through node ports  y/web@192.168.1.10"),
+            "{table}"
+        );
+        assert!(
+            table.contains("TCP/8080 IPv4 through host ports  y/a@192.168.1.10"),
+            "{table}"
+        );
     }
 
     #[test]

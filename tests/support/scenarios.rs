@@ -215,7 +215,18 @@ fn policy(index: usize) -> impl Strategy<Value = Policy> {
 
 /// One pod: namespace, labels, dual-stack or not, the port its "http" name points at, and
 /// which of its ports it declares.
-type PodParts = (&'static str, Labels, bool, u16, Vec<bool>);
+/// A pod's namespace, labels, whether it is dual-stack, its `http` port, and for each of
+/// its possible ports whether it declares it and whether it publishes it on a host port.
+type PodParts = (&'static str, Labels, bool, u16, Vec<(bool, bool)>);
+
+/// The first host port of a generated pod; each pod has its own range.
+const HOST_PORT_BASE: u16 = 31_000;
+/// Host ports per pod range.
+const HOST_PORTS_PER_POD: u16 = 10;
+/// The first node port of a generated Service; each Service has its own range.
+const NODE_PORT_BASE: u16 = 30_000;
+/// Node ports per Service range.
+const NODE_PORTS_PER_SERVICE: u16 = 10;
 
 fn pod_parts() -> impl Strategy<Value = PodParts> {
     (
@@ -223,7 +234,7 @@ fn pod_parts() -> impl Strategy<Value = PodParts> {
         pod_labels(),
         any::<bool>(),
         select(&[80u16, 8080][..]),
-        vec(any::<bool>(), 4),
+        vec((any::<bool>(), prop::bool::weighted(0.15)), 4),
     )
 }
 
@@ -240,16 +251,20 @@ fn build_pod(i: usize, (ns, labels, dual, http, declared): PodParts) -> Pod {
         (Some("dns"), 53, Protocol::Udp),
         (Some("chat"), 9, Protocol::Sctp),
     ];
+    let host_ports = HOST_PORT_BASE + i as u16 * HOST_PORTS_PER_POD;
     let mut ports: Vec<ContainerPort> = all
         .iter()
         .zip(&declared)
-        .filter(|(_, on)| **on)
-        .map(|((name, port, protocol), _)| ContainerPort {
-            name: name.map(str::to_owned),
-            port: *port,
-            protocol: *protocol,
-            host_port: None,
-        })
+        .enumerate()
+        .filter(|(_, (_, (on, _)))| *on)
+        .map(
+            |(k, ((name, port, protocol), (_, published)))| ContainerPort {
+                name: name.map(str::to_owned),
+                port: *port,
+                protocol: *protocol,
+                host_port: published.then_some(host_ports + k as u16),
+            },
+        )
         .collect();
     if ports.is_empty() {
         ports.push(ContainerPort {
@@ -457,19 +472,20 @@ fn backend_egress_policy(
 
 /// Service `index`, selecting pods by labels (an empty selector is none: such a Service
 /// has no backends), on one or more ports (a single one sometimes unnamed), with cluster
-/// IPs of one or both families to allocate, and sometimes an external and a load-balancer
-/// address.
+/// IPs of one or both families to allocate, sometimes an external and a load-balancer
+/// address, and sometimes node ports (`externalTrafficPolicy` `Cluster` or `Local`).
 fn service(index: usize, pods: Vec<(String, Labels)>) -> impl Strategy<Value = Service> {
     (
         service_selector(pods),
         vec(service_port(), 1..MAX_SERVICE_PORTS),
         any::<bool>(),
         select(&SERVICE_FAMILIES[..]),
-        any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
+        option::weighted(0.3, any::<bool>()),
     )
         .prop_map(
-            move |((ns, selector), ports, unnamed, families, external, balanced)| {
+            move |((ns, selector), ports, unnamed, families, (external, balanced), node_ports)| {
+                let node_ports_from = NODE_PORT_BASE + index as u16 * NODE_PORTS_PER_SERVICE;
                 let mut ports: Vec<ServicePort> = ports
                     .into_iter()
                     .enumerate()
@@ -477,7 +493,7 @@ fn service(index: usize, pods: Vec<(String, Labels)>) -> impl Strategy<Value = S
                         name: format!("p{j}"),
                         protocol,
                         port,
-                        node_port: None,
+                        node_port: node_ports.map(|_| node_ports_from + j as u16),
                         target_port,
                     })
                     .collect();
@@ -503,6 +519,7 @@ fn service(index: usize, pods: Vec<(String, Labels)>) -> impl Strategy<Value = S
                         .into_iter()
                         .collect(),
                     unallocated: Some(families.to_vec()),
+                    external_traffic_local: node_ports == Some(true),
                     ..Service::default()
                 }
             },

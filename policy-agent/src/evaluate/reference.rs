@@ -209,6 +209,18 @@ impl<'a> Reference<'a> {
     /// A connection through a Service is the connection to the backend the proxy picks,
     /// on its target port: every backend's, explained.
     pub fn explain_service(&self, flow: &ServiceFlow<'_>) -> ServiceExplanation {
+        self.explain_service_masqueraded(flow, |_| None)
+    }
+
+    /// As [`Self::explain_service`], for a proxy that rewrites the client's address to
+    /// `masquerade(backend)` where that is `Some` (a node port with `externalTrafficPolicy:
+    /// Cluster`): the backend's ingress decides the node's address, as it would any address
+    /// outside the cluster; the client's egress is still the client's.
+    pub fn explain_service_masqueraded(
+        &self,
+        flow: &ServiceFlow<'_>,
+        masquerade: impl Fn(&Backend) -> Option<IpAddr>,
+    ) -> ServiceExplanation {
         let t = flow.target;
         // The client is the only backend: by address, as the datapath knows it.
         let only = match t.backends.as_slice() {
@@ -221,7 +233,7 @@ impl<'a> Reference<'a> {
             .iter()
             .map(|b| {
                 let to = self.backend_host(b);
-                let explanation = self.explain(&Flow {
+                let mut explanation = self.explain(&Flow {
                     from: flow.from,
                     to: &to,
                     src: flow.src,
@@ -229,6 +241,24 @@ impl<'a> Reference<'a> {
                     protocol: t.protocol,
                     port: b.port,
                 });
+                if let Some(node) = masquerade(b) {
+                    let node_host = Host {
+                        label: node.to_string(),
+                        pod: None,
+                        ips: vec![node],
+                        serves: Vec::new(),
+                    };
+                    explanation.ingress = self
+                        .explain(&Flow {
+                            from: &node_host,
+                            to: &to,
+                            src: node,
+                            dst: b.address,
+                            protocol: t.protocol,
+                            port: b.port,
+                        })
+                        .ingress;
+                }
                 (b.clone(), explanation)
             })
             .collect();

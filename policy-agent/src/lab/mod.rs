@@ -13,7 +13,7 @@ pub mod topology;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -22,10 +22,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use futures::{FutureExt as _, future::join_all};
 use policy_common::maps::{StatsKey, StatsValue};
-use tokio::{
-    sync::{Semaphore, mpsc},
-    task::JoinSet,
-};
+use tokio::sync::{Semaphore, mpsc};
 
 pub use self::config::LabConfig;
 use self::{
@@ -39,8 +36,8 @@ use crate::{
     model::{self, Cluster, ObjectRef, Pod, Protocol},
     netns::{self, NetNs},
     plan::{self, ServiceProbes},
-    report::{Family, Reachability},
-    semantics,
+    report::{Family, NodeFrontend, Reachability},
+    semantics::{self, services::Backend},
     source::{CHANNEL_CAPACITY, Object, SourceEvent},
 };
 
@@ -78,7 +75,7 @@ impl Drop for NodeAgent {
 /// A running lab.
 pub struct Lab {
     /// Probe servers; aborted first on drop.
-    servers: JoinSet<()>,
+    servers: probe::Servers,
     /// The cluster DNS, when the lab runs it: its servers stop on drop, before the
     /// namespaces go.
     dns: Option<dns::ClusterDns>,
@@ -203,13 +200,15 @@ impl Lab {
         }
         if !cluster.services.is_empty() {
             for node in &topology.nodes {
-                proxy::install(config.proxy_mode, &node.netns, &cluster).with_context(|| {
-                    format!(
-                        "writing kube-proxy's {} rules on {}",
-                        config.proxy_mode.as_str(),
-                        node.name
-                    )
-                })?;
+                proxy::install(config.proxy_mode, &node.netns, &node.name, &cluster).with_context(
+                    || {
+                        format!(
+                            "writing kube-proxy's {} rules on {}",
+                            config.proxy_mode.as_str(),
+                            node.name
+                        )
+                    },
+                )?;
             }
         }
         let not_started = cluster
@@ -219,7 +218,7 @@ impl Lab {
             .map(|p| p.id.clone())
             .collect();
         let mut lab = Self {
-            servers: JoinSet::new(),
+            servers: probe::Servers::new().context("starting the probe servers' thread")?,
             dns,
             agents: Vec::new(),
             runtimes: Vec::new(),
@@ -230,7 +229,8 @@ impl Lab {
             service_probes,
         };
         for host in &lab.topology.hosts {
-            probe::serve(host, &mut lab.servers)
+            lab.servers
+                .serve(host)
                 .with_context(|| format!("starting probe servers in {}", host.spec.label))?;
         }
         Ok(lab)
@@ -367,9 +367,10 @@ impl Lab {
             .with_context(|| format!("pod {id} has no address"))?;
         let runtime = runtime.unwrap_or(&self.runtimes[node]).clone();
         let uid = pod.uid.clone();
+        let runtime_config = runtime::port_mappings(&pod.ports);
         let host = self
             .topology
-            .add_pod(spec, uid.as_deref(), node, &runtime)?;
+            .add_pod(spec, uid.as_deref(), node, &runtime, runtime_config)?;
         let mut ports = host.spec.serves.clone();
         if let Some(dns) = &mut self.dns {
             let pod = &self.cluster.pods[id];
@@ -379,7 +380,8 @@ impl Lab {
                 ports.retain(|&(protocol, port)| !dns::serves(protocol, port));
             }
         }
-        probe::serve_ports(host, &ports, &mut self.servers)
+        self.servers
+            .serve_ports(host, &ports)
             .with_context(|| format!("starting probe servers in {id}"))?;
         self.not_started.remove(id);
         self.unreported.insert(id.clone());
@@ -704,10 +706,98 @@ impl Lab {
                 }
                 .boxed()
             });
-        let results = join_all(by_address.chain(through_services)).await;
+        let node_targets = self.node_targets();
+        let through_nodes = plan::node_questions(&hosts, &node_targets)
+            .into_iter()
+            .map(|q| {
+                let limit = Arc::clone(&limit);
+                let src = &self.topology.hosts[q.from];
+                let (hosts, targets) = (&hosts, &node_targets);
+                let t = &node_targets[q.target].target;
+                async move {
+                    let _permit = limit.acquire().await.expect("never closed");
+                    let frontend = SocketAddr::new(t.address, t.port);
+                    // Without a backend (a node port of a Service with
+                    // `externalTrafficPolicy: Local` on a node without one), only the node
+                    // can refuse.
+                    let refusal = if t.backends.is_empty() {
+                        Refusal::NotReached
+                    } else {
+                        Refusal::Reached
+                    };
+                    let allowed = exchange(src, frontend, t.protocol, None, refusal).await?;
+                    anyhow::Ok(plan::node_probe(hosts, targets, &q, Some(allowed)))
+                }
+                .boxed()
+            });
+        let results = join_all(by_address.chain(through_services).chain(through_nodes)).await;
         Ok(Reachability::new(
             results.into_iter().collect::<Result<_, _>>()?,
         ))
+    }
+
+    /// The frontends on the nodes' addresses that [`Self::probe_all`] probes: node ports
+    /// and host ports.
+    pub fn node_targets(&self) -> Vec<plan::NodeTarget> {
+        if self.service_probes == ServiceProbes::Off {
+            Vec::new()
+        } else {
+            plan::node_targets(&self.cluster)
+        }
+    }
+
+    /// The address `backend` sees a connection from `from` through `target` come from,
+    /// when the node masquerades it (`None`: it keeps the client's): kube-proxy masquerades
+    /// every external client of a node port of a Service with `externalTrafficPolicy:
+    /// Cluster`; the `portmap` plugin (`snat`) every client of the backend's own subnet on
+    /// a host port, the backend itself included. The node's `MASQUERADE` takes the address
+    /// its stack picks towards the backend.
+    pub fn masquerade_source(
+        &self,
+        from: &plan::Host,
+        target: &plan::NodeTarget,
+        backend: &Backend,
+    ) -> anyhow::Result<Option<IpAddr>> {
+        let masquerades = match target.via {
+            NodeFrontend::NodePort => from.pod.is_none() && target.masquerades,
+            NodeFrontend::HostPort => {
+                let client = from.ip(Family::of(&backend.address));
+                let subnet = backend
+                    .pod
+                    .as_ref()
+                    .and_then(|p| self.host(&p.to_string()).ok())
+                    .and_then(|h| h.subnet_of(backend.address));
+                client.zip(subnet).is_some_and(|(c, s)| s.contains(&c))
+            }
+        };
+        if !masquerades {
+            return Ok(None);
+        }
+        let node = self
+            .topology
+            .nodes
+            .iter()
+            .find(|n| n.name == target.node)
+            .with_context(|| format!("no node {} in the lab", target.node))?;
+        let source = node
+            .netns
+            .run(|| -> std::io::Result<IpAddr> {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(
+                    probe::unspecified(backend.address.is_ipv6()),
+                    0,
+                ))?;
+                // Connecting a datagram socket sends nothing; it picks the route and the
+                // source address.
+                socket.connect(SocketAddr::new(backend.address, backend.port))?;
+                Ok(socket.local_addr()?.ip())
+            })?
+            .with_context(|| {
+                format!(
+                    "choosing {}'s source address towards {}",
+                    target.node, backend.address
+                )
+            })?;
+        Ok(Some(source))
     }
 
     /// Stops the probe servers and the agents and waits for them, then tears everything

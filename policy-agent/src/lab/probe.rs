@@ -14,12 +14,13 @@ use std::{
 use socket2::{Domain, Socket, Type};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
+    runtime::{Handle, Runtime},
     task::JoinSet,
     time::timeout,
 };
 
 use super::{
-    sctp::{self, CHUNK_INIT, CHUNK_INIT_ACK, RawSctp},
+    sctp::{self, CHUNK_ABORT, CHUNK_INIT, CHUNK_INIT_ACK, RawSctp},
     topology::Host,
 };
 use crate::{model::Protocol, netns::NetNs};
@@ -32,6 +33,8 @@ pub const DATAGRAM_ATTEMPTS: u32 = 4;
 /// How long to wait for each datagram's answer.
 pub const DATAGRAM_WAIT: Duration = Duration::from_millis(500);
 const LISTEN_BACKLOG: i32 = 1024;
+/// Threads answering a lab's probes.
+const SERVER_THREADS: usize = 1;
 /// Ephemeral range for SCTP probe source ports.
 const SCTP_PORT_BASE: u16 = 49_152;
 
@@ -54,17 +57,68 @@ fn socket(ipv6: bool, ty: Type) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Starts a host's servers on every port it serves, for each of its address families.
-pub fn serve(host: &Host, tasks: &mut JoinSet<()>) -> io::Result<()> {
-    serve_ports(host, &host.spec.serves, tasks)
+/// The probe servers of a lab's hosts, answering on a thread of their own: datagram probes
+/// need a server to answer within [`DATAGRAM_WAIT`], and the lab's own work (creating
+/// namespaces, loading a proxy's rules, starting agents) must not hold that answer up, nor
+/// must another lab's work on a shared runtime.
+pub struct Servers {
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
+    tasks: JoinSet<()>,
 }
 
-/// Starts a host's servers on `ports` (of those it serves, the ones no other server of the
-/// host takes), for each of its address families.
-pub fn serve_ports(
+impl Servers {
+    /// Servers with their own thread, serving nothing yet.
+    pub fn new() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SERVER_THREADS)
+            .thread_name("lab-probe-servers")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+            tasks: JoinSet::new(),
+        })
+    }
+
+    /// Starts a host's servers on every port it serves, for each of its address families.
+    pub fn serve(&mut self, host: &Host) -> io::Result<()> {
+        self.serve_ports(host, &host.spec.serves)
+    }
+
+    /// Starts a host's servers on `ports` (of those it serves, the ones no other server of
+    /// the host takes), for each of its address families.
+    pub fn serve_ports(&mut self, host: &Host, ports: &[(Protocol, u16)]) -> io::Result<()> {
+        // Sockets register with the reactor of the runtime that enters here.
+        let runtime = self.runtime.as_ref().expect("until dropped");
+        let _servers_runtime = runtime.enter();
+        let handle = runtime.handle().clone();
+        serve_ports_on(host, ports, &mut self.tasks, &handle)
+    }
+
+    /// Stops every server and waits for them to end.
+    pub async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+impl Drop for Servers {
+    /// Stops the servers' thread without waiting: a runtime may not block while it is
+    /// dropped from inside another.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Starts a host's servers on `ports` as tasks of `tasks` on `runtime` (whose context the
+/// caller has entered).
+fn serve_ports_on(
     host: &Host,
     ports: &[(Protocol, u16)],
     tasks: &mut JoinSet<()>,
+    runtime: &Handle,
 ) -> io::Result<()> {
     let families: Vec<bool> = [false, true]
         .into_iter()
@@ -92,28 +146,34 @@ pub fn serve_ports(
                     Protocol::Sctp => {}
                 }
             }
-            if serves.iter().any(|(p, _)| *p == Protocol::Sctp) {
-                raw.push(RawSctp::open(v6)?);
-            }
+            // Every host answers SCTP, as an SCTP stack would: an INIT ACK on the ports
+            // it serves, an ABORT on the others.
+            raw.push(RawSctp::open(v6)?);
         }
         Ok((tcp, udp, raw))
     })??;
 
     for s in tcp {
         let listener = TcpListener::from_std(std::net::TcpListener::from(s))?;
-        tasks.spawn(async move {
-            // Completing the handshake is the answer; the connection is closed at once.
-            while listener.accept().await.is_ok() {}
-        });
+        tasks.spawn_on(
+            async move {
+                // Completing the handshake is the answer; the connection is closed at once.
+                while listener.accept().await.is_ok() {}
+            },
+            runtime,
+        );
     }
     for s in udp {
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
-        tasks.spawn(async move {
-            let mut buf = [0u8; 2048];
-            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-                let _ = socket.send_to(&buf[..n], from).await;
-            }
-        });
+        tasks.spawn_on(
+            async move {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let _ = socket.send_to(&buf[..n], from).await;
+                }
+            },
+            runtime,
+        );
     }
     let sctp_ports: Vec<u16> = serves
         .iter()
@@ -123,24 +183,32 @@ pub fn serve_ports(
     for s in raw {
         let raw = RawSctp::new(s)?;
         let ports = sctp_ports.clone();
-        tasks.spawn(async move {
-            while let Ok((from, bytes)) = raw.recv().await {
-                let Some(init) = sctp::parse(&bytes) else {
-                    continue;
-                };
-                if init.chunk != CHUNK_INIT || !ports.contains(&init.dst_port) {
-                    continue;
+        tasks.spawn_on(
+            async move {
+                while let Ok((from, bytes)) = raw.recv().await {
+                    let Some(init) = sctp::parse(&bytes) else {
+                        continue;
+                    };
+                    if init.chunk != CHUNK_INIT {
+                        continue;
+                    }
+                    let chunk = if ports.contains(&init.dst_port) {
+                        CHUNK_INIT_ACK
+                    } else {
+                        CHUNK_ABORT
+                    };
+                    let ack = sctp::Packet {
+                        src_port: init.dst_port,
+                        dst_port: init.src_port,
+                        vtag: init.initiate_tag,
+                        chunk,
+                        initiate_tag: init.initiate_tag.wrapping_add(1),
+                    };
+                    let _ = raw.send(from, &sctp::build(&ack)).await;
                 }
-                let ack = sctp::Packet {
-                    src_port: init.dst_port,
-                    dst_port: init.src_port,
-                    vtag: init.initiate_tag,
-                    chunk: CHUNK_INIT_ACK,
-                    initiate_tag: init.initiate_tag.wrapping_add(1),
-                };
-                let _ = raw.send(from, &sctp::build(&ack)).await;
-            }
-        });
+            },
+            runtime,
+        );
     }
     Ok(())
 }
@@ -242,19 +310,22 @@ pub async fn probe_with(
                 let answered = timeout(DATAGRAM_WAIT, async {
                     loop {
                         let (from, reply) = raw.recv().await?;
-                        if from == to
-                            && sctp::parse(&reply).is_some_and(|r| {
-                                r.chunk == CHUNK_INIT_ACK && r.vtag == tag && r.src_port == port
-                            })
-                        {
-                            return io::Result::Ok(());
+                        let answer = sctp::parse(&reply).filter(|r| {
+                            from == to
+                                && r.vtag == tag
+                                && r.src_port == port
+                                && r.dst_port == init.src_port
+                        });
+                        match answer.map(|r| r.chunk) {
+                            Some(CHUNK_INIT_ACK) => return io::Result::Ok(true),
+                            Some(CHUNK_ABORT) => return Ok(refused),
+                            _ => {}
                         }
                     }
                 })
                 .await;
                 if let Ok(r) = answered {
-                    r?;
-                    return Ok(true);
+                    return r;
                 }
             }
             Ok(false)

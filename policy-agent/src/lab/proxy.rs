@@ -61,6 +61,9 @@ struct Entry<'a> {
     port: &'a ServicePort,
     frontends: Vec<IpAddr>,
     backends: Vec<Backend>,
+    /// Which of `backends` are on this node: those `externalTrafficPolicy: Local` sends
+    /// node-port traffic to.
+    local: Vec<usize>,
 }
 
 impl Entry<'_> {
@@ -83,8 +86,9 @@ impl Entry<'_> {
     }
 }
 
-/// The Service ports of `cluster` with their backends of `v6`'s family.
-fn entries(cluster: &Cluster, v6: bool) -> Vec<Entry<'_>> {
+/// The Service ports of `cluster` with their backends of `v6`'s family, as node `node`
+/// sees them.
+fn entries<'a>(cluster: &'a Cluster, v6: bool, node: &str) -> Vec<Entry<'a>> {
     let mut out = Vec::new();
     for service in cluster.services.values() {
         for port in &service.ports {
@@ -99,11 +103,15 @@ fn entries(cluster: &Cluster, v6: bool) -> Vec<Entry<'_>> {
             if frontends.is_empty() && port.node_port.is_none() {
                 continue;
             }
+            let local = (0..backends.len())
+                .filter(|&i| backends[i].node.as_deref() == Some(node))
+                .collect();
             out.push(Entry {
                 service,
                 port,
                 frontends,
                 backends,
+                local,
             });
         }
     }
@@ -133,10 +141,23 @@ fn target(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// The `nat` table of kube-proxy's iptables mode for one family, in `iptables-restore`
-/// format.
-pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
-    let entries = entries(cluster, v6);
+/// A random choice among `n` rules, the `i`th of which is being written, as kube-proxy
+/// spreads connections: each rule takes its share of what the ones before left.
+fn random_choice(i: usize, n: usize) -> String {
+    if i + 1 < n {
+        format!(
+            " -m statistic --mode random --probability {:.10}",
+            1.0 / (n - i) as f64
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The `nat` table of kube-proxy's iptables mode for one family on node `node`, in
+/// `iptables-restore` format.
+pub fn iptables_rules(cluster: &Cluster, v6: bool, node: &str) -> String {
+    let entries = entries(cluster, v6, node);
     let mut chains = vec![
         "KUBE-SERVICES".to_owned(),
         "KUBE-NODEPORTS".to_owned(),
@@ -178,26 +199,34 @@ pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
             push(format!(
                 "-A KUBE-NODEPORTS -p {p} -m comment --comment \"{label}\" -m {p} --dport {node_port} -j {ext}"
             ));
-            // With externalTrafficPolicy: Cluster the client's address is lost on the way.
-            if !e.service.external_traffic_local {
+            if e.service.external_traffic_local {
+                // Only to this node's backends, keeping the client's address; without one,
+                // nothing forwards the connection.
+                let svl = format!("KUBE-SVL-{hash}");
+                chains.push(svl.clone());
+                push(format!("-A {ext} -j {svl}"));
+                for (k, &i) in e.local.iter().enumerate() {
+                    let b = &e.backends[i];
+                    push(format!(
+                        "-A {svl} -m comment --comment \"{label} -> {}\"{} -j KUBE-SEP-{}{i:02}",
+                        target(b.address, b.port),
+                        random_choice(k, e.local.len()),
+                        &hash[..14]
+                    ));
+                }
+            } else {
+                // With externalTrafficPolicy: Cluster the client's address is lost on the way.
                 push(format!(
                     "-A {ext} -m comment --comment \"masquerade traffic for {label} external destinations\" -j KUBE-MARK-MASQ"
                 ));
+                push(format!("-A {ext} -j {svc}"));
             }
-            push(format!("-A {ext} -j {svc}"));
         }
         let n = e.backends.len();
         for (i, b) in e.backends.iter().enumerate() {
             let sep = format!("KUBE-SEP-{}{i:02}", &hash[..14]);
             chains.push(sep.clone());
-            let choice = if i + 1 < n {
-                format!(
-                    " -m statistic --mode random --probability {:.10}",
-                    1.0 / (n - i) as f64
-                )
-            } else {
-                String::new()
-            };
+            let choice = random_choice(i, n);
             push(format!(
                 "-A {svc} -m comment --comment \"{label} -> {}\"{choice} -j {sep}",
                 target(b.address, b.port)
@@ -225,9 +254,9 @@ pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
     out
 }
 
-/// kube-proxy's nftables table for one family, as an `nft -f` script.
-pub fn nftables_rules(cluster: &Cluster, v6: bool) -> String {
-    let entries = entries(cluster, v6);
+/// kube-proxy's nftables table for one family on node `node`, as an `nft -f` script.
+pub fn nftables_rules(cluster: &Cluster, v6: bool, node: &str) -> String {
+    let entries = entries(cluster, v6, node);
     let (family, addr_type, saddr) = if v6 {
         ("ip6", "ipv6_addr", "ip6 saddr")
     } else {
@@ -250,14 +279,29 @@ pub fn nftables_rules(cluster: &Cluster, v6: bool) -> String {
         if let Some(node_port) = e.port.node_port {
             let ext = format!("external-{hash}");
             node_ports.push(format!("{p} . {node_port} : goto {ext}"));
-            let masq = if e.service.external_traffic_local {
-                ""
+            let body = if e.service.external_traffic_local {
+                // Only to this node's backends, keeping the client's address.
+                let local: Vec<String> = e
+                    .local
+                    .iter()
+                    .enumerate()
+                    .map(|(k, i)| format!("{k} : goto endpoint-{}-{i:02}", &hash[..14]))
+                    .collect();
+                if local.is_empty() {
+                    "\t\tdrop\n".to_owned()
+                } else {
+                    format!(
+                        "\t\tnumgen random mod {} vmap {{ {} }}\n",
+                        local.len(),
+                        local.join(", ")
+                    )
+                }
             } else {
-                "\t\tjump mark-for-masquerade\n"
+                format!("\t\tjump mark-for-masquerade\n\t\tgoto {svc}\n")
             };
             let _ = write!(
                 chains,
-                "\tchain {ext} {{\n\t\tcomment \"{label} external destinations\"\n{masq}\t\tgoto {svc}\n\t}}\n"
+                "\tchain {ext} {{\n\t\tcomment \"{label} external destinations\"\n{body}\t}}\n"
             );
         }
         let mut choices = Vec::new();
@@ -339,19 +383,20 @@ fn run_with_input(netns: &NetNs, program: &str, args: &[&str], input: &str) -> a
     Ok(())
 }
 
-/// Loads the iptables layout of both families into a node's namespace.
-fn install_iptables(node: &NetNs, cluster: &Cluster) -> anyhow::Result<()> {
+/// Loads the iptables layout of both families into the namespace of node `name`.
+fn install_iptables(node: &NetNs, name: &str, cluster: &Cluster) -> anyhow::Result<()> {
     for (v6, restore) in [(false, "iptables-restore"), (true, "ip6tables-restore")] {
-        run_with_input(node, restore, &["--noflush"], &iptables_rules(cluster, v6))?;
+        let rules = iptables_rules(cluster, v6, name);
+        run_with_input(node, restore, &["--noflush"], &rules)?;
     }
     Ok(())
 }
 
-/// Writes `cluster`'s Services into a node's namespace, replacing what was there.
-pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Result<()> {
+/// Writes `cluster`'s Services into the namespace of node `name`, replacing what was there.
+pub fn install(mode: ProxyMode, node: &NetNs, name: &str, cluster: &Cluster) -> anyhow::Result<()> {
     match mode {
         ProxyMode::Iptables => {
-            install_iptables(node, cluster)?;
+            install_iptables(node, name, cluster)?;
         }
         ProxyMode::Nftables => {
             for v6 in [false, true] {
@@ -359,7 +404,7 @@ pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Resu
                 // Replace the table whole, as kube-proxy's own transactions do.
                 let script = format!(
                     "add table {family} kube-proxy\ndelete table {family} kube-proxy\n{}",
-                    nftables_rules(cluster, v6)
+                    nftables_rules(cluster, v6, name)
                 );
                 run_with_input(node, "nft", &["-f", "-"], &script)?;
             }
@@ -379,7 +424,7 @@ pub fn install(mode: ProxyMode, node: &NetNs, cluster: &Cluster) -> anyhow::Resu
                 }
                 node.ip(&add)?;
             }
-            install_iptables(node, cluster)?;
+            install_iptables(node, name, cluster)?;
         }
     }
     Ok(())
@@ -438,7 +483,7 @@ mod tests {
                 mode.as_str()
             ))
             .expect("a namespace (run as root)");
-            install(mode, &ns, &c).unwrap_or_else(|e| panic!("{mode:?}: {e:#}"));
+            install(mode, &ns, "n1", &c).unwrap_or_else(|e| panic!("{mode:?}: {e:#}"));
             let listing = |program: &str, args: &[&str]| {
                 let out = Command::new("ip")
                     .args(["netns", "exec", ns.name(), program])

@@ -14,7 +14,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{LabConfig, config::CniKind};
-use crate::{cni::spec::PLUGIN_TYPE, netns::NetNs};
+use crate::{cni::spec::PLUGIN_TYPE, model::ContainerPort, netns::NetNs};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -47,6 +47,9 @@ pub struct Sandbox<'a> {
     pub container_id: String,
     /// `CNI_ARGS` pairs (the kubelet passes the pod's namespace, name and uid).
     pub args: Vec<(String, String)>,
+    /// What the runtime offers plugins that ask for it in their `capabilities`, by
+    /// capability (`portMappings`: the pod's host ports): an object, or null.
+    pub runtime_config: &'a Value,
 }
 
 /// How long one plugin took, from its start to its exit, as the runtime measured it.
@@ -129,11 +132,18 @@ impl CniRuntime {
     }
 
     /// The plugin's configuration as libcni builds it: the entry, with the list's name and
-    /// version, and the previous result.
-    fn config(&self, plugin: &Value, prev: Option<&Value>) -> Value {
+    /// version, the runtime's values of the capabilities the plugin declares, and the
+    /// previous result.
+    fn config(&self, plugin: &Value, sandbox: &Sandbox<'_>, prev: Option<&Value>) -> Value {
         let mut conf = plugin.clone();
         conf["name"] = self.conflist["name"].clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        let wanted = plugin["capabilities"].as_object().into_iter().flatten();
+        for (capability, _) in wanted.filter(|(_, on)| on.as_bool() == Some(true)) {
+            if let Some(value) = sandbox.runtime_config.get(capability) {
+                conf["runtimeConfig"][capability] = value.clone();
+            }
+        }
         if let Some(prev) = prev {
             conf["prevResult"] = prev.clone();
         }
@@ -193,7 +203,7 @@ impl CniRuntime {
                     None,
                 )
             })?;
-        let conf = self.config(plugin, prev).to_string();
+        let conf = self.config(plugin, sandbox, prev).to_string();
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(conf.as_bytes());
         }
@@ -223,7 +233,7 @@ const LAB_MTU: u32 = 1500;
 /// `socket` is given, the policy plugin talking to the node's agent there.
 pub fn lab_conflist(socket: Option<&Path>, config: &LabConfig) -> Value {
     let fail_open = config.fail_open;
-    let mut plugins = vec![main_plugin(config.cni)];
+    let mut plugins = vec![main_plugin(config.cni), port_map()];
     if let Some(socket) = socket {
         plugins.push(json!({
             "type": PLUGIN_TYPE,
@@ -260,12 +270,35 @@ pub fn main_plugin(cni: CniKind) -> Value {
     }
 }
 
+/// The reference `portmap` plugin, as runtimes chain it after the main plugin: it publishes
+/// a pod's host ports on its node's addresses (DNAT), and masquerades a pod that reaches
+/// itself through one (`snat`).
+pub fn port_map() -> Value {
+    json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true})
+}
+
+/// The runtime's `portMappings` for a pod's container ports with a host port, as the
+/// kubelet passes them.
+pub fn port_mappings(ports: &[ContainerPort]) -> Value {
+    let mappings: Vec<Value> = ports
+        .iter()
+        .filter_map(|cp| {
+            Some(json!({
+                "hostPort": cp.host_port?,
+                "containerPort": cp.port,
+                "protocol": cp.protocol.as_str().to_ascii_lowercase(),
+            }))
+        })
+        .collect();
+    json!({ "portMappings": mappings })
+}
+
 /// Where the reference plugins and (`with_ours`) `policy-agent-cni` are: the reference
 /// directory and the directory of the running binary (or its parent, for test binaries in
 /// `deps/`).
 pub fn bin_dirs(with_ours: bool) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
-        ["ptp", "bridge", "static"]
+        ["ptp", "bridge", "static", "portmap"]
             .iter()
             .all(|p| Path::new(REFERENCE_PLUGINS).join(p).exists()),
         "the lab gives pods their network with the reference CNI plugins, which are missing \

@@ -1,7 +1,8 @@
 //! SCTP by hand: this kernel has no SCTP sockets, so lab probes are crafted INIT chunks
-//! sent through raw sockets, answered by INIT ACKs from a raw-socket responder. That is the
-//! first exchange of a real association, and enough to see whether the datapath lets an
-//! SCTP flow through in both directions.
+//! sent through raw sockets, answered by INIT ACKs from a raw-socket responder (or, on a
+//! port nothing serves, by an ABORT, as an SCTP stack answers an INIT nobody listens for).
+//! That is the first exchange of a real association, and enough to see whether the datapath
+//! lets an SCTP flow through in both directions.
 
 use std::{io, mem::MaybeUninit, net::IpAddr};
 
@@ -19,6 +20,10 @@ const CHECKSUM_OFF: usize = 8;
 pub const CHUNK_INIT: u8 = 1;
 /// Chunk type of INIT ACK.
 pub const CHUNK_INIT_ACK: u8 = 2;
+/// Chunk type of ABORT.
+pub const CHUNK_ABORT: u8 = 6;
+/// Length of a chunk header (type, flags, length): all an ABORT without causes has.
+const CHUNK_HEADER_LEN: u16 = 4;
 /// State Cookie parameter, mandatory in INIT ACK.
 const PARAM_STATE_COOKIE: u16 = 7;
 const IPV4_MIN_HEADER: usize = 20;
@@ -38,13 +43,18 @@ pub struct Packet {
     pub initiate_tag: u32,
 }
 
-/// Builds an INIT or INIT ACK.
+/// Builds an INIT, an INIT ACK or an ABORT (without error causes; `initiate_tag` unused).
 pub fn build(p: &Packet) -> Vec<u8> {
     let mut out = Vec::with_capacity(40);
     out.extend_from_slice(&p.src_port.to_be_bytes());
     out.extend_from_slice(&p.dst_port.to_be_bytes());
     out.extend_from_slice(&p.vtag.to_be_bytes());
     out.extend_from_slice(&[0; 4]); // checksum, filled below
+    if p.chunk == CHUNK_ABORT {
+        out.extend_from_slice(&[p.chunk, 0]);
+        out.extend_from_slice(&CHUNK_HEADER_LEN.to_be_bytes());
+        return checksummed(out);
+    }
     let cookie_len: u16 = if p.chunk == CHUNK_INIT_ACK { 8 } else { 0 };
     let chunk_len = 20 + cookie_len;
     out.extend_from_slice(&[p.chunk, 0]);
@@ -59,29 +69,36 @@ pub fn build(p: &Packet) -> Vec<u8> {
         out.extend_from_slice(&8u16.to_be_bytes());
         out.extend_from_slice(&p.vtag.to_be_bytes());
     }
-    let crc = CRC32C.checksum(&out);
-    // The CRC goes on the wire least significant byte first, as Linux writes it.
-    out[CHECKSUM_OFF..CHECKSUM_OFF + 4].copy_from_slice(&crc.to_le_bytes());
-    out
+    checksummed(out)
 }
 
-/// Parses an SCTP packet (no IP header) whose first chunk is an INIT or INIT ACK.
+/// `packet` with its CRC32c filled in.
+fn checksummed(mut packet: Vec<u8>) -> Vec<u8> {
+    let crc = CRC32C.checksum(&packet);
+    // The CRC goes on the wire least significant byte first, as Linux writes it.
+    packet[CHECKSUM_OFF..CHECKSUM_OFF + 4].copy_from_slice(&crc.to_le_bytes());
+    packet
+}
+
+/// Parses an SCTP packet (no IP header) whose first chunk is an INIT, an INIT ACK or an
+/// ABORT (whose `initiate_tag` reads as 0).
 pub fn parse(b: &[u8]) -> Option<Packet> {
-    if b.len() < COMMON_HEADER_LEN + 8 {
-        return None;
-    }
     let u16_at = |o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
     let u32_at = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let chunk = b[COMMON_HEADER_LEN];
-    if chunk != CHUNK_INIT && chunk != CHUNK_INIT_ACK {
-        return None;
-    }
+    let chunk = *b.get(COMMON_HEADER_LEN)?;
+    let initiate_tag = match chunk {
+        CHUNK_INIT | CHUNK_INIT_ACK if b.len() >= COMMON_HEADER_LEN + 8 => {
+            u32_at(COMMON_HEADER_LEN + 4)
+        }
+        CHUNK_ABORT if b.len() >= COMMON_HEADER_LEN + usize::from(CHUNK_HEADER_LEN) => 0,
+        _ => return None,
+    };
     Some(Packet {
         src_port: u16_at(0),
         dst_port: u16_at(2),
         vtag: u32_at(4),
         chunk,
-        initiate_tag: u32_at(COMMON_HEADER_LEN + 4),
+        initiate_tag,
     })
 }
 

@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::runtime::{CniRuntime, LAB_BRIDGE, POD_IFNAME, PluginTime, Sandbox};
@@ -85,6 +86,8 @@ const POD_SUBNET_V4: u8 = 24;
 /// Prefix length of a pod's IPv6 subnet.
 const POD_SUBNET_V6: u8 = 64;
 
+/// The interface that holds a node's own address, as a node's uplink would.
+const NODE_IF: &str = "lo";
 /// The interface of a node on the fabric.
 const FABRIC_IF: &str = "fabric";
 /// A host's interface.
@@ -134,6 +137,19 @@ pub struct Host {
     pub sandbox: Option<PodSandbox>,
 }
 
+impl Host {
+    /// The subnet of `ip` as the pod's CNI result gives it (`None` for external hosts, or
+    /// an address the result lacks).
+    pub fn subnet_of(&self, ip: IpAddr) -> Option<IpNet> {
+        self.sandbox.as_ref()?.result["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|entry| entry["address"].as_str()?.parse::<IpNet>().ok())
+            .find(|net| net.addr() == ip)
+            .map(|net| net.trunc())
+    }
+}
+
 /// What the runtime keeps of a pod's sandbox, to CHECK and DEL it later.
 #[derive(Clone, Debug)]
 pub struct PodSandbox {
@@ -145,6 +161,8 @@ pub struct PodSandbox {
     pub result: Value,
     /// How long each plugin's ADD took.
     pub add_times: Vec<PluginTime>,
+    /// The runtime's capability values (the pod's host ports).
+    pub runtime_config: Value,
 }
 
 /// The built network. Dropping it deletes every namespace (and with them every veth).
@@ -248,6 +266,7 @@ impl Topology {
         uid: Option<&str>,
         node: usize,
         runtime: &CniRuntime,
+        runtime_config: Value,
     ) -> anyhow::Result<&Host> {
         let pod = spec.pod.clone().context("not a pod")?;
         // A node's IPAM never hands out one address twice; `static` IPAM does what it is
@@ -291,6 +310,7 @@ impl Topology {
             netns: &netns,
             container_id: container_id.clone(),
             args: args.clone(),
+            runtime_config: &runtime_config,
         };
         let added = runtime
             .add(&sandbox)
@@ -320,6 +340,7 @@ impl Topology {
                 args,
                 result,
                 add_times: added.times,
+                runtime_config,
             }),
         });
         Ok(self.hosts.last().expect("just pushed"))
@@ -340,6 +361,7 @@ impl Topology {
                     netns: &host.netns,
                     container_id: sandbox.container_id.clone(),
                     args: sandbox.args.clone(),
+                    runtime_config: &sandbox.runtime_config,
                 },
                 Some(&sandbox.result),
             )?;
@@ -357,6 +379,10 @@ impl Topology {
         prepare(&netns)?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
         netns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // The node's own address whatever links it has (external hosts' links hold it
+        // too): what its Node object reports, where node ports and host ports answer. On
+        // the loopback device, as this kernel has no dummy devices.
+        netns.ip(&["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", NODE_IF])?;
         self.nodes.push(Node {
             name: node_name(i),
             netns,

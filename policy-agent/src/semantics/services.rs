@@ -58,6 +58,9 @@ pub struct Backend {
     pub port: u16,
     /// The pod, when the backend is one.
     pub pod: Option<ObjectRef>,
+    /// The node it is on (the endpoint's `nodeName`), which `externalTrafficPolicy: Local`
+    /// goes by.
+    pub node: Option<String>,
 }
 
 /// What forwards to a set of backends: a Service port, or a pod's host port.
@@ -132,6 +135,7 @@ pub fn backends(cluster: &Cluster, service: &Service, port: &ServicePort) -> Vec
                     address,
                     port: slice_port.port,
                     pod: endpoint.pod.clone(),
+                    node: endpoint.node.clone(),
                 });
             }
         }
@@ -232,6 +236,7 @@ pub fn forwards(cluster: &Cluster, local_node: &str, local_addresses: &[IpAddr])
                         address,
                         port: cp.port,
                         pod: Some(pod.id.clone()),
+                        node: Some(node.clone()),
                     })
                     .collect(),
             });
