@@ -16,18 +16,22 @@
 use std::{
     cell::{Cell, RefCell},
     collections::BTreeSet,
+    net::IpAddr,
 };
 
 use policy_agent::{
     compiler::Compiler,
     evaluate::{
         Flow, ServiceFlow,
-        compiled::CompiledEvaluator,
+        compiled::{self, CompiledEvaluator},
         reference::{Reference, ServiceOutcome},
     },
     model::{Cluster, ObjectRef, Protocol},
     plan::{self, Host, ServiceTarget},
-    semantics::{ParsedPolicy, lint, services::Backend},
+    semantics::{
+        ParsedPolicy, lint,
+        services::{self, Backend},
+    },
 };
 use policy_tests::{kernel::KernelEvaluator, scenarios::scenario_with_services};
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
@@ -147,10 +151,13 @@ fn check_services(
     reference: &Reference<'_>,
     compiled: &CompiledEvaluator,
 ) -> Result<usize, String> {
-    let targets: Vec<ServiceTarget> = plan::frontend_targets(cluster)
+    let mut targets: Vec<ServiceTarget> = plan::frontend_targets(cluster)
         .into_iter()
         .map(|(_, t)| t)
         .collect();
+    // The node's node ports, which the node's pods may dial too (the proxy takes its own
+    // pods to every backend, whatever `externalTrafficPolicy` says).
+    targets.extend(node_port_targets(cluster));
     let questions = plan::service_questions(hosts, &targets);
     let mut differ = BTreeSet::new();
     for q in &questions {
@@ -159,7 +166,8 @@ fn check_services(
         if let (ServiceOutcome::BackendsDiffer { .. }, Some(client)) = (outcome, &flow.from.pod) {
             let t = flow.target;
             let v6 = t.address.is_ipv6();
-            differ.insert((t.service.clone(), t.protocol, t.port, v6, client.clone()));
+            let port = service_port(cluster, t);
+            differ.insert((t.service.clone(), t.protocol, port, v6, client.clone()));
         }
     }
     let warned = lint_backends_differ(cluster, reference.policies());
@@ -170,6 +178,49 @@ fn check_services(
         ));
     }
     Ok(questions.len())
+}
+
+/// Every node port of `cluster` on every address of the compiled evaluator's node, with
+/// every backend of the address's family.
+fn node_port_targets(cluster: &Cluster) -> Vec<ServiceTarget> {
+    let mut out = Vec::new();
+    for service in cluster.services.values() {
+        for port in &service.ports {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            let backends = services::backends(cluster, service, port);
+            for address in compiled::NODE_ADDRESSES {
+                let address: IpAddr = address.parse().expect("a valid address");
+                out.push(ServiceTarget {
+                    label: service.id.to_string(),
+                    service: service.id.clone(),
+                    address,
+                    protocol: port.protocol,
+                    port: node_port,
+                    backends: backends
+                        .iter()
+                        .filter(|b| b.address.is_ipv6() == address.is_ipv6())
+                        .cloned()
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The Service port a target dials: its own port, or the one whose node port it is.
+fn service_port(cluster: &Cluster, t: &ServiceTarget) -> u16 {
+    let service = &cluster.services[&t.service];
+    let is_node_port = compiled::NODE_ADDRESSES
+        .iter()
+        .any(|a| a.parse::<IpAddr>().ok() == Some(t.address));
+    service
+        .ports
+        .iter()
+        .find(|p| is_node_port && p.protocol == t.protocol && p.node_port == Some(t.port))
+        .map_or(t.port, |p| p.port)
 }
 
 /// A client dialling a Service port (protocol, port) of a family (IPv6 or not).

@@ -13,7 +13,7 @@ use policy_agent::{
     model::ObjectRef,
 };
 use policy_common::{
-    maps::{Direction, IDENTITY_WORLD, programs},
+    maps::{Direction, EP_HAS_LINK_LOCAL, IDENTITY_WORLD, programs},
     net::{ETH_P_ARP, icmp, icmpv6, proto},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
@@ -60,6 +60,8 @@ status: {podIPs: [{ip: 10.0.0.3}, {ip: "fd00::3"}]}
 const LOCAL: &str = "10.0.0.1";
 const PEER: &str = "10.0.0.2";
 const LOCAL6: &str = "fd00::1";
+/// The link-local address of t/local's interface.
+const LOCAL_LL: &str = "fe80::2";
 const PEER6: &str = "fd00::2";
 const WORLD: &str = "192.0.2.9";
 const NODE_IP: &str = "10.0.0.254";
@@ -88,6 +90,14 @@ impl Fixture {
             },
         );
         assert!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
+        // The link-local address the agent would have read from the pod's interface.
+        let mut compiled = compiled;
+        let local = compiled
+            .endpoints
+            .get_mut(&ObjectRef::new("t", "local"))
+            .unwrap();
+        local.link_local = LOCAL_LL.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        local.flags |= EP_HAS_LINK_LOCAL;
         let mut datapath = test_datapath(PIN_PREFIX, sizes);
         datapath.adopt_interface(&ObjectRef::new("t", "local"), LOOPBACK_IFINDEX);
         datapath.sync(&compiled).unwrap();
@@ -462,8 +472,8 @@ fn arp_and_neighbour_discovery_pass_but_cannot_be_spoofed() {
         DROP
     );
 
-    const NEIGHBOUR_SOLICIT: u8 = 135;
-    let ns = |src, hop| Packet::icmpv6(ip(src), ip("ff02::1:ff00:1"), NEIGHBOUR_SOLICIT).ttl(hop);
+    // Solicitations for the pod's own address (duplicate address detection from `::`).
+    let ns = |src, hop| solicitation_for(src, "ff02::1:ff00:1", LOCAL6, hop);
     assert_eq!(f.egress(&ns("fe80::2", 255)), ALLOW);
     assert_eq!(f.egress(&ns("::", 255)), ALLOW);
     assert_eq!(f.ingress(&ns("fe80::1", 255)), ALLOW);
@@ -784,17 +794,35 @@ fn icmp_errors_are_related_only_when_they_go_back_to_the_quoted_sender() {
 
 /// A neighbour solicitation of `src` for `target`, sent to `dst` with `hop_limit`.
 fn solicitation(src: &str, dst: &str, hop_limit: u8) -> Packet {
+    solicitation_for(src, dst, "fd00::fe", hop_limit)
+}
+
+/// A neighbour solicitation for `target`, with `options` after it.
+fn solicitation_with(src: &str, dst: &str, target: &str, options: &[u8]) -> Packet {
     let mut body = vec![0u8; 4];
-    body.extend_from_slice(&"fd00::fe".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    Packet::icmpv6_with(ip(src), ip(dst), icmpv6::NEIGHBOUR_SOLICIT, 0, &body).ttl(hop_limit)
+    body.extend_from_slice(&target.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    body.extend_from_slice(options);
+    Packet::icmpv6_with(ip(src), ip(dst), icmpv6::NEIGHBOUR_SOLICIT, 0, &body)
+        .ttl(icmpv6::ND_HOP_LIMIT)
+}
+
+fn solicitation_for(src: &str, dst: &str, target: &str, hop_limit: u8) -> Packet {
+    solicitation_with(src, dst, target, &[]).ttl(hop_limit)
 }
 
 /// Router alert for MLD, in a hop-by-hop header: type 5, length 2, value 0, then PadN.
 const ROUTER_ALERT: [u8; 6] = [5, 2, 0, 0, 1, 0];
 
-/// A multicast listener report to `dst` from `src` with `hop_limit`, carrying `payload`.
+/// An MLDv2 report to `dst` from `src` with `hop_limit` (one record: exclude nothing of
+/// ff02::1:ff00:1), carrying `payload` after it.
 fn listener_report(src: &str, dst: &str, hop_limit: u8, payload: &[u8]) -> Packet {
-    let mut body = vec![0u8; 20];
+    let mut body = vec![0, 0, 0, 1, 2, 0, 0, 0];
+    body.extend_from_slice(
+        &"ff02::1:ff00:1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     body.extend_from_slice(payload);
     Packet::icmpv6_with(ip(src), ip(dst), icmpv6::MLD2_REPORT, 0, &body)
         .ttl(hop_limit)
@@ -807,8 +835,16 @@ fn discovery_is_link_control_only_as_the_rfcs_define_it() {
     let nd = icmpv6::ND_HOP_LIMIT;
     // What a pod needs: address resolution and DAD on the link, and its node's addresses.
     for ok in [
-        solicitation("fe80::2", "ff02::1:ff00:fe", nd),
-        solicitation("::", "ff02::1:ff00:fe", nd),
+        solicitation(LOCAL_LL, "ff02::1:ff00:fe", nd),
+        solicitation_with(
+            LOCAL_LL,
+            "ff02::1:ff00:fe",
+            "fd00::fe",
+            &[1, 1, 2, 0, 0, 0, 0, 1],
+        ),
+        // Duplicate address detection of its own addresses, with a nonce (RFC 7527).
+        solicitation_for("::", "ff02::1:ff00:1", LOCAL6, nd),
+        solicitation_with("::", "ff02::1:ff00:2", LOCAL_LL, &[14, 1, 9, 9, 9, 9, 9, 9]),
         solicitation(LOCAL6, NODE_IP6, nd),
         solicitation(LOCAL6, "fe80::1", nd),
         Packet::neighbour_advert(ip(LOCAL6), ip("fe80::1"), ip(LOCAL6)),
@@ -832,6 +868,35 @@ fn discovery_is_link_control_only_as_the_rfcs_define_it() {
         solicitation("::", "fe80::1", nd),
         // Someone else's address advertised.
         Packet::neighbour_advert(ip(LOCAL6), ip("fe80::1"), ip(PEER6)),
+        // Someone else's link-local address: another pod's, or the node's (an override
+        // advertisement poisons every neighbour's cache), as target or as source.
+        Packet::neighbour_advert(ip(LOCAL_LL), ip("ff02::1"), ip("fe80::9")),
+        Packet::neighbour_advert(ip("fe80::9"), ip("ff02::1"), ip("fe80::9")),
+        solicitation("fe80::9", "ff02::1:ff00:fe", nd),
+        // Duplicate address detection of another's address fails it for its owner; of its
+        // own, only to that address's solicited-node group; never with a link-layer address.
+        solicitation_for("::", "ff02::1:ff00:fe", "fd00::fe", nd),
+        solicitation_for("::", "ff02::1:ff00:fe", LOCAL6, nd),
+        solicitation_with("::", "ff02::1:ff00:1", LOCAL6, &[1, 1, 2, 0, 0, 0, 0, 1]),
+        // Bytes of the pod's choosing: an option nobody defined, one too long, a trailer.
+        solicitation_with(
+            LOCAL6,
+            "fe80::1",
+            "fd00::fe",
+            &[0xfd, 1, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41],
+        ),
+        solicitation_with(
+            LOCAL6,
+            "fe80::1",
+            "fd00::fe",
+            &[1, 2, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        solicitation_with(LOCAL6, "fe80::1", "fd00::fe", &[0x41; 3]),
+        listener_report(LOCAL_LL, "ff02::16", 1, &[0x41; 16]),
+        // A pod is not a multicast router either.
+        Packet::icmpv6_with(ip(LOCAL_LL), ip("ff02::1"), icmpv6::MLD_QUERY, 0, &[0; 20])
+            .ttl(1)
+            .ext(proto::IPV6_HOP_BY_HOP, &ROUTER_ALERT),
         // A router's messages.
         Packet::icmpv6_with(
             ip("fe80::2"),
@@ -861,7 +926,7 @@ fn discovery_is_link_control_only_as_the_rfcs_define_it() {
     }
     assert_eq!(
         f.dropped(Direction::Egress, DropReason::InvalidLinkControl),
-        13
+        24
     );
     // Discovery with a spoofed global source is spoofing before it is discovery.
     assert_eq!(f.egress(&solicitation(PEER6, "ff02::1:ff00:fe", nd)), DROP);
@@ -883,6 +948,17 @@ fn discovery_is_link_control_only_as_the_rfcs_define_it() {
         DROP
     );
     assert_eq!(f.ingress(&solicitation(PEER6, LOCAL6, 254)), DROP);
+    // Router advertisements only from the node's own stack, never forwarded from anywhere.
+    let ra = Packet::icmpv6_with(
+        ip("fe80::1"),
+        ip("ff02::1"),
+        icmpv6::ROUTER_ADVERT,
+        0,
+        &[0; 12],
+    )
+    .ttl(nd);
+    assert_eq!(f.sent_by_node(&ra), ALLOW);
+    assert_eq!(f.ingress(&ra), DROP);
 }
 
 #[test]

@@ -49,7 +49,7 @@ aya_pod!(
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<maps::IpKey>() == 20);
-    assert!(size_of::<maps::EndpointInfo>() == 40);
+    assert!(size_of::<maps::EndpointInfo>() == 56);
     assert!(size_of::<maps::PolicyKey>() * 8 == maps::POLICY_PREFIX_FULL as usize);
     assert!(size_of::<maps::CidrKey>() == 24);
     assert!(size_of::<maps::CtKey>() == 44);

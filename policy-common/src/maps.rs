@@ -182,6 +182,8 @@ pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 pub const EP_HAS_IPV4: u32 = 1 << 2;
 /// [`EndpointInfo::ipv6`] holds the pod's IPv6 address.
 pub const EP_HAS_IPV6: u32 = 1 << 3;
+/// [`EndpointInfo::link_local`] holds the link-local address of the pod's interface.
+pub const EP_HAS_LINK_LOCAL: u32 = 1 << 4;
 
 /// Value of [`names::ENDPOINTS`], keyed by the ifindex of the pod's host-side interface.
 #[repr(C)]
@@ -204,6 +206,11 @@ pub struct EndpointInfo {
     pub ipv4: [u8; 4],
     /// The pod's IPv6 address (anti-spoofing), valid with [`EP_HAS_IPV6`].
     pub ipv6: [u8; 16],
+    /// The link-local address of the pod's interface, valid with [`EP_HAS_LINK_LOCAL`]: the
+    /// only link-local address the pod may use as the source of neighbour discovery or
+    /// claim in it. The agent reads it from the interface when it attaches (before the
+    /// pod's containers run), not from anything the pod sends.
+    pub link_local: [u8; 16],
 }
 
 impl EndpointInfo {
@@ -234,6 +241,13 @@ impl EndpointInfo {
         } else {
             self.flags & EP_HAS_IPV6 != 0 && *addr == self.ipv6
         }
+    }
+
+    /// Whether `addr` is the link-local address of the pod's interface (never, until the
+    /// agent knows it).
+    #[inline(always)]
+    pub fn owns_link_local(&self, addr: &[u8; 16]) -> bool {
+        self.flags & EP_HAS_LINK_LOCAL != 0 && *addr == self.link_local
     }
 }
 

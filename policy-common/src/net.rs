@@ -148,6 +148,14 @@ pub mod ipv6 {
     pub fn is_solicited_node(a: &[u8; 16]) -> bool {
         a[..13] == [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff]
     }
+
+    /// Whether `group` is the solicited-node group of `addr` (its low 24 bits under
+    /// `ff02::1:ff00:0/104`, RFC 4291 §2.7.1): where duplicate address detection for `addr`
+    /// is sent.
+    #[inline(always)]
+    pub fn is_solicited_node_of(group: &[u8; 16], addr: &[u8; 16]) -> bool {
+        is_solicited_node(group) && group[13..] == addr[13..]
+    }
 }
 
 /// ICMPv6 message types.
@@ -166,6 +174,8 @@ pub mod icmpv6 {
     pub const ECHO_REPLY: u8 = 129;
     /// Multicast listener query (first MLDv1 type).
     pub const MLD_QUERY: u8 = 130;
+    /// MLDv1 report.
+    pub const MLD_REPORT: u8 = 131;
     /// MLDv1 done (last MLDv1 type).
     pub const MLD_DONE: u8 = 132;
     /// MLDv2 report.
@@ -186,6 +196,14 @@ pub mod icmpv6 {
     pub const ND_HOP_LIMIT: u8 = 255;
     /// Hop limit of every multicast listener discovery message (RFC 2710 §3, RFC 3810 §5).
     pub const MLD_HOP_LIMIT: u8 = 1;
+
+    /// Neighbour discovery option: source link-layer address (RFC 4861 §4.6.1).
+    pub const ND_OPT_SOURCE_LL: u8 = 1;
+    /// Neighbour discovery option: target link-layer address (RFC 4861 §4.6.1).
+    pub const ND_OPT_TARGET_LL: u8 = 2;
+    /// Neighbour discovery option: nonce (RFC 3971 §5.3.2, used by RFC 7527's enhanced
+    /// duplicate address detection).
+    pub const ND_OPT_NONCE: u8 = 14;
 
     /// Errors quote the packet that caused them.
     #[inline(always)]

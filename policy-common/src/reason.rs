@@ -73,7 +73,8 @@ pub enum DropReason {
     /// isolated pod.
     NonIpFrame = 7,
     /// ICMPv6 neighbour or multicast listener discovery that breaks the RFCs' rules (hop
-    /// limit, scope, addresses), or a router's message sent by a pod.
+    /// limit, scope, addresses, options, sizes), that claims an address the pod does not
+    /// own, or a router's message sent by a pod (or not by the node's own stack).
     InvalidLinkControl = 8,
     /// A TCP segment that does not start a connection, of no connection the pod tracks
     /// (evicted, expired or never allowed), which the policy does not allow as a new flow.

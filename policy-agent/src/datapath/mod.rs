@@ -2,11 +2,13 @@
 //! programs to pods' host-side interfaces, and keep the maps in sync with the compiler.
 
 pub mod bpffs;
+pub mod link_local;
 pub mod maps;
 pub mod tables;
 
 use std::{
     collections::BTreeMap,
+    net::Ipv6Addr,
     path::{Path, PathBuf},
 };
 
@@ -20,7 +22,7 @@ use aya::{
 };
 use policy_common::{
     event::FlowEvent,
-    maps::{EndpointInfo, StatsKey, StatsValue, names, programs},
+    maps::{EP_HAS_LINK_LOCAL, EndpointInfo, StatsKey, StatsValue, names, programs},
 };
 
 pub use self::{
@@ -90,6 +92,9 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Host-side interface index of each attached pod.
     interfaces: BTreeMap<ObjectRef, u32>,
+    /// The link-local address of the pod's end of each attached interface, read when
+    /// attaching (see [`link_local`]).
+    link_locals: BTreeMap<u32, Ipv6Addr>,
     /// What the last sync wrote (`None`: read the maps before the next one).
     written: Option<MapContents>,
     /// The highest endpoint generation handed out.
@@ -127,6 +132,7 @@ impl Datapath {
             maps,
             pin_dir,
             interfaces: BTreeMap::new(),
+            link_locals: BTreeMap::new(),
             written: None,
             last_generation: 0,
             unpin_on_drop: false,
@@ -163,7 +169,7 @@ impl Datapath {
             source,
         })?;
         let ebpf = &mut self.ebpf;
-        let mut attach = move || -> Result<u32, DatapathError> {
+        let mut attach = move || -> Result<(u32, Option<Ipv6Addr>), DatapathError> {
             let ifindex = nix::net::if_::if_nametoindex(ifname)
                 .map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
             // Traffic the pod sends arrives on the host side's ingress, and traffic for the
@@ -199,13 +205,22 @@ impl Datapath {
                         .map_err(|e| DatapathError::Pin(pin.clone(), e))?;
                 }
             }
-            Ok(ifindex)
+            // Unknown, the pod's link-local discovery fails closed: not an attach error.
+            let link_local = link_local::of_peer(ifindex).unwrap_or_else(|e| {
+                tracing::warn!(interface = ifname, error = %e, "link-local address of the pod not read");
+                None
+            });
+            Ok((ifindex, link_local))
         };
-        let ifindex = match netns {
+        let (ifindex, link_local) = match netns {
             Some(ns) => ns.run(attach)??,
             None => attach()?,
         };
         self.interfaces.insert(pod.clone(), ifindex);
+        match link_local {
+            Some(addr) => self.link_locals.insert(ifindex, addr),
+            None => self.link_locals.remove(&ifindex),
+        };
         Ok(ifindex)
     }
 
@@ -213,6 +228,7 @@ impl Datapath {
     /// its interface; the next sync removes its endpoint entry.
     pub fn detach(&mut self, pod: &ObjectRef) {
         if let Some(ifindex) = self.interfaces.remove(pod) {
+            self.link_locals.remove(&ifindex);
             self.unpin_links(|i| i == ifindex);
         }
     }
@@ -261,6 +277,7 @@ impl Datapath {
             frontends: compiled.frontends.clone(),
             service_policy: compiled.service_policy.clone(),
         };
+        with_link_locals(&mut desired.endpoints, &self.link_locals);
         let current = match self.written.take() {
             Some(written) => written,
             None => self.maps.live()?,
@@ -462,4 +479,51 @@ fn classifier<'a>(
         .ok_or(ProgramError::NotLoaded)
         .and_then(|p| p.try_into())
         .map_err(program_error(name))
+}
+
+/// Gives each endpoint the link-local address read from its interface, so that it may use
+/// that one in neighbour discovery. An address two interfaces hold is given to neither: it
+/// is not known to be either pod's alone, and the datapath then fails closed for both.
+fn with_link_locals(
+    endpoints: &mut BTreeMap<u32, EndpointInfo>,
+    link_locals: &BTreeMap<u32, Ipv6Addr>,
+) {
+    let mut holders: BTreeMap<Ipv6Addr, usize> = BTreeMap::new();
+    for (ifindex, addr) in link_locals {
+        if endpoints.contains_key(ifindex) {
+            *holders.entry(*addr).or_default() += 1;
+        }
+    }
+    for (ifindex, info) in endpoints.iter_mut() {
+        match link_locals.get(ifindex) {
+            Some(addr) if holders.get(addr) == Some(&1) => {
+                info.link_local = addr.octets();
+                info.flags |= EP_HAS_LINK_LOCAL;
+            }
+            Some(addr) => {
+                tracing::warn!(%addr, ifindex, "link-local address held by more than one pod: refused to each");
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_local_address_goes_to_its_interface_only_when_no_other_holds_it() {
+        let a: Ipv6Addr = "fe80::1".parse().unwrap();
+        let b: Ipv6Addr = "fe80::2".parse().unwrap();
+        let mut endpoints: BTreeMap<u32, EndpointInfo> =
+            (10..14).map(|i| (i, EndpointInfo::default())).collect();
+        let link_locals = BTreeMap::from([(10, a), (11, b), (12, b), (99, a)]);
+        with_link_locals(&mut endpoints, &link_locals);
+        assert_eq!(endpoints[&10].link_local, a.octets());
+        assert!(endpoints[&10].owns_link_local(&a.octets()));
+        for i in [11, 12, 13] {
+            assert_eq!(endpoints[&i].flags & EP_HAS_LINK_LOCAL, 0, "interface {i}");
+        }
+    }
 }

@@ -88,10 +88,17 @@ impl CompiledEvaluator {
 pub fn node() -> NodeConfig {
     NodeConfig {
         name: NODE.to_owned(),
-        addresses: Vec::new(),
+        addresses: NODE_ADDRESSES
+            .iter()
+            .map(|a| a.parse().expect("a valid address"))
+            .collect(),
         ..NodeConfig::default()
     }
 }
+
+/// The addresses of [`node`], where its node ports and host ports answer (from ranges no
+/// generated pod or host has).
+pub const NODE_ADDRESSES: [&str; 2] = ["10.255.255.254", "fd00:ff:ff::fe"];
 
 /// `cluster` with every pod scheduled on [`node`].
 pub fn on_one_node(cluster: &Cluster) -> Cluster {

@@ -538,7 +538,8 @@ impl Generator {
         )
     }
 
-    /// Neighbour or multicast listener discovery with every field varied.
+    /// Neighbour or multicast listener discovery with every field varied: mostly shaped
+    /// as the RFCs lay the messages out (options, records, sizes), sometimes not.
     fn discovery(&mut self) -> Step {
         let v6_pods: Vec<(ObjectRef, IpAddr)> = self
             .pods
@@ -555,7 +556,15 @@ impl Generator {
             None => (self.pick_pod().0, "fe80::99".parse().unwrap()),
         };
         let dir = self.dir();
-        let link_local: IpAddr = "fe80::2".parse().unwrap();
+        // Its own link-local address (when the agent knows it), or another's.
+        let link_local: IpAddr = match super::pod_link_local(&pod) {
+            Some(addr) if self.rng.random_bool(0.7) => addr.into(),
+            _ => ["fe80::2", "fe80::fe"]
+                .choose(&mut self.rng)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        };
         let mut src = self.discovery_address(own, link_local);
         let mut dst = self.discovery_address(own, link_local);
         if self.rng.random_bool(0.5) {
@@ -579,7 +588,7 @@ impl Generator {
             icmpv6::NEIGHBOUR_ADVERT,
             icmpv6::REDIRECT,
             icmpv6::MLD_QUERY,
-            131,
+            icmpv6::MLD_REPORT,
             icmpv6::MLD_DONE,
             icmpv6::MLD2_REPORT,
         ]
@@ -601,12 +610,43 @@ impl Generator {
         let IpAddr::V6(target) = target else {
             unreachable!()
         };
-        let mut body = vec![0u8; 4];
-        body.extend_from_slice(&target.octets());
-        body.resize(rng.random_range(20..48), 0);
+        if ty == icmpv6::NEIGHBOUR_SOLICIT && rng.random_bool(0.3) {
+            // Duplicate address detection: from `::` to the target's solicited-node group.
+            src = "::".parse().unwrap();
+            let mut g = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+            g[13..].copy_from_slice(&target.octets()[13..]);
+            dst = Ipv6Addr::from(g).into();
+        }
+        let mut body = if rng.random_bool(0.2) {
+            // Any bytes, any length.
+            let mut body = vec![0u8; 4];
+            body.extend_from_slice(&target.octets());
+            body.resize(rng.random_range(20..48), 0);
+            body
+        } else {
+            discovery_body(rng, ty, target)
+        };
+        if rng.random_bool(0.1) {
+            // An option or record nobody defined, or a flipped reserved bit.
+            match rng.random_range(0..3) {
+                0 => body.extend_from_slice(&[0xfd, 1, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41]),
+                1 => body.extend_from_slice(&[0; 16]),
+                _ => {
+                    let at = rng.random_range(0..4.min(body.len()));
+                    body[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
         let mut packet = Packet::icmpv6_with(src, dst, ty, code, &body).ttl(hop);
         if mld && rng.random_bool(0.5) {
-            packet = packet.ext(proto::IPV6_HOP_BY_HOP, &[5, 2, 0, 0, 1, 0]);
+            let pad: &[u8] = if rng.random_bool(0.8) {
+                &[1, 0]
+            } else {
+                &[0, 0]
+            };
+            packet = packet.ext(proto::IPV6_HOP_BY_HOP, &[&[5, 2, 0, 0][..], pad].concat());
+        } else if rng.random_bool(0.05) {
+            packet = packet.ext(proto::IPV6_DEST_OPTS, &[1, 4, 0, 0, 0, 0]);
         }
         if rng.random_bool(0.05) {
             packet = packet.fragment(0, true, 77);
@@ -736,4 +776,76 @@ impl Generator {
             }
         }
     }
+}
+
+/// The body (after type, code and checksum) of a discovery message of type `ty` as the RFCs
+/// lay it out, with options, sources and records drawn at random.
+fn discovery_body(rng: &mut StdRng, ty: u8, target: Ipv6Addr) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mac: [u8; 6] = rng.random();
+    let option = |ty: u8, body: &mut Vec<u8>| {
+        body.extend_from_slice(&[ty, 1]);
+        body.extend_from_slice(&mac);
+    };
+    match ty {
+        icmpv6::ROUTER_SOLICIT => {
+            body.extend_from_slice(&[0; 4]);
+            if rng.random_bool(0.5) {
+                option(icmpv6::ND_OPT_SOURCE_LL, &mut body);
+            }
+        }
+        icmpv6::NEIGHBOUR_SOLICIT | icmpv6::NEIGHBOUR_ADVERT => {
+            let flags = if ty == icmpv6::NEIGHBOUR_ADVERT {
+                rng.random::<u8>() & 0xe0
+            } else {
+                0
+            };
+            body.extend_from_slice(&[flags, 0, 0, 0]);
+            body.extend_from_slice(&target.octets());
+            if ty == icmpv6::NEIGHBOUR_ADVERT {
+                if rng.random_bool(0.6) {
+                    option(icmpv6::ND_OPT_TARGET_LL, &mut body);
+                }
+            } else {
+                if rng.random_bool(0.5) {
+                    option(icmpv6::ND_OPT_SOURCE_LL, &mut body);
+                }
+                if rng.random_bool(0.3) {
+                    option(icmpv6::ND_OPT_NONCE, &mut body);
+                }
+            }
+        }
+        icmpv6::MLD2_REPORT => {
+            let records = rng.random_range(1..=3u16);
+            body.extend_from_slice(&[0, 0]);
+            body.extend_from_slice(&records.to_be_bytes());
+            for _ in 0..records {
+                let sources = if rng.random_bool(0.8) {
+                    0
+                } else {
+                    rng.random_range(1..=3u16)
+                };
+                body.extend_from_slice(&[rng.random_range(1..=6), 0]);
+                body.extend_from_slice(&sources.to_be_bytes());
+                body.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1]);
+                for _ in 0..sources {
+                    body.extend_from_slice(&rng.random::<[u8; 16]>());
+                }
+            }
+        }
+        // MLD query (v1 or v2), report and done: delay, reserved, the group.
+        _ => {
+            body.extend_from_slice(&[0; 4]);
+            body.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            if ty == icmpv6::MLD_QUERY && rng.random_bool(0.5) {
+                let sources = rng.random_range(0..=2u16);
+                body.extend_from_slice(&[2, 125]);
+                body.extend_from_slice(&sources.to_be_bytes());
+                for _ in 0..sources {
+                    body.extend_from_slice(&rng.random::<[u8; 16]>());
+                }
+            }
+        }
+    }
+    body
 }

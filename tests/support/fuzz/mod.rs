@@ -14,7 +14,7 @@ pub mod view;
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,7 +27,7 @@ use policy_agent::{
 };
 use policy_common::{
     event::FlowEvent,
-    maps::{Direction, StatsKey, programs},
+    maps::{Direction, EP_HAS_LINK_LOCAL, StatsKey, programs},
     reason::{TC_ACT_SHOT, Verdict, reason_name},
 };
 use proptest::{
@@ -48,8 +48,18 @@ const LOOPBACK_IFINDEX: u32 = 1;
 const PIN_PREFIX: &str = "fuzz-";
 /// The node every scenario's pods are on.
 pub const NODE_NAME: &str = "fuzz";
-/// The node's own addresses in every scenario.
-pub const NODE_ADDRESSES: [&str; 2] = ["10.0.255.254", "fd00:ff::fe"];
+/// The node's own addresses in every scenario (its link-local one too: a pod must never
+/// claim it).
+pub const NODE_ADDRESSES: [&str; 3] = ["10.0.255.254", "fd00:ff::fe", "fe80::fe"];
+/// The link-local address of `pod`'s interface, as the agent would have read it: one per
+/// pod name, and none (not read yet) for about a quarter of them.
+pub fn pod_link_local(pod: &ObjectRef) -> Option<Ipv6Addr> {
+    let hash = pod.to_string().bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (hash % 4 != 0).then(|| Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 1, (hash >> 16) as u16, hash as u16))
+}
+
 /// Frames per scenario before the next one is drawn.
 const STEPS_PER_SCENARIO: usize = 48;
 /// Tables big enough that no fuzzed sequence fills them.
@@ -161,7 +171,12 @@ impl Harness {
     /// Runs `step` through its program.
     fn run(&mut self, step: &Step) -> Outcome {
         if self.endpoint.as_ref() != Some(&step.pod) {
-            let info = self.compiled.endpoints[&step.pod];
+            let mut info = self.compiled.endpoints[&step.pod];
+            // What the agent reads from the pod's interface when it attaches.
+            if let Some(addr) = pod_link_local(&step.pod) {
+                info.link_local = addr.octets();
+                info.flags |= EP_HAS_LINK_LOCAL;
+            }
             self.datapath
                 .set_endpoint(LOOPBACK_IFINDEX, &info)
                 .expect("endpoint written");

@@ -485,41 +485,77 @@ impl Model {
         let link_local = |a: std::net::Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
         let link_scope_multicast =
             |a: std::net::Ipv6Addr| a.octets()[0] == 0xff && a.octets()[1] & 0x0f == 2;
-        let solicited_node = |a: std::net::Ipv6Addr| {
-            a.octets()[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]
+        let solicited_node_of = |group: std::net::Ipv6Addr, a: std::net::Ipv6Addr| {
+            group.octets()[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]
+                && group.octets()[13..] == a.octets()[13..]
         };
         let mine = |a: std::net::Ipv6Addr| own.contains(&IpAddr::V6(a));
+        // What a pod may claim: its address, or its interface's link-local address as the
+        // agent read it; never the node's.
+        let own_link_local = super::pod_link_local(s.pod);
+        let claimable = |a: std::net::Ipv6Addr| {
+            (mine(a) || own_link_local == Some(a)) && !self.node.contains(&IpAddr::V6(a))
+        };
+        let egress = s.dir == Direction::Egress;
+        let message = &icmp.message;
         if mld {
             // RFC 2710 §3, RFC 3810 §5: hop limit 1, to a group, from a link-local address
-            // (reports: or `::`).
-            let unspecified_ok = ty != icmpv6::MLD_QUERY && src.is_unspecified();
+            // (reports: or `::`), at the message's own size; a pod never queries.
+            let query = ty == icmpv6::MLD_QUERY;
             return Some(
-                ip.hop_limit == 1 && dst.is_multicast() && (link_local(src) || unspecified_ok),
+                !(query && egress)
+                    && ip.hop_limit == 1
+                    && dst.is_multicast()
+                    && (link_local(src) || (!query && src.is_unspecified()))
+                    && mld_headers(ip)
+                    && mld_length(ty, message),
             );
         }
         // RFC 4861: hop limit 255, and addresses of the link.
         if ip.hop_limit != 255 {
             return Some(false);
         }
+        let to_link = |a: std::net::Ipv6Addr| mine(a) || link_local(a) || link_scope_multicast(a);
+        if ty == icmpv6::ROUTER_ADVERT || ty == icmpv6::REDIRECT {
+            // Only the node's own stack is a router to a pod.
+            return Some(
+                !egress
+                    && s.from_node
+                    && !src.is_unspecified()
+                    && !src.is_multicast()
+                    && to_link(dst),
+            );
+        }
+        if ip.ext_headers != 0 || !nd_format(ty, message, src.is_unspecified()) {
+            return Some(false);
+        }
         Some(match s.dir {
             Direction::Egress => {
-                let router = ty == icmpv6::ROUTER_ADVERT || ty == icmpv6::REDIRECT;
-                let src_ok = mine(src)
-                    || link_local(src)
-                    || (src.is_unspecified()
-                        && (ty == icmpv6::ROUTER_SOLICIT
-                            || (ty == icmpv6::NEIGHBOUR_SOLICIT && solicited_node(dst))));
                 let dst_ok = link_local(dst)
                     || link_scope_multicast(dst)
                     || self.node.contains(&IpAddr::V6(dst));
-                let target_ok = ty != icmpv6::NEIGHBOUR_ADVERT
-                    || icmp.nd_target.is_some_and(|t| mine(t) || link_local(t));
-                !router && src_ok && dst_ok && target_ok
+                match (ty, icmp.nd_target) {
+                    (icmpv6::ROUTER_SOLICIT, _) => {
+                        (claimable(src) || src.is_unspecified()) && dst_ok
+                    }
+                    (_, None) => false,
+                    // Duplicate address detection of its own address only.
+                    (_, Some(target)) if src.is_unspecified() => {
+                        ty == icmpv6::NEIGHBOUR_SOLICIT
+                            && claimable(target)
+                            && solicited_node_of(dst, target)
+                    }
+                    (_, Some(target)) => {
+                        claimable(src)
+                            && dst_ok
+                            && (ty != icmpv6::NEIGHBOUR_ADVERT || claimable(target))
+                    }
+                }
             }
             Direction::Ingress => {
                 !src.is_multicast()
                     && (!src.is_unspecified() || ty == icmpv6::NEIGHBOUR_SOLICIT)
-                    && (mine(dst) || link_local(dst) || link_scope_multicast(dst))
+                    && to_link(dst)
             }
         })
     }
@@ -667,4 +703,87 @@ fn conn_key(
         remote_port,
         pod_pinged,
     })
+}
+
+/// RFC 4861 §4.1, §4.3, §4.4: a router solicitation (8 bytes), neighbour solicitation or
+/// advertisement (24 bytes) with reserved bits zero, and only the options it uses, each once
+/// and 8 bytes long: source link-layer address (solicitations, never from `::`), target
+/// link-layer address (advertisements), nonce (neighbour solicitations, RFC 7527).
+fn nd_format(ty: u8, m: &[u8], unspecified: bool) -> bool {
+    let (fixed, allowed): (usize, &[u8]) = match ty {
+        icmpv6::ROUTER_SOLICIT => (8, &[1]),
+        icmpv6::NEIGHBOUR_SOLICIT => (24, &[1, 14]),
+        icmpv6::NEIGHBOUR_ADVERT => (24, &[2]),
+        _ => return false,
+    };
+    if m.len() < fixed || !(m.len() - fixed).is_multiple_of(8) {
+        return false;
+    }
+    let reserved = u32::from_be_bytes([m[4], m[5], m[6], m[7]]);
+    let mask = if ty == icmpv6::NEIGHBOUR_ADVERT {
+        0x1fff_ffff
+    } else {
+        u32::MAX
+    };
+    if reserved & mask != 0 {
+        return false;
+    }
+    let options: Vec<&[u8]> = m[fixed..].chunks(8).collect();
+    let types: BTreeSet<u8> = options.iter().map(|o| o[0]).collect();
+    options.len() <= allowed.len()
+        && types.len() == options.len()
+        && options
+            .iter()
+            .all(|o| o[1] == 1 && allowed.contains(&o[0]) && !(unspecified && o[0] == 1))
+}
+
+/// MLD right after the IPv6 header, or after a Hop-by-Hop header holding only a Router
+/// Alert and padding (RFC 2711).
+fn mld_headers(ip: &Ip) -> bool {
+    let (first, ext) = (&ip.ext.0, &ip.ext.1);
+    ext.is_empty()
+        || (*first == proto::IPV6_HOP_BY_HOP
+            && ext.len() == 8
+            && ext[..6] == [proto::ICMPV6, 0, 5, 2, 0, 0]
+            && (ext[6..] == [1, 0] || ext[6..] == [0, 0]))
+}
+
+/// MLDv1 messages are 24 bytes; an MLDv2 query 28 and 16 per source; an MLDv2 report its
+/// records (1 to 16, types 1 to 6, no auxiliary data, a multicast address, 16 sources at
+/// most in all) and nothing else.
+fn mld_length(ty: u8, m: &[u8]) -> bool {
+    let be16 = |at: usize| {
+        m.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    match ty {
+        icmpv6::MLD_QUERY => {
+            m.len() == 24 || be16(26).is_some_and(|n| n <= 16 && m.len() == 28 + 16 * n)
+        }
+        icmpv6::MLD2_REPORT => {
+            let Some(records) = be16(6) else {
+                return false;
+            };
+            if records == 0 || records > 16 {
+                return false;
+            }
+            let (mut at, mut sources) = (8, 0);
+            for _ in 0..records {
+                let Some(r) = m.get(at..at + 5) else {
+                    return false;
+                };
+                let n = usize::from(u16::from_be_bytes([r[2], r[3]]));
+                sources += n;
+                if !(1..=6).contains(&r[0]) || r[1] != 0 || r[4] != 0xff || sources > 16 {
+                    return false;
+                }
+                at += 20 + 16 * n;
+                if at > m.len() {
+                    return false;
+                }
+            }
+            at == m.len()
+        }
+        _ => m.len() == 24,
+    }
 }

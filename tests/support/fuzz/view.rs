@@ -22,7 +22,7 @@ pub enum Frame {
         src: Option<IpAddr>,
     },
     /// An IP packet.
-    Ip(Ip),
+    Ip(Box<Ip>),
 }
 
 /// An IP packet's addresses and what follows them.
@@ -36,6 +36,9 @@ pub struct Ip {
     pub hop_limit: u8,
     /// IPv6 extension headers before the upper-layer header.
     pub ext_headers: usize,
+    /// IPv6: the fixed header's next-header field, and the bytes of the extension headers
+    /// walked before the upper-layer header.
+    pub ext: (u8, Vec<u8>),
     /// What the payload is.
     pub payload: Payload,
 }
@@ -96,6 +99,8 @@ pub struct Icmp {
     pub quoted: Option<Quoted>,
     /// Neighbour discovery: the target address field, if present.
     pub nd_target: Option<Ipv6Addr>,
+    /// The whole message, from its type to the end of the IP payload.
+    pub message: Vec<u8>,
 }
 
 /// The packet an ICMP error quotes.
@@ -185,13 +190,14 @@ fn read_v4(p: &[u8]) -> Frame {
             None => Payload::Unreadable,
         }
     };
-    Frame::Ip(Ip {
+    Frame::Ip(Box::new(Ip {
         src: src.into(),
         dst: dst.into(),
         hop_limit: p[8],
         ext_headers: 0,
+        ext: (ip_proto, Vec::new()),
         payload,
-    })
+    }))
 }
 
 fn read_v6(p: &[u8]) -> Frame {
@@ -210,6 +216,7 @@ fn read_v6(p: &[u8]) -> Frame {
     let mut first_fragment = None;
     let mut ext_headers = 0;
     let mut fragment_headers = 0;
+    let mut upper_at = 40;
     let payload = loop {
         let header = |len: usize| packet.get(off..off + len);
         match next {
@@ -256,6 +263,7 @@ fn read_v6(p: &[u8]) -> Frame {
                 off += 8;
             }
             upper => {
+                upper_at = off;
                 break match packet
                     .get(off..)
                     .and_then(|rest| transport(upper, rest, true))
@@ -270,13 +278,14 @@ fn read_v6(p: &[u8]) -> Frame {
             break Payload::Unreadable;
         }
     };
-    Frame::Ip(Ip {
+    Frame::Ip(Box::new(Ip {
         src: src.into(),
         dst: dst.into(),
         hop_limit: p[7],
         ext_headers,
+        ext: (p[6], packet[40..upper_at.min(packet.len())].to_vec()),
         payload,
-    })
+    }))
 }
 
 /// The upper-layer header in `l4`, if whole.
@@ -317,6 +326,7 @@ fn read_icmp(m: &[u8], ipv6: bool) -> Icmp {
         nd_target: (ipv6 && icmpv6::is_neighbour_discovery(ty))
             .then(|| v6(m, 8))
             .flatten(),
+        message: m.to_vec(),
     }
 }
 
