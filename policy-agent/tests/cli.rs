@@ -770,3 +770,47 @@ fn lint_warns_of_a_service_whose_backends_a_client_egress_allows_in_part() {
     // Only x/client is isolated; the other clients' egress allows every backend.
     assert_eq!(stderr.matches("warning: Service").count(), 2, "{stderr}");
 }
+
+/// `cleanup` takes an instance name, never a path, and removes only its own pins: a name
+/// that would leave the pin root is refused before anything is touched, and an instance
+/// directory holding anything but pins is left whole.
+#[test]
+fn cleanup_removes_nothing_but_its_own_pins() {
+    let cleanup = |instance: &str| {
+        Command::new(AGENT)
+            .args(["cleanup", &format!("--instance={instance}")])
+            .output()
+            .unwrap()
+    };
+    for bad in ["", "../../../tmp", "/tmp", "..", "a/b", "Agent", "-x", "x-"] {
+        let out = cleanup(bad);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("DNS-1123"),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // An instance directory with a stranger in it: nothing is removed.
+    use policy_agent::{datapath::bpffs, lab::topology};
+    bpffs::ensure_mounted().unwrap();
+    let instance = format!("{}{}-stranger", topology::PIN_PREFIX, std::process::id());
+    let dir = std::path::Path::new(bpffs::PIN_ROOT).join(&instance);
+    let stranger = dir.join("not-a-pin");
+    std::fs::create_dir_all(&stranger).unwrap();
+    let out = cleanup(&instance);
+    let kept = stranger.exists();
+    let _ = std::fs::remove_dir(&stranger);
+    let _ = std::fs::remove_dir(&dir);
+    assert!(
+        !out.status.success(),
+        "a directory that is not ours removed"
+    );
+    assert!(kept, "the stranger was removed");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not-a-pin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -12,13 +12,14 @@ use anyhow::bail;
 use clap::Args;
 use policy_agent::{
     agent::{api, endpoints},
-    datapath::{LINKS_DIR, bpffs},
+    datapath::bpffs,
 };
 
 #[derive(Args)]
 pub struct CleanupArgs {
-    /// The instance to remove (its pins are under /sys/fs/bpf/policy-agent/<INSTANCE>).
-    #[arg(long, default_value = "agent")]
+    /// The instance to remove (its pins are under /sys/fs/bpf/policy-agent/<INSTANCE>): a
+    /// DNS-1123 label. Only its own pins are removed; anything else there is an error.
+    #[arg(long, default_value = "agent", value_parser = instance_name)]
     instance: String,
     /// Also take the CNI plugin out of the network configurations in this directory.
     #[arg(long)]
@@ -26,6 +27,13 @@ pub struct CleanupArgs {
     /// And remove the plugin binary from this CNI bin directory.
     #[arg(long, requires = "cni_conf_dir")]
     cni_bin_dir: Option<std::path::PathBuf>,
+}
+
+/// Parses an instance name (see [`bpffs::check_instance_name`]).
+pub fn instance_name(name: &str) -> Result<String, String> {
+    bpffs::check_instance_name(name)
+        .map(|()| name.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
@@ -45,25 +53,21 @@ pub fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(endpoints::sandboxes_file(&socket));
     let dir = Path::new(bpffs::PIN_ROOT).join(&args.instance);
-    if !dir.exists() {
+    let Some(pins) = bpffs::remove_instance(&args.instance)? else {
         println!("nothing to clean up: {} does not exist", dir.display());
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     // Links are pinned as `<ifindex>-<program>`.
-    let interfaces: BTreeSet<String> = std::fs::read_dir(dir.join(LINKS_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|l| Some(l.file_name().to_str()?.split_once('-')?.0.to_owned()))
+    let interfaces: BTreeSet<String> = pins
+        .links
+        .iter()
+        .filter_map(|l| Some(l.file_name()?.to_str()?.split_once('-')?.0.to_owned()))
         .collect();
-    bpffs::remove_instance_dir(&dir);
-    if dir.exists() {
-        bail!("could not remove {}", dir.display());
-    }
     println!(
-        "removed {}: programs detached from {} interface(s), maps unpinned",
+        "removed {}: programs detached from {} interface(s), {} map(s) unpinned",
         dir.display(),
-        interfaces.len()
+        interfaces.len(),
+        pins.maps.len()
     );
     Ok(ExitCode::SUCCESS)
 }

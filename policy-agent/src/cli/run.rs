@@ -43,8 +43,9 @@ pub struct RunArgs {
     /// This node's name; its pods (spec.nodeName) are the ones enforced.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Name of the pin directory under /sys/fs/bpf/policy-agent/ (and of the socket).
-    #[arg(long, default_value = "agent")]
+    /// Name of the pin directory under /sys/fs/bpf/policy-agent/ (and of the socket): a
+    /// DNS-1123 label.
+    #[arg(long, default_value = "agent", value_parser = super::cleanup::instance_name)]
     instance: String,
     /// Network namespace (as `ip netns` names it) holding the pods' host-side interfaces;
     /// by default the agent's own (a DaemonSet on the host network).
