@@ -5,6 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use policy_agent::{
+    cni::spec::PLUGIN_TYPE,
     lab::{Lab, LabConfig, runtime},
     model::{ObjectRef, Protocol},
     report::Family,
@@ -220,7 +221,13 @@ fn plugin(
     prev: Option<&Value>,
 ) -> (bool, Value) {
     let dirs = runtime::bin_dirs(true).unwrap();
-    let mut conf = lab.runtime(0).conflist()["plugins"][1].clone();
+    let mut conf = lab.runtime(0).conflist()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == PLUGIN_TYPE)
+        .expect("the policy plugin is chained")
+        .clone();
     conf["cniVersion"] = json!(runtime::CNI_VERSION);
     conf["name"] = json!("lab");
     if let Some(prev) = prev {
