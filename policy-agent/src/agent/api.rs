@@ -7,7 +7,6 @@
 //! flow records, one per line, until the client goes.
 
 use std::{
-    io::{BufRead as _, Write as _},
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -23,6 +22,10 @@ use tokio::{
 
 use super::{Command, flows::FlowRecord, status::Status};
 use crate::{model::ObjectRef, source::kubernetes::PodLookup};
+
+mod blocking;
+
+pub use blocking::{MAX_REPLY_BYTES, Stage};
 
 /// Where the socket of an instance lives.
 pub fn default_socket(instance: &str) -> PathBuf {
@@ -230,10 +233,10 @@ async fn ask(
     })
 }
 
-/// Why an endpoint request got no answer.
+/// Why an endpoint request got no usable answer. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointCallError {
-    /// Nothing listens on the socket (the agent is not running).
+    /// Nothing listens on the socket (the agent is not running), or it cannot be opened.
     #[error("the agent at {path} is not reachable: {source}")]
     Unreachable {
         /// The socket.
@@ -241,45 +244,63 @@ pub enum EndpointCallError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The agent took longer than the timeout or closed the connection.
-    #[error("the agent at {path} did not answer: {detail}")]
-    NoAnswer {
+    /// The call's deadline ran out: the agent is stuck, or answers too slowly.
+    #[error("the agent at {path} did not answer within {timeout:?} (still {stage})")]
+    TimedOut {
         /// The socket.
         path: String,
-        /// What went wrong.
-        detail: String,
+        /// The whole call's deadline.
+        timeout: Duration,
+        /// The step that was under way.
+        stage: Stage,
+    },
+    /// The connection failed after it was made.
+    #[error("the connection to the agent at {path} failed while {stage}: {source}")]
+    Io {
+        /// The socket.
+        path: String,
+        /// The step that failed.
+        stage: Stage,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent closed the connection without a word.
+    #[error("the agent at {path} closed the connection without answering")]
+    Closed {
+        /// The socket.
+        path: String,
+    },
+    /// The reply did not end within [`MAX_REPLY_BYTES`]; the rest was not read.
+    #[error("the agent at {path} sent a reply longer than the limit of {limit} bytes")]
+    Oversized {
+        /// The socket.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The reply is not an [`EndpointReply`].
+    #[error("the agent at {path} sent a reply that is not an endpoint answer: {source}")]
+    Malformed {
+        /// The socket.
+        path: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
     },
 }
 
-/// Sends one endpoint request and waits up to `timeout` for the reply, without an async
-/// runtime (the CNI plugin is a short-lived process).
+/// Sends one endpoint request and parses the reply, all within `timeout` (connect, request
+/// and the whole reply: see [`blocking`]).
 fn call_blocking(
     path: &Path,
     request: &Request,
     timeout: Duration,
 ) -> Result<EndpointReply, EndpointCallError> {
-    let shown = path.display().to_string();
-    let mut conn = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
-        EndpointCallError::Unreachable {
-            path: shown.clone(),
-            source,
-        }
-    })?;
-    let no_answer = |detail: String| EndpointCallError::NoAnswer {
-        path: shown.clone(),
-        detail,
-    };
-    conn.set_read_timeout(Some(timeout))
-        .and_then(|()| conn.set_write_timeout(Some(timeout)))
-        .map_err(|e| no_answer(e.to_string()))?;
     let line = serde_json::to_string(request).expect("requests serialize") + "\n";
-    conn.write_all(line.as_bytes())
-        .map_err(|e| no_answer(e.to_string()))?;
-    let mut answer = String::new();
-    std::io::BufReader::new(conn)
-        .read_line(&mut answer)
-        .map_err(|e| no_answer(format!("no reply within {timeout:?} ({e})")))?;
-    serde_json::from_str(&answer).map_err(|e| no_answer(format!("unreadable reply: {e}")))
+    let reply = blocking::call(path, line.as_bytes(), timeout)?;
+    serde_json::from_slice(&reply).map_err(|source| EndpointCallError::Malformed {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Asks the agent to enforce a new pod; returns once it does (or cannot).

@@ -2,14 +2,18 @@
 //! the agent enforces it, then passes the previous result on unchanged; DEL tells the
 //! agent the sandbox is gone; CHECK asks whether it still enforces it; VERSION says which
 //! spec versions the plugin speaks.
+//!
+//! Every call to the agent runs under one deadline (`timeoutSeconds`) and a reply size cap
+//! ([`api::MAX_REPLY_BYTES`]), so no agent, however stuck or broken, holds the runtime's
+//! ADD longer or grows the plugin. With `failOpen`, every failure of the agent (unreachable,
+//! too slow, an unusable reply, or a refusal) lets the pod start unprotected.
 
-use std::{collections::BTreeMap, io::Read, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Read, path::PathBuf};
 
 use serde_json::Value;
 
 use super::spec::{
-    CniError, Code, DEFAULT_TIMEOUT_SECONDS, NetConf, PrevResult, SUPPORTED_VERSIONS, parse_args,
-    version_info,
+    CniError, Code, NetConf, PrevResult, SUPPORTED_VERSIONS, parse_args, version_info,
 };
 use crate::{
     agent::api::{self, EndpointCallError, EndpointDelete, EndpointReply, EndpointRequest},
@@ -102,10 +106,6 @@ fn socket(conf: &NetConf) -> PathBuf {
         .map_or_else(|| api::default_socket(DEFAULT_INSTANCE), PathBuf::from)
 }
 
-fn timeout(conf: &NetConf) -> Duration {
-    Duration::from_secs(conf.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS))
-}
-
 /// The pod's identity, addresses and interface from CNI_ARGS and prevResult.
 fn endpoint(invocation: &Invocation, conf: &NetConf) -> Result<(EndpointRequest, Value), CniError> {
     let prev = conf.prev_result.clone().ok_or_else(|| {
@@ -159,15 +159,32 @@ fn endpoint(invocation: &Invocation, conf: &NetConf) -> Result<(EndpointRequest,
     Ok((request, prev))
 }
 
-fn unreachable(e: &EndpointCallError) -> CniError {
-    CniError::new(
-        Code::TryAgainLater,
-        e.to_string(),
-        "the pod does not start until the policy agent on this node enforces it; check that \
-         the policy-agent pod runs on this node (kubectl -n kube-system get pods -o wide); the \
-         runtime retries. To let pods start without it, set \"failOpen\": true in the plugin's \
-         entry (policy-agent cni install --fail-open)",
-    )
+/// What the operator can do when the agent fails a pod and the plugin fails closed.
+const FAIL_OPEN_ADVICE: &str = "To let pods start without it, set \"failOpen\": true in the \
+     plugin's entry (policy-agent cni install --fail-open)";
+
+/// A call to the agent that got no usable answer. A missing, stuck or slow agent is worth
+/// a retry (the runtime retries); a reply the plugin cannot read is not.
+fn call_failed(e: &EndpointCallError) -> CniError {
+    let (code, advice) = match e {
+        EndpointCallError::Unreachable { .. }
+        | EndpointCallError::TimedOut { .. }
+        | EndpointCallError::Io { .. }
+        | EndpointCallError::Closed { .. } => (
+            Code::TryAgainLater,
+            "the pod does not start until the policy agent on this node enforces it; check \
+             that the policy-agent pod runs on this node (kubectl -n kube-system get pods -o \
+             wide) and its log; the runtime retries. A slow agent may need a larger \
+             \"timeoutSeconds\" in the plugin's entry",
+        ),
+        EndpointCallError::Oversized { .. } | EndpointCallError::Malformed { .. } => (
+            Code::NotEnforced,
+            "the socket does not answer as the policy agent does: check \"socket\" in the \
+             plugin's entry, and that the plugin and the agent come from the same release \
+             (reinstall)",
+        ),
+    };
+    CniError::new(code, e.to_string(), format!("{advice}. {FAIL_OPEN_ADVICE}"))
 }
 
 fn refused(reply: EndpointReply) -> CniError {
@@ -181,15 +198,16 @@ fn refused(reply: EndpointReply) -> CniError {
         EndpointReply::Failed { message } => CniError::new(
             Code::NotEnforced,
             message,
-            "see policy-agent status and the agent's log on this node",
+            format!("see policy-agent status and the agent's log on this node. {FAIL_OPEN_ADVICE}"),
         ),
         EndpointReply::Refused { message } => CniError::new(
             Code::InterfaceRefused,
             format!("the policy agent refuses the pod's interface: {message}"),
-            "the agent only enforces a pod on a host-side interface that carries that pod \
-             alone (its veth, or its port of the bridge); see policy-agent status on this \
-             node. To let such pods start unprotected, set \"failOpen\": true in the \
-             plugin's entry (policy-agent cni install --fail-open)",
+            format!(
+                "the agent only enforces a pod on a host-side interface that carries that pod \
+                 alone (its veth, or its port of the bridge); see policy-agent status on this \
+                 node. {FAIL_OPEN_ADVICE}"
+            ),
         ),
         other => CniError::new(
             Code::NotEnforced,
@@ -199,60 +217,60 @@ fn refused(reply: EndpointReply) -> CniError {
     }
 }
 
+/// The interface the agent enforces the pod on, or why it does not.
+fn enforced(outcome: Result<EndpointReply, EndpointCallError>) -> Result<String, CniError> {
+    match outcome {
+        Ok(EndpointReply::Enforced { interface, .. }) => Ok(interface),
+        Ok(reply) => Err(refused(reply)),
+        Err(e) => Err(call_failed(&e)),
+    }
+}
+
+/// With failOpen, every failure of the agent lets the pod go on (logged for the node's
+/// operator); without it, the failure is the command's error.
+fn fail_open(conf: &NetConf, error: CniError, consequence: &str) -> Result<(), CniError> {
+    if !conf.fail_open {
+        return Err(error);
+    }
+    eprintln!(
+        "policy-agent-cni: {}; failOpen is set: {consequence}",
+        error.msg
+    );
+    Ok(())
+}
+
 fn add(invocation: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     let (request, prev) = endpoint(invocation, conf)?;
     let pod = request.pod();
-    match api::endpoint_add(&socket(conf), request, timeout(conf)) {
-        Ok(EndpointReply::Enforced { interface, .. }) => {
-            eprintln!("policy-agent-cni: {pod} enforced on {interface}");
-            Ok(prev)
-        }
-        Ok(EndpointReply::Refused { message }) if conf.fail_open => {
-            eprintln!(
-                "policy-agent-cni: the agent refuses {pod}'s interface ({message}); failOpen \
-                 is set: {pod} starts unprotected"
-            );
-            Ok(prev)
-        }
-        Ok(reply) => Err(refused(reply)),
-        Err(e @ EndpointCallError::Unreachable { .. }) if conf.fail_open => {
-            eprintln!("policy-agent-cni: {e}; failOpen is set: {pod} starts unprotected");
-            Ok(prev)
-        }
-        Err(e) => Err(unreachable(&e)),
+    let outcome = api::endpoint_add(&socket(conf), request, conf.timeout());
+    match enforced(outcome) {
+        Ok(interface) => eprintln!("policy-agent-cni: {pod} enforced on {interface}"),
+        Err(e) => fail_open(conf, e, &format!("{pod} starts unprotected"))?,
     }
+    Ok(prev)
 }
 
 fn check(invocation: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     let (request, prev) = endpoint(invocation, conf)?;
-    match api::endpoint_check(&socket(conf), request, timeout(conf)) {
-        Ok(EndpointReply::Enforced { .. }) => Ok(prev),
-        // ADD let it start unprotected; CHECK keeps to that.
-        Ok(EndpointReply::Refused { message }) if conf.fail_open => {
-            eprintln!(
-                "policy-agent-cni: the agent refuses the pod's interface ({message}); failOpen is set"
-            );
-            Ok(prev)
-        }
-        Ok(reply) => Err(refused(reply)),
-        Err(e @ EndpointCallError::Unreachable { .. }) if conf.fail_open => {
-            eprintln!("policy-agent-cni: {e}; failOpen is set");
-            Ok(prev)
-        }
-        Err(e) => Err(unreachable(&e)),
+    let pod = request.pod();
+    let outcome = api::endpoint_check(&socket(conf), request, conf.timeout());
+    // ADD let the pod start unprotected when the agent failed it; CHECK keeps to that.
+    if let Err(e) = enforced(outcome) {
+        fail_open(conf, e, &format!("{pod} stays unprotected"))?;
     }
+    Ok(prev)
 }
 
-/// DEL succeeds when the agent is unreachable: the sandbox is gone either way, and a
+/// DEL succeeds when the agent cannot be asked: the sandbox is gone either way, and a
 /// restarted agent only enforces pods that exist. Failing would block pod deletion.
 fn delete(invocation: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     let request = EndpointDelete {
         pod: invocation.pod(),
         container_id: invocation.container_id.clone(),
     };
-    match api::endpoint_delete(&socket(conf), request, timeout(conf)) {
+    match api::endpoint_delete(&socket(conf), request, conf.timeout()) {
         Ok(EndpointReply::Deleted) => {}
-        Ok(reply) => return Err(refused(reply)),
+        Ok(reply) => fail_open(conf, refused(reply), "the sandbox is gone anyway")?,
         Err(e) => eprintln!("policy-agent-cni: {e}; nothing to clean up"),
     }
     // DEL prints nothing on success (spec 1.0); older versions accept the empty output.

@@ -2,7 +2,7 @@
 //! reads on stdin, the previous plugin's result it passes on, the environment, and the
 //! error form every failure takes.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -90,18 +90,34 @@ pub struct NetConf {
     pub cni_version: String,
     /// The agent's socket [default: [`crate::agent::api::default_socket`] of `agent`].
     pub socket: Option<String>,
-    /// Let pods start when the agent is unreachable (unprotected until it enforces them).
+    /// Let pods start, unprotected until the agent enforces them, whenever the agent fails
+    /// them: unreachable, too slow, an unusable reply, or a refusal.
     #[serde(default)]
     pub fail_open: bool,
-    /// How long ADD waits for the agent, in seconds [default: [`DEFAULT_TIMEOUT_SECONDS`]].
+    /// The total deadline of each call to the agent (connect, request and the whole reply),
+    /// in seconds; absent or 0: [`DEFAULT_TIMEOUT_SECONDS`]. Read it with
+    /// [`NetConf::timeout`].
     pub timeout_seconds: Option<u64>,
     /// The result of the plugins before this one, passed on unchanged.
     pub prev_result: Option<Value>,
 }
 
-/// How long ADD waits for the agent unless configured otherwise: the runtime retries a
-/// failed ADD, so a long wait only delays the retry.
+/// How long each call to the agent may take unless configured otherwise: the runtime
+/// retries a failed ADD, so a long wait only delays the retry.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
+
+impl NetConf {
+    /// The total deadline of one call to the agent. `timeoutSeconds: 0` means the default,
+    /// as absent does: a zero deadline could never succeed, and a plugin that always fails
+    /// would keep every pod from starting.
+    pub fn timeout(&self) -> Duration {
+        let seconds = match self.timeout_seconds {
+            None | Some(0) => DEFAULT_TIMEOUT_SECONDS,
+            Some(seconds) => seconds,
+        };
+        Duration::from_secs(seconds)
+    }
+}
 
 /// The parts of a previous result the plugin reads (it passes on the whole value).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -257,6 +273,21 @@ mod tests {
         let prev: PrevResult = serde_json::from_str(r#"{"interfaces": [], "ips": []}"#).unwrap();
         assert!(prev.pod_ips().unwrap_err().contains("no address"));
         assert_eq!(prev.host_interface(), None);
+    }
+
+    fn conf_with(timeout: &str) -> NetConf {
+        serde_json::from_str(&format!(r#"{{"cniVersion": "1.0.0"{timeout}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn the_timeout_is_the_default_when_absent_or_zero() {
+        let default = Duration::from_secs(DEFAULT_TIMEOUT_SECONDS);
+        assert_eq!(conf_with("").timeout(), default);
+        assert_eq!(conf_with(r#", "timeoutSeconds": 0"#).timeout(), default);
+        assert_eq!(
+            conf_with(r#", "timeoutSeconds": 3"#).timeout(),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
