@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("policy-agent: {e:#}");
+            // Errors quote file and object names, which may hold anything.
+            let message = policy_agent::report::escape_text(&format!("{e:#}"));
+            eprintln!("policy-agent: {message}");
             ExitCode::FAILURE
         }
     }

@@ -428,8 +428,7 @@ pub struct AddressConflict {
 impl fmt::Display for AddressConflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let others: Vec<String> = self.lost_by.iter().map(ToString::to_string).collect();
-        write!(
-            f,
+        let text = format!(
             "address {} is claimed by {} and {}: {} keeps it ({})",
             self.address,
             self.kept_by,
@@ -440,7 +439,9 @@ impl fmt::Display for AddressConflict {
             } else {
                 "it is the newest"
             }
-        )
+        );
+        // One line about pods whose names may hold anything.
+        write!(f, "{}", crate::report::escape(&text))
     }
 }
 

@@ -5,7 +5,7 @@
 //! depends on the backend the proxy picks); probes to a node's address on a node port or a
 //! host port add `"via": "node-port"` or `"host-port"` too.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, fmt, fmt::Write as _, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,57 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
+/// A name or message from the manifests, safe to print to a terminal: every control
+/// character (newline and tab included, C1 controls and so ESC, which starts an ANSI
+/// escape sequence) and every bidirectional override is written the way
+/// [`char::escape_debug`] writes it (`\n`, `\u{1b}`), everything else as is. Names in the
+/// manifests are not validated by an API server when they come from a directory, and a
+/// name must not be able to forge an output line or drive the reader's terminal.
+///
+/// JSON output does not need it: serde escapes control characters there.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+/// `s`, escaped for a terminal (see [`Escaped`]).
+pub fn escape(s: &str) -> Escaped<'_> {
+    Escaped(s)
+}
+
+/// Multi-line human text (a rendered error, an explanation), escaped like [`Escaped`] but
+/// for its line breaks, which are the text's own structure. Names inside such text are
+/// escaped with [`escape`] where they are interpolated, so a newline in a name cannot reach
+/// this point; this catches whatever else would drive the terminal.
+pub fn escape_text(s: &str) -> String {
+    s.split('\n')
+        .map(|line| escape(line).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `c` must not reach a terminal as is: a control character (C0, DEL, C1), or a
+/// bidirectional embedding, override or isolate, which reorders what follows on the line.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Padding (`{:<40}`) applies to the escaped text, as the terminal shows it.
+        if !self.0.chars().any(needs_escape) {
+            return f.pad(self.0);
+        }
+        let mut out = String::with_capacity(self.0.len() + 8);
+        for c in self.0.chars() {
+            if needs_escape(c) {
+                out.extend(c.escape_debug());
+            } else {
+                out.push(c);
+            }
+        }
+        f.pad(&out)
+    }
+}
+
 /// Every probe of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reachability {
@@ -189,11 +240,16 @@ type GroupKey = (Through, Protocol, u16, Family);
 /// differ from one row to the next only in the JSON), at the node's address when it went
 /// through a node's port.
 fn column(p: &Probe) -> String {
-    let to = p.service.as_deref().unwrap_or(&p.to);
+    let to = escape(p.service.as_deref().unwrap_or(&p.to));
     match (p.via, p.address) {
         (Some(_), Some(address)) => format!("{to}@{address}"),
-        _ => to.to_owned(),
+        _ => to.to_string(),
     }
+}
+
+/// The row of a probe: its source, escaped.
+fn row(p: &Probe) -> String {
+    escape(&p.from).to_string()
 }
 
 /// The symbol of a probe's cell.
@@ -210,15 +266,15 @@ fn symbol(p: &Probe) -> &'static str {
 /// One truth table.
 fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
     let (through, protocol, port, family) = key;
-    let mut rows: Vec<&str> = probes.iter().map(|p| p.from.as_str()).collect();
+    let mut rows: Vec<String> = probes.iter().map(|p| row(p)).collect();
     let mut cols: Vec<String> = probes.iter().map(|p| column(p)).collect();
     rows.sort_unstable();
     rows.dedup();
     cols.sort_unstable();
     cols.dedup();
-    let cell: BTreeMap<(&str, String), &str> = probes
+    let cell: BTreeMap<(String, String), &str> = probes
         .iter()
-        .map(|p| ((p.from.as_str(), column(p)), symbol(p)))
+        .map(|p| ((row(p), column(p)), symbol(p)))
         .collect();
     let via = match through {
         Through::Address => String::new(),
@@ -240,7 +296,7 @@ fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
     for r in &rows {
         let _ = write!(out, "{r:<first$}");
         for c in &cols {
-            let symbol = cell.get(&(*r, c.clone())).copied().unwrap_or("-");
+            let symbol = cell.get(&(r.clone(), c.clone())).copied().unwrap_or("-");
             let _ = write!(out, "  {symbol:^w$}", w = c.len());
         }
         out.push('\n');
@@ -251,6 +307,61 @@ fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_leaves_printable_text_alone() {
+        assert_eq!(
+            escape("x/web-0 app=é 名前").to_string(),
+            "x/web-0 app=é 名前"
+        );
+        assert_eq!(format!("[{:<6}]", escape("a/b")), "[a/b   ]");
+    }
+
+    #[test]
+    fn escape_writes_control_characters_and_ansi_escapes_as_rust_would() {
+        assert_eq!(escape("a\nb\tc\r").to_string(), r"a\nb\tc\r");
+        assert_eq!(
+            escape("\u{1b}[31mred\u{1b}[0m").to_string(),
+            r"\u{1b}[31mred\u{1b}[0m",
+            "ESC, which starts every ANSI sequence"
+        );
+        assert_eq!(escape("\u{0}\u{7f}\u{9b}").to_string(), r"\0\u{7f}\u{9b}");
+        assert_eq!(
+            escape("evil\u{202e}txt.yaml").to_string(),
+            r"evil\u{202e}txt.yaml",
+            "a bidirectional override reorders the rest of the line"
+        );
+        // Padding counts the escaped text, as the terminal shows it.
+        assert_eq!(format!("{:<6}|", escape("a\nb")), r"a\nb  |");
+    }
+
+    #[test]
+    fn escape_text_keeps_its_own_line_breaks() {
+        assert_eq!(
+            escape_text("rejected:\n  x\u{1b}]0;title\u{7}").to_string(),
+            "rejected:\n  x\\u{1b}]0;title\\u{7}"
+        );
+    }
+
+    #[test]
+    fn tables_escape_names() {
+        let probe = Probe {
+            from: "x/a\nfake row".into(),
+            to: "y/\u{1b}[2Jb".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            family: Family::IPv4,
+            allowed: true,
+            service: None,
+            address: None,
+            backend_dependent: false,
+            via: None,
+        };
+        let table = Reachability::new(vec![probe]).render_table();
+        assert!(!table.contains('\u{1b}'), "{table}");
+        assert!(table.contains(r"x/a\nfake row"), "{table}");
+        assert!(table.contains(r"y/\u{1b}[2Jb"), "{table}");
+    }
 
     #[test]
     fn json_contract_and_table() {

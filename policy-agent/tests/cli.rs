@@ -15,6 +15,8 @@ use policy_agent::lab::resources_of;
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_policy-agent");
+/// The exit status of `matrix`, `explain` and `lab` when objects were rejected.
+const EXIT_REJECTED: i32 = 3;
 
 fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/torchpod")
@@ -140,7 +142,11 @@ spec: {podSelector: {matchLabels: {app: a}}}
         .output()
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_REJECTED),
+        "ran, but an object was rejected"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("policies.yaml: NetworkPolicy x/broken rejected, not enforced")
@@ -813,4 +819,240 @@ fn cleanup_removes_nothing_but_its_own_pins() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Pods x/a and x/b; policy x/deny-a isolates x/a, and x/broken is invalid.
+const ONE_INVALID: &str = "
+kind: Namespace
+metadata: {name: x}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.9.0.1}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.9.0.2}
+---
+kind: NetworkPolicy
+metadata: {name: deny-a, namespace: x}
+spec: {podSelector: {matchLabels: {app: a}}}
+---
+kind: NetworkPolicy
+metadata: {name: broken, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]}]
+";
+
+/// `policy-agent <args>` in `dir`'s manifests: exit code, stdout, stderr.
+fn run_in(dir: &ManifestDir, command: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(AGENT)
+        .args([command, "--manifests"])
+        .arg(&dir.0)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn rejected_objects_make_matrix_and_explain_exit_3_after_printing_the_results() {
+    let dir = ManifestDir::new("exit-rejected", ONE_INVALID);
+    let (code, stdout, stderr) = run_in(&dir, "matrix", &[]);
+    assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
+    assert!(
+        stderr.contains("NetworkPolicy x/broken rejected, not enforced"),
+        "{stderr}"
+    );
+    let row = |from: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(from))
+            .unwrap_or_else(|| panic!("no row {from}:\n{stdout}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
+    // Columns x/a, x/b: the valid policy isolates x/a, the rejected one nothing.
+    assert_eq!(row("x/b"), ["X", "."], "{stdout}");
+    assert_eq!(row("x/a"), [".", "."], "{stdout}");
+
+    let (code, stdout, stderr) = run_in(
+        &dir,
+        "explain",
+        &["--from", "x/b", "--to", "x/a", "--port", "80"],
+    );
+    assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
+    assert!(stdout.contains("x/b -> x/a on TCP/80"), "{stdout}");
+    assert!(stdout.contains(": DENIED"), "{stdout}");
+
+    let valid = ManifestDir::new(
+        "exit-valid",
+        &ONE_INVALID.replace("except: [192.168.0.0/16]", "except: [10.1.0.0/16]"),
+    );
+    assert_eq!(run_in(&valid, "matrix", &[]).0, Some(0), "nothing rejected");
+
+    let (code, help, _) = {
+        let out = Command::new(AGENT)
+            .args(["matrix", "--help"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            (),
+        )
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        help.contains("Exit status:") && help.contains("3    done and the results printed"),
+        "{help}"
+    );
+}
+
+#[test]
+fn control_characters_in_names_are_printed_escaped() {
+    // A pod label and a selector with an ANSI escape (the selector's policy is rejected,
+    // its error quotes the value), a policy name with a newline (a directory source
+    // validates no name), and a file name with a newline holding an invalid object.
+    let yaml = ONE_INVALID
+        .replace("labels: {app: a}", "labels: {app: a, note: \"\\e[31mred\"}")
+        .replace(
+            "metadata: {name: deny-a, namespace: x}",
+            "metadata: {name: \"deny\\na\", namespace: x}",
+        )
+        + "---\nkind: NetworkPolicy\nmetadata: {name: ansi, namespace: x}\n\
+           spec: {podSelector: {matchLabels: {note: \"\\e[31mred\"}}}\n";
+    let dir = ManifestDir::new("escaped-names", &yaml);
+    std::fs::write(
+        dir.0.join("bad\nname.yaml"),
+        "kind: Pod\nmetadata: [not, a, map]\n",
+    )
+    .unwrap();
+
+    let (code, stdout, stderr) = run_in(&dir, "matrix", &[]);
+    assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
+    assert!(stderr.contains(r"bad\nname.yaml"), "{stderr}");
+    let (code, explained, stderr) = run_in(
+        &dir,
+        "explain",
+        &["--from", "x/b", "--to", "x/a", "--port", "80"],
+    );
+    assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
+    assert!(explained.contains(r"isolated by x/deny\na"), "{explained}");
+    assert!(explained.contains(r"\u{1b}[31mred"), "{explained}");
+    for out in [&stdout, &explained, &stderr] {
+        assert!(!out.contains('\u{1b}'), "a raw ESC was printed:\n{out}");
+        assert!(
+            !out.contains("deny\na") && !out.contains("bad\nname"),
+            "{out}"
+        );
+    }
+
+    // JSON stays JSON: the names as they are, escaped by JSON's rules.
+    let (_, json, _) = run_in(&dir, "matrix", &["--json"]);
+    serde_json::from_str::<Value>(&json).expect("valid JSON");
+}
+
+#[test]
+fn explain_by_a_pods_address_names_the_pod() {
+    let dir = ManifestDir::new("explain-by-ip", ONE_INVALID);
+    for (from, to) in [
+        ("10.9.0.2", "x/a"),
+        ("x/b", "10.9.0.1"),
+        ("10.9.0.2", "10.9.0.1"),
+    ] {
+        let (_, out, stderr) = run_in(
+            &dir,
+            "explain",
+            &["--from", from, "--to", to, "--port", "80"],
+        );
+        assert!(
+            out.contains("x/b -> x/a on TCP/80 over IPv4 (10.9.0.2 -> 10.9.0.1): DENIED"),
+            "{from} -> {to}:\n{out}{stderr}"
+        );
+        assert!(
+            out.contains("ingress of x/a: isolated by x/deny-a"),
+            "{out}"
+        );
+        assert!(out.contains("The compiled maps agree."), "{out}");
+        assert!(
+            !out.contains("BUG") && !out.contains("outside the cluster"),
+            "{out}"
+        );
+    }
+}
+
+/// Removes what an agent of `instance` may have left, when a test ends (also by a panic).
+struct CleanupOnDrop(String);
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        let pins = Path::new(policy_agent::datapath::bpffs::PIN_ROOT).join(&self.0);
+        if pins.exists() {
+            let _ = Command::new(AGENT)
+                .args(["cleanup", "--instance", &self.0])
+                .output();
+        }
+    }
+}
+
+#[test]
+fn a_busy_metrics_port_stops_the_agent_at_startup() {
+    // Held for the whole test: the agent must find the port taken.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let dir = ManifestDir::new("busy-metrics", "kind: Namespace\nmetadata: {name: x}\n");
+    let instance = format!("test-busy-metrics-{}", std::process::id());
+    let _cleanup = CleanupOnDrop(instance.clone());
+    // No pods, and an interface prefix nothing has: were the agent to start anyway, it
+    // would attach to nothing.
+    let agent = Command::new(AGENT)
+        .args([
+            "run",
+            "--node-name",
+            "node-1",
+            "--metrics-address",
+            &address,
+        ])
+        .args(["--instance", &instance, "--interface-prefix", "no-such-if-"])
+        .arg(format!("--source=dir:{}", dir.0.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = KillOnDrop(agent);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent kept running without its metrics port"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut agent.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {address}"))
+            && stderr.to_lowercase().contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !Path::new(policy_agent::datapath::bpffs::PIN_ROOT)
+            .join(&instance)
+            .exists(),
+        "nothing was pinned"
+    );
+    drop(busy);
 }

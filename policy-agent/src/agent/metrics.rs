@@ -235,9 +235,10 @@ impl Metrics {
         *self.snapshot.lock().expect("not poisoned") = snapshot;
     }
 
-    /// Marks the agent ready (it enforces a complete state).
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// Marks the agent ready (its last sync wrote a complete state to the maps) or not (it
+    /// failed: the maps may lag the cluster until a sync succeeds again).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     /// The text exposition.
@@ -248,8 +249,31 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `address` until the task is dropped.
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// The metrics address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {address} (--metrics-address; `none` disables metrics): {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub address: SocketAddr,
+    /// Why (in use, not an address of this host, a privileged port...).
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the metrics address. At startup, before anything else: an operator who asked for
+/// metrics on a port must get them or an error, never an agent that enforces while its
+/// `/readyz` and `/metrics` are not there (or are another process's).
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let error = |source| BindError { address, source };
+    let listener = std::net::TcpListener::bind(address).map_err(error)?;
+    // Tokio's listener needs a non-blocking socket.
+    listener.set_nonblocking(true).map_err(error)?;
+    Ok(listener)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (from [`bind`]) until the task
+/// is dropped.
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let ready = Arc::clone(&metrics);
     let app = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
@@ -264,7 +288,7 @@ pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     axum::serve(listener, app).await?;
     Ok(())
 }

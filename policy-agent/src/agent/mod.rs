@@ -179,6 +179,8 @@ impl Drop for AgentHandle {
 /// Starts an agent fed by `source` (see [`crate::source`]).
 pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<AgentHandle> {
     let source = source.into();
+    // First, so that a busy port stops the agent before it loads or pins anything.
+    let metrics_listener = config.metrics_address.map(metrics::bind).transpose()?;
     let netns = config.netns.as_deref().map(NetNs::open).transpose()?;
     let datapath = Datapath::load(&config.instance).context("loading the datapath")?;
     let interfaces = Interfaces::open(netns.as_ref(), config.interface_prefix.clone())?;
@@ -206,10 +208,10 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
             }
         }));
     }
-    if let Some(address) = config.metrics_address {
+    if let Some(listener) = metrics_listener {
         let metrics = Arc::clone(&metrics);
         servers.push(tokio::spawn(async move {
-            if let Err(e) = metrics::serve(address, metrics).await {
+            if let Err(e) = metrics::serve(listener, metrics).await {
                 tracing::error!(error = %format!("{e:#}"), "metrics server stopped");
             }
         }));
@@ -821,7 +823,9 @@ impl Agent {
         match self.try_reconcile(since).await {
             Ok(()) => self.answer_waiting(None),
             Err(e) => {
-                // Try again soon; until then the last state stays enforced.
+                // Try again soon; until then the last state stays enforced, and `/readyz`
+                // says the maps may lag the cluster.
+                self.metrics.set_ready(false);
                 self.pending_since = Some(since);
                 let e = format!("sync failed: {e:#}");
                 self.answer_waiting(Some(&e));
@@ -924,7 +928,7 @@ impl Agent {
         tokio::task::yield_now().await;
         self.prepare_tables();
         self.lint_due = true;
-        self.metrics.set_ready();
+        self.metrics.set_ready(true);
         self.publish();
         Ok(())
     }

@@ -4,6 +4,8 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::{escape, escape_text};
+
 /// The state of a running agent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -118,12 +120,12 @@ pub struct SyncStatus {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::new();
-        let _ = writeln!(out, "node:     {}", self.node);
-        let _ = writeln!(out, "source:   {}", self.source);
-        let _ = writeln!(out, "pins:     {}", self.pin_dir);
+        let _ = writeln!(out, "node:     {}", escape(&self.node));
+        let _ = writeln!(out, "source:   {}", escape(&self.source));
+        let _ = writeln!(out, "pins:     {}", escape(&self.pin_dir));
         let _ = writeln!(out, "ready:    {}", self.ready);
         if let Some(cni) = &self.cni {
-            let _ = writeln!(out, "cni:      {cni}");
+            let _ = writeln!(out, "cni:      {}", escape(&cni.to_string()));
         }
         match &self.last_sync {
             Some(s) => {
@@ -154,19 +156,25 @@ impl fmt::Display for Status {
             let _ = writeln!(
                 out,
                 "  {:<40} {:<16} {state:<10} {isolation}",
-                e.pod,
-                e.interface.as_deref().unwrap_or("(no interface)"),
+                escape(&e.pod),
+                escape(e.interface.as_deref().unwrap_or("(no interface)")),
             );
             if let Some(reason) = &e.reason {
-                let _ = writeln!(out, "  {:<40} {reason}", "");
+                let _ = writeln!(out, "  {:<40} {}", "", escape(reason));
             }
         }
         for n in &self.not_enforced {
-            let _ = writeln!(out, "  not enforced: {n}");
+            let _ = writeln!(out, "  not enforced: {}", escape_text(n));
         }
         let _ = writeln!(out, "\nmaps:");
         for m in &self.maps {
-            let _ = writeln!(out, "  {:<10} {:>8} / {}", m.name, m.entries, m.capacity);
+            let _ = writeln!(
+                out,
+                "  {:<10} {:>8} / {}",
+                escape(&m.name),
+                m.entries,
+                m.capacity
+            );
         }
         for (title, list) in [
             ("rejected policies", &self.rejected),
@@ -176,7 +184,8 @@ impl fmt::Display for Status {
             if !list.is_empty() {
                 let _ = writeln!(out, "\n{title}:");
                 for item in list {
-                    let _ = writeln!(out, "  {item}");
+                    // A rejected policy's errors come one per line.
+                    let _ = writeln!(out, "  {}", escape_text(item));
                 }
             }
         }

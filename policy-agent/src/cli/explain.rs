@@ -9,7 +9,7 @@ use policy_agent::{
     evaluate::{Flow, ServiceFlow, compiled::CompiledEvaluator, explain, reference::Reference},
     model::{Cluster, ObjectRef, Protocol},
     plan::{self, Host, ServiceTarget},
-    report::Family,
+    report::{Family, escape, escape_text},
     semantics::{lint, services::FrontendKind},
     source::manifests,
 };
@@ -163,10 +163,13 @@ fn family(
     }
 }
 
-pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    // An end given by address is asked about in that address's family (a dual-stack pod's
+    // IPv6 address means IPv6), unless --family says otherwise.
+    args.family = args.family.or_else(|| given_family(&args.from, &args.to));
     let loaded = manifests::load_dir(&args.manifests)?;
     for e in &loaded.errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", escape_text(&e.to_string()));
     }
     // Finished pods hold no address; an address claimed twice stays with one pod.
     let (cluster, conflicts) = loaded.cluster.settled(&BTreeSet::new());
@@ -176,8 +179,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let to = target(cluster, &hosts, &args.to, args.port)?;
 
     let reference = Reference::new(cluster);
+    let mut rejected = loaded.errors.len();
     for e in reference.rejected() {
-        println!("error: {e}");
+        rejected += 1;
+        println!("error: {}", escape_text(&e.to_string()));
     }
     let compiled = CompiledEvaluator::new(cluster);
     match to {
@@ -199,10 +204,18 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     if !warnings.is_empty() {
         println!("\nWarnings:");
         for w in warnings {
-            println!("  {w}");
+            println!("  {}", escape_text(&w));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(super::ran(rejected))
+}
+
+/// The family of the first of `from` and `to` that is an address.
+fn given_family(from: &str, to: &str) -> Option<Family> {
+    [from, to]
+        .iter()
+        .find_map(|end| end.parse::<IpAddr>().ok())
+        .map(|ip| Family::of(&ip))
 }
 
 /// Explains the flow from `from` to the host `to`, and checks the compiled maps agree.
@@ -215,13 +228,13 @@ fn explain_flow(
 ) -> anyhow::Result<()> {
     let port = args
         .port
-        .with_context(|| format!("--port is needed for {}", to.label))?;
+        .with_context(|| format!("--port is needed for {}", escape(&to.label)))?;
     let family = family(args.family, from, |f| to.ip(f).is_some())?;
     let (Some(src), Some(dst)) = (from.ip(family), to.ip(family)) else {
         bail!(
             "{} and {} do not both have a {family:?} address",
-            from.label,
-            to.label
+            escape(&from.label),
+            escape(&to.label)
         );
     };
     let flow = Flow {
@@ -253,7 +266,7 @@ fn explain_frontends(
             args.port.is_none_or(|p| p == t.port) && args.protocol.is_none_or(|p| p == t.protocol)
         })
         .collect();
-    let services = distinct(frontends.iter().map(|(_, t)| t.label.clone()));
+    let services = distinct(frontends.iter().map(|(_, t)| escape(&t.label).to_string()));
     if on_port.is_empty() {
         let ports = distinct(
             frontends
@@ -269,7 +282,7 @@ fn explain_frontends(
     })?;
     let src = from
         .ip(family)
-        .with_context(|| format!("{} has no {family:?} address", from.label))?;
+        .with_context(|| format!("{} has no {family:?} address", escape(&from.label)))?;
     let in_family: Vec<_> = on_port
         .into_iter()
         .filter(|(_, t)| t.family() == family)

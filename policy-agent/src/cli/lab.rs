@@ -14,7 +14,7 @@ use policy_agent::{
         config::{CniKind, ProxyMode},
         topology,
     },
-    report::Reachability,
+    report::{Reachability, escape, escape_text},
     source::directory,
 };
 use policy_common::{
@@ -68,7 +68,7 @@ pub struct LabArgs {
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.load()?;
-    scenario.report_policies();
+    let rejected = scenario.report_policies();
     let (loaded, mut config) = (scenario.loaded, scenario.config);
     if let Some(n) = args.nodes {
         config.nodes = n;
@@ -79,12 +79,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if args.watch {
-        return runtime.block_on(watch(
+        runtime.block_on(watch(
             &loaded.cluster,
             &config,
             args.scenario.manifests.clone(),
             args.metrics_port,
-        ));
+        ))?;
+        // As the manifests were when the lab started: the agents' `status` follows edits.
+        return Ok(super::ran(rejected));
     }
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -94,7 +96,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             // Warnings about each node's pods (rejected policies were reported above).
             for status in (0..lab.nodes()).filter_map(|node| lab.status(node)) {
                 for w in &status.not_enforced {
-                    eprintln!("warning: {w}");
+                    eprintln!("warning: {}", escape_text(w));
                 }
             }
             let reachability = lab.probe_all().await?;
@@ -137,7 +139,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             }
         }
         lab.shutdown().await;
-        Ok(ExitCode::SUCCESS)
+        Ok(super::ran(rejected))
     })
 }
 
@@ -196,7 +198,7 @@ async fn watch(
     config: &LabConfig,
     dir: std::path::PathBuf,
     metrics_port: u16,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let lab = Lab::network(cluster, config).await?;
@@ -258,8 +260,8 @@ async fn watch(
                 .map(|(p, _)| {
                     format!(
                         "  {} -> {} {}/{} {:?}: now {}",
-                        p.from,
-                        p.to,
+                        escape(&p.from),
+                        escape(&p.to),
                         p.protocol,
                         p.port,
                         p.family,
@@ -282,6 +284,5 @@ async fn watch(
         bpffs::remove_instance_dir(std::path::Path::new(&pin));
     }
     lab.shutdown().await;
-    outcome?;
-    Ok(ExitCode::SUCCESS)
+    outcome
 }

@@ -26,7 +26,7 @@ pub struct MatrixArgs {
 
 pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.load()?;
-    scenario.report_policies();
+    let rejected = scenario.report_policies();
     let mut cluster = scenario.loaded.cluster.clone();
     let services = ServiceProbes::resolve(scenario.config.services, &cluster);
     if services == ServiceProbes::PerPod {
@@ -60,7 +60,7 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
         println!("Matrix ({evaluator}): rows are sources, columns destinations.\n");
         print!("{}", reachability.render_table());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(super::ran(rejected))
 }
 
 /// Every question answered by the reference semantics.

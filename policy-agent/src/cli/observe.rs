@@ -4,7 +4,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
-use policy_agent::agent::api;
+use policy_agent::{agent::api, report::escape};
 
 /// Which agent to ask.
 #[derive(Args)]
@@ -71,7 +71,8 @@ pub fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             let line = serde_json::to_string(&record).expect("plain data serializes");
             writeln!(out, "{line}")
         } else {
-            writeln!(out, "{record}")
+            // One line naming pods and policies, whose names may hold anything.
+            writeln!(out, "{}", escape(&record.to_string()))
         };
         // Whoever reads the output went away (e.g. `| head`): stop quietly.
         written.and_then(|()| out.flush()).is_ok()

@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// Addresses of the node besides those of its interfaces (comma-separated).
     #[arg(long, value_delimiter = ',')]
     node_address: Vec<IpAddr>,
-    /// Prometheus metrics, /healthz and /readyz; `none` to disable.
+    /// Prometheus metrics, /healthz and /readyz; `none` to disable. The agent exits at
+    /// startup if it cannot bind this address (e.g. the port is in use).
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_address: String,
     /// Local API socket for `status`, `flows` and the CNI plugin

@@ -10,6 +10,7 @@ use policy_agent::{
         config::{ServiceProbes, parse_port},
     },
     model::Protocol,
+    report::escape_text,
     semantics::{ParsedPolicy, lint},
     source::manifests::{self, Loaded},
 };
@@ -45,12 +46,12 @@ impl ScenarioArgs {
     pub fn load(&self) -> anyhow::Result<Scenario> {
         let mut loaded = manifests::load_dir(&self.manifests)?;
         for e in &loaded.errors {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e.to_string()));
         }
         // Finished pods hold no address; an address claimed twice stays with one pod.
         let (cluster, conflicts) = loaded.cluster.settled(&BTreeSet::new());
         for c in conflicts {
-            eprintln!("warning: {c}");
+            eprintln!("warning: {}", escape_text(&c.to_string()));
         }
         loaded.cluster = cluster;
         let mut config = LabConfig::from_dir(&self.manifests)?;
@@ -66,17 +67,24 @@ impl ScenarioArgs {
 }
 
 impl Scenario {
-    /// Prints rejected policies and lint warnings on stderr.
-    pub fn report_policies(&self) {
+    /// Prints rejected policies and lint warnings on stderr, and returns how many objects
+    /// were rejected: those the manifests did not yield (reported by [`ScenarioArgs::load`])
+    /// and the policies that fail validation. Both are left out of the results.
+    pub fn report_policies(&self) -> usize {
         let mut valid = Vec::new();
+        let mut rejected = self.loaded.errors.len();
         for policy in self.loaded.cluster.policies.values() {
             match ParsedPolicy::parse(policy) {
                 Ok(p) => valid.push(p),
-                Err(e) => eprintln!("error: {e}"),
+                Err(e) => {
+                    rejected += 1;
+                    eprintln!("error: {}", escape_text(&e.to_string()));
+                }
             }
         }
         for w in lint::lint(&self.loaded.cluster, &valid) {
-            eprintln!("warning: {w}");
+            eprintln!("warning: {}", escape_text(&w.to_string()));
         }
+        rejected
     }
 }

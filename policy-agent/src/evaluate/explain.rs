@@ -11,9 +11,12 @@ use super::{
     Flow, ServiceFlow,
     reference::{Explanation, Reference, ServiceExplanation, ServiceOutcome, Side},
 };
-use crate::semantics::{
-    describe,
-    services::{Backend, FrontendKind},
+use crate::{
+    report::escape,
+    semantics::{
+        describe,
+        services::{Backend, FrontendKind},
+    },
 };
 
 /// How much deeper the lines about one backend are indented than those of a direct flow.
@@ -30,8 +33,8 @@ pub fn render(reference: &Reference<'_>, flow: &Flow<'_>, explanation: &Explanat
     let _ = writeln!(
         out,
         "{} -> {} on {}/{} over {:?} ({} -> {}): {verdict}",
-        flow.from.label,
-        flow.to.label,
+        escape(&flow.from.label),
+        escape(&flow.to.label),
         flow.protocol,
         flow.port,
         flow.family(),
@@ -56,7 +59,7 @@ fn render_side(reference: &Reference<'_>, flow: &Flow<'_>, side: &Side, out: &mu
         Direction::Egress => ("egress", flow.to),
         Direction::Ingress => ("ingress", flow.from),
     };
-    let Some(pod) = &side.pod else {
+    let Some(pod) = side.pod.as_ref().map(ToString::to_string) else {
         let host = match side.direction {
             Direction::Egress => flow.from,
             Direction::Ingress => flow.to,
@@ -64,10 +67,11 @@ fn render_side(reference: &Reference<'_>, flow: &Flow<'_>, side: &Side, out: &mu
         let _ = writeln!(
             out,
             "  {what} of {}: outside the cluster, no NetworkPolicy applies -> allowed",
-            host.label
+            escape(&host.label)
         );
         return;
     };
+    let pod = escape(&pod);
     if side.isolating.is_empty() {
         let _ = writeln!(
             out,
@@ -77,7 +81,11 @@ fn render_side(reference: &Reference<'_>, flow: &Flow<'_>, side: &Side, out: &mu
         );
         return;
     }
-    let names: Vec<String> = side.isolating.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = side
+        .isolating
+        .iter()
+        .map(|p| escape(&p.to_string()).to_string())
+        .collect();
     let _ = writeln!(out, "  {what} of {pod}: isolated by {}", names.join(", "));
     match &side.allowed_by {
         Some((policy, index)) => {
@@ -91,27 +99,29 @@ fn render_side(reference: &Reference<'_>, flow: &Flow<'_>, side: &Side, out: &mu
             });
             let _ = writeln!(
                 out,
-                "    allowed by {policy}, {what} rule {index}: {text} -> allowed"
+                "    allowed by {}, {what} rule {index}: {} -> allowed",
+                escape(&policy.to_string()),
+                escape(&text)
             );
         }
         None => {
             let _ = writeln!(
                 out,
                 "    no rule admits {} on {}/{} -> denied. The rules that apply:",
-                peer.label, flow.protocol, flow.port
+                escape(&peer.label),
+                flow.protocol,
+                flow.port
             );
             for policy in reference
                 .policies()
                 .iter()
                 .filter(|p| side.isolating.contains(&p.id))
             {
+                let id = policy.id.to_string();
+                let id = escape(&id);
                 let rules = policy.rules(side.direction).unwrap_or_default();
                 if rules.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "      {}: no {what} rule (denies all {what})",
-                        policy.id
-                    );
+                    let _ = writeln!(out, "      {id}: no {what} rule (denies all {what})");
                 }
                 for r in rules {
                     let text = describe::rule(
@@ -119,7 +129,7 @@ fn render_side(reference: &Reference<'_>, flow: &Flow<'_>, side: &Side, out: &mu
                         side.direction == Direction::Ingress,
                         &policy.id.namespace,
                     );
-                    let _ = writeln!(out, "      {} {what}[{}]: {text}", policy.id, r.index);
+                    let _ = writeln!(out, "      {id} {what}[{}]: {}", r.index, escape(&text));
                 }
             }
         }
@@ -149,8 +159,8 @@ pub fn render_service(
     let _ = writeln!(
         out,
         "{} -> {} ({} {}) on {}/{} over {:?} ({} -> {}): {}",
-        flow.from.label,
-        t.label,
+        escape(&flow.from.label),
+        escape(&t.label),
         kind.as_str(),
         t.address,
         t.protocol,
@@ -201,7 +211,7 @@ fn backend(reference: &Reference<'_>, b: &Backend) -> String {
     let host = reference.backend_host(b);
     let at = std::net::SocketAddr::new(b.address, b.port);
     if host.pod.is_some() {
-        format!("{} at {at}", host.label)
+        format!("{} at {at}", escape(&host.label))
     } else {
         at.to_string()
     }
@@ -242,7 +252,7 @@ fn render_backend(
         let _ = writeln!(
             sides,
             "  ingress of {}: the client itself, back through the Service (hairpin) -> allowed",
-            to.label
+            escape(&to.label)
         );
     } else {
         render_side(reference, &direct, &explanation.ingress, &mut sides);
@@ -258,12 +268,12 @@ fn outcome_words(
     flow: &ServiceFlow<'_>,
     outcome: &ServiceOutcome,
 ) -> String {
-    let (client, t) = (&flow.from.label, flow.target);
+    let (client, t) = (escape(&flow.from.label), flow.target);
     match outcome {
         ServiceOutcome::NoBackend => format!(
             "no backend: {} has no ready {:?} backend for {}/{}, so the connection goes \
              nowhere -> denied",
-            t.label,
+            escape(&t.label),
             t.family(),
             t.protocol,
             t.port

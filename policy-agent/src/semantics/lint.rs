@@ -55,7 +55,9 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.subject, self.field, self.message)
+        // One line naming objects and labels, which may hold anything.
+        let text = format!("{}: {}: {}", self.subject, self.field, self.message);
+        write!(f, "{}", crate::report::escape(&text))
     }
 }
 

@@ -12,11 +12,14 @@ use k8s_openapi::{
 use policy_common::maps::Direction;
 
 use super::selector::Selector;
-use crate::model::{ObjectRef, Origin, Policy, Protocol};
+use crate::{
+    model::{ObjectRef, Origin, Policy, Protocol},
+    report::escape,
+};
 
 /// A field that fails validation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
+#[error("{}: {}", escape(field), escape(message))]
 pub struct FieldError {
     /// Path of the field from the object root, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
     pub field: String,
@@ -40,7 +43,8 @@ impl fmt::Display for PolicyError {
         write!(
             f,
             "{}: NetworkPolicy {} rejected, not enforced:",
-            self.origin, self.policy
+            escape(&self.origin.to_string()),
+            escape(&self.policy.to_string())
         )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;

@@ -21,7 +21,10 @@ use k8s_openapi::api::{
 use serde_json::Value;
 
 use super::convert::{self, typed};
-use crate::model::{Cluster, Origin};
+use crate::{
+    model::{Cluster, Origin},
+    report::escape,
+};
 
 /// Documents one file may hold. Manifests are the administrator's own, as for
 /// `kubectl apply -f`; the YAML parser's defaults (1,024 documents, 250,000 nodes) are
@@ -48,14 +51,15 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        // The file's name and the object's are the administrator's, and may hold anything.
+        write!(f, "{}", escape(&self.file.display().to_string()))?;
         if let Some(object) = &self.object {
-            write!(f, ": {object}")?;
+            write!(f, ": {}", escape(object))?;
         }
         if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
+            write!(f, ": {}", escape(field))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", escape(&self.message))
     }
 }
 
