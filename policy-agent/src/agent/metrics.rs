@@ -249,9 +249,9 @@ impl Metrics {
     }
 }
 
-/// The metrics address could not be bound.
+/// The metrics address could not be bound (the cause is the source, which `{:#}` prints).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serve metrics on {address} (--metrics-address; `none` disables metrics): {source}")]
+#[error("cannot serve metrics on {address} (--metrics-address; `none` disables metrics)")]
 pub struct BindError {
     /// The address asked for.
     pub address: SocketAddr,
