@@ -149,7 +149,7 @@ spec: {podSelector: {matchLabels: {app: a}}}
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("policies.yaml: NetworkPolicy x/broken rejected, not enforced")
+        stderr.contains("policies.yaml: NetworkPolicy x/broken rejected, enforced fail-closed")
             && stderr.contains("spec.ingress[0].from[0].ipBlock.except[0]: 192.168.0.0/16 must be strictly within cidr 10.0.0.0/8"),
         "{stderr}"
     );
@@ -169,8 +169,8 @@ spec: {podSelector: {matchLabels: {app: a}}}
         "the valid policy still isolates x/a"
     );
     assert!(
-        verdict("x/a", "x/b"),
-        "the rejected policy isolates nothing"
+        !verdict("x/a", "x/b"),
+        "the rejected policy still isolates x/b (fail-closed), allowing nothing"
     );
 }
 

@@ -124,7 +124,7 @@ pub struct Compiled {
     pub pod_identities: BTreeMap<ObjectRef, u32>,
     /// The policies isolating each local pod, by direction (ids as in `policy_names`).
     pub isolating: BTreeMap<(ObjectRef, Direction), Vec<u32>>,
-    /// Policies that failed validation and are not enforced.
+    /// Policies that failed validation, enforced fail-closed ([`ParsedPolicy::fail_closed`]).
     pub rejected: Vec<PolicyError>,
     /// Things an operator should know (e.g. pods that cannot be enforced).
     pub warnings: Vec<String>,
@@ -209,14 +209,13 @@ impl Compiler {
 
         let mut policies = Vec::new();
         for policy in cluster.policies.values() {
-            match ParsedPolicy::parse(policy) {
-                Ok(parsed) => {
-                    let id = self.policies.id(&parsed.id);
-                    out.policy_names.insert(id, parsed.id.clone());
-                    policies.push((id, parsed));
-                }
-                Err(e) => out.rejected.push(e),
-            }
+            // An invalid policy still isolates what it selects: never more open than a
+            // policy its author got right.
+            let (parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
+            out.rejected.extend(rejected);
+            let id = self.policies.id(&parsed.id);
+            out.policy_names.insert(id, parsed.id.clone());
+            policies.push((id, parsed));
         }
 
         let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();

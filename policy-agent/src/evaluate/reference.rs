@@ -175,10 +175,9 @@ impl<'a> Reference<'a> {
         let mut policies = Vec::new();
         let mut rejected = Vec::new();
         for p in cluster.policies.values() {
-            match ParsedPolicy::parse(p) {
-                Ok(parsed) => policies.push(parsed),
-                Err(e) => rejected.push(e),
-            }
+            let (parsed, error) = ParsedPolicy::parse_or_fail_closed(p);
+            policies.push(parsed);
+            rejected.extend(error);
         }
         Self {
             cluster,
@@ -187,7 +186,7 @@ impl<'a> Reference<'a> {
         }
     }
 
-    /// Policies that failed validation.
+    /// Policies that failed validation (enforced fail-closed).
     pub fn rejected(&self) -> &[PolicyError] {
         &self.rejected
     }

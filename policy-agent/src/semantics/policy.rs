@@ -42,7 +42,8 @@ impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: NetworkPolicy {} rejected, not enforced:",
+            "{}: NetworkPolicy {} rejected, enforced fail-closed (it isolates the pods it \
+             selects and allows nothing):",
             escape(&self.origin.to_string()),
             escape(&self.policy.to_string())
         )?;
@@ -154,6 +155,46 @@ impl ParsedPolicy {
         match dir {
             Direction::Ingress => self.ingress.as_deref(),
             Direction::Egress => self.egress.as_deref(),
+        }
+    }
+
+    /// Parses and validates; an invalid policy is enforced fail-closed (see
+    /// [`Self::fail_closed`]) and returned with every field error found.
+    pub fn parse_or_fail_closed(policy: &Policy) -> (Self, Option<PolicyError>) {
+        match Self::parse(policy) {
+            Ok(parsed) => (parsed, None),
+            Err(e) => (Self::fail_closed(policy), Some(e)),
+        }
+    }
+
+    /// What an invalid policy enforces, as an administrator who wrote it would expect of a
+    /// policy that cannot be read in full: it isolates the pods it selects in the
+    /// directions it names and allows nothing itself. Where its `podSelector` cannot be
+    /// read it isolates every pod of its namespace; where its `policyTypes` cannot, both
+    /// directions.
+    pub fn fail_closed(policy: &Policy) -> Self {
+        let spec = &policy.spec;
+        let pod_selector = spec
+            .pod_selector
+            .as_ref()
+            .map_or_else(|| Ok(Selector::default()), Selector::parse)
+            .unwrap_or_else(|_| Selector::everything());
+        let types = spec.policy_types.clone().unwrap_or_default();
+        let (ingress, egress) = if types.iter().any(|t| t != "Ingress" && t != "Egress") {
+            (true, true)
+        } else if types.is_empty() {
+            (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
+        } else {
+            (
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            )
+        };
+        Self {
+            id: policy.id.clone(),
+            pod_selector,
+            ingress: ingress.then(Vec::new),
+            egress: egress.then(Vec::new),
         }
     }
 

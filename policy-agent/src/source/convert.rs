@@ -60,6 +60,82 @@ pub fn typed<T: DeserializeOwned>(doc: Value) -> FieldResult<T> {
     })
 }
 
+/// Field names of a NetworkPolicy and what it holds (selectors, peers, ports, metadata): the
+/// words a misspelt field is most likely meant as.
+const NETWORK_POLICY_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "spec",
+    "status",
+    "podSelector",
+    "policyTypes",
+    "ingress",
+    "egress",
+    "from",
+    "to",
+    "ports",
+    "port",
+    "endPort",
+    "protocol",
+    "ipBlock",
+    "cidr",
+    "except",
+    "namespaceSelector",
+    "matchLabels",
+    "matchExpressions",
+    "key",
+    "operator",
+    "values",
+];
+/// Most edits (Damerau-Levenshtein) between a misspelt field and the one it is taken for.
+const MAX_SUGGESTION_DISTANCE: usize = 2;
+
+/// Deserializes as [`typed`] does, and refuses fields the type does not have (as `kubectl`
+/// does): `ingres:` or `podSelectr:` would otherwise change what a policy means without a
+/// word. The error names the field's path and the field it probably meant.
+pub fn typed_strict<T: DeserializeOwned>(doc: Value, vocabulary: &[&str]) -> FieldResult<T> {
+    let mut unknown = Vec::new();
+    let value: T = match serde_ignored::deserialize(doc.clone(), |path| {
+        unknown.push(path.to_string());
+    }) {
+        Ok(value) => value,
+        // The same error again, with the path of the field that does not fit.
+        Err(serde_json::Error { .. }) => typed::<T>(doc)?,
+    };
+    // Older API servers print an empty `status` on NetworkPolicies; it means nothing here.
+    unknown.retain(|path| path != "status");
+    match unknown.first() {
+        None => Ok(value),
+        Some(path) => {
+            let field = path.rsplit('.').next().unwrap_or(path);
+            let hint = suggestion(field, vocabulary)
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            Err((Some(path.clone()), format!("unknown field{hint}")))
+        }
+    }
+}
+
+/// The NetworkPolicy of a manifest, strictly (see [`typed_strict`]).
+pub fn network_policy_strict(doc: Value) -> FieldResult<ApiNetworkPolicy> {
+    typed_strict(doc, NETWORK_POLICY_FIELDS)
+}
+
+/// The word of `vocabulary` closest to `field`, if close enough to be what was meant.
+fn suggestion<'a>(field: &str, vocabulary: &[&'a str]) -> Option<&'a str> {
+    vocabulary
+        .iter()
+        .map(|w| (strsim::damerau_levenshtein(field, w), *w))
+        .filter(|(d, _)| *d <= MAX_SUGGESTION_DISTANCE)
+        .min()
+        .map(|(_, w)| w)
+}
+
 /// Name and namespace (defaulted when `namespaced`).
 fn name_of(meta: &ObjectMeta, namespaced: bool) -> FieldResult<(String, String)> {
     let name = meta

@@ -26,8 +26,10 @@ pub fn watch(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
     tokio::spawn(async move {
         // The watcher lives as long as this task.
         let _watcher = watcher;
+        // What a bad edit fails to say stays as it was last said.
+        let mut last = manifests::LastGood::default();
         loop {
-            let event = match manifests::load_dir(&dir) {
+            let event = match manifests::load_dir_with(&dir, &mut last) {
                 Ok(loaded) => SourceEvent::Snapshot {
                     errors: loaded.errors.iter().map(ToString::to_string).collect(),
                     cluster: Box::new(loaded.cluster),

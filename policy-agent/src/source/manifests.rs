@@ -8,21 +8,30 @@
 //! field, and the rest still loads.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
-use k8s_openapi::api::{
-    core::v1::{Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService},
-    discovery::v1::EndpointSlice as ApiEndpointSlice,
-    networking::v1::NetworkPolicy as ApiNetworkPolicy,
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Namespace as ApiNamespace, Node as ApiNode, Pod as ApiPod, Service as ApiService,
+        },
+        discovery::v1::EndpointSlice as ApiEndpointSlice,
+        networking::v1::NetworkPolicySpec,
+    },
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use serde_json::Value;
 
-use super::convert::{self, typed};
+use super::{
+    Kind, Object,
+    convert::{self, typed},
+};
 use crate::{
-    model::{Cluster, Origin},
+    model::{Cluster, ObjectRef, Origin, Policy},
     report::escape,
 };
 
@@ -70,14 +79,52 @@ impl std::error::Error for ManifestError {}
 pub struct Loaded {
     /// Everything that was read.
     pub cluster: Cluster,
-    /// Objects that were not.
+    /// Objects that were not (and, with a [`LastGood`], what stays in force instead).
     pub errors: Vec<ManifestError>,
     /// Objects of kinds the enforcer does not use.
     pub skipped: Vec<String>,
 }
 
+/// What the last load of a directory held: the last good version of every object, and
+/// which objects each file gave. A reload keeps what a bad edit would otherwise lose (an
+/// editor saving in place, a half-written file): an object that fails to read keeps its
+/// last good version, and a file with a document that is not YAML keeps the objects it had.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    objects: BTreeMap<(Kind, ObjectRef), Object>,
+    files: BTreeMap<PathBuf, Vec<(Kind, ObjectRef)>>,
+}
+
+/// What one document (or `List` item) gave.
+enum Decoded {
+    /// An object.
+    Object(Object),
+    /// An object that could not be read, with what it is when that much could be.
+    Failed {
+        key: Option<(Kind, ObjectRef)>,
+        error: ManifestError,
+        doc: Value,
+    },
+    /// A kind the enforcer does not use.
+    Skipped(String),
+}
+
+/// What one file gave.
+#[derive(Default)]
+struct FileRead {
+    decoded: Vec<Decoded>,
+    /// A document (or the file) could not be read at all: which objects it held is unknown.
+    unreadable: bool,
+}
+
 /// Reads every `*.yaml`, `*.yml` and `*.json` file of `dir` (not recursively, in name order).
 pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
+    load_dir_with(dir, &mut LastGood::default())
+}
+
+/// As [`load_dir`], keeping in force, from `last`, the last good version of what fails to
+/// read now (see [`LastGood`]); `last` then holds this load.
+pub fn load_dir_with(dir: &Path, last: &mut LastGood) -> anyhow::Result<Loaded> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading manifest directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -89,23 +136,174 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
         .collect();
     files.sort();
     let mut loaded = Loaded::default();
+    let mut now = LastGood::default();
     for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => load_str(&text, &file, &mut loaded),
-            Err(e) => loaded.errors.push(ManifestError {
-                file,
-                object: None,
-                field: None,
-                message: format!("cannot read: {e}"),
-            }),
-        }
+        let read = match std::fs::read_to_string(&file) {
+            Ok(text) => read_str(&text, &file, &mut loaded.errors),
+            Err(e) => {
+                loaded.errors.push(ManifestError {
+                    file: file.clone(),
+                    object: None,
+                    field: None,
+                    message: format!("cannot read: {e}"),
+                });
+                FileRead {
+                    unreadable: true,
+                    ..FileRead::default()
+                }
+            }
+        };
+        let keys = settle(read, &file, last, &mut now, &mut loaded);
+        now.files.insert(file, keys);
     }
+    for object in now.objects.values() {
+        loaded.cluster.apply(object.clone());
+    }
+    *last = now;
     super::control_plane::complete(&mut loaded.cluster);
     Ok(loaded)
 }
 
-/// Adds the objects of one file's text to `loaded`.
+/// Puts what one file gave into `now`, with, from `last`, the last good version of each
+/// object that failed and, if the file could not be read whole, the objects it had;
+/// returns the objects the file now accounts for.
+fn settle(
+    read: FileRead,
+    file: &Path,
+    last: &LastGood,
+    now: &mut LastGood,
+    loaded: &mut Loaded,
+) -> Vec<(Kind, ObjectRef)> {
+    let mut keys = Vec::new();
+    for decoded in read.decoded {
+        match decoded {
+            Decoded::Object(object) => {
+                let key = object.key();
+                now.objects.insert(key.clone(), object);
+                keys.push(key);
+            }
+            Decoded::Skipped(label) => loaded.skipped.push(label),
+            Decoded::Failed { key, error, doc } => {
+                let Some(key) = key else {
+                    loaded.errors.push(error);
+                    continue;
+                };
+                let (kept, what) = match last.objects.get(&key) {
+                    Some(good) => (Some(good.clone()), "its last good version stays in force"),
+                    None if key.0 == Kind::Policy => (
+                        Some(Object::Policy(fail_closed_policy(&doc, &key.1, file))),
+                        "enforced fail-closed: it isolates the pods it selects and allows nothing",
+                    ),
+                    None => (None, "left out"),
+                };
+                loaded.errors.push(ManifestError {
+                    message: format!("{} ({what})", error.message),
+                    ..error
+                });
+                if let Some(kept) = kept {
+                    now.objects.insert(key.clone(), kept);
+                }
+                keys.push(key);
+            }
+        }
+    }
+    if read.unreadable {
+        for key in last.files.get(file).into_iter().flatten() {
+            if let (false, Some(good)) = (now.objects.contains_key(key), last.objects.get(key)) {
+                now.objects.insert(key.clone(), good.clone());
+                keys.push(key.clone());
+            }
+        }
+    }
+    keys
+}
+
+/// A policy that could not be read and never was: what it selects (every pod of its
+/// namespace if that cannot be read) isolated in the directions it names (both if they
+/// cannot be read), with no rule.
+fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
+    let spec = doc.get("spec");
+    let field = |name: &str| spec.and_then(|s| s.get(name)).cloned();
+    let pod_selector = field("podSelector")
+        .and_then(|v| serde_json::from_value::<LabelSelector>(v).ok())
+        .unwrap_or_default();
+    let named: Option<Vec<String>> = field("policyTypes").map(|v| {
+        serde_json::from_value::<Vec<String>>(v)
+            .ok()
+            .filter(|t| t.iter().all(|t| t == "Ingress" || t == "Egress"))
+            .unwrap_or_default()
+    });
+    let has_egress = field("egress").is_some_and(|e| e.as_array().is_none_or(|a| !a.is_empty()));
+    let policy_types = match named {
+        Some(types) if !types.is_empty() => types,
+        Some(_) => vec!["Ingress".to_owned(), "Egress".to_owned()],
+        None if has_egress => vec!["Ingress".to_owned(), "Egress".to_owned()],
+        None => vec!["Ingress".to_owned()],
+    };
+    Policy {
+        id: id.clone(),
+        spec: NetworkPolicySpec {
+            pod_selector: Some(pod_selector),
+            policy_types: Some(policy_types),
+            ingress: None,
+            egress: None,
+        },
+        origin: Origin {
+            file: Some(file.to_owned()),
+        },
+    }
+}
+
+/// Adds the objects of one file's text to `loaded` (no last good versions).
 pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
+    let read = read_str(text, file, &mut loaded.errors);
+    let mut now = LastGood::default();
+    settle(read, file, &LastGood::default(), &mut now, loaded);
+    for object in now.objects.into_values() {
+        loaded.cluster.apply(object);
+    }
+}
+
+/// The documents of a YAML stream, each with the number of its first line: split at the
+/// `---` and `...` markers (which start a line; inside a document no line can), so that a
+/// syntax error spoils one document, not the file.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let marker = |line: &str| {
+        ["---", "..."].iter().any(|m| {
+            line.strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '#']))
+        })
+    };
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut first = 1;
+    for (i, line) in text.lines().enumerate() {
+        if marker(line) {
+            if !current.trim().is_empty() {
+                out.push((first, std::mem::take(&mut current)));
+            }
+            current.clear();
+            // A document may begin on the marker's line (`--- {kind: Pod}`).
+            let rest = &line[3..];
+            current.push_str(rest.trim_start());
+            current.push('\n');
+            first = i + 1;
+        } else {
+            if current.is_empty() {
+                first = i + 1;
+            }
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push((first, current));
+    }
+    out
+}
+
+/// Decodes every document of one file's text.
+fn read_str(text: &str, file: &Path, errors: &mut Vec<ManifestError>) -> FileRead {
     // Only true/false are booleans (YAML 1.2): `namespace: y` names a namespace, as
     // kubectl reads it, rather than being YAML 1.1's "yes".
     let mut options = serde_saphyr::Options::default();
@@ -115,24 +313,40 @@ pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
     budget.max_nodes = MAX_NODES;
     budget.max_events = MAX_EVENTS;
     options.budget = Some(budget);
-    let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, options) {
-        Ok(docs) => docs,
-        Err(e) => {
-            loaded.errors.push(ManifestError {
-                file: file.to_owned(),
-                object: None,
-                field: None,
-                message: format!("not valid YAML: {e}"),
-            });
-            return;
-        }
-    };
-    for doc in docs {
-        load_value(doc, file, loaded);
+    let mut read = FileRead::default();
+    let docs = documents(text);
+    if docs.len() > MAX_DOCUMENTS {
+        errors.push(ManifestError {
+            file: file.to_owned(),
+            object: None,
+            field: None,
+            message: format!("more than {MAX_DOCUMENTS} documents"),
+        });
+        read.unreadable = true;
+        return read;
     }
+    for (line, doc) in docs {
+        match serde_saphyr::from_str_with_options::<Value>(&doc, options.clone()) {
+            Ok(value) => decode(value, file, &mut read.decoded),
+            Err(e) => {
+                errors.push(ManifestError {
+                    file: file.to_owned(),
+                    object: None,
+                    field: None,
+                    message: format!(
+                        "the document from line {line} is not valid YAML (the objects this \
+                         file had stay in force): {e}"
+                    ),
+                });
+                read.unreadable = true;
+            }
+        }
+    }
+    read
 }
 
-fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
+/// Decodes one document (a `List`: each item) into `out`.
+fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     if doc.is_null() {
         return;
     }
@@ -142,54 +356,81 @@ fn load_value(doc: Value, file: &Path, loaded: &mut Loaded) {
         .unwrap_or_default()
         .to_owned();
     let label = object_label(&kind, &doc);
-    let error = |field: Option<String>, message: String| ManifestError {
-        file: file.to_owned(),
-        object: Some(label.clone()),
-        field,
-        message,
-    };
     let result = match kind.as_str() {
         "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
         | "EndpointSliceList" | "NodeList" => {
             if let Some(Value::Array(items)) = doc.get("items") {
                 for item in items.clone() {
-                    load_value(item, file, loaded);
+                    decode(item, file, out);
                 }
             }
             return;
         }
-        "Namespace" => typed::<ApiNamespace>(doc)
+        "Namespace" => typed::<ApiNamespace>(doc.clone())
             .and_then(convert::namespace)
-            .map(|ns| loaded.cluster.add_namespace(ns)),
-        "Pod" => typed::<ApiPod>(doc)
+            .map(Object::Namespace),
+        "Pod" => typed::<ApiPod>(doc.clone())
             .and_then(convert::pod)
-            .map(|pod| loaded.cluster.add_pod(pod)),
-        "NetworkPolicy" => typed::<ApiNetworkPolicy>(doc)
+            .map(Object::Pod),
+        "NetworkPolicy" => convert::network_policy_strict(doc.clone())
             .and_then(|np| {
                 let origin = Origin {
                     file: Some(file.to_owned()),
                 };
                 convert::policy(np, origin)
             })
-            .map(|policy| loaded.cluster.add_policy(policy)),
-        "Service" => typed::<ApiService>(doc)
+            .map(Object::Policy),
+        "Service" => typed::<ApiService>(doc.clone())
             .and_then(convert::service)
-            .map(|svc| loaded.cluster.add_service(svc)),
-        "EndpointSlice" => typed::<ApiEndpointSlice>(doc)
+            .map(Object::Service),
+        "EndpointSlice" => typed::<ApiEndpointSlice>(doc.clone())
             .and_then(convert::endpoint_slice)
-            .map(|slice| loaded.cluster.add_endpoint_slice(slice)),
-        "Node" => typed::<ApiNode>(doc)
+            .map(Object::EndpointSlice),
+        "Node" => typed::<ApiNode>(doc.clone())
             .and_then(convert::node)
-            .map(|node| loaded.cluster.add_node(node)),
+            .map(Object::Node),
         "" => Err((None, "document has no kind".to_owned())),
         _ => {
-            loaded.skipped.push(format!("{}: {label}", file.display()));
+            out.push(Decoded::Skipped(format!("{}: {label}", file.display())));
             return;
         }
     };
-    if let Err((field, message)) = result {
-        loaded.errors.push(error(field, message));
-    }
+    out.push(match result {
+        Ok(object) => Decoded::Object(object),
+        Err((field, message)) => Decoded::Failed {
+            key: key_of(&kind, &doc),
+            error: ManifestError {
+                file: file.to_owned(),
+                object: Some(label),
+                field,
+                message,
+            },
+            doc,
+        },
+    });
+}
+
+/// The kind and name of a document, when it has them.
+fn key_of(kind: &str, doc: &Value) -> Option<(Kind, ObjectRef)> {
+    let kind = match kind {
+        "Namespace" => Kind::Namespace,
+        "Pod" => Kind::Pod,
+        "NetworkPolicy" => Kind::Policy,
+        "Service" => Kind::Service,
+        "EndpointSlice" => Kind::EndpointSlice,
+        "Node" => Kind::Node,
+        _ => return None,
+    };
+    let meta = doc.get("metadata")?;
+    let name = meta.get("name")?.as_str().filter(|n| !n.is_empty())?;
+    let namespace = if kind.namespaced() {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(convert::DEFAULT_NAMESPACE)
+    } else {
+        ""
+    };
+    Some((kind, ObjectRef::new(namespace, name)))
 }
 
 fn object_label(kind: &str, doc: &Value) -> String {
@@ -303,5 +544,92 @@ status: {podIP: 10.0.0.2}
                 .pods
                 .contains_key(&ObjectRef::new("x", "good"))
         );
+    }
+
+    #[test]
+    fn a_syntax_error_spoils_one_document_not_the_file() {
+        let loaded = load(
+            "kind: Namespace\nmetadata: {name: x}\n---\nkind: Pod\nmetadata: {name: [broken\n---\nkind: Namespace\nmetadata: {name: y}\n",
+        );
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(
+            loaded.errors[0].message.contains("from line 3"),
+            "{}",
+            loaded.errors[0]
+        );
+        assert!(loaded.cluster.namespaces.contains_key("x"));
+        assert!(loaded.cluster.namespaces.contains_key("y"));
+    }
+
+    #[test]
+    fn misspelt_policy_fields_are_errors_that_say_what_was_meant() {
+        for (typo, meant) in [
+            ("{podSelector: {}, ingres: []}", "ingress"),
+            ("{podSelector: {}, policyType: [Ingress]}", "policyTypes"),
+            ("{podSelectr: {matchLabels: {app: a}}}", "podSelector"),
+            ("{podSelector: {matchLabel: {app: a}}}", "matchLabels"),
+            ("{podSelector: {}, ingress: [{form: []}]}", "from"),
+        ] {
+            let loaded = load(&format!(
+                "kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {typo}\n"
+            ));
+            let error = loaded
+                .errors
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                error.contains(&format!("did you mean {meant:?}")),
+                "{typo}: {error}"
+            );
+            // Never read before: it isolates what it may select, and allows nothing.
+            let policy = &loaded.cluster.policies[&ObjectRef::new("x", "p")];
+            assert_eq!(policy.spec.ingress, None, "{typo}");
+            assert_eq!(policy.spec.egress, None, "{typo}");
+        }
+    }
+
+    /// A directory rewritten badly keeps what it said last: an object that fails keeps its
+    /// last good version, a file with a document that is not YAML its objects.
+    #[test]
+    fn bad_edits_keep_the_last_good_version() {
+        let dir = std::env::temp_dir().join(format!("manifests-lkg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policies.yaml");
+        let good = "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {}}]}]}\n---\nkind: NetworkPolicy\nmetadata: {name: q, namespace: x}\nspec: {podSelector: {}}\n";
+        let mut last = LastGood::default();
+        let load = |text: &str, last: &mut LastGood| {
+            std::fs::write(&file, text).unwrap();
+            load_dir_with(&dir, last).unwrap()
+        };
+        let first = load(good, &mut last);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        let p = ObjectRef::new("x", "p");
+        let q = ObjectRef::new("x", "q");
+        let was = first.cluster.policies[&p].spec.clone();
+
+        // Half-saved: the second document is cut off mid-way.
+        let cut = &good[..good.len() - 20];
+        let half = load(cut, &mut last);
+        assert_eq!(half.cluster.policies[&p].spec, was);
+        assert!(half.cluster.policies.contains_key(&q), "q stays in force");
+
+        // A typo in p: its last good version stays.
+        let typo = good.replace("from:", "form:");
+        let typoed = load(&typo, &mut last);
+        assert_eq!(typoed.cluster.policies[&p].spec, was);
+        assert!(
+            typoed.errors[0]
+                .message
+                .contains("last good version stays in force"),
+            "{:?}",
+            typoed.errors
+        );
+
+        // Deleting q on purpose (the file reads whole) deletes it.
+        let only_p = good.split("---").next().unwrap().to_owned();
+        let deleted = load(&only_p, &mut last);
+        assert!(!deleted.cluster.policies.contains_key(&q));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -47,6 +47,20 @@ pub enum Object {
     Node(Node),
 }
 
+impl Object {
+    /// Its kind and namespace/name (namespaces and nodes have an empty namespace).
+    pub fn key(&self) -> (Kind, ObjectRef) {
+        match self {
+            Self::Namespace(ns) => (Kind::Namespace, ObjectRef::new("", &ns.name)),
+            Self::Pod(pod) => (Kind::Pod, pod.id.clone()),
+            Self::Policy(policy) => (Kind::Policy, policy.id.clone()),
+            Self::Service(service) => (Kind::Service, service.id.clone()),
+            Self::EndpointSlice(slice) => (Kind::EndpointSlice, slice.id.clone()),
+            Self::Node(node) => (Kind::Node, ObjectRef::new("", &node.name)),
+        }
+    }
+}
+
 /// The kinds the agent follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
