@@ -868,7 +868,7 @@ fn rejected_objects_make_matrix_and_explain_exit_3_after_printing_the_results() 
     let (code, stdout, stderr) = run_in(&dir, "matrix", &[]);
     assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
     assert!(
-        stderr.contains("NetworkPolicy x/broken rejected, not enforced"),
+        stderr.contains("NetworkPolicy x/broken rejected, enforced fail-closed"),
         "{stderr}"
     );
     let row = |from: &str| {
@@ -880,9 +880,9 @@ fn rejected_objects_make_matrix_and_explain_exit_3_after_printing_the_results() 
             .skip(1)
             .collect::<Vec<_>>()
     };
-    // Columns x/a, x/b: the valid policy isolates x/a, the rejected one nothing.
+    // Columns x/a, x/b: the valid policy isolates x/a, the rejected one x/b (fail-closed).
     assert_eq!(row("x/b"), ["X", "."], "{stdout}");
-    assert_eq!(row("x/a"), [".", "."], "{stdout}");
+    assert_eq!(row("x/a"), [".", "X"], "{stdout}");
 
     let (code, stdout, stderr) = run_in(
         &dir,
@@ -946,7 +946,10 @@ fn control_characters_in_names_are_printed_escaped() {
         &["--from", "x/b", "--to", "x/a", "--port", "80"],
     );
     assert_eq!(code, Some(EXIT_REJECTED), "{stderr}");
-    assert!(explained.contains(r"isolated by x/deny\na"), "{explained}");
+    assert!(
+        explained.contains(r"isolated by x/ansi, x/deny\na"),
+        "{explained}"
+    );
     assert!(explained.contains(r"\u{1b}[31mred"), "{explained}");
     for out in [&stdout, &explained, &stderr] {
         assert!(!out.contains('\u{1b}'), "a raw ESC was printed:\n{out}");
