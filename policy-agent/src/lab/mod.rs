@@ -693,15 +693,7 @@ impl Lab {
                 );
                 async move {
                     let _permit = limit.acquire().await.expect("never closed");
-                    let frontend = SocketAddr::new(t.address, t.port);
-                    // Without a backend, only the proxy (or the node holding the
-                    // frontend) can refuse: that is no backend reached.
-                    let refusal = if t.backends.is_empty() {
-                        Refusal::NotReached
-                    } else {
-                        Refusal::Reached
-                    };
-                    let allowed = exchange(src, frontend, t.protocol, lookup, refusal).await?;
+                    let allowed = through_frontend(src, t, lookup).await?;
                     anyhow::Ok(plan::service_probe(hosts, targets, &q, allowed))
                 }
                 .boxed()
@@ -716,16 +708,7 @@ impl Lab {
                 let t = &node_targets[q.target].target;
                 async move {
                     let _permit = limit.acquire().await.expect("never closed");
-                    let frontend = SocketAddr::new(t.address, t.port);
-                    // Without a backend (a node port of a Service with
-                    // `externalTrafficPolicy: Local` on a node without one), only the node
-                    // can refuse.
-                    let refusal = if t.backends.is_empty() {
-                        Refusal::NotReached
-                    } else {
-                        Refusal::Reached
-                    };
-                    let allowed = exchange(src, frontend, t.protocol, None, refusal).await?;
+                    let allowed = through_frontend(src, t, None).await?;
                     anyhow::Ok(plan::node_probe(hosts, targets, &q, Some(allowed)))
                 }
                 .boxed()
@@ -808,6 +791,30 @@ impl Lab {
             let _ = self.stop_agent(i).await;
         }
     }
+}
+
+/// One probe from `src` through frontend `t` (`lookup` when it ends at a DNS server). A
+/// frontend without a backend (none ready, or a node port of a Service with
+/// `externalTrafficPolicy: Local` on a node without one) can only be refused by the proxy
+/// or the node holding it: that is no backend reached.
+async fn through_frontend(
+    src: &Host,
+    t: &plan::ServiceTarget,
+    lookup: Option<&dns::ProbeLookup>,
+) -> anyhow::Result<bool> {
+    let refusal = if t.backends.is_empty() {
+        Refusal::NotReached
+    } else {
+        Refusal::Reached
+    };
+    exchange(
+        src,
+        SocketAddr::new(t.address, t.port),
+        t.protocol,
+        lookup,
+        refusal,
+    )
+    .await
 }
 
 /// One probe from `src` to `dst`: `lookup` when it ends at a DNS server, else a plain
