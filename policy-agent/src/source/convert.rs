@@ -105,7 +105,7 @@ pub fn typed_strict<T: DeserializeOwned>(doc: Value, vocabulary: &[&str]) -> Fie
     }) {
         Ok(value) => value,
         // The same error again, with the path of the field that does not fit.
-        Err(serde_json::Error { .. }) => typed::<T>(doc)?,
+        Err(_) => typed::<T>(doc)?,
     };
     // Older API servers print an empty `status` on NetworkPolicies; it means nothing here.
     unknown.retain(|path| path != "status");

@@ -33,6 +33,7 @@ use super::{
 use crate::{
     model::{Cluster, ObjectRef, Origin, Policy},
     report::escape,
+    semantics::ParsedPolicy,
 };
 
 /// Documents one file may hold. Manifests are the administrator's own, as for
@@ -179,6 +180,20 @@ fn settle(
         match decoded {
             Decoded::Object(object) => {
                 let key = object.key();
+                let object = match (invalid_policy(&object), last.objects.get(&key)) {
+                    // Read, but rejected by validation: the last good version stays (with
+                    // none, the compiler enforces it fail-closed and reports it).
+                    (Some(error), Some(good)) => {
+                        loaded.errors.push(ManifestError {
+                            file: file.to_owned(),
+                            object: Some(format!("NetworkPolicy {}", key.1)),
+                            field: None,
+                            message: format!("{error} (its last good version stays in force)"),
+                        });
+                        good.clone()
+                    }
+                    _ => object,
+                };
                 now.objects.insert(key.clone(), object);
                 keys.push(key);
             }
@@ -216,6 +231,20 @@ fn settle(
         }
     }
     keys
+}
+
+/// Why `object` is a policy that fails validation, if it is one.
+fn invalid_policy(object: &Object) -> Option<String> {
+    match object {
+        Object::Policy(policy) => ParsedPolicy::parse(policy).err().map(|e| {
+            e.errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }),
+        _ => None,
+    }
 }
 
 /// A policy that could not be read and never was: what it selects (every pod of its
@@ -624,6 +653,20 @@ status: {podIP: 10.0.0.2}
                 .contains("last good version stays in force"),
             "{:?}",
             typoed.errors
+        );
+
+        // An invalid CIDR in p (read, but rejected by validation): its last good version
+        // stays.
+        let invalid = good.replace("podSelector: {}}]}", "ipBlock: {cidr: 10.0.0.0/33}}]}");
+        assert_ne!(invalid, good);
+        let rejected = load(&invalid, &mut last);
+        assert_eq!(rejected.cluster.policies[&p].spec, was);
+        assert!(
+            rejected.errors[0]
+                .message
+                .contains("last good version stays in force"),
+            "{:?}",
+            rejected.errors
         );
 
         // Deleting q on purpose (the file reads whole) deletes it.
