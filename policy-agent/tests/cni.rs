@@ -44,8 +44,9 @@ fn conf(extra: Value) -> Value {
     conf
 }
 
-/// Runs the plugin; returns its exit success and stdout parsed (Null when empty).
-fn run(command: &str, args: &str, stdin: &str) -> (bool, Value) {
+/// Starts the plugin with `command`, `CNI_ARGS` `args` and the configuration `stdin` (then
+/// closed), every stream piped.
+fn spawn_plugin(command: &str, args: &str, stdin: &str) -> std::process::Child {
     let mut child = Command::new(PLUGIN)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", "c1")
@@ -64,6 +65,12 @@ fn run(command: &str, args: &str, stdin: &str) -> (bool, Value) {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
+    child
+}
+
+/// Runs the plugin; returns its exit success and stdout parsed (Null when empty).
+fn run(command: &str, args: &str, stdin: &str) -> (bool, Value) {
+    let child = spawn_plugin(command, args, stdin);
     let out = child.wait_with_output().unwrap();
     let stdout = if out.stdout.is_empty() {
         Value::Null
@@ -166,7 +173,7 @@ mod faulty_agent {
             process::ExitStatusExt as _,
         },
         path::PathBuf,
-        process::{Command, ExitStatus, Stdio},
+        process::ExitStatus,
         thread,
         time::{Duration, Instant},
     };
@@ -174,7 +181,7 @@ mod faulty_agent {
     use policy_agent::{agent::api::MAX_REPLY_BYTES, cni::spec::DEFAULT_TIMEOUT_SECONDS};
     use serde_json::{Value, json};
 
-    use super::{PLUGIN, POD_ARGS, conf, prev_result};
+    use super::{POD_ARGS, conf, prev_result, spawn_plugin};
 
     /// The plugin's deadline in these tests: short, most of them wait for it.
     const TIMEOUT_SECONDS: u64 = 1;
@@ -314,24 +321,7 @@ mod faulty_agent {
     )]
     fn run_measured(command: &str, stdin: &str) -> Run {
         let start = Instant::now();
-        let mut child = Command::new(PLUGIN)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "c1")
-            .env("CNI_NETNS", "/var/run/netns/p")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .env("CNI_ARGS", POD_ARGS)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        let mut child = spawn_plugin(command, POD_ARGS, stdin);
         let mut stderr_pipe = child.stderr.take().unwrap();
         let stderr = thread::spawn(move || {
             let mut text = String::new();
