@@ -56,6 +56,17 @@ fn socket_of(instance: &str) -> PathBuf {
 
 /// Starts node `node`'s agent, watching `api`.
 fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentHandle {
+    start_agent_with(lab, node, api, pins, agent::FULL_RESYNC)
+}
+
+/// Like [`start_agent`], comparing the maps with what it wrote every `full_resync`.
+fn start_agent_with(
+    lab: &Lab,
+    node: usize,
+    api: &FakeApi,
+    pins: &mut Pins,
+    full_resync: Duration,
+) -> AgentHandle {
     let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
     pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
     agent::spawn(
@@ -69,6 +80,7 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            full_resync,
         },
         kubernetes::watch(api.client()),
     )
@@ -439,6 +451,179 @@ fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
     });
 }
 
+/// A counter of the agent's metrics.
+fn counter(agent: &AgentHandle, name: &str) -> u64 {
+    let metrics = agent.metrics.render();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Rulesets no compiled policy uses: where a test writes entries behind the agent's back.
+const FOREIGN_RULESET: u32 = 0xFFFF_0000;
+
+#[test]
+fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_writes() {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use policy_common::maps::{
+        EP_INGRESS_ISOLATED, EndpointInfo, IpKey, IpcacheValue, POLICY_PREFIX_ANY_PROTO, PolicyKey,
+        PolicyValue, names, peer_kind,
+    };
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::ZERO);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |_| true).await;
+
+        // Something else fills IPCACHE (a tool, leftovers): the next sync that needs an
+        // address there fails, and keeps failing (addresses are only removed once the new
+        // ones are in).
+        let pin_dir = pins.0[0].clone();
+        let mut ipcache: aya::maps::HashMap<MapData, IpKey, IpcacheValue> =
+            aya::maps::HashMap::try_from(Map::HashMap(
+                MapData::from_pin(pin_dir.join(names::IPCACHE)).unwrap(),
+            ))
+            .unwrap();
+        let mut junk = Vec::new();
+        for i in 0u32.. {
+            // 198.18.0.0/15: benchmarking addresses, never a pod's.
+            let [_, _, hi, lo] = i.to_be_bytes();
+            let key = IpKey::v4([198, 18 + (i >> 16) as u8, hi, lo]);
+            match ipcache.insert(key, IpcacheValue { identity: 0 }, 0) {
+                Ok(()) => junk.push(key),
+                Err(_) => break,
+            }
+        }
+        assert!(junk.len() > 1000, "filled with {} entries", junk.len());
+        let x_admits_a = |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || p.from == "x/a";
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}",
+        ));
+        // A pod on another node: its address goes to IPCACHE.
+        api.apply(json!({
+            "kind": "Pod",
+            "metadata": {"name": "remote", "namespace": "y", "labels": {"app": "r"}},
+            "spec": {"nodeName": "elsewhere", "containers": [{"name": "c"}]},
+            "status": {"podIPs": [{"ip": "10.100.9.9"}]},
+        }));
+        // It retries with backoff, not in a loop, and says why.
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures >= 3))
+            .await
+            .expect("the agent retries")
+            .unwrap();
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains(names::IPCACHE)),
+            "{status}"
+        );
+        assert!(status.to_string().contains("FAILING"), "{status}");
+        // Meanwhile the last state stays enforced. The waits double (three failures in,
+        // they are near a second): a few more attempts in the next seconds, not dozens.
+        let before = counter(&agent, "policy_agent_sync_failures");
+        let t = Instant::now();
+        assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let more = counter(&agent, "policy_agent_sync_failures") - before;
+        assert!(
+            more <= 5,
+            "{more} more failed syncs in {:?}: the agent does not back off",
+            t.elapsed()
+        );
+
+        // Room is made: a retry applies the policy.
+        for key in &junk {
+            ipcache.remove(key).unwrap();
+        }
+        converge(&lab, x_admits_a).await;
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures == 0))
+            .await
+            .unwrap()
+            .unwrap();
+        agent.stop().await.unwrap();
+
+        // An agent that compares the maps with what it wrote every second.
+        let agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::from_secs(1));
+        let mut agent = agent;
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, x_admits_a).await;
+        // Someone writes an entry that lets x/b into x's pods, behind the agent's back.
+        let endpoints: aya::maps::HashMap<MapData, u32, EndpointInfo> =
+            aya::maps::HashMap::try_from(Map::HashMap(
+                MapData::from_pin(pin_dir.join(names::ENDPOINTS)).unwrap(),
+            ))
+            .unwrap();
+        let ruleset = endpoints
+            .iter()
+            .map(Result::unwrap)
+            .find(|(_, e)| e.flags & EP_INGRESS_ISOLATED != 0)
+            .map(|(_, e)| e.ingress_ruleset)
+            .expect("x's pods are isolated");
+        let x_b = &lab.cluster().pods[&ObjectRef::new("x", "b")];
+        let identity = x_b
+            .ips
+            .iter()
+            .map(|ip| {
+                ipcache
+                    .get(&policy_agent::compiler::ip_key(*ip), 0)
+                    .unwrap()
+                    .identity
+            })
+            .next()
+            .unwrap();
+        let drift_before = counter(&agent, "policy_agent_drift_corrected");
+        let mut map: LpmTrie<MapData, PolicyKey, PolicyValue> = LpmTrie::try_from(Map::LpmTrie(
+            MapData::from_pin(pin_dir.join(names::POLICY)).unwrap(),
+        ))
+        .unwrap();
+        map.insert(
+            &Key::new(
+                POLICY_PREFIX_ANY_PROTO,
+                PolicyKey::new(ruleset, peer_kind::IDENTITY, identity, 0, 0),
+            ),
+            PolicyValue { policy_id: 0 },
+            0,
+        )
+        .unwrap();
+        // It works (unless the resync already undid it)...
+        let open = lab
+            .probe("x/b", "x/a", 81, Protocol::Tcp, Family::IPv4)
+            .await
+            .unwrap();
+        assert!(
+            open || counter(&agent, "policy_agent_drift_corrected") > drift_before,
+            "the foreign entry should let x/b in until the resync"
+        );
+        // ... until the full resync removes it.
+        converge(&lab, x_admits_a).await;
+        let drift = counter(&agent, "policy_agent_drift_corrected") - drift_before;
+        assert!(drift >= 1, "the agent corrected {drift} entries");
+        assert!(
+            agent
+                .status
+                .borrow()
+                .errors
+                .iter()
+                .any(|e| e.contains("full resync")),
+            "{}",
+            *agent.status.borrow()
+        );
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
+
 /// The scheduled pod of the CNI test: no address yet, as the kubelet has not reported one.
 const NEW_POD: &str = r#"
 kind: Pod
@@ -489,6 +674,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 metrics_address: None,
                 source: format!("kubernetes ({})", api.url),
                 cni_conf_dir: None,
+                full_resync: policy_agent::agent::FULL_RESYNC,
             },
             Source {
                 events: kubernetes::watch(api.client()),

@@ -312,6 +312,7 @@ fn start_agent(
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            full_resync: policy_agent::agent::FULL_RESYNC,
         },
         Source {
             events: kubernetes::watch(api.client()),

@@ -66,6 +66,10 @@ pub struct Metrics {
     watch_restarts: Family<ResourceLabel, Counter>,
     /// Errors reported by the source.
     pub source_errors: Counter,
+    /// Syncs that failed (each is retried after a backoff).
+    pub sync_failures: Counter,
+    /// Map entries a full resync found changed behind the agent's back, and corrected.
+    pub drift_corrected: Counter,
     /// Interfaces refused as not a single pod's, by reason.
     interface_refusals: Family<ReasonLabel, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -193,6 +197,18 @@ impl Metrics {
             "Errors reported by the source (API unreachable, bad objects)",
             source_errors.clone(),
         );
+        let sync_failures = Counter::default();
+        registry.register(
+            "policy_agent_sync_failures",
+            "Syncs that failed; each is retried with exponential backoff while the last state stays enforced",
+            sync_failures.clone(),
+        );
+        let drift_corrected = Counter::default();
+        registry.register(
+            "policy_agent_drift_corrected",
+            "Map entries a periodic full resync found changed behind the agent's back, and corrected",
+            drift_corrected.clone(),
+        );
         let interface_refusals = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "policy_agent_interface_refusals",
@@ -206,6 +222,8 @@ impl Metrics {
             sync_latency,
             watch_restarts,
             source_errors,
+            sync_failures,
+            drift_corrected,
             interface_refusals,
             snapshot,
             ready: AtomicBool::new(false),

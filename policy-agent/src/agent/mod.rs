@@ -18,6 +18,7 @@ pub mod flows;
 pub mod interfaces;
 pub mod metrics;
 pub mod node;
+pub mod retry;
 pub mod status;
 
 use std::{
@@ -47,6 +48,7 @@ use self::{
     flows::{FlowRecord, Names},
     interfaces::{Interface, Interfaces, Lookup, Refusal},
     metrics::{Metrics, Snapshot},
+    retry::SyncRetry,
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
 use crate::{
@@ -67,6 +69,10 @@ pub const MAX_SETTLE: Duration = Duration::from_millis(200);
 pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
 /// How often counters and fill levels are refreshed for metrics and status.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the maps are compared with what the agent last wrote, by default.
+pub const FULL_RESYNC: Duration = Duration::from_secs(300);
+/// A period that never comes in practice (tokio's own "far future" is 30 years).
+const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// Errors kept for `status`.
 const RECENT_ERRORS: usize = 20;
 /// Flow records buffered for slow API clients.
@@ -94,6 +100,9 @@ pub struct AgentConfig {
     pub source: String,
     /// The node's CNI configuration directory, to report how the CNI plugin is installed.
     pub cni_conf_dir: Option<PathBuf>,
+    /// How often the maps are read back and corrected where they differ from what the
+    /// agent wrote (another process, a bug, a lost write); zero never.
+    pub full_resync: Duration,
 }
 
 /// A request of the CNI plugin, for the agent task (see [`api`]).
@@ -260,6 +269,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         lint_due: false,
         errors,
         last_sync: None,
+        retry: None,
+        full_resync_due: false,
         status: status_tx,
         flows: flows.clone(),
         metrics: Arc::clone(&metrics),
@@ -339,6 +350,11 @@ struct Agent {
     lint_due: bool,
     errors: VecDeque<String>,
     last_sync: Option<SyncStatus>,
+    /// Failures of the sync in a row, and when to try again.
+    retry: Option<SyncRetry>,
+    /// Whether the next sync compares with what the maps hold rather than with what the
+    /// agent last wrote.
+    full_resync_due: bool,
     status: watch::Sender<Status>,
     flows: broadcast::Sender<FlowRecord>,
     metrics: Arc<Metrics>,
@@ -354,9 +370,18 @@ impl Agent {
         let events: OwnedFd = self.datapath.events_fd().try_clone_to_owned()?;
         // SAFETY: the descriptor is owned by the AsyncFd for its whole life.
         let events = unsafe { AsyncFd::register(events) }?;
-        let mut retry = interval(INTERFACE_RETRY);
+        let mut interface_retry = interval(INTERFACE_RETRY);
         let mut snapshot = interval(SNAPSHOT_INTERVAL);
-        for t in [&mut retry, &mut snapshot] {
+        let resync_every = self.config.full_resync;
+        // Never, when off: a period far beyond any agent's life.
+        let mut full_resync = interval(if resync_every.is_zero() {
+            NEVER
+        } else {
+            resync_every
+        });
+        // The first tick of an interval is at once; the first sync reads the maps anyway.
+        full_resync.reset();
+        for t in [&mut interface_retry, &mut snapshot, &mut full_resync] {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut source_open = true;
@@ -375,7 +400,7 @@ impl Agent {
                 _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     self.reconcile().await;
                 }
-                _ = retry.tick(), if self.waiting_for_interfaces() => {
+                _ = interface_retry.tick(), if self.waiting_for_interfaces() => {
                     if self.find_interfaces().await {
                         self.pending_since.get_or_insert_with(Instant::now);
                     }
@@ -390,6 +415,10 @@ impl Agent {
                     self.lint();
                     self.publish();
                 }
+                _ = full_resync.tick(), if !resync_every.is_zero() => {
+                    self.full_resync_due = true;
+                    self.pending_since.get_or_insert_with(Instant::now);
+                }
             }
         }
         tracing::info!("agent stopping; programs stay attached and maps pinned");
@@ -403,12 +432,18 @@ impl Agent {
         if !self.complete() {
             return None;
         }
+        // A sandbox waiting for its pod is worth an attempt even while syncs fail (the
+        // kubelet paces its ADDs); nothing else retries before the backoff says so.
         if !self.waiting.is_empty() {
             return Some(tokio::time::Instant::now());
         }
         let quiet = tokio::time::Instant::from_std(self.last_change) + SETTLE;
         let latest = tokio::time::Instant::from_std(since) + MAX_SETTLE;
-        Some(quiet.min(latest))
+        let due = quiet.min(latest);
+        Some(match &self.retry {
+            Some(retry) => due.max(retry.next()),
+            None => due,
+        })
     }
 
     /// Whether the source has delivered everything once: syncing a half-listed cluster
@@ -821,13 +856,24 @@ impl Agent {
     async fn reconcile(&mut self) {
         let since = self.pending_since.take().unwrap_or_else(Instant::now);
         match self.try_reconcile(since).await {
-            Ok(()) => self.answer_waiting(None),
+            Ok(()) => {
+                if let Some(retry) = self.retry.take() {
+                    tracing::info!(failures = retry.failures(), "sync succeeded again");
+                }
+                self.answer_waiting(None);
+            }
             Err(e) => {
-                // Try again soon; until then the last state stays enforced, and `/readyz`
-                // says the maps may lag the cluster.
+                // Try again later, ever less often; until then the last state stays
+                // enforced, and `/readyz` says the maps may lag the cluster.
                 self.metrics.set_ready(false);
+                self.metrics.sync_failures.inc();
                 self.pending_since = Some(since);
                 let e = format!("sync failed: {e:#}");
+                let now = tokio::time::Instant::now();
+                match &mut self.retry {
+                    Some(retry) => retry.failed_again(now, e.clone()),
+                    None => self.retry = Some(SyncRetry::after_first_failure(now, e.clone())),
+                }
                 self.answer_waiting(Some(&e));
                 self.error(e);
             }
@@ -853,6 +899,9 @@ impl Agent {
         self.find_interfaces().await;
         if !self.adopted {
             self.adopt()?;
+        }
+        if std::mem::take(&mut self.full_resync_due) {
+            self.resync_with_maps();
         }
 
         let mut addresses = self.interfaces.addresses().await?;
@@ -931,6 +980,22 @@ impl Agent {
         self.metrics.set_ready(true);
         self.publish();
         Ok(())
+    }
+
+    /// Makes the next sync compare with what the maps hold, and reports what differs from
+    /// what the agent last wrote: nothing should, unless something else writes the maps.
+    fn resync_with_maps(&mut self) {
+        match self.datapath.drift() {
+            Ok(0) => tracing::debug!("full resync: the maps hold what the agent wrote"),
+            Ok(drift) => {
+                self.metrics.drift_corrected.inc_by(drift as u64);
+                self.error(format!(
+                    "full resync: {drift} map entries differed from what the agent wrote \
+                     (changed by another process?); corrected"
+                ));
+            }
+            Err(e) => self.error(format!("full resync: reading the maps: {e}")),
+        }
     }
 
     /// Makes a per-endpoint table ahead of need, so that the next new pod's ADD does not
@@ -1047,6 +1112,8 @@ impl Agent {
                 })
                 .collect(),
             last_sync: self.last_sync.clone(),
+            sync_failures: self.retry.as_ref().map_or(0, SyncRetry::failures),
+            sync_error: self.retry.as_ref().map(|r| r.last_error().to_owned()),
             rejected: self
                 .load_errors
                 .iter()

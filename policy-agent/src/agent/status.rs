@@ -36,6 +36,12 @@ pub struct Status {
     pub maps: Vec<MapStatus>,
     /// The last successful sync.
     pub last_sync: Option<SyncStatus>,
+    /// Syncs that failed in a row since the last successful one (retried with backoff).
+    #[serde(default)]
+    pub sync_failures: u32,
+    /// Why the last sync failed, while syncs fail.
+    #[serde(default)]
+    pub sync_error: Option<String>,
     /// Policies rejected by validation, with their errors.
     pub rejected: Vec<String>,
     /// Lint warnings about valid policies.
@@ -138,6 +144,14 @@ impl fmt::Display for Status {
             None => {
                 let _ = writeln!(out, "synced:   never");
             }
+        }
+        if let Some(e) = &self.sync_error {
+            let _ = writeln!(
+                out,
+                "FAILING:  {} syncs in a row, retrying with backoff; last: {}",
+                self.sync_failures,
+                escape_text(e)
+            );
         }
         let _ = writeln!(out, "policies: {}", self.policies);
         let _ = writeln!(out, "\nendpoints:");

@@ -1,6 +1,8 @@
 //! `policy-agent run`: the node agent.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr};
+use std::{
+    net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -69,6 +71,10 @@ pub struct RunArgs {
     /// chained (fail-closed or fail-open).
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// How often the maps are compared with what the agent wrote and corrected (anything
+    /// that changed them behind its back), in seconds; 0 never.
+    #[arg(long, default_value_t = agent::FULL_RESYNC.as_secs())]
+    full_resync_seconds: u64,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -124,6 +130,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             metrics_address,
             source: description,
             cni_conf_dir: args.cni_conf_dir,
+            full_resync: Duration::from_secs(args.full_resync_seconds),
         };
         tracing::info!(node = %config.node_name, source = %config.source, "starting");
         let handle = agent::spawn(config, source)?;

@@ -13,6 +13,7 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    sys::SyscallError,
 };
 use policy_common::maps::{
     CidrKey, CidrValue, EndpointInfo, FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey,
@@ -75,6 +76,25 @@ pub struct MapContents {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     /// SERVICE_POLICY.
     pub service_policy: BTreeMap<ServicePolicyKey, ServicePolicyValue>,
+}
+
+impl MapContents {
+    /// Entries that differ between `self` and `other` (in one only, or with other values).
+    pub fn difference(&self, other: &Self) -> usize {
+        fn count<K: Ord + Copy, V: PartialEq + Copy>(
+            a: &BTreeMap<K, V>,
+            b: &BTreeMap<K, V>,
+        ) -> usize {
+            let d = diff(a, b);
+            d.upserts.len() + d.removes.len()
+        }
+        count(&self.endpoints, &other.endpoints)
+            + count(&self.ipcache, &other.ipcache)
+            + count(&self.policy, &other.policy)
+            + count(&self.cidr, &other.cidr)
+            + count(&self.frontends, &other.frontends)
+            + count(&self.service_policy, &other.service_policy)
+    }
 }
 
 /// How many entries a sync wrote and removed.
@@ -143,6 +163,15 @@ pub(super) fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Whether a map refused an insert for lack of room (hash maps say E2BIG, LPM tries ENOSPC).
+pub fn is_full(e: &MapError) -> bool {
+    matches!(
+        e,
+        MapError::SyscallError(SyscallError { io_error, .. })
+            if matches!(io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
+    )
+}
+
 fn lpm_key<K: Pod>(k: &LpmKey<K>) -> Key<K> {
     Key::new(k.prefix_len, k.data)
 }
@@ -197,15 +226,44 @@ impl Maps {
         for (k, v) in &ipcache.upserts {
             op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
         }
+        // Entries that only allow may go before the new ones when the map is full: removing
+        // them first only denies sooner what is no longer allowed, and a map filled by an
+        // earlier state (another agent's, or entries written behind this one's back) would
+        // otherwise never make room.
+        let mut policy_room_made = false;
         for (k, v) in &policy.upserts {
-            op(names::POLICY, self.policy.insert(&lpm_key(k), v, 0))?;
+            let key = lpm_key(k);
+            match self.policy.insert(&key, v, 0) {
+                Err(e) if is_full(&e) && !policy_room_made => {
+                    policy_room_made = true;
+                    for k in &policy.removes {
+                        op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+                    }
+                    op(names::POLICY, self.policy.insert(&key, v, 0))?;
+                }
+                r => op(names::POLICY, r)?,
+            }
         }
         for (k, v) in &cidr.upserts {
             op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
         }
-        // A frontend's verdicts before the frontend itself.
+        // A frontend's verdicts before the frontend itself; as in POLICY, stale verdicts
+        // (allows) may go first to make room.
+        let mut service_room_made = false;
         for (k, v) in &service_policy.upserts {
-            op(names::SERVICE_POLICY, self.service_policy.insert(k, v, 0))?;
+            match self.service_policy.insert(k, v, 0) {
+                Err(e) if is_full(&e) && !service_room_made => {
+                    service_room_made = true;
+                    for k in &service_policy.removes {
+                        op(
+                            names::SERVICE_POLICY,
+                            absent_ok(self.service_policy.remove(k)),
+                        )?;
+                    }
+                    op(names::SERVICE_POLICY, self.service_policy.insert(k, v, 0))?;
+                }
+                r => op(names::SERVICE_POLICY, r)?,
+            }
         }
         for (k, v) in &frontends.upserts {
             op(names::FRONTENDS, self.frontends.insert(k, v, 0))?;

@@ -292,6 +292,15 @@ impl Datapath {
         Ok(report)
     }
 
+    /// How many entries of the maps differ from what the last sync wrote (changed behind the
+    /// agent's back); the next sync then compares with the maps rather than with its own
+    /// record, and so corrects them.
+    pub fn drift(&mut self) -> Result<usize, DatapathError> {
+        let live = self.maps.live()?;
+        let drift = self.written.take().map_or(0, |w| w.difference(&live));
+        Ok(drift)
+    }
+
     /// What the maps hold: after loading, the state a previous agent left.
     pub fn live(&self) -> Result<MapContents, DatapathError> {
         Ok(self.maps.live()?)

@@ -262,6 +262,7 @@ impl Lab {
                     metrics_address: None,
                     source: "lab".to_owned(),
                     cni_conf_dir: Some(conf_dir),
+                    full_resync: crate::agent::FULL_RESYNC,
                 },
                 handle: None,
                 feed,
