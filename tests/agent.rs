@@ -82,7 +82,7 @@ fn start_agent_with(
             cni_conf_dir: None,
             full_resync,
         },
-        kubernetes::watch(api.client()),
+        kubernetes::watch(api.client(), &topology::node_name(node)),
     )
     .expect("agent starts")
 }
@@ -461,9 +461,6 @@ fn counter(agent: &AgentHandle, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
-/// Rulesets no compiled policy uses: where a test writes entries behind the agent's back.
-const FOREIGN_RULESET: u32 = 0xFFFF_0000;
-
 #[test]
 fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_writes() {
     use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
@@ -624,6 +621,114 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
     });
 }
 
+#[test]
+fn a_rejected_version_keeps_the_last_good_one_in_force_with_an_event_and_metrics() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let guard =
+            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}";
+        api.apply(policy("x", "guard", guard));
+        let mut pins = Pins(Vec::new());
+        let mut agent = start_agent(&lab, 0, &api, &mut pins);
+        agent.ready(CONVERGE).await.unwrap();
+        let x_admits_a = |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || p.from == "x/a";
+        converge(&lab, x_admits_a).await;
+
+        // A version the agent cannot enforce as written (the fake API server does not
+        // validate; a real one may accept what the agent cannot enforce): the last good
+        // version stays, and the operator is told where they look.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+        ));
+        // A pod whose address cannot be read keeps its last good version too.
+        let mut y_b = pod_object(lab.cluster(), "y", "b");
+        y_b["status"]["podIPs"] = json!([{"ip": "10.100.0.4.7"}]);
+        api.apply(y_b);
+        let rejected = |s: &agent::status::Status| {
+            s.rejected
+                .iter()
+                .any(|r| r.contains("x/guard") && r.contains("last good"))
+                && s.rejected
+                    .iter()
+                    .any(|r| r.contains("y/b") && r.contains("podIPs"))
+        };
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(rejected))
+            .await
+            .expect("the rejections are reported")
+            .unwrap();
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.contains("spec.ingress[0].from[0].ipBlock.cidr")),
+            "{status}"
+        );
+        assert_reachability(&lab.probe_all().await.unwrap(), x_admits_a);
+        let metrics = agent.metrics.render();
+        for line in [
+            r#"policy_agent_rejected_objects{reason="invalid",in_force="last-good"} 1"#,
+            r#"policy_agent_rejected_objects{reason="unreadable",in_force="last-good"} 1"#,
+        ] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+        // An Event on the policy, as `kubectl describe` shows it.
+        let start = Instant::now();
+        let event = loop {
+            let found = api.events().into_iter().find(|e| {
+                e["regarding"]["name"] == "guard" && e["regarding"]["kind"] == "NetworkPolicy"
+            });
+            match found {
+                Some(e) => break e,
+                None if start.elapsed() < CONVERGE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => panic!("no Event on x/guard: {:?}", api.events()),
+            }
+        };
+        assert_eq!(event["type"], "Warning", "{event}");
+        assert_eq!(event["reason"], kubernetes::REJECTED_REASON, "{event}");
+        assert_eq!(event["metadata"]["namespace"], "x", "{event}");
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("ipBlock.cidr") && note.contains("last good"),
+            "{note}"
+        );
+
+        // A restarted agent never saw the good version: the policy is enforced fail-closed
+        // (its pods isolated, nothing allowed), never open.
+        agent.stop().await.unwrap();
+        let mut agent = start_agent(&lab, 0, &api, &mut pins);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |p| to_self(p) || ns(&p.to) != Some("x")).await;
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.contains("x/guard") && r.contains("fail-closed")),
+            "{status}"
+        );
+
+        // Fixed: enforced as written, and no longer reported.
+        api.apply(policy("x", "guard", guard));
+        api.apply(pod_object(lab.cluster(), "y", "b"));
+        converge(&lab, x_admits_a).await;
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.rejected.is_empty()))
+            .await
+            .expect("nothing is rejected any more")
+            .unwrap();
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
+
 /// The scheduled pod of the CNI test: no address yet, as the kubelet has not reported one.
 const NEW_POD: &str = r#"
 kind: Pod
@@ -677,7 +782,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 full_resync: policy_agent::agent::FULL_RESYNC,
             },
             Source {
-                events: kubernetes::watch(api.client()),
+                events: kubernetes::watch(api.client(), &topology::node_name(0)),
                 pods: Some(kubernetes::PodLookup::new(api.client())),
             },
         )

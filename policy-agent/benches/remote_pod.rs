@@ -315,7 +315,7 @@ fn start_agent(
             full_resync: policy_agent::agent::FULL_RESYNC,
         },
         Source {
-            events: kubernetes::watch(api.client()),
+            events: kubernetes::watch(api.client(), &topology::node_name(node)),
             pods: Some(kubernetes::PodLookup::new(api.client())),
         },
     )

@@ -5,6 +5,7 @@
 //! sync latency and watch restarts are recorded as they happen.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub policies: usize,
     /// Policies rejected by validation.
     pub rejected: usize,
+    /// Rejected objects by (reason, what is in force instead).
+    pub rejected_objects: BTreeMap<(&'static str, &'static str), usize>,
     /// Addresses several running pods claim.
     pub address_conflicts: usize,
 }
@@ -131,6 +134,17 @@ impl Collector for SnapshotCollector {
         for (map, _, cap) in &s.maps {
             ConstGauge::new(i64::try_from(*cap).unwrap_or(i64::MAX))
                 .encode(capacity.encode_family(&[("map", map.as_str())])?)?;
+        }
+        let mut rejected = encoder.encode_descriptor(
+            "policy_agent_rejected_objects",
+            "Objects whose latest version the agent rejected, by reason (unreadable, invalid, \
+             manifest) and what is enforced instead (last-good, fail-closed, nothing)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for ((reason, in_force), n) in &s.rejected_objects {
+            ConstGauge::new(*n as i64)
+                .encode(rejected.encode_family(&[("reason", *reason), ("in_force", *in_force)])?)?;
         }
         for (name, help, value) in [
             ("policy_agent_endpoints", "Local pods enforced", s.endpoints),

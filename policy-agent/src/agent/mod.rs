@@ -58,7 +58,7 @@ use crate::{
     model::{Cluster, ObjectRef, Pod},
     netns::NetNs,
     semantics::{ParsedPolicy, lint},
-    source::{Kind, Source, SourceEvent},
+    source::{Kind, Rejection, Source, SourceEvent},
 };
 
 /// How long a change waits for others before it is applied (a burst becomes one sync).
@@ -264,6 +264,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         compiled: Compiled::default(),
         names: Names::default(),
         load_errors: Vec::new(),
+        rejections: BTreeMap::new(),
         warnings: Vec::new(),
         node_warnings,
         lint_due: false,
@@ -342,6 +343,8 @@ struct Agent {
     names: Names,
     /// Objects the source could not read (directory sources).
     load_errors: Vec<String>,
+    /// Objects whose latest version the source rejected (Kubernetes source).
+    rejections: BTreeMap<(Kind, ObjectRef), Rejection>,
     /// Lint warnings about the policies, as of the last lint.
     warnings: Vec<String>,
     /// Settings of the node the datapath relies on that are not as it needs them.
@@ -468,6 +471,7 @@ impl Agent {
         match event {
             SourceEvent::Snapshot { cluster, errors } => {
                 self.cluster = *cluster;
+                self.rejections.clear();
                 self.load_errors = errors;
                 self.listed.extend(Kind::ALL);
             }
@@ -476,10 +480,23 @@ impl Agent {
                     self.metrics.watch_restarted(kind.as_str());
                     tracing::info!(resource = kind.as_str(), "watch listed again");
                 }
+                self.rejections.retain(|(k, _), _| *k != kind);
                 self.cluster.replace(kind, objects);
             }
-            SourceEvent::Applied(object) => self.cluster.apply(object),
+            SourceEvent::Applied(object) => {
+                self.rejections.remove(&object.key());
+                self.cluster.apply(object);
+            }
+            SourceEvent::Rejected(rejection) => {
+                // Nothing changes in the cluster: what was in force stays.
+                tracing::warn!(rejected = %rejection);
+                self.rejections
+                    .insert((rejection.kind, rejection.id.clone()), rejection);
+                self.publish();
+                return;
+            }
             SourceEvent::Deleted(kind, id) => {
+                self.rejections.remove(&(kind, id.clone()));
                 if kind == Kind::Pod {
                     self.cni.forget(&id);
                 }
@@ -1029,6 +1046,24 @@ impl Agent {
         self.warnings = warnings;
     }
 
+    /// Rejected objects by (reason, what is in force instead), for metrics.
+    fn rejected_objects(&self) -> BTreeMap<(&'static str, &'static str), usize> {
+        let mut out = BTreeMap::new();
+        let mut count = |reason, in_force| *out.entry((reason, in_force)).or_default() += 1;
+        for _ in &self.load_errors {
+            // The directory source keeps the last good version of what it cannot read, or
+            // enforces a policy that never read fail-closed; its errors say which.
+            count("manifest", "last-good-or-fail-closed");
+        }
+        for r in self.rejections.values() {
+            count(r.reason.as_str(), r.in_force.as_str());
+        }
+        for _ in &self.compiled.rejected {
+            count("invalid", "fail-closed");
+        }
+        out
+    }
+
     /// Sends waiting flow records to API clients and the log.
     fn forward_flows(&mut self) {
         for event in self.datapath.drain_events() {
@@ -1071,6 +1106,7 @@ impl Agent {
                 .count(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
+            rejected_objects: self.rejected_objects(),
             address_conflicts: self.compiled.conflicts.len(),
         });
 
@@ -1118,6 +1154,7 @@ impl Agent {
                 .load_errors
                 .iter()
                 .cloned()
+                .chain(self.rejections.values().map(ToString::to_string))
                 .chain(self.compiled.rejected.iter().map(ToString::to_string))
                 .collect(),
             warnings: self

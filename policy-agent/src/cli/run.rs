@@ -107,7 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let description = format!("kubernetes ({})", config.cluster_url);
                 let client = kube::Client::try_from(config)?;
                 let source = Source {
-                    events: kubernetes::watch(client.clone()),
+                    events: kubernetes::watch(client.clone(), &args.node_name),
                     pods: Some(kubernetes::PodLookup::new(client)),
                 };
                 (source, description)
