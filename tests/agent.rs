@@ -69,6 +69,7 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            map_sizes: policy_agent::capacity::MapSizes::default(),
         },
         kubernetes::watch(api.client()),
     )
@@ -489,6 +490,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 metrics_address: None,
                 source: format!("kubernetes ({})", api.url),
                 cni_conf_dir: None,
+                map_sizes: policy_agent::capacity::MapSizes::default(),
             },
             Source {
                 events: kubernetes::watch(api.client()),

@@ -454,6 +454,7 @@ impl OwnAgent {
                 metrics_address: None,
                 source: "test".to_owned(),
                 cni_conf_dir: None,
+                map_sizes: policy_agent::capacity::MapSizes::default(),
             },
             events,
         )

@@ -312,6 +312,7 @@ fn start_agent(
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            map_sizes: policy_agent::capacity::MapSizes::default(),
         },
         Source {
             events: kubernetes::watch(api.client()),

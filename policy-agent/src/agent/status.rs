@@ -34,9 +34,15 @@ pub struct Status {
     pub not_enforced: Vec<String>,
     /// Map fill levels.
     pub maps: Vec<MapStatus>,
+    /// The map size settings, as `--map-size` takes them.
+    #[serde(default)]
+    pub map_sizes: String,
+    /// Maps that are full, and what was left out of them.
+    #[serde(default)]
+    pub full: Vec<String>,
     /// The last successful sync.
     pub last_sync: Option<SyncStatus>,
-    /// Policies rejected by validation, with their errors.
+    /// Policies rejected by validation or for lack of room in the maps, with their errors.
     pub rejected: Vec<String>,
     /// Lint warnings about valid policies.
     pub warnings: Vec<String>,
@@ -166,7 +172,7 @@ impl fmt::Display for Status {
         for n in &self.not_enforced {
             let _ = writeln!(out, "  not enforced: {}", escape_text(n));
         }
-        let _ = writeln!(out, "\nmaps:");
+        let _ = writeln!(out, "\nmaps:     {}", escape(&self.map_sizes));
         for m in &self.maps {
             let _ = writeln!(
                 out,
@@ -177,6 +183,7 @@ impl fmt::Display for Status {
             );
         }
         for (title, list) in [
+            ("full maps", &self.full),
             ("rejected policies", &self.rejected),
             ("warnings", &self.warnings),
             ("errors", &self.errors),

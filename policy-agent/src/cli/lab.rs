@@ -222,6 +222,7 @@ async fn watch(
                     metrics_address: Some(metrics),
                     source: format!("dir:{}", dir.display()),
                     cni_conf_dir: None,
+                    map_sizes: policy_agent::capacity::MapSizes::default(),
                 },
                 lab.place(directory::watch(dir.clone())?),
             )?;

@@ -262,6 +262,7 @@ impl Lab {
                     metrics_address: None,
                     source: "lab".to_owned(),
                     cni_conf_dir: Some(conf_dir),
+                    map_sizes: crate::capacity::MapSizes::default(),
                 },
                 handle: None,
                 feed,
