@@ -223,6 +223,18 @@ fn daemonset_image_args_and_probes_match_the_binary() {
     let args = agent.args.as_deref().unwrap();
     assert_eq!(args[0], "run");
     assert_accepted(args);
+    // The map sizes it shows, commented out, are the binary's defaults, and accepted.
+    let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
+    let sizes: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# - --map-size="))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let defaults = policy_agent::capacity::MapSizes::default().to_string();
+    assert_eq!(sizes.join(" "), defaults);
+    let mut with_sizes = args.to_vec();
+    with_sizes.extend(sizes.iter().map(|s| format!("--map-size={s}")));
+    assert_accepted(&with_sizes);
 
     // The probes ask the metrics server the arguments configure.
     let metrics = args
