@@ -14,6 +14,7 @@ use std::{
 
 use policy_agent::{
     agent::{self, AgentConfig, AgentHandle, api, endpoints},
+    capacity::MapSizes,
     datapath::bpffs,
     lab::{
         Lab, LabConfig,
@@ -56,6 +57,17 @@ fn socket_of(instance: &str) -> PathBuf {
 
 /// Starts node `node`'s agent, watching `api`.
 fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentHandle {
+    start_agent_with(lab, node, api, pins, MapSizes::default())
+}
+
+/// Starts node `node`'s agent with maps of `map_sizes`, watching `api`.
+fn start_agent_with(
+    lab: &Lab,
+    node: usize,
+    api: &FakeApi,
+    pins: &mut Pins,
+    map_sizes: MapSizes,
+) -> AgentHandle {
     let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
     pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
     agent::spawn(
@@ -69,7 +81,7 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
-            map_sizes: policy_agent::capacity::MapSizes::default(),
+            map_sizes,
         },
         kubernetes::watch(api.client()),
     )
@@ -490,7 +502,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 metrics_address: None,
                 source: format!("kubernetes ({})", api.url),
                 cni_conf_dir: None,
-                map_sizes: policy_agent::capacity::MapSizes::default(),
+                map_sizes: MapSizes::default(),
             },
             Source {
                 events: kubernetes::watch(api.client()),
@@ -530,5 +542,98 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
         );
         agent.stop().await.unwrap();
         lab.shutdown().await;
+    });
+}
+
+/// POLICY entries the agent of the capacity test may write: room for a few small
+/// policies, far from enough for the huge one.
+const SMALL_POLICY_MAP: u32 = 64;
+/// Rules of the huge policy: each an ipBlock with an `except`, on its own port.
+const HUGE_RULES: usize = 40;
+
+#[test]
+fn a_policy_that_does_not_fit_isolates_its_pods_and_the_others_keep_syncing() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        let sizes = MapSizes {
+            policy: SMALL_POLICY_MAP,
+            ..MapSizes::default()
+        };
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, sizes);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |_| true).await;
+
+        // Tenant y's huge policy: its first rule would admit TCP 80 from 10.0.0.0/8 (every
+        // lab pod), but it does not fit, so it allows nothing and y/b is isolated.
+        let rules: Vec<String> = (0..HUGE_RULES)
+            .map(|i| {
+                let port = if i == 0 { 80 } else { 1000 + i };
+                format!(
+                    "{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.2.{i}.0/24]}}}}], ports: [{{port: {port}}}]}}"
+                )
+            })
+            .collect();
+        let huge = format!(
+            "{{podSelector: {{matchLabels: {{app: b}}}}, ingress: [{}]}}",
+            rules.join(", ")
+        );
+        api.apply(policy("y", "huge", &huge));
+        converge(&lab, |p| to_self(p) || p.to != "y/b").await;
+        let status = tokio::time::timeout(
+            CONVERGE,
+            agent
+                .status
+                .wait_for(|s| s.rejected.iter().any(|r| r.contains("y/huge"))),
+        )
+        .await
+        .expect("the rejection is reported")
+        .unwrap()
+        .clone();
+        assert!(status.ready, "{status}");
+        let rejection = status
+            .rejected
+            .iter()
+            .find(|r| r.contains("y/huge"))
+            .unwrap();
+        assert!(
+            rejection.contains("POLICY entries")
+                && rejection.contains(&format!("of {SMALL_POLICY_MAP} are free"))
+                && rejection.contains("raise --map-size policy="),
+            "{rejection}"
+        );
+        let policy_map = status.maps.iter().find(|m| m.name == "POLICY").unwrap();
+        assert_eq!(policy_map.capacity, u64::from(SMALL_POLICY_MAP));
+        assert!(policy_map.entries <= SMALL_POLICY_MAP as usize);
+
+        // Tenant x's later change applies: x admits only its own pods.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
+        ));
+        converge(&lab, |p| {
+            to_self(p) || (p.to != "y/b" && (ns(&p.to) != Some("x") || ns(&p.from) == Some("x")))
+        })
+        .await;
+
+        // The huge policy goes: y/b is open again, and nothing is rejected.
+        api.delete("NetworkPolicy", "y", "huge");
+        converge(&lab, |p| {
+            to_self(p) || ns(&p.to) != Some("x") || ns(&p.from) == Some("x")
+        })
+        .await;
+        let status =
+            tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.rejected.is_empty()))
+                .await
+                .expect("the rejection goes with the policy")
+                .unwrap()
+                .clone();
+        assert!(status.full.is_empty(), "{status}");
+        agent.stop().await.unwrap();
     });
 }
