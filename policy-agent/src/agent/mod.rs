@@ -1037,6 +1037,7 @@ impl Agent {
                 .count(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
+            full_maps: self.compiled.full.len() + usize::from(!self.datapath.left_out().is_empty()),
             address_conflicts: self.compiled.conflicts.len(),
         });
 

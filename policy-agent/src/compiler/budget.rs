@@ -118,6 +118,18 @@ pub fn usage(compiled: &Compiled) -> Usage {
     usage
 }
 
+/// Whether the budgeted maps of `compiled` fit `sizes`.
+pub fn fits(compiled: &Compiled, sizes: &MapSizes) -> bool {
+    [
+        compiled.policy.len(),
+        compiled.cidr.len(),
+        compiled.service_policy.len(),
+    ]
+    .into_iter()
+    .zip(BUDGETED)
+    .all(|(n, map)| n <= sizes.get(map) as usize)
+}
+
 /// A policy that does not fit, and the numbers that say so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Overflow {
@@ -137,6 +149,10 @@ pub fn victims(
     sizes: &MapSizes,
     rejected: &BTreeMap<ObjectRef, Overflow>,
 ) -> Vec<(ObjectRef, Overflow)> {
+    // The common case costs three comparisons, not a pass over the maps.
+    if fits(compiled, sizes) {
+        return Vec::new();
+    }
     let usage = usage(compiled);
     let mut totals = usage.totals;
     let mut candidates: BTreeMap<&ObjectRef, Entries> = usage

@@ -36,7 +36,7 @@ use policy_common::maps::{
 pub use self::ports::{PortMatch, PortSet};
 use self::{ids::IdAllocator, ports::RulePorts};
 use crate::{
-    capacity::{MapSizes, SizedMap},
+    capacity::{MapSizes, SizedMap, thousands},
     model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Protocol},
     semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, services::Forwarder},
 };
@@ -233,21 +233,25 @@ impl Compiler {
                 .map(|p| p.origin.clone())
                 .unwrap_or_default()
         };
-        let rejections = budget::rejections(&out, &node.map_sizes, &over, origin);
-        out.rejected.extend(rejections);
-        let usage = budget::usage(&out);
-        for (m, map) in budget::BUDGETED.iter().enumerate() {
-            let capacity = u64::from(node.map_sizes.get(*map));
-            if usage.totals[m] > capacity {
-                out.full.push(format!(
-                    "{} is full: {} entries for {} that no policy can give up; raise \
-                     --map-size {}={}",
-                    map.map(),
-                    usage.totals[m],
-                    capacity,
-                    map.setting(),
-                    usage.totals[m]
-                ));
+        if !over.is_empty() {
+            let rejections = budget::rejections(&out, &node.map_sizes, &over, origin);
+            out.rejected.extend(rejections);
+        }
+        if !budget::fits(&out, &node.map_sizes) {
+            let totals = budget::usage(&out).totals;
+            for (m, map) in budget::BUDGETED.iter().enumerate() {
+                let capacity = u64::from(node.map_sizes.get(*map));
+                if totals[m] > capacity {
+                    out.full.push(format!(
+                        "{} is full: {} entries for {} that no policy can give up; raise \
+                         --map-size {}={}",
+                        map.map(),
+                        thousands(totals[m]),
+                        thousands(capacity),
+                        map.setting(),
+                        totals[m]
+                    ));
+                }
             }
         }
 
