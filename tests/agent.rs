@@ -14,6 +14,7 @@ use std::{
 
 use policy_agent::{
     agent::{self, AgentConfig, AgentHandle, api, endpoints},
+    capacity::MapSizes,
     datapath::bpffs,
     lab::{
         Lab, LabConfig,
@@ -56,16 +57,25 @@ fn socket_of(instance: &str) -> PathBuf {
 
 /// Starts node `node`'s agent, watching `api`.
 fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentHandle {
-    start_agent_with(lab, node, api, pins, agent::FULL_RESYNC)
+    start_agent_with(
+        lab,
+        node,
+        api,
+        pins,
+        agent::FULL_RESYNC,
+        MapSizes::default(),
+    )
 }
 
-/// Like [`start_agent`], comparing the maps with what it wrote every `full_resync`.
+/// Starts node `node`'s agent with maps of `map_sizes`, watching `api` and comparing the
+/// maps with what it wrote every `full_resync`.
 fn start_agent_with(
     lab: &Lab,
     node: usize,
     api: &FakeApi,
     pins: &mut Pins,
     full_resync: Duration,
+    map_sizes: MapSizes,
 ) -> AgentHandle {
     let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
     pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
@@ -81,6 +91,7 @@ fn start_agent_with(
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
             full_resync,
+            map_sizes,
         },
         kubernetes::watch(api.client(), &topology::node_name(node)),
     )
@@ -461,12 +472,17 @@ fn counter(agent: &AgentHandle, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
+/// CIDR entries of the backoff test's agent.
+const SMALL_CIDR_MAP: u32 = 64;
+/// A ruleset no compiled policy uses: where a test writes entries behind the agent's back.
+const FOREIGN_RULESET: u32 = 0xFFFF_0000;
+
 #[test]
 fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_writes() {
     use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
     use policy_common::maps::{
-        EP_INGRESS_ISOLATED, EndpointInfo, IpKey, IpcacheValue, POLICY_PREFIX_ANY_PROTO, PolicyKey,
-        PolicyValue, names, peer_kind,
+        CidrKey, CidrValue, EP_INGRESS_ISOLATED, EndpointInfo, IpKey, IpcacheValue,
+        POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue, names, peer_kind,
     };
     block_on(async {
         let lab = Lab::network(&standard_with(""), &LabConfig::default())
@@ -475,43 +491,41 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
         let api = FakeApi::start().await;
         publish(&api, lab.cluster(), &[]);
         let mut pins = Pins(Vec::new());
-        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::ZERO);
+        // A small CIDR map, quick to fill.
+        let sizes = MapSizes {
+            cidr: SMALL_CIDR_MAP,
+            ..MapSizes::default()
+        };
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::ZERO, sizes);
         agent.ready(CONVERGE).await.unwrap();
         converge(&lab, |_| true).await;
 
-        // Something else fills IPCACHE (a tool, leftovers): the next sync that needs an
-        // address there fails, and keeps failing (addresses are only removed once the new
-        // ones are in).
+        // Something else fills CIDR (a tool, leftovers): the next sync that needs a prefix
+        // there fails, and keeps failing (CIDR entries are removed only once the new ones
+        // are in, since a missing `except` hole would let its prefix match).
         let pin_dir = pins.0[0].clone();
-        let mut ipcache: aya::maps::HashMap<MapData, IpKey, IpcacheValue> =
-            aya::maps::HashMap::try_from(Map::HashMap(
-                MapData::from_pin(pin_dir.join(names::IPCACHE)).unwrap(),
-            ))
-            .unwrap();
+        let mut cidr: LpmTrie<MapData, CidrKey, CidrValue> = LpmTrie::try_from(Map::LpmTrie(
+            MapData::from_pin(pin_dir.join(names::CIDR)).unwrap(),
+        ))
+        .unwrap();
         let mut junk = Vec::new();
         for i in 0u32.. {
-            // 198.18.0.0/15: benchmarking addresses, never a pod's.
+            // 198.18.0.0/15: benchmarking addresses, never a pod's; a ruleset nobody uses.
             let [_, _, hi, lo] = i.to_be_bytes();
-            let key = IpKey::v4([198, 18 + (i >> 16) as u8, hi, lo]);
-            match ipcache.insert(key, IpcacheValue { identity: 0 }, 0) {
+            let (len, data) = CidrKey::new(FOREIGN_RULESET, IpKey::v4([198, 18, hi, lo]), 32);
+            let key = Key::new(len, data);
+            match cidr.insert(&key, CidrValue { class: 1 }, 0) {
                 Ok(()) => junk.push(key),
                 Err(_) => break,
             }
         }
-        assert!(junk.len() > 1000, "filled with {} entries", junk.len());
+        assert!(!junk.is_empty(), "CIDR could not be filled");
         let x_admits_a = |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || p.from == "x/a";
         api.apply(policy(
             "x",
             "guard",
-            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}, {ipBlock: {cidr: 192.0.2.0/24}}]}]}",
         ));
-        // A pod on another node: its address goes to IPCACHE.
-        api.apply(json!({
-            "kind": "Pod",
-            "metadata": {"name": "remote", "namespace": "y", "labels": {"app": "r"}},
-            "spec": {"nodeName": "elsewhere", "containers": [{"name": "c"}]},
-            "status": {"podIPs": [{"ip": "10.100.9.9"}]},
-        }));
         // It retries with backoff, not in a loop, and says why.
         tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures >= 3))
             .await
@@ -522,7 +536,7 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
             status
                 .sync_error
                 .as_deref()
-                .is_some_and(|e| e.contains(names::IPCACHE)),
+                .is_some_and(|e| e.contains(names::CIDR)),
             "{status}"
         );
         assert!(status.to_string().contains("FAILING"), "{status}");
@@ -541,7 +555,7 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
 
         // Room is made: a retry applies the policy.
         for key in &junk {
-            ipcache.remove(key).unwrap();
+            cidr.remove(key).unwrap();
         }
         converge(&lab, x_admits_a).await;
         tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures == 0))
@@ -551,7 +565,8 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
         agent.stop().await.unwrap();
 
         // An agent that compares the maps with what it wrote every second.
-        let agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::from_secs(1));
+        let sizes = MapSizes::default();
+        let agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::from_secs(1), sizes);
         let mut agent = agent;
         agent.ready(CONVERGE).await.unwrap();
         converge(&lab, x_admits_a).await;
@@ -567,6 +582,11 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
             .find(|(_, e)| e.flags & EP_INGRESS_ISOLATED != 0)
             .map(|(_, e)| e.ingress_ruleset)
             .expect("x's pods are isolated");
+        let ipcache: aya::maps::HashMap<MapData, IpKey, IpcacheValue> =
+            aya::maps::HashMap::try_from(Map::HashMap(
+                MapData::from_pin(pin_dir.join(names::IPCACHE)).unwrap(),
+            ))
+            .unwrap();
         let x_b = &lab.cluster().pods[&ObjectRef::new("x", "b")];
         let identity = x_b
             .ips
@@ -780,6 +800,7 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 source: format!("kubernetes ({})", api.url),
                 cni_conf_dir: None,
                 full_resync: policy_agent::agent::FULL_RESYNC,
+                map_sizes: MapSizes::default(),
             },
             Source {
                 events: kubernetes::watch(api.client(), &topology::node_name(0)),
@@ -819,5 +840,98 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
         );
         agent.stop().await.unwrap();
         lab.shutdown().await;
+    });
+}
+
+/// POLICY entries the agent of the capacity test may write: room for a few small
+/// policies, far from enough for the huge one.
+const SMALL_POLICY_MAP: u32 = 64;
+/// Rules of the huge policy: each an ipBlock with an `except`, on its own port.
+const HUGE_RULES: usize = 40;
+
+#[test]
+fn a_policy_that_does_not_fit_isolates_its_pods_and_the_others_keep_syncing() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        let sizes = MapSizes {
+            policy: SMALL_POLICY_MAP,
+            ..MapSizes::default()
+        };
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, agent::FULL_RESYNC, sizes);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |_| true).await;
+
+        // Tenant y's huge policy: its first rule would admit TCP 80 from 10.0.0.0/8 (every
+        // lab pod), but it does not fit, so it allows nothing and y/b is isolated.
+        let rules: Vec<String> = (0..HUGE_RULES)
+            .map(|i| {
+                let port = if i == 0 { 80 } else { 1000 + i };
+                format!(
+                    "{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.2.{i}.0/24]}}}}], ports: [{{port: {port}}}]}}"
+                )
+            })
+            .collect();
+        let huge = format!(
+            "{{podSelector: {{matchLabels: {{app: b}}}}, ingress: [{}]}}",
+            rules.join(", ")
+        );
+        api.apply(policy("y", "huge", &huge));
+        converge(&lab, |p| to_self(p) || p.to != "y/b").await;
+        let status = tokio::time::timeout(
+            CONVERGE,
+            agent
+                .status
+                .wait_for(|s| s.rejected.iter().any(|r| r.contains("y/huge"))),
+        )
+        .await
+        .expect("the rejection is reported")
+        .unwrap()
+        .clone();
+        assert!(status.ready, "{status}");
+        let rejection = status
+            .rejected
+            .iter()
+            .find(|r| r.contains("y/huge"))
+            .unwrap();
+        assert!(
+            rejection.contains("POLICY entries")
+                && rejection.contains(&format!("of {SMALL_POLICY_MAP} are free"))
+                && rejection.contains("raise --map-size policy="),
+            "{rejection}"
+        );
+        let policy_map = status.maps.iter().find(|m| m.name == "POLICY").unwrap();
+        assert_eq!(policy_map.capacity, u64::from(SMALL_POLICY_MAP));
+        assert!(policy_map.entries <= SMALL_POLICY_MAP as usize);
+
+        // Tenant x's later change applies: x admits only its own pods.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
+        ));
+        converge(&lab, |p| {
+            to_self(p) || (p.to != "y/b" && (ns(&p.to) != Some("x") || ns(&p.from) == Some("x")))
+        })
+        .await;
+
+        // The huge policy goes: y/b is open again, and nothing is rejected.
+        api.delete("NetworkPolicy", "y", "huge");
+        converge(&lab, |p| {
+            to_self(p) || ns(&p.to) != Some("x") || ns(&p.from) == Some("x")
+        })
+        .await;
+        let status =
+            tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.rejected.is_empty()))
+                .await
+                .expect("the rejection goes with the policy")
+                .unwrap()
+                .clone();
+        assert!(status.full.is_empty(), "{status}");
+        agent.stop().await.unwrap();
     });
 }

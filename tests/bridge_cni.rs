@@ -455,6 +455,7 @@ impl OwnAgent {
                 source: "test".to_owned(),
                 cni_conf_dir: None,
                 full_resync: policy_agent::agent::FULL_RESYNC,
+                map_sizes: policy_agent::capacity::MapSizes::default(),
             },
             events,
         )

@@ -313,6 +313,7 @@ fn start_agent(
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
             full_resync: policy_agent::agent::FULL_RESYNC,
+            map_sizes: policy_agent::capacity::MapSizes::default(),
         },
         Source {
             events: kubernetes::watch(api.client(), &topology::node_name(node)),

@@ -41,10 +41,12 @@ pub struct Snapshot {
     pub refused: usize,
     /// Policies in the cluster.
     pub policies: usize,
-    /// Policies rejected by validation.
+    /// Policies rejected by validation or for lack of room in the maps.
     pub rejected: usize,
     /// Rejected objects by (reason, what is in force instead).
     pub rejected_objects: BTreeMap<(&'static str, &'static str), usize>,
+    /// Maps that are full (something was left out of them).
+    pub full_maps: usize,
     /// Addresses several running pods claim.
     pub address_conflicts: usize,
 }
@@ -160,8 +162,13 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "policy_agent_rejected_policies",
-                "NetworkPolicies rejected by validation",
+                "NetworkPolicies rejected by validation or for lack of room in the maps (enforced fail-closed)",
                 s.rejected,
+            ),
+            (
+                "policy_agent_full_maps",
+                "Maps that are full: something was left out of them (see status)",
+                s.full_maps,
             ),
             (
                 "policy_agent_address_conflicts",

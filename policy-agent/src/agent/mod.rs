@@ -52,6 +52,7 @@ use self::{
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
 use crate::{
+    capacity::MapSizes,
     cni::install,
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::Datapath,
@@ -103,6 +104,8 @@ pub struct AgentConfig {
     /// How often the maps are read back and corrected where they differ from what the
     /// agent wrote (another process, a bug, a lost write); zero never.
     pub full_resync: Duration,
+    /// How many entries each map holds (`--map-size`).
+    pub map_sizes: MapSizes,
 }
 
 /// A request of the CNI plugin, for the agent task (see [`api`]).
@@ -191,7 +194,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
     // First, so that a busy port stops the agent before it loads or pins anything.
     let metrics_listener = config.metrics_address.map(metrics::bind).transpose()?;
     let netns = config.netns.as_deref().map(NetNs::open).transpose()?;
-    let datapath = Datapath::load(&config.instance).context("loading the datapath")?;
+    let datapath =
+        Datapath::load_with(&config.instance, config.map_sizes).context("loading the datapath")?;
     let interfaces = Interfaces::open(netns.as_ref(), config.interface_prefix.clone())?;
     let metrics = Metrics::new();
     let (status_tx, status) = watch::channel(Status {
@@ -236,6 +240,18 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         tracing::warn!(warning = %w);
     }
     let mut errors = VecDeque::new();
+    if !datapath.replaced_maps().is_empty() {
+        let why: Vec<String> = datapath
+            .replaced_maps()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        errors.push_back(format!(
+            "the pinned maps did not fit this agent ({}): all were replaced, tracked \
+             connections restarted",
+            why.join("; ")
+        ));
+    }
     if let Err(e) = cni.load(|name| interfaces.by_name(name).is_some()) {
         // Those pods are enforced again once the API server has their addresses.
         tracing::warn!(error = %e, "sandboxes of the previous agent not restored");
@@ -696,6 +712,14 @@ impl Agent {
                 Some(e) => EndpointReply::Failed {
                     message: format!("the agent could not sync: {e}"),
                 },
+                None if self.datapath.left_out().contains(&pod) => EndpointReply::Failed {
+                    message: format!(
+                        "pod {pod}: ENDPOINTS is full ({} pods): its traffic is dropped; \
+                         raise --map-size endpoints",
+                        self.datapath
+                            .capacity(policy_common::maps::names::ENDPOINTS)
+                    ),
+                },
                 None if self.attached.contains(&pod) => self.enforced(&pod),
                 None => match self.unattached.get(&pod) {
                     Some(NotAttached::Refused(refusal, _)) => EndpointReply::Refused {
@@ -927,6 +951,7 @@ impl Agent {
             name: self.config.node_name.clone(),
             addresses,
             sandboxes: self.cni.pods(),
+            map_sizes: self.config.map_sizes,
         };
         let compiled = self.compiler.compile(&self.cluster, &node);
         for c in compiled
@@ -981,6 +1006,12 @@ impl Agent {
         });
         for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
             tracing::warn!(not_enforced = %w);
+        }
+        for w in (compiled.full.iter()).filter(|w| !self.compiled.full.contains(w)) {
+            tracing::warn!(full = %w);
+        }
+        for r in (compiled.rejected.iter()).filter(|r| !self.compiled.rejected.contains(r)) {
+            tracing::warn!(rejected = %r);
         }
         self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
         self.compiled = compiled;
@@ -1107,6 +1138,7 @@ impl Agent {
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
             rejected_objects: self.rejected_objects(),
+            full_maps: self.compiled.full.len() + usize::from(!self.datapath.left_out().is_empty()),
             address_conflicts: self.compiled.conflicts.len(),
         });
 
@@ -1138,7 +1170,16 @@ impl Agent {
             cni: self.config.cni_conf_dir.as_deref().map(install::status),
             policies: self.cluster.policies.len(),
             endpoints,
-            not_enforced: self.compiled.warnings.clone(),
+            not_enforced: (self.compiled.warnings.iter().cloned())
+                .chain(self.datapath.left_out().iter().map(|pod| {
+                    format!(
+                        "pod {pod}: ENDPOINTS is full: its traffic is dropped until it fits; \
+                         raise --map-size endpoints"
+                    )
+                }))
+                .collect(),
+            map_sizes: self.config.map_sizes.to_string(),
+            full: self.compiled.full.clone(),
             maps: fill
                 .into_iter()
                 .map(|(name, entries, capacity)| MapStatus {

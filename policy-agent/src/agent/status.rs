@@ -34,6 +34,12 @@ pub struct Status {
     pub not_enforced: Vec<String>,
     /// Map fill levels.
     pub maps: Vec<MapStatus>,
+    /// The map size settings, as `--map-size` takes them.
+    #[serde(default)]
+    pub map_sizes: String,
+    /// Maps that are full, and what was left out of them.
+    #[serde(default)]
+    pub full: Vec<String>,
     /// The last successful sync.
     pub last_sync: Option<SyncStatus>,
     /// Syncs that failed in a row since the last successful one (retried with backoff).
@@ -42,7 +48,7 @@ pub struct Status {
     /// Why the last sync failed, while syncs fail.
     #[serde(default)]
     pub sync_error: Option<String>,
-    /// Policies rejected by validation, with their errors.
+    /// Policies rejected by validation or for lack of room in the maps, with their errors.
     pub rejected: Vec<String>,
     /// Lint warnings about valid policies.
     pub warnings: Vec<String>,
@@ -180,7 +186,7 @@ impl fmt::Display for Status {
         for n in &self.not_enforced {
             let _ = writeln!(out, "  not enforced: {}", escape_text(n));
         }
-        let _ = writeln!(out, "\nmaps:");
+        let _ = writeln!(out, "\nmaps:     {}", escape(&self.map_sizes));
         for m in &self.maps {
             let _ = writeln!(
                 out,
@@ -191,6 +197,7 @@ impl fmt::Display for Status {
             );
         }
         for (title, list) in [
+            ("full maps", &self.full),
             ("rejected policies", &self.rejected),
             ("warnings", &self.warnings),
             ("errors", &self.errors),

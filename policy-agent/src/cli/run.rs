@@ -9,6 +9,7 @@ use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use policy_agent::{
     agent::{self, AgentConfig, api},
+    capacity::{MapSizeSetting, MapSizes},
     source::{Source, directory, kubernetes},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -75,9 +76,18 @@ pub struct RunArgs {
     /// that changed them behind its back), in seconds; 0 never.
     #[arg(long, default_value_t = agent::FULL_RESYNC.as_secs())]
     full_resync_seconds: u64,
+    /// Entries of one map, MAP=ENTRIES (repeat, or separate with commas). MAP is one of
+    /// endpoints (pods on the node) [1024], ipcache (pod addresses of the cluster plus the
+    /// node's) [65536], policy [524288], cidr [262144], frontends [262144], service-policy
+    /// [262144], conntrack (connections per pod) [16384], fragments (per pod) [512].
+    /// Pinned maps of other sizes are replaced at start (tracked connections restart).
+    #[arg(long = "map-size", value_name = "MAP=ENTRIES", value_delimiter = ',')]
+    map_size: Vec<MapSizeSetting>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything starts: a setting given twice is a mistake to fix, not to guess.
+    let map_sizes = MapSizes::with(&args.map_size)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let metrics_address = match args.metrics_address.as_str() {
@@ -131,8 +141,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             source: description,
             cni_conf_dir: args.cni_conf_dir,
             full_resync: Duration::from_secs(args.full_resync_seconds),
+            map_sizes,
         };
-        tracing::info!(node = %config.node_name, source = %config.source, "starting");
+        tracing::info!(node = %config.node_name, source = %config.source, map_sizes = %config.map_sizes, "starting");
         let handle = agent::spawn(config, source)?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;

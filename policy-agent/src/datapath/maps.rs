@@ -12,12 +12,13 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    sys::SyscallError,
+    maps::{
+        HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use policy_common::maps::{
     CidrKey, CidrValue, EndpointInfo, FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey,
-    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, capacity, names,
+    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, names,
 };
 
 use super::tables::{EndpointTables, TableSizes};
@@ -59,6 +60,8 @@ pub struct Maps {
     pub stats: PerCpuHashMap<MapData, StatsKey, StatsValue>,
     /// Flow records.
     pub events: RingBuf<MapData>,
+    /// `max_entries` of each map the agent fills, as the kernel reports it.
+    pub capacities: BTreeMap<&'static str, u32>,
 }
 
 /// The contents of the maps the agent owns (the others are the datapath's own state).
@@ -129,6 +132,26 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
     Diff { upserts, removes }
 }
 
+/// The most entries a map holds during a make-before-break sync: what it held plus every
+/// new key.
+fn peak<K: Ord, V>(live: &BTreeMap<K, V>, diff: &Diff<K, V>) -> usize {
+    live.len()
+        + diff
+            .upserts
+            .iter()
+            .filter(|(k, _)| !live.contains_key(k))
+            .count()
+}
+
+/// The maps whose old entries a sync removes before writing new ones (see
+/// [`Maps::apply`]).
+struct Early {
+    endpoints: bool,
+    ipcache: bool,
+    policy: bool,
+    service_policy: bool,
+}
+
 fn live_hash<K: Pod + Ord, V: Pod>(
     name: &'static str,
     map: &HashMap<MapData, K, V>,
@@ -163,15 +186,6 @@ pub(super) fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-/// Whether a map refused an insert for lack of room (hash maps say E2BIG, LPM tries ENOSPC).
-pub fn is_full(e: &MapError) -> bool {
-    matches!(
-        e,
-        MapError::SyscallError(SyscallError { io_error, .. })
-            if matches!(io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
-    )
-}
-
 fn lpm_key<K: Pod>(k: &LpmKey<K>) -> Key<K> {
     Key::new(k.prefix_len, k.data)
 }
@@ -184,7 +198,7 @@ impl Maps {
                 name: name.to_owned(),
             })
         };
-        Ok(Self {
+        let mut maps = Self {
             endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
             ipcache: HashMap::try_from(take(names::IPCACHE)?)?,
             policy: LpmTrie::try_from(take(names::POLICY)?)?,
@@ -194,7 +208,27 @@ impl Maps {
             tables: EndpointTables::new(take(names::CONNTRACK)?, take(names::FRAGMENTS)?, sizes)?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
-        })
+            capacities: BTreeMap::new(),
+        };
+        let max_entries = |map: &MapData| map.info().map(|i| i.max_entries());
+        maps.capacities = BTreeMap::from([
+            (names::ENDPOINTS, max_entries(maps.endpoints.map())?),
+            (names::IPCACHE, max_entries(maps.ipcache.map())?),
+            (names::POLICY, max_entries(maps.policy.map())?),
+            (names::CIDR, max_entries(maps.cidr.map())?),
+            (names::FRONTENDS, max_entries(maps.frontends.map())?),
+            (
+                names::SERVICE_POLICY,
+                max_entries(maps.service_policy.map())?,
+            ),
+        ]);
+        maps.tables.set_capacity(maps.capacities[names::ENDPOINTS]);
+        Ok(maps)
+    }
+
+    /// The capacity of `map` (one the agent fills), as the kernel reports it.
+    pub fn capacity(&self, map: &'static str) -> u32 {
+        self.capacities.get(map).copied().unwrap_or(u32::MAX)
     }
 
     /// What the maps the agent owns hold now.
@@ -210,7 +244,13 @@ impl Maps {
     }
 
     /// Takes the maps from `current` (what they hold) to `desired`, writing only the
-    /// difference, make before break.
+    /// difference, make before break. A map that cannot hold its old and new entries at
+    /// once (near its capacity) has its old entries removed first where that can only deny
+    /// more, never allow more: a missing endpoint drops its pod's traffic, a missing
+    /// identity is outside the cluster to selectors, a missing policy entry or Service
+    /// verdict allows nothing. (Not so CIDR, whose `except` holes would let the prefix
+    /// around them match while they are gone, nor FRONTENDS, whose missing ports would be
+    /// decided as their bare address: those stay make before break.)
     pub fn apply(
         &mut self,
         current: &MapContents,
@@ -222,80 +262,92 @@ impl Maps {
         let cidr = diff(&current.cidr, &desired.cidr);
         let frontends = diff(&current.frontends, &desired.frontends);
         let service_policy = diff(&current.service_policy, &desired.service_policy);
+        let tight = |name: &'static str, peak: usize| peak > self.capacity(name) as usize;
+        let early = Early {
+            endpoints: tight(names::ENDPOINTS, peak(&current.endpoints, &endpoints)),
+            ipcache: tight(names::IPCACHE, peak(&current.ipcache, &ipcache)),
+            policy: tight(names::POLICY, peak(&current.policy, &policy)),
+            service_policy: tight(
+                names::SERVICE_POLICY,
+                peak(&current.service_policy, &service_policy),
+            ),
+        };
+        if early.endpoints {
+            for k in &endpoints.removes {
+                op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+            }
+        }
+        if early.service_policy {
+            for k in &service_policy.removes {
+                let r = absent_ok(self.service_policy.remove(k));
+                op(names::SERVICE_POLICY, r)?;
+            }
+        }
+        if early.policy {
+            for k in &policy.removes {
+                op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+            }
+        }
+        if early.ipcache {
+            for k in &ipcache.removes {
+                op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+            }
+        }
 
         for (k, v) in &ipcache.upserts {
             op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
         }
-        // Entries that only allow may go before the new ones when the map is full: removing
-        // them first only denies sooner what is no longer allowed, and a map filled by an
-        // earlier state (another agent's, or entries written behind this one's back) would
-        // otherwise never make room.
-        let mut policy_room_made = false;
         for (k, v) in &policy.upserts {
-            let key = lpm_key(k);
-            match self.policy.insert(&key, v, 0) {
-                Err(e) if is_full(&e) && !policy_room_made => {
-                    policy_room_made = true;
-                    for k in &policy.removes {
-                        op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
-                    }
-                    op(names::POLICY, self.policy.insert(&key, v, 0))?;
-                }
-                r => op(names::POLICY, r)?,
-            }
+            op(names::POLICY, self.policy.insert(&lpm_key(k), v, 0))?;
         }
         for (k, v) in &cidr.upserts {
             op(names::CIDR, self.cidr.insert(&lpm_key(k), v, 0))?;
         }
-        // A frontend's verdicts before the frontend itself; as in POLICY, stale verdicts
-        // (allows) may go first to make room.
-        let mut service_room_made = false;
+        // A frontend's verdicts before the frontend itself.
         for (k, v) in &service_policy.upserts {
-            match self.service_policy.insert(k, v, 0) {
-                Err(e) if is_full(&e) && !service_room_made => {
-                    service_room_made = true;
-                    for k in &service_policy.removes {
-                        op(
-                            names::SERVICE_POLICY,
-                            absent_ok(self.service_policy.remove(k)),
-                        )?;
-                    }
-                    op(names::SERVICE_POLICY, self.service_policy.insert(k, v, 0))?;
-                }
-                r => op(names::SERVICE_POLICY, r)?,
-            }
+            op(names::SERVICE_POLICY, self.service_policy.insert(k, v, 0))?;
         }
         for (k, v) in &frontends.upserts {
             op(names::FRONTENDS, self.frontends.insert(k, v, 0))?;
         }
         // An endpoint's tables exist before its entry does.
+        let in_use: BTreeSet<u32> = (current.endpoints.values())
+            .chain(desired.endpoints.values())
+            .map(|e| e.endpoint_id)
+            .collect();
         for e in desired.endpoints.values() {
-            self.tables.ensure(e.endpoint_id)?;
+            self.tables.ensure_among(e.endpoint_id, &in_use)?;
         }
         for (k, v) in &endpoints.upserts {
             op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
         }
 
-        for k in &endpoints.removes {
-            op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+        if !early.endpoints {
+            for k in &endpoints.removes {
+                op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+            }
         }
         for k in &frontends.removes {
             op(names::FRONTENDS, absent_ok(self.frontends.remove(k)))?;
         }
-        for k in &service_policy.removes {
-            op(
-                names::SERVICE_POLICY,
-                absent_ok(self.service_policy.remove(k)),
-            )?;
+        if !early.service_policy {
+            for k in &service_policy.removes {
+                let r = absent_ok(self.service_policy.remove(k));
+                op(names::SERVICE_POLICY, r)?;
+            }
         }
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
         }
-        for k in &policy.removes {
-            op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+        if !early.policy {
+            for k in &policy.removes {
+                op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+            }
         }
-        for k in &ipcache.removes {
-            op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+        if !early.ipcache {
+            for k in &ipcache.removes {
+                op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+            }
         }
         Ok(SyncReport {
             written: ipcache.upserts.len()
@@ -324,33 +376,15 @@ impl Maps {
             .collect();
         let (conntrack, conntrack_capacity) = self.tables.conntrack_fill(&in_use);
         let (fragments, fragments_capacity) = self.tables.fragments_fill(&in_use);
+        let count =
+            |name: &'static str, entries: usize| (name, entries, self.capacity(name).into());
         vec![
-            (
-                names::ENDPOINTS,
-                self.endpoints.keys().count(),
-                capacity::ENDPOINTS.into(),
-            ),
-            (
-                names::IPCACHE,
-                self.ipcache.keys().count(),
-                capacity::IPCACHE.into(),
-            ),
-            (
-                names::POLICY,
-                self.policy.keys().count(),
-                capacity::POLICY.into(),
-            ),
-            (names::CIDR, self.cidr.keys().count(), capacity::CIDR.into()),
-            (
-                names::FRONTENDS,
-                self.frontends.keys().count(),
-                capacity::FRONTENDS.into(),
-            ),
-            (
-                names::SERVICE_POLICY,
-                self.service_policy.keys().count(),
-                capacity::SERVICE_POLICY.into(),
-            ),
+            count(names::ENDPOINTS, self.endpoints.keys().count()),
+            count(names::IPCACHE, self.ipcache.keys().count()),
+            count(names::POLICY, self.policy.keys().count()),
+            count(names::CIDR, self.cidr.keys().count()),
+            count(names::FRONTENDS, self.frontends.keys().count()),
+            count(names::SERVICE_POLICY, self.service_policy.keys().count()),
             (names::CONNTRACK, conntrack, conntrack_capacity),
             (names::FRAGMENTS, fragments, fragments_capacity),
         ]
