@@ -18,6 +18,7 @@ pub mod flows;
 pub mod interfaces;
 pub mod metrics;
 pub mod node;
+pub mod pods;
 pub mod retry;
 pub mod status;
 
@@ -46,8 +47,9 @@ use self::{
     api::{EndpointDelete, EndpointReply, EndpointRequest},
     endpoints::{CniEndpoints, same_pod},
     flows::{FlowRecord, Names},
-    interfaces::{Interface, Interfaces, Lookup, Refusal},
+    interfaces::{Interfaces, Lookup, Refusal},
     metrics::{Metrics, Snapshot},
+    pods::{PodState, PodStates},
     retry::SyncRetry,
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
@@ -274,9 +276,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         adopted: false,
         pending_since: None,
         last_change: Instant::now(),
-        found: BTreeMap::new(),
-        attached: BTreeSet::new(),
-        unattached: BTreeMap::new(),
+        pods: PodStates::default(),
         compiled: Compiled::default(),
         names: Names::default(),
         load_errors: Vec::new(),
@@ -305,25 +305,6 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
     })
 }
 
-/// Why a local pod has no interface to attach to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum NotAttached {
-    /// None found yet: why.
-    Waiting(String),
-    /// The interface found is not the pod's alone. With [`Refusal::Shared`], the interface
-    /// the pod claims (so that a later claimant sees it is shared).
-    Refused(Refusal, Option<Interface>),
-}
-
-impl std::fmt::Display for NotAttached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Waiting(why) => write!(f, "waiting: {why}"),
-            Self::Refused(refusal, _) => write!(f, "interface refused: {refusal}"),
-        }
-    }
-}
-
 struct Agent {
     config: AgentConfig,
     netns: Option<NetNs>,
@@ -349,12 +330,8 @@ struct Agent {
     pending_since: Option<Instant>,
     /// When the latest change arrived.
     last_change: Instant,
-    /// Interfaces found for local pods.
-    found: BTreeMap<ObjectRef, Interface>,
-    /// Pods whose interfaces have the programs attached.
-    attached: BTreeSet<ObjectRef>,
-    /// Local pods without an interface in `found`, and why.
-    unattached: BTreeMap<ObjectRef, NotAttached>,
+    /// Where each local pod stands: waiting for its interface, refused, found, attached.
+    pods: PodStates,
     compiled: Compiled,
     names: Names,
     /// Objects the source could not read (directory sources).
@@ -472,7 +449,10 @@ impl Agent {
     }
 
     fn waiting_for_interfaces(&self) -> bool {
-        self.complete() && self.local_pods().any(|p| !self.found.contains_key(&p.id))
+        self.complete()
+            && self
+                .local_pods()
+                .any(|p| self.pods.interface(&p.id).is_none())
     }
 
     fn local_pods(&self) -> impl Iterator<Item = &Pod> {
@@ -598,7 +578,7 @@ impl Agent {
             _ => None,
         };
         // A new sandbox of the pod: the old interface loses the programs first.
-        if replaced || lookup.is_some() && self.found.get(&id) != interface {
+        if replaced || lookup.is_some() && self.pods.interface(&id) != interface {
             self.forget_interface(&id);
         }
         let mut request = request;
@@ -611,13 +591,13 @@ impl Agent {
             // Its endpoint entry is written before the programs are attached.
             self.settle(vec![(id.clone(), lookup)]);
         }
-        match self.unattached.get(&id) {
-            Some(NotAttached::Refused(refusal, _)) => {
+        match self.pods.refusal(&id) {
+            Some(refusal) => {
                 let _ = reply.send(EndpointReply::Refused {
                     message: format!("pod {id}: {refusal}"),
                 });
             }
-            _ => self.waiting.push((id, reply)),
+            None => self.waiting.push((id, reply)),
         }
     }
 
@@ -642,27 +622,24 @@ impl Agent {
             .cni
             .get(&id)
             .is_some_and(|e| e.container_id == request.container_id);
-        if let Some(NotAttached::Refused(refusal, _)) = self.unattached.get(&id) {
+        if let Some(refusal) = self.pods.refusal(&id) {
             return EndpointReply::Refused {
                 message: format!("pod {id}: {refusal}"),
             };
         }
-        let iface = self.found.get(&id);
+        let iface = self.pods.interface(&id);
+        let attached = self.pods.is_attached(&id);
         let candidates = candidates(request);
         let interface_matches =
             iface.is_some_and(|i| candidates.is_empty() || candidates.contains(&i.name));
-        if !sandbox || !interface_matches || !self.attached.contains(&id) {
+        if !sandbox || !interface_matches || !attached {
             return EndpointReply::Failed {
                 message: format!(
                     "pod {id} (container {}) is not enforced: sandbox {}, interface {}, programs {}",
                     request.container_id,
                     if sandbox { "known" } else { "unknown" },
                     iface.map_or("not found", |i| i.name.as_str()),
-                    if self.attached.contains(&id) {
-                        "attached"
-                    } else {
-                        "not attached"
-                    },
+                    if attached { "attached" } else { "not attached" },
                 ),
             };
         }
@@ -680,14 +657,13 @@ impl Agent {
             pod.ips.clear();
         }
         self.forget_interface(&id);
-        self.unattached.remove(&id);
+        self.pods.remove(&id);
         self.changed(Instant::now());
     }
 
     fn forget_interface(&mut self, pod: &ObjectRef) {
         self.datapath.detach(pod);
-        self.found.remove(pod);
-        self.attached.remove(pod);
+        self.pods.forget_interface(pod);
     }
 
     /// The answer for an enforced pod.
@@ -695,8 +671,8 @@ impl Agent {
         let info = self.compiled.endpoints.get(pod);
         EndpointReply::Enforced {
             interface: self
-                .found
-                .get(pod)
+                .pods
+                .interface(pod)
                 .map(|i| i.name.clone())
                 .unwrap_or_default(),
             ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
@@ -720,22 +696,24 @@ impl Agent {
                             .capacity(policy_common::maps::names::ENDPOINTS)
                     ),
                 },
-                None if self.attached.contains(&pod) => self.enforced(&pod),
-                None => match self.unattached.get(&pod) {
-                    Some(NotAttached::Refused(refusal, _)) => EndpointReply::Refused {
+                None if self.pods.is_attached(&pod) => self.enforced(&pod),
+                None => match self.pods.get(&pod) {
+                    Some(PodState::Refused(refusal, _)) => EndpointReply::Refused {
                         message: format!("pod {pod}: {refusal}"),
                     },
-                    Some(NotAttached::Waiting(why)) => EndpointReply::Failed {
+                    Some(PodState::Waiting(why)) => EndpointReply::Failed {
                         message: format!("no programs attached for pod {pod}: {why}"),
                     },
-                    None => EndpointReply::Failed {
-                        message: format!(
-                            "no programs attached for pod {pod}: {}",
-                            self.errors
-                                .back()
-                                .map_or("its interface was not found", String::as_str)
-                        ),
-                    },
+                    Some(PodState::Found(_) | PodState::Attached(_)) | None => {
+                        EndpointReply::Failed {
+                            message: format!(
+                                "no programs attached for pod {pod}: {}",
+                                self.errors
+                                    .back()
+                                    .map_or("its interface was not found", String::as_str)
+                            ),
+                        }
+                    }
                 },
             };
             let _ = reply.send(answer);
@@ -755,10 +733,10 @@ impl Agent {
     /// recorded, checked again, or else by the route. True if it found one.
     async fn find_interfaces(&mut self) -> bool {
         let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
-        self.unattached.retain(|pod, _| local.contains(pod));
+        self.pods.retain_local(&local);
         let missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
             .local_pods()
-            .filter(|p| !self.found.contains_key(&p.id))
+            .filter(|p| self.pods.interface(&p.id).is_none())
             .map(|p| {
                 let recorded = self.cni.get(&p.id).and_then(|e| e.interface.clone());
                 (p.id.clone(), p.ips.clone(), recorded)
@@ -775,106 +753,41 @@ impl Agent {
         self.settle(lookups)
     }
 
-    /// Takes in what looking for pods' interfaces found: an interface found for a pod
-    /// becomes its own unless another pod claims it too, in which case none of them keeps
-    /// it (an interface that carries two pods is no pod's). True if a pod got one.
+    /// Takes in what looking for pods' interfaces found (see [`PodStates::settle`]) and
+    /// tells the datapath. True if a pod got an interface.
     fn settle(&mut self, lookups: Vec<(ObjectRef, Lookup)>) -> bool {
-        let shared = self.shared_interfaces(&lookups);
-        for (pod, (refusal, iface)) in &shared {
-            if self.found.contains_key(pod) {
-                self.forget_interface(pod);
-            }
-            let why = NotAttached::Refused(refusal.clone(), Some(iface.clone()));
-            self.not_attached(pod, why);
-        }
-        let mut found = false;
-        for (pod, lookup) in lookups {
-            match lookup {
-                Lookup::Found(_) if shared.contains_key(&pod) => {}
-                Lookup::Found(iface) => {
-                    tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
-                    self.datapath.adopt_interface(&pod, iface.index);
-                    self.found.insert(pod.clone(), iface);
-                    self.unattached.remove(&pod);
-                    found = true;
-                }
-                Lookup::Missing(why) => self.not_attached(&pod, NotAttached::Waiting(why)),
-                Lookup::Refused(refusal) => {
-                    self.not_attached(&pod, NotAttached::Refused(refusal, None));
-                }
-            }
-        }
-        found
-    }
-
-    /// The pods that claim an interface another pod claims too, each with its refusal:
-    /// among the pods that have one, those refused for sharing one (unless looked up again
-    /// now), and what `lookups` just found.
-    fn shared_interfaces(
-        &self,
-        lookups: &[(ObjectRef, Lookup)],
-    ) -> BTreeMap<ObjectRef, (Refusal, Interface)> {
-        let looked_up: BTreeSet<&ObjectRef> = lookups.iter().map(|(pod, _)| pod).collect();
-        let kept = self
-            .found
-            .iter()
-            .filter(|(pod, _)| !looked_up.contains(pod));
-        let refused = self.unattached.iter().filter_map(|(pod, n)| match n {
-            NotAttached::Refused(_, Some(iface)) if !looked_up.contains(pod) => Some((pod, iface)),
-            _ => None,
-        });
-        let new = lookups.iter().filter_map(|(pod, l)| match l {
-            Lookup::Found(iface) => Some((pod, iface)),
-            _ => None,
-        });
-        let mut claims: BTreeMap<u32, Vec<(&ObjectRef, &Interface)>> = BTreeMap::new();
-        for (pod, iface) in kept.chain(refused).chain(new) {
-            claims.entry(iface.index).or_default().push((pod, iface));
-        }
-        let mut shared = BTreeMap::new();
-        for holders in claims.values().filter(|h| h.len() > 1) {
-            for &(pod, iface) in holders {
-                let others: Vec<String> = holders
-                    .iter()
-                    .filter(|(other, _)| *other != pod)
-                    .map(|(other, _)| other.to_string())
-                    .collect();
-                let refusal = Refusal::Shared {
-                    name: iface.name.clone(),
-                    others: others.join(", "),
-                };
-                shared.insert(pod.clone(), (refusal, iface.clone()));
-            }
-        }
-        shared
-    }
-
-    /// Records why `pod` has no interface. A new refusal is counted, logged and kept among
-    /// the recent errors (which outlive the pod's sandbox, when the refusal failed its ADD).
-    fn not_attached(&mut self, pod: &ObjectRef, why: NotAttached) {
-        if self.unattached.get(pod) == Some(&why) {
-            return;
-        }
-        let refusal = match &why {
-            NotAttached::Refused(refusal, _) => Some(refusal.clone()),
-            NotAttached::Waiting(reason) => {
+        for (pod, lookup) in &lookups {
+            if let Lookup::Missing(reason) = lookup {
                 tracing::debug!(%pod, %reason, "pod's interface not found yet");
-                None
             }
-        };
-        self.unattached.insert(pod.clone(), why);
-        if let Some(refusal) = refusal {
-            self.metrics.interface_refused(refusal.kind());
-            self.error(format!("pod {pod} not enforced: {refusal}"));
         }
+        let settled = self.pods.settle(lookups);
+        for pod in &settled.lost {
+            self.datapath.detach(pod);
+        }
+        for (pod, ifindex) in &settled.found {
+            tracing::info!(%pod, ifindex, "found the pod's interface");
+            self.datapath.adopt_interface(pod, *ifindex);
+        }
+        for (pod, refusal) in settled.refused {
+            self.refused(&pod, &refusal);
+        }
+        !settled.found.is_empty()
+    }
+
+    /// Counts, logs and keeps among the recent errors a new refusal (they outlive the
+    /// pod's sandbox, when the refusal failed its ADD).
+    fn refused(&mut self, pod: &ObjectRef, refusal: &Refusal) {
+        self.metrics.interface_refused(refusal.kind());
+        self.error(format!("pod {pod} not enforced: {refusal}"));
     }
 
     /// Takes over the ids an earlier agent left in the pinned maps.
     fn adopt(&mut self) -> anyhow::Result<()> {
         let live = self.datapath.live()?;
         let endpoints: BTreeMap<ObjectRef, EndpointInfo> = self
-            .found
-            .iter()
+            .pods
+            .with_interfaces()
             .filter_map(|(pod, iface)| Some((pod.clone(), *live.endpoints.get(&iface.index)?)))
             .collect();
         let rulesets = live
@@ -927,8 +840,9 @@ impl Agent {
         let local: BTreeMap<ObjectRef, &Pod> =
             self.local_pods().map(|p| (p.id.clone(), p)).collect();
         let gone: Vec<ObjectRef> = self
-            .found
-            .keys()
+            .pods
+            .with_interfaces()
+            .map(|(id, _)| id)
             .filter(|id| !local.contains_key(*id))
             .cloned()
             .collect();
@@ -964,23 +878,18 @@ impl Agent {
         let report = self.datapath.sync(&compiled)?;
 
         // Endpoint entries first, then the programs: an attached interface never lacks one.
-        let to_attach: Vec<(ObjectRef, String)> = self
-            .found
-            .iter()
-            .filter(|(pod, _)| !self.attached.contains(*pod))
-            .map(|(pod, iface)| (pod.clone(), iface.name.clone()))
-            .collect();
-        for (pod, ifname) in to_attach {
+        for (pod, ifname) in self.pods.to_attach() {
             match self.datapath.attach(&pod, self.netns.as_ref(), &ifname) {
                 Ok(_) => {
                     tracing::info!(%pod, interface = %ifname, "attached");
-                    self.attached.insert(pod);
+                    self.pods.set_attached(&pod);
                 }
                 Err(e) => {
                     // Looked up again next time (the interface may have gone meanwhile).
-                    self.found.remove(&pod);
+                    self.pods.forget_interface(&pod);
                     let e = format!("attaching to {ifname} for {pod}: {e}");
-                    self.not_attached(&pod, NotAttached::Waiting(e.clone()));
+                    self.pods
+                        .set_not_attached(&pod, PodState::Waiting(e.clone()));
                     self.error(e);
                 }
             }
@@ -1129,12 +1038,8 @@ impl Agent {
                 .iter()
                 .map(|(n, e, c)| ((*n).to_owned(), *e, *c))
                 .collect(),
-            endpoints: self.attached.len(),
-            refused: self
-                .unattached
-                .values()
-                .filter(|n| matches!(n, NotAttached::Refused(..)))
-                .count(),
+            endpoints: self.pods.attached(),
+            refused: self.pods.refused(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
             rejected_objects: self.rejected_objects(),
@@ -1148,13 +1053,13 @@ impl Agent {
             .filter(|p| !p.host_network)
             .map(|p| {
                 let info = self.compiled.endpoints.get(&p.id);
-                let unattached = self.unattached.get(&p.id);
+                let state = self.pods.get(&p.id);
                 EndpointStatus {
                     pod: p.id.to_string(),
-                    interface: self.found.get(&p.id).map(|i| i.name.clone()),
-                    attached: self.attached.contains(&p.id),
-                    refused: matches!(unattached, Some(NotAttached::Refused(..))),
-                    reason: unattached.map(ToString::to_string),
+                    interface: self.pods.interface(&p.id).map(|i| i.name.clone()),
+                    attached: self.pods.is_attached(&p.id),
+                    refused: self.pods.refusal(&p.id).is_some(),
+                    reason: state.and_then(PodState::not_attached),
                     ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
                     egress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Egress)),
                 }
