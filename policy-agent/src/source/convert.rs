@@ -114,16 +114,35 @@ pub fn typed_strict<T: DeserializeOwned>(doc: Value, vocabulary: &[&str]) -> Fie
     };
     // Older API servers print an empty `status` on NetworkPolicies; it means nothing here.
     unknown.retain(|path| path != "status");
-    match unknown.first() {
+    match unknown.first().map(|p| field_path(p)) {
         None => Ok(value),
         Some(path) => {
-            let field = path.rsplit('.').next().unwrap_or(path);
+            let field = path.rsplit(['.', ']']).next().unwrap_or(path.as_str());
             let hint = suggestion(field, vocabulary)
                 .map(|s| format!(" (did you mean {s:?}?)"))
                 .unwrap_or_default();
             Err((Some(path.clone()), format!("unknown field{hint}")))
         }
     }
+}
+
+/// A path as serde_ignored prints it (`spec.?.ingress.?.0.form`: `?` for an `Option`,
+/// numbers for sequence items) as the API server does (`spec.ingress[0].form`).
+fn field_path(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.').filter(|s| *s != "?") {
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !out.is_empty() {
+            out.push('[');
+            out.push_str(segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 /// The NetworkPolicy of a manifest, strictly (see [`typed_strict`]).

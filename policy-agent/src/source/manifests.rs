@@ -126,6 +126,18 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
 /// As [`load_dir`], keeping in force, from `last`, the last good version of what fails to
 /// read now (see [`LastGood`]); `last` then holds this load.
 pub fn load_dir_with(dir: &Path, last: &mut LastGood) -> anyhow::Result<Loaded> {
+    load_dir_busy(dir, last, &BTreeMap::new())
+}
+
+/// As [`load_dir_with`], with files that are being written (modified and not closed yet,
+/// since the given time) not read: what they had stays in force, as for a file that
+/// cannot be read, since a file caught half-written may parse and mean less than it will
+/// (a list of `except`s cut short, `10.0.0.0/16` cut to `10.0.0.0/1`).
+pub fn load_dir_busy(
+    dir: &Path,
+    last: &mut LastGood,
+    busy: &BTreeMap<PathBuf, std::time::Instant>,
+) -> anyhow::Result<Loaded> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading manifest directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -138,25 +150,36 @@ pub fn load_dir_with(dir: &Path, last: &mut LastGood) -> anyhow::Result<Loaded> 
     files.sort();
     let mut loaded = Loaded::default();
     let mut now = LastGood::default();
+    let mut copies = Copies::default();
     for file in files {
-        let read = match std::fs::read_to_string(&file) {
-            Ok(text) => read_str(&text, &file, &mut loaded.errors),
-            Err(e) => {
-                loaded.errors.push(ManifestError {
-                    file: file.clone(),
-                    object: None,
-                    field: None,
-                    message: format!("cannot read: {e}"),
-                });
-                FileRead {
-                    unreadable: true,
-                    ..FileRead::default()
-                }
+        let unreadable = |message: String, loaded: &mut Loaded| {
+            loaded.errors.push(ManifestError {
+                file: file.clone(),
+                object: None,
+                field: None,
+                message,
+            });
+            FileRead {
+                unreadable: true,
+                ..FileRead::default()
             }
         };
-        let keys = settle(read, &file, last, &mut now, &mut loaded);
+        let read = match (busy.get(&file), std::fs::read(&file)) {
+            (Some(since), _) => unreadable(
+                format!(
+                    "being written (modified {} s ago and not closed yet): what it had stays \
+                     in force until it is closed",
+                    since.elapsed().as_secs()
+                ),
+                &mut loaded,
+            ),
+            (None, Ok(bytes)) => read_bytes(&bytes, &file, &mut loaded.errors),
+            (None, Err(e)) => unreadable(format!("cannot read: {e}"), &mut loaded),
+        };
+        let keys = settle(read, &file, last, &mut now, &mut loaded, &mut copies);
         now.files.insert(file, keys);
     }
+    copies.resolve(last, &mut now, &mut loaded);
     for object in now.objects.values() {
         loaded.cluster.apply(object.clone());
     }
@@ -174,6 +197,7 @@ fn settle(
     last: &LastGood,
     now: &mut LastGood,
     loaded: &mut Loaded,
+    copies: &mut Copies,
 ) -> Vec<(Kind, ObjectRef)> {
     let mut keys = Vec::new();
     for decoded in read.decoded {
@@ -194,7 +218,7 @@ fn settle(
                     }
                     _ => object,
                 };
-                now.objects.insert(key.clone(), object);
+                copies.put(now, key.clone(), object, file);
                 keys.push(key);
             }
             Decoded::Skipped(label) => loaded.skipped.push(label),
@@ -215,8 +239,9 @@ fn settle(
                     message: format!("{} ({what})", error.message),
                     ..error
                 });
-                if let Some(kept) = kept {
-                    now.objects.insert(key.clone(), kept);
+                match kept {
+                    Some(kept) => copies.put(now, key.clone(), kept, file),
+                    None => copies.seen(key.clone(), file),
                 }
                 keys.push(key);
             }
@@ -231,6 +256,130 @@ fn settle(
         }
     }
     keys
+}
+
+/// Every copy of each object one load found: an object defined twice (in one file or in
+/// two) is ambiguous, since which copy was meant is unknown, and neither copy is trusted.
+#[derive(Default)]
+struct Copies {
+    /// The files of each object's copies (a file twice for two copies in it), in the order
+    /// read; the objects of the copies that could be read.
+    found: BTreeMap<(Kind, ObjectRef), (Vec<PathBuf>, Vec<Object>)>,
+}
+
+impl Copies {
+    /// Puts `object` into `now`, remembering the copy.
+    fn put(&mut self, now: &mut LastGood, key: (Kind, ObjectRef), object: Object, file: &Path) {
+        let entry = self.found.entry(key.clone()).or_default();
+        entry.0.push(file.to_owned());
+        entry.1.push(object.clone());
+        now.objects.insert(key, object);
+    }
+
+    /// Remembers a copy that could not be read.
+    fn seen(&mut self, key: (Kind, ObjectRef), file: &Path) {
+        self.found.entry(key).or_default().0.push(file.to_owned());
+    }
+
+    /// Replaces every object defined more than once with its last good version, or, with
+    /// none, a policy with its fail-closed form (isolating what any copy may select, in
+    /// every direction any copy names) and anything else with its first copy; reports each.
+    fn resolve(self, last: &LastGood, now: &mut LastGood, loaded: &mut Loaded) {
+        for (key, (files, objects)) in self.found {
+            if files.len() < 2 {
+                continue;
+            }
+            let (kept, what) = match (last.objects.get(&key), &key.0) {
+                (Some(good), _) => (Some(good.clone()), "its last good version stays in force"),
+                (None, Kind::Policy) => (
+                    Some(Object::Policy(fail_closed_of_copies(
+                        &key.1, &objects, &files[0],
+                    ))),
+                    "enforced fail-closed: it isolates the pods any copy selects and allows \
+                     nothing",
+                ),
+                (None, _) => (objects.first().cloned(), "the first copy is used"),
+            };
+            match kept {
+                Some(kept) => {
+                    now.objects.insert(key.clone(), kept);
+                }
+                None => {
+                    now.objects.remove(&key);
+                }
+            }
+            let places: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            loaded.errors.push(ManifestError {
+                file: files.last().cloned().unwrap_or_default(),
+                object: Some(format!("{} {}", kind_name(key.0), key.1)),
+                field: None,
+                message: format!(
+                    "defined more than once ({}), so which copy is meant is unknown ({what})",
+                    places.join(", ")
+                ),
+            });
+        }
+    }
+}
+
+/// A policy's form when its copies disagree and none was ever good: the pods its copies
+/// select (every pod of the namespace, unless all copies select alike) isolated in every
+/// direction a copy isolates, with no rule.
+fn fail_closed_of_copies(id: &ObjectRef, copies: &[Object], file: &Path) -> Policy {
+    let specs: Vec<&NetworkPolicySpec> = copies
+        .iter()
+        .filter_map(|o| match o {
+            Object::Policy(p) => Some(&p.spec),
+            _ => None,
+        })
+        .collect();
+    let selector = match specs.first() {
+        Some(first) if specs.iter().all(|s| s.pod_selector == first.pod_selector) => {
+            first.pod_selector.clone()
+        }
+        _ => Some(LabelSelector::default()),
+    };
+    let mut types = std::collections::BTreeSet::new();
+    for spec in &specs {
+        match spec.policy_types.as_deref() {
+            Some(named) if !named.is_empty() => types.extend(named.iter().cloned()),
+            _ => {
+                types.insert("Ingress".to_owned());
+                if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                    types.insert("Egress".to_owned());
+                }
+            }
+        }
+    }
+    // Copies that could not be read at all say nothing: both directions.
+    if specs.len() < copies.len() || types.is_empty() {
+        types.extend(["Ingress".to_owned(), "Egress".to_owned()]);
+    }
+    Policy {
+        id: id.clone(),
+        spec: NetworkPolicySpec {
+            pod_selector: selector,
+            policy_types: Some(types.into_iter().collect()),
+            ingress: None,
+            egress: None,
+        },
+        meta: PolicyMeta::default(),
+        origin: Origin {
+            file: Some(file.to_owned()),
+        },
+    }
+}
+
+/// A kind's name as manifests spell it.
+const fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Namespace => "Namespace",
+        Kind::Pod => "Pod",
+        Kind::Policy => "NetworkPolicy",
+        Kind::Service => "Service",
+        Kind::EndpointSlice => "EndpointSlice",
+        Kind::Node => "Node",
+    }
 }
 
 /// Why `object` is a policy that fails validation, if it is one.
@@ -266,7 +415,8 @@ fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
     let policy_types = match named {
         Some(types) if !types.is_empty() => types,
         Some(_) => vec!["Ingress".to_owned(), "Egress".to_owned()],
-        None if has_egress => vec!["Ingress".to_owned(), "Egress".to_owned()],
+        // Nothing of the spec could be read (a document that does not parse): both.
+        None if has_egress || spec.is_none() => vec!["Ingress".to_owned(), "Egress".to_owned()],
         None => vec!["Ingress".to_owned()],
     };
     Policy {
@@ -286,9 +436,10 @@ fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
 
 /// Adds the objects of one file's text to `loaded` (no last good versions).
 pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
-    let read = read_str(text, file, &mut loaded.errors);
-    let mut now = LastGood::default();
-    settle(read, file, &LastGood::default(), &mut now, loaded);
+    let read = read_bytes(text.as_bytes(), file, &mut loaded.errors);
+    let (last, mut now, mut copies) = (LastGood::default(), LastGood::default(), Copies::default());
+    settle(read, file, &last, &mut now, loaded, &mut copies);
+    copies.resolve(&last, &mut now, loaded);
     for object in now.objects.into_values() {
         loaded.cluster.apply(object);
     }
@@ -332,8 +483,16 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     out
 }
 
-/// Decodes every document of one file's text.
-fn read_str(text: &str, file: &Path, errors: &mut Vec<ManifestError>) -> FileRead {
+/// Decodes every document of one file's bytes. A document that is not UTF-8 or not YAML
+/// spoils itself only; if it still says which object it is (the lines `kind:` and
+/// `metadata`'s `name:` and `namespace:`), that object keeps its last good version, or, a
+/// policy never read, is enforced fail-closed, rather than vanish.
+fn read_bytes(bytes: &[u8], file: &Path, errors: &mut Vec<ManifestError>) -> FileRead {
+    // Split before decoding, so that a stray byte spoils its document, not the file.
+    let (text, utf8) = match std::str::from_utf8(bytes) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), true),
+        Err(_) => (String::from_utf8_lossy(bytes), false),
+    };
     // Only true/false are booleans (YAML 1.2): `namespace: y` names a namespace, as
     // kubectl reads it, rather than being YAML 1.1's "yes".
     let mut options = serde_saphyr::Options::default();
@@ -344,7 +503,7 @@ fn read_str(text: &str, file: &Path, errors: &mut Vec<ManifestError>) -> FileRea
     budget.max_events = MAX_EVENTS;
     options.budget = Some(budget);
     let mut read = FileRead::default();
-    let docs = documents(text);
+    let docs = documents(&text);
     if docs.len() > MAX_DOCUMENTS {
         errors.push(ManifestError {
             file: file.to_owned(),
@@ -356,23 +515,164 @@ fn read_str(text: &str, file: &Path, errors: &mut Vec<ManifestError>) -> FileRea
         return read;
     }
     for (line, doc) in docs {
-        match serde_saphyr::from_str_with_options::<Value>(&doc, options.clone()) {
-            Ok(value) => decode(value, file, &mut read.decoded),
-            Err(e) => {
-                errors.push(ManifestError {
+        let parsed = if !utf8 && doc.contains(char::REPLACEMENT_CHARACTER) {
+            Err("it is not valid UTF-8".to_owned())
+        } else {
+            serde_saphyr::from_str_with_options::<Value>(&doc, options.clone())
+                .map_err(|e| format!("it is not valid YAML: {e}"))
+        };
+        match parsed {
+            Ok(value) if value.is_object() || value.is_null() => {
+                decode(value, file, &mut read.decoded);
+            }
+            Ok(value) => errors.push(ManifestError {
+                file: file.to_owned(),
+                object: None,
+                field: None,
+                message: format!(
+                    "the document from line {line} is {}, not an object (left out)",
+                    shape(&value)
+                ),
+            }),
+            Err(why) => {
+                read.unreadable = true;
+                let error = |object: Option<String>, kept: &str| ManifestError {
                     file: file.to_owned(),
-                    object: None,
+                    object,
                     field: None,
                     message: format!(
-                        "the document from line {line} is not valid YAML (the objects this \
-                         file had stay in force): {e}"
+                        "the document from line {line} cannot be read ({kept}): {why}"
                     ),
-                });
-                read.unreadable = true;
+                };
+                match salvage(&doc) {
+                    Some((kind, key)) => read.decoded.push(Decoded::Failed {
+                        key: Some(key),
+                        error: error(Some(kind), "it says which object it is"),
+                        doc: Value::Null,
+                    }),
+                    None => errors.push(error(None, "the objects this file had stay in force")),
+                }
             }
         }
     }
     read
+}
+
+/// What a document that is not an object is, in words.
+fn shape(value: &Value) -> &'static str {
+    match value {
+        Value::Array(_) => "a sequence",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null | Value::Object(_) => "empty",
+    }
+}
+
+/// Which object a document that does not parse is, from its lines alone: `kind:` at the
+/// top level, and `name:` and `namespace:` in `metadata` (block or flow style). The kind
+/// and name of a key only; `None` if that much is not there.
+fn salvage(doc: &str) -> Option<(String, (Kind, ObjectRef))> {
+    let unquote = |v: &str| {
+        let v = v.trim();
+        let v = v.split(" #").next().unwrap_or(v).trim();
+        v.trim_matches(|c| c == '"' || c == '\'').to_owned()
+    };
+    let mut kind = None;
+    let mut meta: BTreeMap<&str, String> = BTreeMap::new();
+    let mut in_meta = false;
+    let mut meta_indent = None;
+    for line in doc.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if indent == 0 {
+            in_meta = false;
+            if let Some(v) = line.strip_prefix("kind:") {
+                kind.get_or_insert_with(|| unquote(v));
+            } else if let Some(v) = line.strip_prefix("metadata:") {
+                let v = v.trim();
+                if let Some(flow) = v.strip_prefix('{') {
+                    for pair in flow.trim_end_matches('}').split(',') {
+                        if let Some((k, v)) = pair.split_once(':') {
+                            let k = k.trim();
+                            if k == "name" || k == "namespace" {
+                                meta.entry(if k == "name" { "name" } else { "namespace" })
+                                    .or_insert_with(|| unquote(v));
+                            }
+                        }
+                    }
+                } else {
+                    in_meta = true;
+                    meta_indent = None;
+                }
+            }
+        } else if in_meta {
+            // Only the keys directly under `metadata`, not those of its labels.
+            if *meta_indent.get_or_insert(indent) != indent {
+                continue;
+            }
+            for k in ["name", "namespace"] {
+                if let Some(v) = trimmed.strip_prefix(k).and_then(|r| r.strip_prefix(':')) {
+                    meta.entry(k).or_insert_with(|| unquote(v));
+                }
+            }
+        }
+    }
+    let kind = kind?;
+    let name = meta.get("name").filter(|n| !n.is_empty())?;
+    let mut doc = serde_json::json!({"kind": kind, "metadata": {"name": name}});
+    if let Some(ns) = meta.get("namespace") {
+        doc["metadata"]["namespace"] = Value::String(ns.clone());
+    }
+    let key = key_of(&known_kind(&kind)?, &doc)?;
+    Some((object_label(&kind, &doc), key))
+}
+
+/// Kinds the enforcer reads (lists aside).
+const KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Service",
+    "EndpointSlice",
+    "Node",
+];
+
+/// The kind `kind` is, or is a misspelling of: the same but for case, or for short kinds
+/// alone (other real kinds are a few letters from `Pod` and `Node`: `Role`), within two
+/// edits.
+fn known_kind(kind: &str) -> Option<String> {
+    /// Kinds shorter than this are never taken as misspelt.
+    const MIN_FUZZY: usize = 7;
+    /// Most edits between a misspelt kind and the kind it is taken for.
+    const MAX_DISTANCE: usize = 2;
+    KINDS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(kind))
+        .or_else(|| {
+            KINDS.iter().filter(|k| k.len() >= MIN_FUZZY).find(|k| {
+                strsim::damerau_levenshtein(&k.to_ascii_lowercase(), &kind.to_ascii_lowercase())
+                    <= MAX_DISTANCE
+            })
+        })
+        .map(|k| (*k).to_owned())
+}
+
+/// The apiVersion objects of `kind` have.
+fn api_version_of(kind: &str) -> Option<&'static str> {
+    use k8s_openapi::Resource as _;
+    Some(match kind {
+        "Namespace" => ApiNamespace::API_VERSION,
+        "Pod" => ApiPod::API_VERSION,
+        "NetworkPolicy" => k8s_openapi::api::networking::v1::NetworkPolicy::API_VERSION,
+        "Service" => ApiService::API_VERSION,
+        "EndpointSlice" => ApiEndpointSlice::API_VERSION,
+        "Node" => ApiNode::API_VERSION,
+        _ => return None,
+    })
 }
 
 /// Decodes one document (a `List`: each item) into `out`.
@@ -386,6 +686,24 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
         .unwrap_or_default()
         .to_owned();
     let label = object_label(&kind, &doc);
+    // An apiVersion that is not the kind's: kubectl refuses it, and so do we (the schema
+    // may differ), rather than read it as the version we know.
+    let api_version = doc.get("apiVersion").and_then(Value::as_str);
+    if let (Some(version), Some(want)) = (api_version, api_version_of(&kind))
+        && version != want
+    {
+        out.push(Decoded::Failed {
+            key: key_of(&kind, &doc),
+            error: ManifestError {
+                file: file.to_owned(),
+                object: Some(label),
+                field: Some("apiVersion".to_owned()),
+                message: format!("{version:?} is not a version of {kind} (only {want:?} is)"),
+            },
+            doc,
+        });
+        return;
+    }
     let result = match kind.as_str() {
         "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
         | "EndpointSliceList" | "NodeList" => {
@@ -419,11 +737,28 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
         "Node" => typed::<ApiNode>(doc.clone())
             .and_then(convert::node)
             .map(Object::Node),
-        "" => Err((None, "document has no kind".to_owned())),
-        _ => {
-            out.push(Decoded::Skipped(format!("{}: {label}", file.display())));
-            return;
-        }
+        "" => Err((Some("kind".to_owned()), "required".to_owned())),
+        _ => match known_kind(&kind) {
+            // A misspelt kind is not a kind to skip: the object would silently go (and a
+            // policy with it, opening what it isolated).
+            Some(meant) => {
+                out.push(Decoded::Failed {
+                    key: key_of(&meant, &doc),
+                    error: ManifestError {
+                        file: file.to_owned(),
+                        object: Some(label),
+                        field: Some("kind".to_owned()),
+                        message: format!("unknown kind (did you mean {meant:?}?)"),
+                    },
+                    doc,
+                });
+                return;
+            }
+            None => {
+                out.push(Decoded::Skipped(format!("{}: {label}", file.display())));
+                return;
+            }
+        },
     };
     out.push(match result {
         Ok(object) => Decoded::Object(object),
@@ -669,6 +1004,34 @@ status: {podIP: 10.0.0.2}
                 .contains("last good version stays in force"),
             "{:?}",
             rejected.errors
+        );
+
+        // q misspelt as another kind, cut mid-way, or defined twice (the second copy
+        // admitting everyone): its last good version stays, never the open copy.
+        let q_open = "kind: NetworkPolicy\nmetadata: {name: q, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}\n";
+        for bad in [
+            good.replace(
+                "kind: NetworkPolicy\nmetadata: {name: q",
+                "kind: NetworkPolicey\nmetadata: {name: q",
+            ),
+            good.replace("spec: {podSelector: {}}", "spec: {podSelector: {"),
+            format!("{good}---\n{q_open}"),
+        ] {
+            let kept = load(&bad, &mut last);
+            assert_eq!(kept.cluster.policies[&q].spec.ingress, None, "{bad}");
+            assert!(!kept.errors.is_empty(), "{bad}");
+            assert_eq!(kept.cluster.policies[&p].spec, was, "{bad}");
+        }
+        // Never good (a fresh load): the copies are enforced fail-closed.
+        std::fs::write(&file, format!("{good}---\n{q_open}")).unwrap();
+        let fresh = load_dir(&dir).unwrap();
+        assert_eq!(fresh.cluster.policies[&q].spec.ingress, None);
+        assert!(
+            fresh.errors[0]
+                .to_string()
+                .contains("defined more than once"),
+            "{:?}",
+            fresh.errors
         );
 
         // Deleting q on purpose (the file reads whole) deletes it.
