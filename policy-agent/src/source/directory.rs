@@ -140,8 +140,9 @@ pub fn watch(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
             // again (what the read kept as last good is whole, or kept from before).
             last = kept;
             tokio::time::sleep(EVENT_LATENCY).await;
-            let mut overlapped = false;
+            let (mut overlapped, mut more) = (false, false);
             while let Ok(change) = changed.try_recv() {
+                more = true;
                 overlapped |= busy.apply(change, &read_busy);
             }
             if overlapped || lost.swap(false, Ordering::Relaxed) {
@@ -158,10 +159,14 @@ pub fn watch(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
             if tx.send(event).await.is_err() {
                 return;
             }
-            let Some(change) = changed.recv().await else {
-                return;
-            };
-            busy.apply(change, &BTreeMap::new());
+            // Changes that came during the read (a file it left out was closed since) need
+            // another read; else wait for one.
+            if !more {
+                let Some(change) = changed.recv().await else {
+                    return;
+                };
+                busy.apply(change, &BTreeMap::new());
+            }
             tokio::time::sleep(SETTLE).await;
             while let Ok(change) = changed.try_recv() {
                 busy.apply(change, &BTreeMap::new());
