@@ -26,83 +26,12 @@ const MATRIX_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the deadline is checked.
 const POLL: Duration = Duration::from_millis(20);
 
+#[path = "../../tests/support/hostile.rs"]
+mod case;
+use case::{Case, cases};
+
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/hostile")
-}
-
-/// One case of the corpus, from its header.
-#[derive(Debug, Default)]
-struct Case {
-    /// The case file's name.
-    name: String,
-    /// Its bytes, written as they are (a byte order mark, CRLF, bytes that are not UTF-8).
-    bytes: Vec<u8>,
-    /// `file:`: the name it gets in the manifest directory; a base file's name replaces it
-    /// (an edit of that file). Default: the case's own name (a new file).
-    file: String,
-    /// `exit:`: `matrix`'s exit status (3: something was rejected; 0: valid input).
-    exit: i32,
-    /// `reports:`: what stderr must say (file, object, field), one per line.
-    reports: Vec<String>,
-    /// `about:`: pods (`ns/name`) whose verdicts may change, only towards denied: those
-    /// the bad object selects or is.
-    about: Vec<String>,
-}
-
-impl Case {
-    fn load(path: &Path) -> Case {
-        let bytes = std::fs::read(path).unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        let mut case = Case {
-            file: name.clone(),
-            name,
-            exit: -1,
-            ..Case::default()
-        };
-        // The header is ASCII; whatever follows (or a BOM before it) need not be UTF-8.
-        let text = String::from_utf8_lossy(&bytes);
-        for line in text.trim_start_matches('\u{feff}').lines() {
-            let Some(comment) = line.strip_prefix("# ") else {
-                break;
-            };
-            let Some((key, value)) = comment.split_once(": ") else {
-                continue;
-            };
-            let value = value.trim_end_matches('\r').to_owned();
-            match key {
-                "file" => case.file = value,
-                "exit" => case.exit = value.parse().unwrap(),
-                "reports" => case.reports.push(value),
-                "about" => case.about.push(value),
-                "case" | "expect" => {}
-                other => panic!("{}: unknown header key {other:?}", case.name),
-            }
-        }
-        assert!(
-            case.exit == 0 || case.exit == 3,
-            "{}: the header must say `# exit: 0` or `# exit: 3`",
-            case.name
-        );
-        case.bytes = bytes;
-        case
-    }
-
-    /// Whether `probe` is about a pod the case may change.
-    fn about(&self, probe: &Probe) -> bool {
-        self.about
-            .iter()
-            .any(|p| *p == probe.from || *p == probe.to)
-    }
-}
-
-/// The cases, in name order.
-fn cases() -> Vec<Case> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(corpus().join("cases"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| Case::load(p)).collect()
 }
 
 /// A manifest directory under /tmp, removed on drop.
@@ -241,17 +170,17 @@ fn violations(case: &Case, base: &Run, run: &Run) -> Vec<String> {
         match base.verdicts.get(probe) {
             // More reachable than the base: never, whatever the case is about.
             Some(false) if allowed => wrong.push(format!("{probe:?} allowed, the base denies it")),
-            Some(&was) if was != allowed && !case.about(probe) => {
+            Some(&was) if was != allowed && !case.about(&probe.from, &probe.to) => {
                 wrong.push(format!(
                     "{probe:?} changed to {allowed}, not about the bad object"
                 ));
             }
-            None if !case.about(probe) => wrong.push(format!("{probe:?} is new")),
+            None if !case.about(&probe.from, &probe.to) => wrong.push(format!("{probe:?} is new")),
             _ => {}
         }
     }
     for probe in base.verdicts.keys() {
-        if !run.verdicts.contains_key(probe) && !case.about(probe) {
+        if !run.verdicts.contains_key(probe) && !case.about(&probe.from, &probe.to) {
             wrong.push(format!("{probe:?} is gone"));
         }
     }
@@ -276,7 +205,7 @@ fn the_base_cluster_is_valid() {
 fn no_hostile_input_makes_a_pod_more_reachable_and_each_is_reported() {
     let base = matrix(&Dir::new(None));
     assert_eq!(base.code, Some(0), "{}", base.stderr);
-    let cases = cases();
+    let cases = cases(&corpus());
     assert!(cases.len() >= 25, "{} cases", cases.len());
     let mut failures = String::new();
     for case in &cases {
@@ -311,7 +240,7 @@ fn the_checks_catch_a_broken_promise() {
     let allowed = base
         .verdicts
         .iter()
-        .find(|(p, a)| **a && p.from != p.to && !case.about(p))
+        .find(|(p, a)| **a && p.from != p.to && !case.about(&p.from, &p.to))
         .unwrap()
         .0
         .clone();

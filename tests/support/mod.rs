@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod fake_api;
 pub mod fuzz;
+pub mod hostile;
 pub mod kernel;
 pub mod packets;
 pub mod records;
