@@ -8,7 +8,8 @@
 //!   replica usually adds no policy entry at all;
 //! - selector peers become policy entries keyed by identity; ipBlock peers (and rules that
 //!   allow every peer, as 0.0.0.0/0 and ::/0) become CIDR-trie nodes whose values are
-//!   CIDR classes, keyed in the policy trie like identities.
+//!   CIDR classes, keyed in the policy trie like identities; a class holds only what its
+//!   node changes from the node around it (see [`cidr`]), so excepts cost linearly.
 //!
 //! Ids are stable across compilations (see [`ids`]), so recompiling after a change yields
 //! the previous contents plus the change, which the datapath sync turns into few updates.
