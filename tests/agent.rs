@@ -14,6 +14,7 @@ use std::{
 
 use policy_agent::{
     agent::{self, AgentConfig, AgentHandle, api, endpoints},
+    capacity::MapSizes,
     datapath::bpffs,
     lab::{
         Lab, LabConfig,
@@ -56,6 +57,26 @@ fn socket_of(instance: &str) -> PathBuf {
 
 /// Starts node `node`'s agent, watching `api`.
 fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentHandle {
+    start_agent_with(
+        lab,
+        node,
+        api,
+        pins,
+        agent::FULL_RESYNC,
+        MapSizes::default(),
+    )
+}
+
+/// Starts node `node`'s agent with maps of `map_sizes`, watching `api` and comparing the
+/// maps with what it wrote every `full_resync`.
+fn start_agent_with(
+    lab: &Lab,
+    node: usize,
+    api: &FakeApi,
+    pins: &mut Pins,
+    full_resync: Duration,
+    map_sizes: MapSizes,
+) -> AgentHandle {
     let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
     pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
     agent::spawn(
@@ -69,8 +90,10 @@ fn start_agent(lab: &Lab, node: usize, api: &FakeApi, pins: &mut Pins) -> AgentH
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            full_resync,
+            map_sizes,
         },
-        kubernetes::watch(api.client()),
+        kubernetes::watch(api.client(), &topology::node_name(node)),
     )
     .expect("agent starts")
 }
@@ -439,6 +462,293 @@ fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
     });
 }
 
+/// A counter of the agent's metrics.
+fn counter(agent: &AgentHandle, name: &str) -> u64 {
+    let metrics = agent.metrics.render();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// CIDR entries of the backoff test's agent.
+const SMALL_CIDR_MAP: u32 = 64;
+/// A ruleset no compiled policy uses: where a test writes entries behind the agent's back.
+const FOREIGN_RULESET: u32 = 0xFFFF_0000;
+
+#[test]
+fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_writes() {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use policy_common::maps::{
+        CidrKey, CidrValue, EP_INGRESS_ISOLATED, EndpointInfo, IpKey, IpcacheValue,
+        POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue, names, peer_kind,
+    };
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        // A small CIDR map, quick to fill.
+        let sizes = MapSizes {
+            cidr: SMALL_CIDR_MAP,
+            ..MapSizes::default()
+        };
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::ZERO, sizes);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |_| true).await;
+
+        // Something else fills CIDR (a tool, leftovers): the next sync that needs a prefix
+        // there fails, and keeps failing (CIDR entries are removed only once the new ones
+        // are in, since a missing `except` hole would let its prefix match).
+        let pin_dir = pins.0[0].clone();
+        let mut cidr: LpmTrie<MapData, CidrKey, CidrValue> = LpmTrie::try_from(Map::LpmTrie(
+            MapData::from_pin(pin_dir.join(names::CIDR)).unwrap(),
+        ))
+        .unwrap();
+        let mut junk = Vec::new();
+        for i in 0u32.. {
+            // 198.18.0.0/15: benchmarking addresses, never a pod's; a ruleset nobody uses.
+            let [_, _, hi, lo] = i.to_be_bytes();
+            let (len, data) = CidrKey::new(FOREIGN_RULESET, IpKey::v4([198, 18, hi, lo]), 32);
+            let key = Key::new(len, data);
+            match cidr.insert(&key, CidrValue { class: 1 }, 0) {
+                Ok(()) => junk.push(key),
+                Err(_) => break,
+            }
+        }
+        assert!(!junk.is_empty(), "CIDR could not be filled");
+        let x_admits_a = |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || p.from == "x/a";
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}, {ipBlock: {cidr: 192.0.2.0/24}}]}]}",
+        ));
+        // It retries with backoff, not in a loop, and says why.
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures >= 3))
+            .await
+            .expect("the agent retries")
+            .unwrap();
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains(names::CIDR)),
+            "{status}"
+        );
+        assert!(status.to_string().contains("FAILING"), "{status}");
+        // Meanwhile the last state stays enforced. The waits double (three failures in,
+        // they are near a second): a few more attempts in the next seconds, not dozens.
+        let before = counter(&agent, "policy_agent_sync_failures");
+        let t = Instant::now();
+        assert_reachability(&lab.probe_all().await.unwrap(), |_| true);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let more = counter(&agent, "policy_agent_sync_failures") - before;
+        assert!(
+            more <= 5,
+            "{more} more failed syncs in {:?}: the agent does not back off",
+            t.elapsed()
+        );
+
+        // Room is made: a retry applies the policy.
+        for key in &junk {
+            cidr.remove(key).unwrap();
+        }
+        converge(&lab, x_admits_a).await;
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.sync_failures == 0))
+            .await
+            .unwrap()
+            .unwrap();
+        agent.stop().await.unwrap();
+
+        // An agent that compares the maps with what it wrote every second.
+        let sizes = MapSizes::default();
+        let agent = start_agent_with(&lab, 0, &api, &mut pins, Duration::from_secs(1), sizes);
+        let mut agent = agent;
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, x_admits_a).await;
+        // Someone writes an entry that lets x/b into x's pods, behind the agent's back.
+        let endpoints: aya::maps::HashMap<MapData, u32, EndpointInfo> =
+            aya::maps::HashMap::try_from(Map::HashMap(
+                MapData::from_pin(pin_dir.join(names::ENDPOINTS)).unwrap(),
+            ))
+            .unwrap();
+        let ruleset = endpoints
+            .iter()
+            .map(Result::unwrap)
+            .find(|(_, e)| e.flags & EP_INGRESS_ISOLATED != 0)
+            .map(|(_, e)| e.ingress_ruleset)
+            .expect("x's pods are isolated");
+        let ipcache: aya::maps::HashMap<MapData, IpKey, IpcacheValue> =
+            aya::maps::HashMap::try_from(Map::HashMap(
+                MapData::from_pin(pin_dir.join(names::IPCACHE)).unwrap(),
+            ))
+            .unwrap();
+        let x_b = &lab.cluster().pods[&ObjectRef::new("x", "b")];
+        let identity = x_b
+            .ips
+            .iter()
+            .map(|ip| {
+                ipcache
+                    .get(&policy_agent::compiler::ip_key(*ip), 0)
+                    .unwrap()
+                    .identity
+            })
+            .next()
+            .unwrap();
+        let drift_before = counter(&agent, "policy_agent_drift_corrected");
+        let mut map: LpmTrie<MapData, PolicyKey, PolicyValue> = LpmTrie::try_from(Map::LpmTrie(
+            MapData::from_pin(pin_dir.join(names::POLICY)).unwrap(),
+        ))
+        .unwrap();
+        map.insert(
+            &Key::new(
+                POLICY_PREFIX_ANY_PROTO,
+                PolicyKey::new(ruleset, peer_kind::IDENTITY, identity, 0, 0),
+            ),
+            PolicyValue { policy_id: 0 },
+            0,
+        )
+        .unwrap();
+        // It works (unless the resync already undid it)...
+        let open = lab
+            .probe("x/b", "x/a", 81, Protocol::Tcp, Family::IPv4)
+            .await
+            .unwrap();
+        assert!(
+            open || counter(&agent, "policy_agent_drift_corrected") > drift_before,
+            "the foreign entry should let x/b in until the resync"
+        );
+        // ... until the full resync removes it.
+        converge(&lab, x_admits_a).await;
+        let drift = counter(&agent, "policy_agent_drift_corrected") - drift_before;
+        assert!(drift >= 1, "the agent corrected {drift} entries");
+        assert!(
+            agent
+                .status
+                .borrow()
+                .errors
+                .iter()
+                .any(|e| e.contains("full resync")),
+            "{}",
+            *agent.status.borrow()
+        );
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
+
+#[test]
+fn a_rejected_version_keeps_the_last_good_one_in_force_with_an_event_and_metrics() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let guard =
+            "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}";
+        api.apply(policy("x", "guard", guard));
+        let mut pins = Pins(Vec::new());
+        let mut agent = start_agent(&lab, 0, &api, &mut pins);
+        agent.ready(CONVERGE).await.unwrap();
+        let x_admits_a = |p: &Probe| to_self(p) || ns(&p.to) != Some("x") || p.from == "x/a";
+        converge(&lab, x_admits_a).await;
+
+        // A version the agent cannot enforce as written (the fake API server does not
+        // validate; a real one may accept what the agent cannot enforce): the last good
+        // version stays, and the operator is told where they look.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+        ));
+        // A pod whose address cannot be read keeps its last good version too.
+        let mut y_b = pod_object(lab.cluster(), "y", "b");
+        y_b["status"]["podIPs"] = json!([{"ip": "10.100.0.4.7"}]);
+        api.apply(y_b);
+        let rejected = |s: &agent::status::Status| {
+            s.rejected
+                .iter()
+                .any(|r| r.contains("x/guard") && r.contains("last good"))
+                && s.rejected
+                    .iter()
+                    .any(|r| r.contains("y/b") && r.contains("podIPs"))
+        };
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(rejected))
+            .await
+            .expect("the rejections are reported")
+            .unwrap();
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.contains("spec.ingress[0].from[0].ipBlock.cidr")),
+            "{status}"
+        );
+        assert_reachability(&lab.probe_all().await.unwrap(), x_admits_a);
+        let metrics = agent.metrics.render();
+        for line in [
+            r#"policy_agent_rejected_objects{reason="invalid",in_force="last-good"} 1"#,
+            r#"policy_agent_rejected_objects{reason="unreadable",in_force="last-good"} 1"#,
+        ] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+        // An Event on the policy, as `kubectl describe` shows it.
+        let start = Instant::now();
+        let event = loop {
+            let found = api.events().into_iter().find(|e| {
+                e["regarding"]["name"] == "guard" && e["regarding"]["kind"] == "NetworkPolicy"
+            });
+            match found {
+                Some(e) => break e,
+                None if start.elapsed() < CONVERGE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => panic!("no Event on x/guard: {:?}", api.events()),
+            }
+        };
+        assert_eq!(event["type"], "Warning", "{event}");
+        assert_eq!(event["reason"], kubernetes::REJECTED_REASON, "{event}");
+        assert_eq!(event["metadata"]["namespace"], "x", "{event}");
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("ipBlock.cidr") && note.contains("last good"),
+            "{note}"
+        );
+
+        // A restarted agent never saw the good version: the policy is enforced fail-closed
+        // (its pods isolated, nothing allowed), never open.
+        agent.stop().await.unwrap();
+        let mut agent = start_agent(&lab, 0, &api, &mut pins);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |p| to_self(p) || ns(&p.to) != Some("x")).await;
+        let status = agent.status.borrow().clone();
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.contains("x/guard") && r.contains("fail-closed")),
+            "{status}"
+        );
+
+        // Fixed: enforced as written, and no longer reported.
+        api.apply(policy("x", "guard", guard));
+        api.apply(pod_object(lab.cluster(), "y", "b"));
+        converge(&lab, x_admits_a).await;
+        tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.rejected.is_empty()))
+            .await
+            .expect("nothing is rejected any more")
+            .unwrap();
+        agent.stop().await.unwrap();
+        lab.shutdown().await;
+    });
+}
+
 /// The scheduled pod of the CNI test: no address yet, as the kubelet has not reported one.
 const NEW_POD: &str = r#"
 kind: Pod
@@ -489,9 +799,11 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
                 metrics_address: None,
                 source: format!("kubernetes ({})", api.url),
                 cni_conf_dir: None,
+                full_resync: policy_agent::agent::FULL_RESYNC,
+                map_sizes: MapSizes::default(),
             },
             Source {
-                events: kubernetes::watch(api.client()),
+                events: kubernetes::watch(api.client(), &topology::node_name(0)),
                 pods: Some(kubernetes::PodLookup::new(api.client())),
             },
         )
@@ -528,5 +840,98 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
         );
         agent.stop().await.unwrap();
         lab.shutdown().await;
+    });
+}
+
+/// POLICY entries the agent of the capacity test may write: room for a few small
+/// policies, far from enough for the huge one.
+const SMALL_POLICY_MAP: u32 = 64;
+/// Rules of the huge policy: each an ipBlock with an `except`, on its own port.
+const HUGE_RULES: usize = 40;
+
+#[test]
+fn a_policy_that_does_not_fit_isolates_its_pods_and_the_others_keep_syncing() {
+    block_on(async {
+        let lab = Lab::network(&standard_with(""), &LabConfig::default())
+            .await
+            .unwrap();
+        let api = FakeApi::start().await;
+        publish(&api, lab.cluster(), &[]);
+        let mut pins = Pins(Vec::new());
+        let sizes = MapSizes {
+            policy: SMALL_POLICY_MAP,
+            ..MapSizes::default()
+        };
+        let mut agent = start_agent_with(&lab, 0, &api, &mut pins, agent::FULL_RESYNC, sizes);
+        agent.ready(CONVERGE).await.unwrap();
+        converge(&lab, |_| true).await;
+
+        // Tenant y's huge policy: its first rule would admit TCP 80 from 10.0.0.0/8 (every
+        // lab pod), but it does not fit, so it allows nothing and y/b is isolated.
+        let rules: Vec<String> = (0..HUGE_RULES)
+            .map(|i| {
+                let port = if i == 0 { 80 } else { 1000 + i };
+                format!(
+                    "{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.2.{i}.0/24]}}}}], ports: [{{port: {port}}}]}}"
+                )
+            })
+            .collect();
+        let huge = format!(
+            "{{podSelector: {{matchLabels: {{app: b}}}}, ingress: [{}]}}",
+            rules.join(", ")
+        );
+        api.apply(policy("y", "huge", &huge));
+        converge(&lab, |p| to_self(p) || p.to != "y/b").await;
+        let status = tokio::time::timeout(
+            CONVERGE,
+            agent
+                .status
+                .wait_for(|s| s.rejected.iter().any(|r| r.contains("y/huge"))),
+        )
+        .await
+        .expect("the rejection is reported")
+        .unwrap()
+        .clone();
+        assert!(status.ready, "{status}");
+        let rejection = status
+            .rejected
+            .iter()
+            .find(|r| r.contains("y/huge"))
+            .unwrap();
+        assert!(
+            rejection.contains("POLICY entries")
+                && rejection.contains(&format!("of {SMALL_POLICY_MAP} are free"))
+                && rejection.contains("raise --map-size policy="),
+            "{rejection}"
+        );
+        let policy_map = status.maps.iter().find(|m| m.name == "POLICY").unwrap();
+        assert_eq!(policy_map.capacity, u64::from(SMALL_POLICY_MAP));
+        assert!(policy_map.entries <= SMALL_POLICY_MAP as usize);
+
+        // Tenant x's later change applies: x admits only its own pods.
+        api.apply(policy(
+            "x",
+            "guard",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
+        ));
+        converge(&lab, |p| {
+            to_self(p) || (p.to != "y/b" && (ns(&p.to) != Some("x") || ns(&p.from) == Some("x")))
+        })
+        .await;
+
+        // The huge policy goes: y/b is open again, and nothing is rejected.
+        api.delete("NetworkPolicy", "y", "huge");
+        converge(&lab, |p| {
+            to_self(p) || ns(&p.to) != Some("x") || ns(&p.from) == Some("x")
+        })
+        .await;
+        let status =
+            tokio::time::timeout(CONVERGE, agent.status.wait_for(|s| s.rejected.is_empty()))
+                .await
+                .expect("the rejection goes with the policy")
+                .unwrap()
+                .clone();
+        assert!(status.full.is_empty(), "{status}");
+        agent.stop().await.unwrap();
     });
 }

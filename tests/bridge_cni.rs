@@ -454,6 +454,8 @@ impl OwnAgent {
                 metrics_address: None,
                 source: "test".to_owned(),
                 cni_conf_dir: None,
+                full_resync: policy_agent::agent::FULL_RESYNC,
+                map_sizes: policy_agent::capacity::MapSizes::default(),
             },
             events,
         )

@@ -151,6 +151,7 @@ fn cluster(rules: usize, cidrs: usize) -> Cluster {
             ingress: Some(ingress),
             ..Default::default()
         },
+        meta: Default::default(),
         origin: Origin::default(),
     });
     c

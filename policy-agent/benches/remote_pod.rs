@@ -312,9 +312,11 @@ fn start_agent(
             metrics_address: None,
             source: format!("kubernetes ({})", api.url),
             cni_conf_dir: None,
+            full_resync: policy_agent::agent::FULL_RESYNC,
+            map_sizes: policy_agent::capacity::MapSizes::default(),
         },
         Source {
-            events: kubernetes::watch(api.client()),
+            events: kubernetes::watch(api.client(), &topology::node_name(node)),
             pods: Some(kubernetes::PodLookup::new(api.client())),
         },
     )

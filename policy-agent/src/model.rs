@@ -210,8 +210,20 @@ pub struct Policy {
     pub id: ObjectRef,
     /// The spec as the API defines it.
     pub spec: NetworkPolicySpec,
+    /// The rest of its metadata that validation reads.
+    pub meta: PolicyMeta,
     /// Where it came from.
     pub origin: Origin,
+}
+
+/// The labels and annotations of a NetworkPolicy: they mean nothing to enforcement, but the
+/// API server validates them, so a policy with a bad one is rejected as it would be there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The port a Service port forwards to on its backends.

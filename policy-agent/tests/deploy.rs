@@ -97,12 +97,20 @@ fn kustomization_lists_every_manifest() {
 }
 
 #[test]
-fn rbac_reads_what_decides_policy_and_nothing_else() {
+fn rbac_reads_what_decides_policy_and_writes_only_events() {
     let m = manifests();
     let mut granted = BTreeSet::new();
     for rule in m.role.rules.as_deref().unwrap_or_default() {
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{rule:?}");
+        let events = rule.api_groups.as_deref() == Some(&["events.k8s.io".to_owned()])
+            && rule.resources.as_deref() == Some(&["events".to_owned()]);
+        // Events on rejected objects: created, and patched as a series continues.
+        let expected = if events {
+            BTreeSet::from(["create", "patch"])
+        } else {
+            BTreeSet::from(["get", "list", "watch"])
+        };
+        assert_eq!(verbs, expected, "{rule:?}");
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for group in rule.api_groups.as_deref().unwrap_or_default() {
             for resource in rule.resources.as_deref().unwrap_or_default() {
@@ -119,6 +127,7 @@ fn rbac_reads_what_decides_policy_and_nothing_else() {
             "/nodes".to_owned(),
             "networking.k8s.io/networkpolicies".to_owned(),
             "discovery.k8s.io/endpointslices".to_owned(),
+            "events.k8s.io/events".to_owned(),
         ])
     );
 
@@ -223,6 +232,18 @@ fn daemonset_image_args_and_probes_match_the_binary() {
     let args = agent.args.as_deref().unwrap();
     assert_eq!(args[0], "run");
     assert_accepted(args);
+    // The map sizes it shows, commented out, are the binary's defaults, and accepted.
+    let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
+    let sizes: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# - --map-size="))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let defaults = policy_agent::capacity::MapSizes::default().to_string();
+    assert_eq!(sizes.join(" "), defaults);
+    let mut with_sizes = args.to_vec();
+    with_sizes.extend(sizes.iter().map(|s| format!("--map-size={s}")));
+    assert_accepted(&with_sizes);
 
     // The probes ask the metrics server the arguments configure.
     let metrics = args

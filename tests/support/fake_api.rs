@@ -87,6 +87,8 @@ struct Store {
     history: Vec<Event>,
     /// Watches must start at or after this resourceVersion.
     oldest: u64,
+    /// Events (events.k8s.io/v1) clients created, by name, as last patched.
+    posted_events: BTreeMap<String, Value>,
 }
 
 struct Shared {
@@ -153,6 +155,14 @@ impl FakeApi {
                 route(ApiKind::EndpointSlice),
             )
             .route("/api/v1/nodes", route(ApiKind::Node))
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{namespace}/events",
+                axum::routing::post(create_event),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}",
+                axum::routing::patch(patch_event),
+            )
             .with_state(Arc::clone(&self.shared));
         let mut up = self.shared.up.subscribe();
         tokio::spawn(async move {
@@ -163,6 +173,12 @@ impl FakeApi {
                 .with_graceful_shutdown(down)
                 .await;
         });
+    }
+
+    /// The Events clients created (as last patched), oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let store = self.shared.store.lock().unwrap();
+        store.posted_events.values().cloned().collect()
     }
 
     /// A kube client for this server.
@@ -278,6 +294,45 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Value {
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
     })
+}
+
+/// POST of an Event: kept, and returned as created.
+async fn create_event(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(namespace): axum::extract::Path<String>,
+    axum::Json(mut event): axum::Json<Value>,
+) -> Response {
+    event["metadata"]["namespace"] = json!(namespace);
+    let name = event["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut store = shared.store.lock().unwrap();
+    store.posted_events.insert(name, event.clone());
+    (StatusCode::CREATED, axum::Json(event)).into_response()
+}
+
+/// PATCH (merge) of an Event: a series continues.
+async fn patch_event(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((_namespace, name)): axum::extract::Path<(String, String)>,
+    axum::Json(patch): axum::Json<Value>,
+) -> Response {
+    let mut store = shared.store.lock().unwrap();
+    let Some(event) = store.posted_events.get_mut(&name) else {
+        let body = status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("events \"{name}\" not found"),
+        );
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    if let (Some(event), Some(patch)) = (event.as_object_mut(), patch.as_object()) {
+        for (k, v) in patch {
+            event.insert(k.clone(), v.clone());
+        }
+    }
+    axum::Json(event.clone()).into_response()
 }
 
 /// GET of one pod.

@@ -209,6 +209,7 @@ fn policy(index: usize) -> impl Strategy<Value = Policy> {
                         .collect()
                 }),
             },
+            meta: Default::default(),
             origin: Origin::default(),
         })
 }
@@ -465,6 +466,7 @@ fn backend_egress_policy(
                     ingress: None,
                     egress: Some(egress),
                 },
+                meta: Default::default(),
                 origin: Origin::default(),
             }
         })

@@ -5,6 +5,7 @@
 //! sync latency and watch restarts are recorded as they happen.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -40,8 +41,12 @@ pub struct Snapshot {
     pub refused: usize,
     /// Policies in the cluster.
     pub policies: usize,
-    /// Policies rejected by validation.
+    /// Policies rejected by validation or for lack of room in the maps.
     pub rejected: usize,
+    /// Rejected objects by (reason, what is in force instead).
+    pub rejected_objects: BTreeMap<(&'static str, &'static str), usize>,
+    /// Maps that are full (something was left out of them).
+    pub full_maps: usize,
     /// Addresses several running pods claim.
     pub address_conflicts: usize,
 }
@@ -66,6 +71,10 @@ pub struct Metrics {
     watch_restarts: Family<ResourceLabel, Counter>,
     /// Errors reported by the source.
     pub source_errors: Counter,
+    /// Syncs that failed (each is retried after a backoff).
+    pub sync_failures: Counter,
+    /// Map entries a full resync found changed behind the agent's back, and corrected.
+    pub drift_corrected: Counter,
     /// Interfaces refused as not a single pod's, by reason.
     interface_refusals: Family<ReasonLabel, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -128,6 +137,17 @@ impl Collector for SnapshotCollector {
             ConstGauge::new(i64::try_from(*cap).unwrap_or(i64::MAX))
                 .encode(capacity.encode_family(&[("map", map.as_str())])?)?;
         }
+        let mut rejected = encoder.encode_descriptor(
+            "policy_agent_rejected_objects",
+            "Objects whose latest version the agent rejected, by reason (unreadable, invalid, \
+             manifest) and what is enforced instead (last-good, fail-closed, nothing)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for ((reason, in_force), n) in &s.rejected_objects {
+            ConstGauge::new(*n as i64)
+                .encode(rejected.encode_family(&[("reason", *reason), ("in_force", *in_force)])?)?;
+        }
         for (name, help, value) in [
             ("policy_agent_endpoints", "Local pods enforced", s.endpoints),
             (
@@ -142,8 +162,13 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "policy_agent_rejected_policies",
-                "NetworkPolicies rejected by validation",
+                "NetworkPolicies rejected by validation or for lack of room in the maps (enforced fail-closed)",
                 s.rejected,
+            ),
+            (
+                "policy_agent_full_maps",
+                "Maps that are full: something was left out of them (see status)",
+                s.full_maps,
             ),
             (
                 "policy_agent_address_conflicts",
@@ -193,6 +218,18 @@ impl Metrics {
             "Errors reported by the source (API unreachable, bad objects)",
             source_errors.clone(),
         );
+        let sync_failures = Counter::default();
+        registry.register(
+            "policy_agent_sync_failures",
+            "Syncs that failed; each is retried with exponential backoff while the last state stays enforced",
+            sync_failures.clone(),
+        );
+        let drift_corrected = Counter::default();
+        registry.register(
+            "policy_agent_drift_corrected",
+            "Map entries a periodic full resync found changed behind the agent's back, and corrected",
+            drift_corrected.clone(),
+        );
         let interface_refusals = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "policy_agent_interface_refusals",
@@ -206,6 +243,8 @@ impl Metrics {
             sync_latency,
             watch_restarts,
             source_errors,
+            sync_failures,
+            drift_corrected,
             interface_refusals,
             snapshot,
             ready: AtomicBool::new(false),

@@ -18,6 +18,8 @@ pub mod flows;
 pub mod interfaces;
 pub mod metrics;
 pub mod node;
+pub mod pods;
+pub mod retry;
 pub mod status;
 
 use std::{
@@ -45,18 +47,21 @@ use self::{
     api::{EndpointDelete, EndpointReply, EndpointRequest},
     endpoints::{CniEndpoints, same_pod},
     flows::{FlowRecord, Names},
-    interfaces::{Interface, Interfaces, Lookup, Refusal},
+    interfaces::{Interfaces, Lookup, Refusal},
     metrics::{Metrics, Snapshot},
+    pods::{PodState, PodStates},
+    retry::SyncRetry,
     status::{EndpointStatus, MapStatus, Status, SyncStatus},
 };
 use crate::{
+    capacity::MapSizes,
     cni::install,
     compiler::{Compiled, Compiler, NodeConfig},
     datapath::Datapath,
     model::{Cluster, ObjectRef, Pod},
     netns::NetNs,
     semantics::{ParsedPolicy, lint},
-    source::{Kind, Source, SourceEvent},
+    source::{Kind, Rejection, Source, SourceEvent},
 };
 
 /// How long a change waits for others before it is applied (a burst becomes one sync).
@@ -67,6 +72,10 @@ pub const MAX_SETTLE: Duration = Duration::from_millis(200);
 pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
 /// How often counters and fill levels are refreshed for metrics and status.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the maps are compared with what the agent last wrote, by default.
+pub const FULL_RESYNC: Duration = Duration::from_secs(300);
+/// A period that never comes in practice (tokio's own "far future" is 30 years).
+const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// Errors kept for `status`.
 const RECENT_ERRORS: usize = 20;
 /// Flow records buffered for slow API clients.
@@ -94,6 +103,11 @@ pub struct AgentConfig {
     pub source: String,
     /// The node's CNI configuration directory, to report how the CNI plugin is installed.
     pub cni_conf_dir: Option<PathBuf>,
+    /// How often the maps are read back and corrected where they differ from what the
+    /// agent wrote (another process, a bug, a lost write); zero never.
+    pub full_resync: Duration,
+    /// How many entries each map holds (`--map-size`).
+    pub map_sizes: MapSizes,
 }
 
 /// A request of the CNI plugin, for the agent task (see [`api`]).
@@ -182,7 +196,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
     // First, so that a busy port stops the agent before it loads or pins anything.
     let metrics_listener = config.metrics_address.map(metrics::bind).transpose()?;
     let netns = config.netns.as_deref().map(NetNs::open).transpose()?;
-    let datapath = Datapath::load(&config.instance).context("loading the datapath")?;
+    let datapath =
+        Datapath::load_with(&config.instance, config.map_sizes).context("loading the datapath")?;
     let interfaces = Interfaces::open(netns.as_ref(), config.interface_prefix.clone())?;
     let metrics = Metrics::new();
     let (status_tx, status) = watch::channel(Status {
@@ -227,6 +242,18 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         tracing::warn!(warning = %w);
     }
     let mut errors = VecDeque::new();
+    if !datapath.replaced_maps().is_empty() {
+        let why: Vec<String> = datapath
+            .replaced_maps()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        errors.push_back(format!(
+            "the pinned maps did not fit this agent ({}): all were replaced, tracked \
+             connections restarted",
+            why.join("; ")
+        ));
+    }
     if let Err(e) = cni.load(|name| interfaces.by_name(name).is_some()) {
         // Those pods are enforced again once the API server has their addresses.
         tracing::warn!(error = %e, "sandboxes of the previous agent not restored");
@@ -249,17 +276,18 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         adopted: false,
         pending_since: None,
         last_change: Instant::now(),
-        found: BTreeMap::new(),
-        attached: BTreeSet::new(),
-        unattached: BTreeMap::new(),
+        pods: PodStates::default(),
         compiled: Compiled::default(),
         names: Names::default(),
         load_errors: Vec::new(),
+        rejections: BTreeMap::new(),
         warnings: Vec::new(),
         node_warnings,
         lint_due: false,
         errors,
         last_sync: None,
+        retry: None,
+        full_resync_due: false,
         status: status_tx,
         flows: flows.clone(),
         metrics: Arc::clone(&metrics),
@@ -275,25 +303,6 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         servers,
         socket,
     })
-}
-
-/// Why a local pod has no interface to attach to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum NotAttached {
-    /// None found yet: why.
-    Waiting(String),
-    /// The interface found is not the pod's alone. With [`Refusal::Shared`], the interface
-    /// the pod claims (so that a later claimant sees it is shared).
-    Refused(Refusal, Option<Interface>),
-}
-
-impl std::fmt::Display for NotAttached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Waiting(why) => write!(f, "waiting: {why}"),
-            Self::Refused(refusal, _) => write!(f, "interface refused: {refusal}"),
-        }
-    }
 }
 
 struct Agent {
@@ -321,16 +330,14 @@ struct Agent {
     pending_since: Option<Instant>,
     /// When the latest change arrived.
     last_change: Instant,
-    /// Interfaces found for local pods.
-    found: BTreeMap<ObjectRef, Interface>,
-    /// Pods whose interfaces have the programs attached.
-    attached: BTreeSet<ObjectRef>,
-    /// Local pods without an interface in `found`, and why.
-    unattached: BTreeMap<ObjectRef, NotAttached>,
+    /// Where each local pod stands: waiting for its interface, refused, found, attached.
+    pods: PodStates,
     compiled: Compiled,
     names: Names,
     /// Objects the source could not read (directory sources).
     load_errors: Vec<String>,
+    /// Objects whose latest version the source rejected (Kubernetes source).
+    rejections: BTreeMap<(Kind, ObjectRef), Rejection>,
     /// Lint warnings about the policies, as of the last lint.
     warnings: Vec<String>,
     /// Settings of the node the datapath relies on that are not as it needs them.
@@ -339,6 +346,11 @@ struct Agent {
     lint_due: bool,
     errors: VecDeque<String>,
     last_sync: Option<SyncStatus>,
+    /// Failures of the sync in a row, and when to try again.
+    retry: Option<SyncRetry>,
+    /// Whether the next sync compares with what the maps hold rather than with what the
+    /// agent last wrote.
+    full_resync_due: bool,
     status: watch::Sender<Status>,
     flows: broadcast::Sender<FlowRecord>,
     metrics: Arc<Metrics>,
@@ -354,9 +366,18 @@ impl Agent {
         let events: OwnedFd = self.datapath.events_fd().try_clone_to_owned()?;
         // SAFETY: the descriptor is owned by the AsyncFd for its whole life.
         let events = unsafe { AsyncFd::register(events) }?;
-        let mut retry = interval(INTERFACE_RETRY);
+        let mut interface_retry = interval(INTERFACE_RETRY);
         let mut snapshot = interval(SNAPSHOT_INTERVAL);
-        for t in [&mut retry, &mut snapshot] {
+        let resync_every = self.config.full_resync;
+        // Never, when off: a period far beyond any agent's life.
+        let mut full_resync = interval(if resync_every.is_zero() {
+            NEVER
+        } else {
+            resync_every
+        });
+        // The first tick of an interval is at once; the first sync reads the maps anyway.
+        full_resync.reset();
+        for t in [&mut interface_retry, &mut snapshot, &mut full_resync] {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut source_open = true;
@@ -375,7 +396,7 @@ impl Agent {
                 _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     self.reconcile().await;
                 }
-                _ = retry.tick(), if self.waiting_for_interfaces() => {
+                _ = interface_retry.tick(), if self.waiting_for_interfaces() => {
                     if self.find_interfaces().await {
                         self.pending_since.get_or_insert_with(Instant::now);
                     }
@@ -390,6 +411,10 @@ impl Agent {
                     self.lint();
                     self.publish();
                 }
+                _ = full_resync.tick(), if !resync_every.is_zero() => {
+                    self.full_resync_due = true;
+                    self.pending_since.get_or_insert_with(Instant::now);
+                }
             }
         }
         tracing::info!("agent stopping; programs stay attached and maps pinned");
@@ -403,12 +428,18 @@ impl Agent {
         if !self.complete() {
             return None;
         }
+        // A sandbox waiting for its pod is worth an attempt even while syncs fail (the
+        // kubelet paces its ADDs); nothing else retries before the backoff says so.
         if !self.waiting.is_empty() {
             return Some(tokio::time::Instant::now());
         }
         let quiet = tokio::time::Instant::from_std(self.last_change) + SETTLE;
         let latest = tokio::time::Instant::from_std(since) + MAX_SETTLE;
-        Some(quiet.min(latest))
+        let due = quiet.min(latest);
+        Some(match &self.retry {
+            Some(retry) => due.max(retry.next()),
+            None => due,
+        })
     }
 
     /// Whether the source has delivered everything once: syncing a half-listed cluster
@@ -418,7 +449,10 @@ impl Agent {
     }
 
     fn waiting_for_interfaces(&self) -> bool {
-        self.complete() && self.local_pods().any(|p| !self.found.contains_key(&p.id))
+        self.complete()
+            && self
+                .local_pods()
+                .any(|p| self.pods.interface(&p.id).is_none())
     }
 
     fn local_pods(&self) -> impl Iterator<Item = &Pod> {
@@ -433,6 +467,7 @@ impl Agent {
         match event {
             SourceEvent::Snapshot { cluster, errors } => {
                 self.cluster = *cluster;
+                self.rejections.clear();
                 self.load_errors = errors;
                 self.listed.extend(Kind::ALL);
             }
@@ -441,10 +476,23 @@ impl Agent {
                     self.metrics.watch_restarted(kind.as_str());
                     tracing::info!(resource = kind.as_str(), "watch listed again");
                 }
+                self.rejections.retain(|(k, _), _| *k != kind);
                 self.cluster.replace(kind, objects);
             }
-            SourceEvent::Applied(object) => self.cluster.apply(object),
+            SourceEvent::Applied(object) => {
+                self.rejections.remove(&object.key());
+                self.cluster.apply(object);
+            }
+            SourceEvent::Rejected(rejection) => {
+                // Nothing changes in the cluster: what was in force stays.
+                tracing::warn!(rejected = %rejection);
+                self.rejections
+                    .insert((rejection.kind, rejection.id.clone()), rejection);
+                self.publish();
+                return;
+            }
             SourceEvent::Deleted(kind, id) => {
+                self.rejections.remove(&(kind, id.clone()));
                 if kind == Kind::Pod {
                     self.cni.forget(&id);
                 }
@@ -530,7 +578,7 @@ impl Agent {
             _ => None,
         };
         // A new sandbox of the pod: the old interface loses the programs first.
-        if replaced || lookup.is_some() && self.found.get(&id) != interface {
+        if replaced || lookup.is_some() && self.pods.interface(&id) != interface {
             self.forget_interface(&id);
         }
         let mut request = request;
@@ -543,13 +591,13 @@ impl Agent {
             // Its endpoint entry is written before the programs are attached.
             self.settle(vec![(id.clone(), lookup)]);
         }
-        match self.unattached.get(&id) {
-            Some(NotAttached::Refused(refusal, _)) => {
+        match self.pods.refusal(&id) {
+            Some(refusal) => {
                 let _ = reply.send(EndpointReply::Refused {
                     message: format!("pod {id}: {refusal}"),
                 });
             }
-            _ => self.waiting.push((id, reply)),
+            None => self.waiting.push((id, reply)),
         }
     }
 
@@ -574,27 +622,24 @@ impl Agent {
             .cni
             .get(&id)
             .is_some_and(|e| e.container_id == request.container_id);
-        if let Some(NotAttached::Refused(refusal, _)) = self.unattached.get(&id) {
+        if let Some(refusal) = self.pods.refusal(&id) {
             return EndpointReply::Refused {
                 message: format!("pod {id}: {refusal}"),
             };
         }
-        let iface = self.found.get(&id);
+        let iface = self.pods.interface(&id);
+        let attached = self.pods.is_attached(&id);
         let candidates = candidates(request);
         let interface_matches =
             iface.is_some_and(|i| candidates.is_empty() || candidates.contains(&i.name));
-        if !sandbox || !interface_matches || !self.attached.contains(&id) {
+        if !sandbox || !interface_matches || !attached {
             return EndpointReply::Failed {
                 message: format!(
                     "pod {id} (container {}) is not enforced: sandbox {}, interface {}, programs {}",
                     request.container_id,
                     if sandbox { "known" } else { "unknown" },
                     iface.map_or("not found", |i| i.name.as_str()),
-                    if self.attached.contains(&id) {
-                        "attached"
-                    } else {
-                        "not attached"
-                    },
+                    if attached { "attached" } else { "not attached" },
                 ),
             };
         }
@@ -612,14 +657,13 @@ impl Agent {
             pod.ips.clear();
         }
         self.forget_interface(&id);
-        self.unattached.remove(&id);
+        self.pods.remove(&id);
         self.changed(Instant::now());
     }
 
     fn forget_interface(&mut self, pod: &ObjectRef) {
         self.datapath.detach(pod);
-        self.found.remove(pod);
-        self.attached.remove(pod);
+        self.pods.forget_interface(pod);
     }
 
     /// The answer for an enforced pod.
@@ -627,8 +671,8 @@ impl Agent {
         let info = self.compiled.endpoints.get(pod);
         EndpointReply::Enforced {
             interface: self
-                .found
-                .get(pod)
+                .pods
+                .interface(pod)
                 .map(|i| i.name.clone())
                 .unwrap_or_default(),
             ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
@@ -644,22 +688,32 @@ impl Agent {
                 Some(e) => EndpointReply::Failed {
                     message: format!("the agent could not sync: {e}"),
                 },
-                None if self.attached.contains(&pod) => self.enforced(&pod),
-                None => match self.unattached.get(&pod) {
-                    Some(NotAttached::Refused(refusal, _)) => EndpointReply::Refused {
+                None if self.datapath.left_out().contains(&pod) => EndpointReply::Failed {
+                    message: format!(
+                        "pod {pod}: ENDPOINTS is full ({} pods): its traffic is dropped; \
+                         raise --map-size endpoints",
+                        self.datapath
+                            .capacity(policy_common::maps::names::ENDPOINTS)
+                    ),
+                },
+                None if self.pods.is_attached(&pod) => self.enforced(&pod),
+                None => match self.pods.get(&pod) {
+                    Some(PodState::Refused(refusal, _)) => EndpointReply::Refused {
                         message: format!("pod {pod}: {refusal}"),
                     },
-                    Some(NotAttached::Waiting(why)) => EndpointReply::Failed {
+                    Some(PodState::Waiting(why)) => EndpointReply::Failed {
                         message: format!("no programs attached for pod {pod}: {why}"),
                     },
-                    None => EndpointReply::Failed {
-                        message: format!(
-                            "no programs attached for pod {pod}: {}",
-                            self.errors
-                                .back()
-                                .map_or("its interface was not found", String::as_str)
-                        ),
-                    },
+                    Some(PodState::Found(_) | PodState::Attached(_)) | None => {
+                        EndpointReply::Failed {
+                            message: format!(
+                                "no programs attached for pod {pod}: {}",
+                                self.errors
+                                    .back()
+                                    .map_or("its interface was not found", String::as_str)
+                            ),
+                        }
+                    }
                 },
             };
             let _ = reply.send(answer);
@@ -679,10 +733,10 @@ impl Agent {
     /// recorded, checked again, or else by the route. True if it found one.
     async fn find_interfaces(&mut self) -> bool {
         let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
-        self.unattached.retain(|pod, _| local.contains(pod));
+        self.pods.retain_local(&local);
         let missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
             .local_pods()
-            .filter(|p| !self.found.contains_key(&p.id))
+            .filter(|p| self.pods.interface(&p.id).is_none())
             .map(|p| {
                 let recorded = self.cni.get(&p.id).and_then(|e| e.interface.clone());
                 (p.id.clone(), p.ips.clone(), recorded)
@@ -699,106 +753,41 @@ impl Agent {
         self.settle(lookups)
     }
 
-    /// Takes in what looking for pods' interfaces found: an interface found for a pod
-    /// becomes its own unless another pod claims it too, in which case none of them keeps
-    /// it (an interface that carries two pods is no pod's). True if a pod got one.
+    /// Takes in what looking for pods' interfaces found (see [`PodStates::settle`]) and
+    /// tells the datapath. True if a pod got an interface.
     fn settle(&mut self, lookups: Vec<(ObjectRef, Lookup)>) -> bool {
-        let shared = self.shared_interfaces(&lookups);
-        for (pod, (refusal, iface)) in &shared {
-            if self.found.contains_key(pod) {
-                self.forget_interface(pod);
-            }
-            let why = NotAttached::Refused(refusal.clone(), Some(iface.clone()));
-            self.not_attached(pod, why);
-        }
-        let mut found = false;
-        for (pod, lookup) in lookups {
-            match lookup {
-                Lookup::Found(_) if shared.contains_key(&pod) => {}
-                Lookup::Found(iface) => {
-                    tracing::info!(%pod, interface = %iface.name, "found the pod's interface");
-                    self.datapath.adopt_interface(&pod, iface.index);
-                    self.found.insert(pod.clone(), iface);
-                    self.unattached.remove(&pod);
-                    found = true;
-                }
-                Lookup::Missing(why) => self.not_attached(&pod, NotAttached::Waiting(why)),
-                Lookup::Refused(refusal) => {
-                    self.not_attached(&pod, NotAttached::Refused(refusal, None));
-                }
-            }
-        }
-        found
-    }
-
-    /// The pods that claim an interface another pod claims too, each with its refusal:
-    /// among the pods that have one, those refused for sharing one (unless looked up again
-    /// now), and what `lookups` just found.
-    fn shared_interfaces(
-        &self,
-        lookups: &[(ObjectRef, Lookup)],
-    ) -> BTreeMap<ObjectRef, (Refusal, Interface)> {
-        let looked_up: BTreeSet<&ObjectRef> = lookups.iter().map(|(pod, _)| pod).collect();
-        let kept = self
-            .found
-            .iter()
-            .filter(|(pod, _)| !looked_up.contains(pod));
-        let refused = self.unattached.iter().filter_map(|(pod, n)| match n {
-            NotAttached::Refused(_, Some(iface)) if !looked_up.contains(pod) => Some((pod, iface)),
-            _ => None,
-        });
-        let new = lookups.iter().filter_map(|(pod, l)| match l {
-            Lookup::Found(iface) => Some((pod, iface)),
-            _ => None,
-        });
-        let mut claims: BTreeMap<u32, Vec<(&ObjectRef, &Interface)>> = BTreeMap::new();
-        for (pod, iface) in kept.chain(refused).chain(new) {
-            claims.entry(iface.index).or_default().push((pod, iface));
-        }
-        let mut shared = BTreeMap::new();
-        for holders in claims.values().filter(|h| h.len() > 1) {
-            for &(pod, iface) in holders {
-                let others: Vec<String> = holders
-                    .iter()
-                    .filter(|(other, _)| *other != pod)
-                    .map(|(other, _)| other.to_string())
-                    .collect();
-                let refusal = Refusal::Shared {
-                    name: iface.name.clone(),
-                    others: others.join(", "),
-                };
-                shared.insert(pod.clone(), (refusal, iface.clone()));
-            }
-        }
-        shared
-    }
-
-    /// Records why `pod` has no interface. A new refusal is counted, logged and kept among
-    /// the recent errors (which outlive the pod's sandbox, when the refusal failed its ADD).
-    fn not_attached(&mut self, pod: &ObjectRef, why: NotAttached) {
-        if self.unattached.get(pod) == Some(&why) {
-            return;
-        }
-        let refusal = match &why {
-            NotAttached::Refused(refusal, _) => Some(refusal.clone()),
-            NotAttached::Waiting(reason) => {
+        for (pod, lookup) in &lookups {
+            if let Lookup::Missing(reason) = lookup {
                 tracing::debug!(%pod, %reason, "pod's interface not found yet");
-                None
             }
-        };
-        self.unattached.insert(pod.clone(), why);
-        if let Some(refusal) = refusal {
-            self.metrics.interface_refused(refusal.kind());
-            self.error(format!("pod {pod} not enforced: {refusal}"));
         }
+        let settled = self.pods.settle(lookups);
+        for pod in &settled.lost {
+            self.datapath.detach(pod);
+        }
+        for (pod, ifindex) in &settled.found {
+            tracing::info!(%pod, ifindex, "found the pod's interface");
+            self.datapath.adopt_interface(pod, *ifindex);
+        }
+        for (pod, refusal) in settled.refused {
+            self.refused(&pod, &refusal);
+        }
+        !settled.found.is_empty()
+    }
+
+    /// Counts, logs and keeps among the recent errors a new refusal (they outlive the
+    /// pod's sandbox, when the refusal failed its ADD).
+    fn refused(&mut self, pod: &ObjectRef, refusal: &Refusal) {
+        self.metrics.interface_refused(refusal.kind());
+        self.error(format!("pod {pod} not enforced: {refusal}"));
     }
 
     /// Takes over the ids an earlier agent left in the pinned maps.
     fn adopt(&mut self) -> anyhow::Result<()> {
         let live = self.datapath.live()?;
         let endpoints: BTreeMap<ObjectRef, EndpointInfo> = self
-            .found
-            .iter()
+            .pods
+            .with_interfaces()
             .filter_map(|(pod, iface)| Some((pod.clone(), *live.endpoints.get(&iface.index)?)))
             .collect();
         let rulesets = live
@@ -821,13 +810,24 @@ impl Agent {
     async fn reconcile(&mut self) {
         let since = self.pending_since.take().unwrap_or_else(Instant::now);
         match self.try_reconcile(since).await {
-            Ok(()) => self.answer_waiting(None),
+            Ok(()) => {
+                if let Some(retry) = self.retry.take() {
+                    tracing::info!(failures = retry.failures(), "sync succeeded again");
+                }
+                self.answer_waiting(None);
+            }
             Err(e) => {
-                // Try again soon; until then the last state stays enforced, and `/readyz`
-                // says the maps may lag the cluster.
+                // Try again later, ever less often; until then the last state stays
+                // enforced, and `/readyz` says the maps may lag the cluster.
                 self.metrics.set_ready(false);
+                self.metrics.sync_failures.inc();
                 self.pending_since = Some(since);
                 let e = format!("sync failed: {e:#}");
+                let now = tokio::time::Instant::now();
+                match &mut self.retry {
+                    Some(retry) => retry.failed_again(now, e.clone()),
+                    None => self.retry = Some(SyncRetry::after_first_failure(now, e.clone())),
+                }
                 self.answer_waiting(Some(&e));
                 self.error(e);
             }
@@ -840,8 +840,9 @@ impl Agent {
         let local: BTreeMap<ObjectRef, &Pod> =
             self.local_pods().map(|p| (p.id.clone(), p)).collect();
         let gone: Vec<ObjectRef> = self
-            .found
-            .keys()
+            .pods
+            .with_interfaces()
+            .map(|(id, _)| id)
             .filter(|id| !local.contains_key(*id))
             .cloned()
             .collect();
@@ -854,6 +855,9 @@ impl Agent {
         if !self.adopted {
             self.adopt()?;
         }
+        if std::mem::take(&mut self.full_resync_due) {
+            self.resync_with_maps();
+        }
 
         let mut addresses = self.interfaces.addresses().await?;
         addresses.extend(&self.config.extra_node_addresses);
@@ -861,6 +865,7 @@ impl Agent {
             name: self.config.node_name.clone(),
             addresses,
             sandboxes: self.cni.pods(),
+            map_sizes: self.config.map_sizes,
         };
         let compiled = self.compiler.compile(&self.cluster, &node);
         for c in compiled
@@ -873,23 +878,18 @@ impl Agent {
         let report = self.datapath.sync(&compiled)?;
 
         // Endpoint entries first, then the programs: an attached interface never lacks one.
-        let to_attach: Vec<(ObjectRef, String)> = self
-            .found
-            .iter()
-            .filter(|(pod, _)| !self.attached.contains(*pod))
-            .map(|(pod, iface)| (pod.clone(), iface.name.clone()))
-            .collect();
-        for (pod, ifname) in to_attach {
+        for (pod, ifname) in self.pods.to_attach() {
             match self.datapath.attach(&pod, self.netns.as_ref(), &ifname) {
                 Ok(_) => {
                     tracing::info!(%pod, interface = %ifname, "attached");
-                    self.attached.insert(pod);
+                    self.pods.set_attached(&pod);
                 }
                 Err(e) => {
                     // Looked up again next time (the interface may have gone meanwhile).
-                    self.found.remove(&pod);
+                    self.pods.forget_interface(&pod);
                     let e = format!("attaching to {ifname} for {pod}: {e}");
-                    self.not_attached(&pod, NotAttached::Waiting(e.clone()));
+                    self.pods
+                        .set_not_attached(&pod, PodState::Waiting(e.clone()));
                     self.error(e);
                 }
             }
@@ -916,6 +916,12 @@ impl Agent {
         for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
             tracing::warn!(not_enforced = %w);
         }
+        for w in (compiled.full.iter()).filter(|w| !self.compiled.full.contains(w)) {
+            tracing::warn!(full = %w);
+        }
+        for r in (compiled.rejected.iter()).filter(|r| !self.compiled.rejected.contains(r)) {
+            tracing::warn!(rejected = %r);
+        }
         self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
         self.compiled = compiled;
         self.syncs += 1;
@@ -931,6 +937,22 @@ impl Agent {
         self.metrics.set_ready(true);
         self.publish();
         Ok(())
+    }
+
+    /// Makes the next sync compare with what the maps hold, and reports what differs from
+    /// what the agent last wrote: nothing should, unless something else writes the maps.
+    fn resync_with_maps(&mut self) {
+        match self.datapath.drift() {
+            Ok(0) => tracing::debug!("full resync: the maps hold what the agent wrote"),
+            Ok(drift) => {
+                self.metrics.drift_corrected.inc_by(drift as u64);
+                self.error(format!(
+                    "full resync: {drift} map entries differed from what the agent wrote \
+                     (changed by another process?); corrected"
+                ));
+            }
+            Err(e) => self.error(format!("full resync: reading the maps: {e}")),
+        }
     }
 
     /// Makes a per-endpoint table ahead of need, so that the next new pod's ADD does not
@@ -962,6 +984,24 @@ impl Agent {
             tracing::warn!(warning = %w);
         }
         self.warnings = warnings;
+    }
+
+    /// Rejected objects by (reason, what is in force instead), for metrics.
+    fn rejected_objects(&self) -> BTreeMap<(&'static str, &'static str), usize> {
+        let mut out = BTreeMap::new();
+        let mut count = |reason, in_force| *out.entry((reason, in_force)).or_default() += 1;
+        for _ in &self.load_errors {
+            // The directory source keeps the last good version of what it cannot read, or
+            // enforces a policy that never read fail-closed; its errors say which.
+            count("manifest", "last-good-or-fail-closed");
+        }
+        for r in self.rejections.values() {
+            count(r.reason.as_str(), r.in_force.as_str());
+        }
+        for _ in &self.compiled.rejected {
+            count("invalid", "fail-closed");
+        }
+        out
     }
 
     /// Sends waiting flow records to API clients and the log.
@@ -998,14 +1038,12 @@ impl Agent {
                 .iter()
                 .map(|(n, e, c)| ((*n).to_owned(), *e, *c))
                 .collect(),
-            endpoints: self.attached.len(),
-            refused: self
-                .unattached
-                .values()
-                .filter(|n| matches!(n, NotAttached::Refused(..)))
-                .count(),
+            endpoints: self.pods.attached(),
+            refused: self.pods.refused(),
             policies: self.cluster.policies.len(),
             rejected: self.compiled.rejected.len(),
+            rejected_objects: self.rejected_objects(),
+            full_maps: self.compiled.full.len() + usize::from(!self.datapath.left_out().is_empty()),
             address_conflicts: self.compiled.conflicts.len(),
         });
 
@@ -1015,13 +1053,13 @@ impl Agent {
             .filter(|p| !p.host_network)
             .map(|p| {
                 let info = self.compiled.endpoints.get(&p.id);
-                let unattached = self.unattached.get(&p.id);
+                let state = self.pods.get(&p.id);
                 EndpointStatus {
                     pod: p.id.to_string(),
-                    interface: self.found.get(&p.id).map(|i| i.name.clone()),
-                    attached: self.attached.contains(&p.id),
-                    refused: matches!(unattached, Some(NotAttached::Refused(..))),
-                    reason: unattached.map(ToString::to_string),
+                    interface: self.pods.interface(&p.id).map(|i| i.name.clone()),
+                    attached: self.pods.is_attached(&p.id),
+                    refused: self.pods.refusal(&p.id).is_some(),
+                    reason: state.and_then(PodState::not_attached),
                     ingress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Ingress)),
                     egress_isolated: info.is_some_and(|i| i.is_isolated(Direction::Egress)),
                 }
@@ -1037,7 +1075,16 @@ impl Agent {
             cni: self.config.cni_conf_dir.as_deref().map(install::status),
             policies: self.cluster.policies.len(),
             endpoints,
-            not_enforced: self.compiled.warnings.clone(),
+            not_enforced: (self.compiled.warnings.iter().cloned())
+                .chain(self.datapath.left_out().iter().map(|pod| {
+                    format!(
+                        "pod {pod}: ENDPOINTS is full: its traffic is dropped until it fits; \
+                         raise --map-size endpoints"
+                    )
+                }))
+                .collect(),
+            map_sizes: self.config.map_sizes.to_string(),
+            full: self.compiled.full.clone(),
             maps: fill
                 .into_iter()
                 .map(|(name, entries, capacity)| MapStatus {
@@ -1047,10 +1094,13 @@ impl Agent {
                 })
                 .collect(),
             last_sync: self.last_sync.clone(),
+            sync_failures: self.retry.as_ref().map_or(0, SyncRetry::failures),
+            sync_error: self.retry.as_ref().map(|r| r.last_error().to_owned()),
             rejected: self
                 .load_errors
                 .iter()
                 .cloned()
+                .chain(self.rejections.values().map(ToString::to_string))
                 .chain(self.compiled.rejected.iter().map(ToString::to_string))
                 .collect(),
             warnings: self

@@ -34,9 +34,21 @@ pub struct Status {
     pub not_enforced: Vec<String>,
     /// Map fill levels.
     pub maps: Vec<MapStatus>,
+    /// The map size settings, as `--map-size` takes them.
+    #[serde(default)]
+    pub map_sizes: String,
+    /// Maps that are full, and what was left out of them.
+    #[serde(default)]
+    pub full: Vec<String>,
     /// The last successful sync.
     pub last_sync: Option<SyncStatus>,
-    /// Policies rejected by validation, with their errors.
+    /// Syncs that failed in a row since the last successful one (retried with backoff).
+    #[serde(default)]
+    pub sync_failures: u32,
+    /// Why the last sync failed, while syncs fail.
+    #[serde(default)]
+    pub sync_error: Option<String>,
+    /// Policies rejected by validation or for lack of room in the maps, with their errors.
     pub rejected: Vec<String>,
     /// Lint warnings about valid policies.
     pub warnings: Vec<String>,
@@ -139,6 +151,14 @@ impl fmt::Display for Status {
                 let _ = writeln!(out, "synced:   never");
             }
         }
+        if let Some(e) = &self.sync_error {
+            let _ = writeln!(
+                out,
+                "FAILING:  {} syncs in a row, retrying with backoff; last: {}",
+                self.sync_failures,
+                escape_text(e)
+            );
+        }
         let _ = writeln!(out, "policies: {}", self.policies);
         let _ = writeln!(out, "\nendpoints:");
         for e in &self.endpoints {
@@ -166,7 +186,7 @@ impl fmt::Display for Status {
         for n in &self.not_enforced {
             let _ = writeln!(out, "  not enforced: {}", escape_text(n));
         }
-        let _ = writeln!(out, "\nmaps:");
+        let _ = writeln!(out, "\nmaps:     {}", escape(&self.map_sizes));
         for m in &self.maps {
             let _ = writeln!(
                 out,
@@ -177,6 +197,7 @@ impl fmt::Display for Status {
             );
         }
         for (title, list) in [
+            ("full maps", &self.full),
             ("rejected policies", &self.rejected),
             ("warnings", &self.warnings),
             ("errors", &self.errors),

@@ -222,6 +222,8 @@ async fn watch(
                     metrics_address: Some(metrics),
                     source: format!("dir:{}", dir.display()),
                     cni_conf_dir: None,
+                    full_resync: policy_agent::agent::FULL_RESYNC,
+                    map_sizes: policy_agent::capacity::MapSizes::default(),
                 },
                 lab.place(directory::watch(dir.clone())?),
             )?;

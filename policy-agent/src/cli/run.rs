@@ -1,12 +1,15 @@
 //! `policy-agent run`: the node agent.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr};
+use std::{
+    net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use policy_agent::{
     agent::{self, AgentConfig, api},
+    capacity::{MapSizeSetting, MapSizes},
     source::{Source, directory, kubernetes},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -69,9 +72,22 @@ pub struct RunArgs {
     /// chained (fail-closed or fail-open).
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// How often the maps are compared with what the agent wrote and corrected (anything
+    /// that changed them behind its back), in seconds; 0 never.
+    #[arg(long, default_value_t = agent::FULL_RESYNC.as_secs())]
+    full_resync_seconds: u64,
+    /// Entries of one map, MAP=ENTRIES (repeat, or separate with commas). MAP is one of
+    /// endpoints (pods on the node) [1024], ipcache (pod addresses of the cluster plus the
+    /// node's) [65536], policy [524288], cidr [262144], frontends [262144], service-policy
+    /// [262144], conntrack (connections per pod) [16384], fragments (per pod) [512].
+    /// Pinned maps of other sizes are replaced at start (tracked connections restart).
+    #[arg(long = "map-size", value_name = "MAP=ENTRIES", value_delimiter = ',')]
+    map_size: Vec<MapSizeSetting>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything starts: a setting given twice is a mistake to fix, not to guess.
+    let map_sizes = MapSizes::with(&args.map_size)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let metrics_address = match args.metrics_address.as_str() {
@@ -101,7 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let description = format!("kubernetes ({})", config.cluster_url);
                 let client = kube::Client::try_from(config)?;
                 let source = Source {
-                    events: kubernetes::watch(client.clone()),
+                    events: kubernetes::watch(client.clone(), &args.node_name),
                     pods: Some(kubernetes::PodLookup::new(client)),
                 };
                 (source, description)
@@ -124,8 +140,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             metrics_address,
             source: description,
             cni_conf_dir: args.cni_conf_dir,
+            full_resync: Duration::from_secs(args.full_resync_seconds),
+            map_sizes,
         };
-        tracing::info!(node = %config.node_name, source = %config.source, "starting");
+        tracing::info!(node = %config.node_name, source = %config.source, map_sizes = %config.map_sizes, "starting");
         let handle = agent::spawn(config, source)?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;

@@ -14,6 +14,7 @@
 //! Ids are stable across compilations (see [`ids`]), so recompiling after a change yields
 //! the previous contents plus the change, which the datapath sync turns into few updates.
 
+pub mod budget;
 mod cidr;
 pub mod ids;
 pub mod lookup;
@@ -41,6 +42,7 @@ pub use self::{
 };
 use self::{ids::IdAllocator, ports::RulePorts};
 use crate::{
+    capacity::{MapSizes, SizedMap, thousands},
     model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Protocol},
     semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, services::Forwarder},
 };
@@ -64,6 +66,8 @@ pub struct NodeConfig {
     /// Pods whose sandbox this node made: where running pods claim one address, theirs
     /// is the claim that counts here.
     pub sandboxes: BTreeSet<ObjectRef>,
+    /// The sizes of the maps: what is compiled fits them (see [`budget`]).
+    pub map_sizes: MapSizes,
 }
 
 /// What a pod's identity is made of: everything a policy can select or resolve on it.
@@ -130,8 +134,12 @@ pub struct Compiled {
     pub pod_identities: BTreeMap<ObjectRef, u32>,
     /// The policies isolating each local pod, by direction (ids as in `policy_names`).
     pub isolating: BTreeMap<(ObjectRef, Direction), Vec<u32>>,
-    /// Policies that failed validation, enforced fail-closed ([`ParsedPolicy::fail_closed`]).
+    /// Policies that failed validation, or do not fit the maps, enforced fail-closed
+    /// ([`ParsedPolicy::fail_closed`]).
     pub rejected: Vec<PolicyError>,
+    /// Maps that are full and what was left out of them (see [`budget`]), in words that
+    /// say which setting to raise.
+    pub full: Vec<String>,
     /// Things an operator should know (e.g. pods that cannot be enforced).
     pub warnings: Vec<String>,
     /// Addresses several running pods claim, and which of them keeps each.
@@ -204,9 +212,71 @@ impl Compiler {
         }
     }
 
-    /// Desired map contents for `node`.
+    /// Desired map contents for `node`, within `node.map_sizes`: policies that do not fit
+    /// give way (enforced fail-closed, reported in [`Compiled::rejected`]), addresses and
+    /// frontends that do not fit are left out as [`budget`] says (reported in
+    /// [`Compiled::full`]).
     #[tracing::instrument(skip_all, fields(node = %node.name, pods = cluster.pods.len(), policies = cluster.policies.len()))]
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeConfig) -> Compiled {
+        let mut over: BTreeMap<ObjectRef, budget::Overflow> = BTreeMap::new();
+        let mut out = loop {
+            let out = self.compile_within(cluster, node, &over);
+            let victims = budget::victims(&out, &node.map_sizes, &over);
+            // Each round enforces at least one more policy fail-closed, whose rulesets
+            // then hold nothing: the rounds end.
+            if victims.is_empty() {
+                break out;
+            }
+            for (policy, overflow) in victims {
+                tracing::debug!(%policy, map = overflow.map.map(), needed = overflow.needed, "policy does not fit");
+                over.insert(policy, overflow);
+            }
+        };
+        let origin = |p: &ObjectRef| {
+            cluster
+                .policies
+                .get(p)
+                .map(|p| p.origin.clone())
+                .unwrap_or_default()
+        };
+        if !over.is_empty() {
+            let rejections = budget::rejections(&out, &node.map_sizes, &over, origin);
+            out.rejected.extend(rejections);
+        }
+        if !budget::fits(&out, &node.map_sizes) {
+            let totals = budget::usage(&out).totals;
+            for (m, map) in budget::BUDGETED.iter().enumerate() {
+                let capacity = u64::from(node.map_sizes.get(*map));
+                if totals[m] > capacity {
+                    out.full.push(format!(
+                        "{} is full: {} entries for {} that no policy can give up; raise \
+                         --map-size {}={}",
+                        map.map(),
+                        thousands(totals[m]),
+                        thousands(capacity),
+                        map.setting(),
+                        totals[m]
+                    ));
+                }
+            }
+        }
+
+        self.identities.sweep();
+        self.rulesets.sweep();
+        self.classes.sweep();
+        self.endpoints.sweep();
+        self.policies.sweep();
+        self.frontends.sweep();
+        out
+    }
+
+    /// One compilation, with the policies of `over` enforced fail-closed.
+    fn compile_within(
+        &mut self,
+        cluster: &Cluster,
+        node: &NodeConfig,
+        over: &BTreeMap<ObjectRef, budget::Overflow>,
+    ) -> Compiled {
         let mut out = Compiled::default();
         // Finished pods hold no address, and a claimed twice stays with one pod.
         let (settled, conflicts) = cluster.settled(&node.sandboxes);
@@ -217,8 +287,11 @@ impl Compiler {
         for policy in cluster.policies.values() {
             // An invalid policy still isolates what it selects: never more open than a
             // policy its author got right.
-            let (parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
+            let (mut parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
             out.rejected.extend(rejected);
+            if over.contains_key(&policy.id) {
+                parsed = ParsedPolicy::fail_closed(policy);
+            }
             let id = self.policies.id(&parsed.id);
             out.policy_names.insert(id, parsed.id.clone());
             policies.push((id, parsed));
@@ -242,6 +315,10 @@ impl Compiler {
                 pods_by_ip.insert(ip, pod);
             }
         }
+        let owners: BTreeMap<IpKey, ObjectRef> = pods_by_ip
+            .iter()
+            .map(|(ip, pod)| (ip_key(*ip), pod.id.clone()))
+            .collect();
         // A Service's address is never the node, even where the node holds it (IPVS).
         let service_ips = semantics::services::service_addresses(cluster);
         for &ip in node.addresses.iter().filter(|ip| !service_ips.contains(ip)) {
@@ -302,14 +379,16 @@ impl Compiler {
             out.endpoints.insert(pod.id.clone(), info);
         }
 
+        // Before the Service verdicts, which read the ipcache as the datapath will.
+        let sizes = &node.map_sizes;
+        out.full.extend(budget::fit_ipcache(
+            &mut out.ipcache,
+            |k| owners.get(k).cloned(),
+            sizes.get(SizedMap::Ipcache),
+        ));
         services::compile(&mut self.frontends, cluster, node, &mut out);
-
-        self.identities.sweep();
-        self.rulesets.sweep();
-        self.classes.sweep();
-        self.endpoints.sweep();
-        self.policies.sweep();
-        self.frontends.sweep();
+        let full = budget::fit_frontends(&mut out, sizes.get(SizedMap::Frontends));
+        out.full.extend(full);
         out
     }
 

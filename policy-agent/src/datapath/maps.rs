@@ -12,11 +12,13 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use policy_common::maps::{
     CidrKey, CidrValue, EndpointInfo, FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey,
-    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, capacity, names,
+    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, names,
 };
 
 use super::tables::{EndpointTables, TableSizes};
@@ -58,6 +60,8 @@ pub struct Maps {
     pub stats: PerCpuHashMap<MapData, StatsKey, StatsValue>,
     /// Flow records.
     pub events: RingBuf<MapData>,
+    /// `max_entries` of each map the agent fills, as the kernel reports it.
+    pub capacities: BTreeMap<&'static str, u32>,
 }
 
 /// The contents of the maps the agent owns (the others are the datapath's own state).
@@ -75,6 +79,25 @@ pub struct MapContents {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     /// SERVICE_POLICY.
     pub service_policy: BTreeMap<ServicePolicyKey, ServicePolicyValue>,
+}
+
+impl MapContents {
+    /// Entries that differ between `self` and `other` (in one only, or with other values).
+    pub fn difference(&self, other: &Self) -> usize {
+        fn count<K: Ord + Copy, V: PartialEq + Copy>(
+            a: &BTreeMap<K, V>,
+            b: &BTreeMap<K, V>,
+        ) -> usize {
+            let d = diff(a, b);
+            d.upserts.len() + d.removes.len()
+        }
+        count(&self.endpoints, &other.endpoints)
+            + count(&self.ipcache, &other.ipcache)
+            + count(&self.policy, &other.policy)
+            + count(&self.cidr, &other.cidr)
+            + count(&self.frontends, &other.frontends)
+            + count(&self.service_policy, &other.service_policy)
+    }
 }
 
 /// How many entries a sync wrote and removed.
@@ -107,6 +130,26 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
         .copied()
         .collect();
     Diff { upserts, removes }
+}
+
+/// The most entries a map holds during a make-before-break sync: what it held plus every
+/// new key.
+fn peak<K: Ord, V>(live: &BTreeMap<K, V>, diff: &Diff<K, V>) -> usize {
+    live.len()
+        + diff
+            .upserts
+            .iter()
+            .filter(|(k, _)| !live.contains_key(k))
+            .count()
+}
+
+/// The maps whose old entries a sync removes before writing new ones (see
+/// [`Maps::apply`]).
+struct Early {
+    endpoints: bool,
+    ipcache: bool,
+    policy: bool,
+    service_policy: bool,
 }
 
 fn live_hash<K: Pod + Ord, V: Pod>(
@@ -155,7 +198,7 @@ impl Maps {
                 name: name.to_owned(),
             })
         };
-        Ok(Self {
+        let mut maps = Self {
             endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
             ipcache: HashMap::try_from(take(names::IPCACHE)?)?,
             policy: LpmTrie::try_from(take(names::POLICY)?)?,
@@ -165,7 +208,27 @@ impl Maps {
             tables: EndpointTables::new(take(names::CONNTRACK)?, take(names::FRAGMENTS)?, sizes)?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
-        })
+            capacities: BTreeMap::new(),
+        };
+        let max_entries = |map: &MapData| map.info().map(|i| i.max_entries());
+        maps.capacities = BTreeMap::from([
+            (names::ENDPOINTS, max_entries(maps.endpoints.map())?),
+            (names::IPCACHE, max_entries(maps.ipcache.map())?),
+            (names::POLICY, max_entries(maps.policy.map())?),
+            (names::CIDR, max_entries(maps.cidr.map())?),
+            (names::FRONTENDS, max_entries(maps.frontends.map())?),
+            (
+                names::SERVICE_POLICY,
+                max_entries(maps.service_policy.map())?,
+            ),
+        ]);
+        maps.tables.set_capacity(maps.capacities[names::ENDPOINTS]);
+        Ok(maps)
+    }
+
+    /// The capacity of `map` (one the agent fills), as the kernel reports it.
+    pub fn capacity(&self, map: &'static str) -> u32 {
+        self.capacities.get(map).copied().unwrap_or(u32::MAX)
     }
 
     /// What the maps the agent owns hold now.
@@ -181,7 +244,13 @@ impl Maps {
     }
 
     /// Takes the maps from `current` (what they hold) to `desired`, writing only the
-    /// difference, make before break.
+    /// difference, make before break. A map that cannot hold its old and new entries at
+    /// once (near its capacity) has its old entries removed first where that can only deny
+    /// more, never allow more: a missing endpoint drops its pod's traffic, a missing
+    /// identity is outside the cluster to selectors, a missing policy entry or Service
+    /// verdict allows nothing. (Not so CIDR, whose `except` holes would let the prefix
+    /// around them match while they are gone, nor FRONTENDS, whose missing ports would be
+    /// decided as their bare address: those stay make before break.)
     pub fn apply(
         &mut self,
         current: &MapContents,
@@ -193,6 +262,37 @@ impl Maps {
         let cidr = diff(&current.cidr, &desired.cidr);
         let frontends = diff(&current.frontends, &desired.frontends);
         let service_policy = diff(&current.service_policy, &desired.service_policy);
+        let tight = |name: &'static str, peak: usize| peak > self.capacity(name) as usize;
+        let early = Early {
+            endpoints: tight(names::ENDPOINTS, peak(&current.endpoints, &endpoints)),
+            ipcache: tight(names::IPCACHE, peak(&current.ipcache, &ipcache)),
+            policy: tight(names::POLICY, peak(&current.policy, &policy)),
+            service_policy: tight(
+                names::SERVICE_POLICY,
+                peak(&current.service_policy, &service_policy),
+            ),
+        };
+        if early.endpoints {
+            for k in &endpoints.removes {
+                op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+            }
+        }
+        if early.service_policy {
+            for k in &service_policy.removes {
+                let r = absent_ok(self.service_policy.remove(k));
+                op(names::SERVICE_POLICY, r)?;
+            }
+        }
+        if early.policy {
+            for k in &policy.removes {
+                op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+            }
+        }
+        if early.ipcache {
+            for k in &ipcache.removes {
+                op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+            }
+        }
 
         for (k, v) in &ipcache.upserts {
             op(names::IPCACHE, self.ipcache.insert(k, v, 0))?;
@@ -211,33 +311,43 @@ impl Maps {
             op(names::FRONTENDS, self.frontends.insert(k, v, 0))?;
         }
         // An endpoint's tables exist before its entry does.
+        let in_use: BTreeSet<u32> = (current.endpoints.values())
+            .chain(desired.endpoints.values())
+            .map(|e| e.endpoint_id)
+            .collect();
         for e in desired.endpoints.values() {
-            self.tables.ensure(e.endpoint_id)?;
+            self.tables.ensure_among(e.endpoint_id, &in_use)?;
         }
         for (k, v) in &endpoints.upserts {
             op(names::ENDPOINTS, self.endpoints.insert(k, v, 0))?;
         }
 
-        for k in &endpoints.removes {
-            op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+        if !early.endpoints {
+            for k in &endpoints.removes {
+                op(names::ENDPOINTS, absent_ok(self.endpoints.remove(k)))?;
+            }
         }
         for k in &frontends.removes {
             op(names::FRONTENDS, absent_ok(self.frontends.remove(k)))?;
         }
-        for k in &service_policy.removes {
-            op(
-                names::SERVICE_POLICY,
-                absent_ok(self.service_policy.remove(k)),
-            )?;
+        if !early.service_policy {
+            for k in &service_policy.removes {
+                let r = absent_ok(self.service_policy.remove(k));
+                op(names::SERVICE_POLICY, r)?;
+            }
         }
         for k in &cidr.removes {
             op(names::CIDR, absent_ok(self.cidr.remove(&lpm_key(k))))?;
         }
-        for k in &policy.removes {
-            op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+        if !early.policy {
+            for k in &policy.removes {
+                op(names::POLICY, absent_ok(self.policy.remove(&lpm_key(k))))?;
+            }
         }
-        for k in &ipcache.removes {
-            op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+        if !early.ipcache {
+            for k in &ipcache.removes {
+                op(names::IPCACHE, absent_ok(self.ipcache.remove(k)))?;
+            }
         }
         Ok(SyncReport {
             written: ipcache.upserts.len()
@@ -266,33 +376,15 @@ impl Maps {
             .collect();
         let (conntrack, conntrack_capacity) = self.tables.conntrack_fill(&in_use);
         let (fragments, fragments_capacity) = self.tables.fragments_fill(&in_use);
+        let count =
+            |name: &'static str, entries: usize| (name, entries, self.capacity(name).into());
         vec![
-            (
-                names::ENDPOINTS,
-                self.endpoints.keys().count(),
-                capacity::ENDPOINTS.into(),
-            ),
-            (
-                names::IPCACHE,
-                self.ipcache.keys().count(),
-                capacity::IPCACHE.into(),
-            ),
-            (
-                names::POLICY,
-                self.policy.keys().count(),
-                capacity::POLICY.into(),
-            ),
-            (names::CIDR, self.cidr.keys().count(), capacity::CIDR.into()),
-            (
-                names::FRONTENDS,
-                self.frontends.keys().count(),
-                capacity::FRONTENDS.into(),
-            ),
-            (
-                names::SERVICE_POLICY,
-                self.service_policy.keys().count(),
-                capacity::SERVICE_POLICY.into(),
-            ),
+            count(names::ENDPOINTS, self.endpoints.keys().count()),
+            count(names::IPCACHE, self.ipcache.keys().count()),
+            count(names::POLICY, self.policy.keys().count()),
+            count(names::CIDR, self.cidr.keys().count()),
+            count(names::FRONTENDS, self.frontends.keys().count()),
+            count(names::SERVICE_POLICY, self.service_policy.keys().count()),
             (names::CONNTRACK, conntrack, conntrack_capacity),
             (names::FRAGMENTS, fragments, fragments_capacity),
         ]

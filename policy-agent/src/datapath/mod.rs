@@ -4,6 +4,7 @@
 pub mod bpffs;
 pub mod link_local;
 pub mod maps;
+pub mod pins;
 pub mod tables;
 
 use std::{
@@ -32,7 +33,12 @@ pub use self::{
 
 /// Subdirectory of an instance's pin directory holding its TCX links.
 pub const LINKS_DIR: &str = "links";
-use crate::{compiler::Compiled, model::ObjectRef, netns::NetNs};
+use crate::{
+    capacity::{MapSizes, SizedMap, thousands},
+    compiler::Compiled,
+    model::ObjectRef,
+    netns::NetNs,
+};
 
 /// The eBPF object built from policy-ebpf, embedded so the agent is one binary.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(env!("POLICY_EBPF_OBJECT"));
@@ -79,6 +85,25 @@ pub enum DatapathError {
     /// An interface is not known in its namespace.
     #[error("interface {0} not found")]
     NoInterface(String),
+    /// The pinned maps could not be checked or replaced.
+    #[error("pinned maps: {0}")]
+    Pins(#[from] pins::PinCheckError),
+    /// What a sync should write does not fit a map (the compiler keeps within the
+    /// settings, so only a datapath loaded with other sizes gets here).
+    #[error(
+        "{map} is full: {} entries for {}; nothing was written; raise --map-size {}={}",
+        thousands(*.needed as u64), thousands(u64::from(*.capacity)), .setting, .needed
+    )]
+    Full {
+        /// The map.
+        map: &'static str,
+        /// Its setting's name.
+        setting: &'static str,
+        /// Entries the sync should write.
+        needed: usize,
+        /// Its capacity.
+        capacity: u32,
+    },
 }
 
 fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
@@ -99,6 +124,11 @@ pub struct Datapath {
     written: Option<MapContents>,
     /// The highest endpoint generation handed out.
     last_generation: u32,
+    /// Pods with an interface whose endpoint entry did not fit in ENDPOINTS at the last
+    /// sync (their traffic is dropped, if attached).
+    left_out: Vec<ObjectRef>,
+    /// The pinned maps found unfit for this agent at load, all of which were replaced.
+    replaced: Vec<pins::Mismatch>,
     unpin_on_drop: bool,
 }
 
@@ -106,12 +136,17 @@ impl Datapath {
     /// Loads the programs and maps of `instance`, pinning the maps under
     /// `/sys/fs/bpf/policy-agent/<instance>/` and reusing maps already pinned there.
     pub fn load(instance: &str) -> Result<Self, DatapathError> {
-        Self::load_with(instance, TableSizes::default())
+        Self::load_with(instance, MapSizes::default())
     }
 
-    /// Like [`Datapath::load`], with the given capacities for each endpoint's tables.
-    pub fn load_with(instance: &str, sizes: TableSizes) -> Result<Self, DatapathError> {
+    /// Like [`Datapath::load`], with the given map sizes (or only each endpoint's table
+    /// sizes, with the other maps at their defaults). Maps pinned by an earlier agent are
+    /// reused only if all of them have the layout and sizes this object and `sizes` make;
+    /// otherwise all are replaced (see [`pins`]) and [`Datapath::replaced_maps`] says why.
+    pub fn load_with(instance: &str, sizes: impl Into<MapSizes>) -> Result<Self, DatapathError> {
+        let sizes = sizes.into();
         let pin_dir = bpffs::instance_dir(instance)?;
+        let replaced = pins::replace_incompatible(&pin_dir, &sizes)?;
         let pins: Vec<(&str, PathBuf)> = names::ALL
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
@@ -120,13 +155,16 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
+        for (name, entries) in sizes.max_entries() {
+            loader.map_max_entries(name, entries);
+        }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::BASELINE] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(program_error(name))?;
         }
-        let maps = Maps::take(&mut ebpf, sizes).map_err(DatapathError::MissingMap)?;
+        let maps = Maps::take(&mut ebpf, sizes.tables()).map_err(DatapathError::MissingMap)?;
         Ok(Self {
             ebpf,
             maps,
@@ -135,8 +173,27 @@ impl Datapath {
             link_locals: BTreeMap::new(),
             written: None,
             last_generation: 0,
+            left_out: Vec::new(),
+            replaced,
             unpin_on_drop: false,
         })
+    }
+
+    /// The pinned maps found at load that did not fit this agent (all maps were then
+    /// replaced: tracked connections restarted); empty if they were reused or new.
+    pub fn replaced_maps(&self) -> &[pins::Mismatch] {
+        &self.replaced
+    }
+
+    /// The capacity of `map`, as the kernel reports it.
+    pub fn capacity(&self, map: &'static str) -> u32 {
+        self.maps.capacity(map)
+    }
+
+    /// Pods with an interface that did not fit in ENDPOINTS at the last sync: their
+    /// programs, if attached, drop all their traffic (unknown endpoint).
+    pub fn left_out(&self) -> &[ObjectRef] {
+        &self.left_out
     }
 
     /// Removes the pinned maps when dropped (labs and tests; the agent keeps them).
@@ -265,11 +322,20 @@ impl Datapath {
     /// Only the difference with what the previous sync wrote is written; the first sync
     /// (and the first after an error) compares with what the maps really hold.
     pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
+        let current = match self.written.take() {
+            Some(written) => written,
+            None => self.maps.live()?,
+        };
+        let mut pods: BTreeMap<u32, &ObjectRef> = BTreeMap::new();
         let mut desired = MapContents {
             endpoints: compiled
                 .endpoints
                 .iter()
-                .filter_map(|(pod, info)| Some((*self.interfaces.get(pod)?, *info)))
+                .filter_map(|(pod, info)| {
+                    let ifindex = *self.interfaces.get(pod)?;
+                    pods.insert(ifindex, pod);
+                    Some((ifindex, *info))
+                })
                 .collect(),
             ipcache: compiled.ipcache.clone(),
             policy: compiled.policy.clone(),
@@ -277,11 +343,17 @@ impl Datapath {
             frontends: compiled.frontends.clone(),
             service_policy: compiled.service_policy.clone(),
         };
+        self.left_out = fit_endpoints(
+            &mut desired.endpoints,
+            &current.endpoints,
+            &pods,
+            self.maps.capacity(names::ENDPOINTS) as usize,
+        );
+        for pod in &self.left_out {
+            tracing::warn!(%pod, "ENDPOINTS is full: the pod's traffic is dropped until it fits; raise --map-size endpoints");
+        }
+        self.check_fits(&desired)?;
         with_link_locals(&mut desired.endpoints, &self.link_locals);
-        let current = match self.written.take() {
-            Some(written) => written,
-            None => self.maps.live()?,
-        };
         tables::assign_generations(
             &current.endpoints,
             &mut desired.endpoints,
@@ -290,6 +362,37 @@ impl Datapath {
         let report = self.maps.apply(&current, &desired)?;
         self.written = Some(desired);
         Ok(report)
+    }
+
+    /// How many entries of the maps differ from what the last sync wrote (changed behind the
+    /// agent's back); the next sync then compares with the maps rather than with its own
+    /// record, and so corrects them.
+    pub fn drift(&mut self) -> Result<usize, DatapathError> {
+        let live = self.maps.live()?;
+        let drift = self.written.take().map_or(0, |w| w.difference(&live));
+        Ok(drift)
+    }
+
+    /// Refuses, before writing anything, contents that do not fit a map.
+    fn check_fits(&self, desired: &MapContents) -> Result<(), DatapathError> {
+        for (map, needed) in [
+            (SizedMap::Ipcache, desired.ipcache.len()),
+            (SizedMap::Policy, desired.policy.len()),
+            (SizedMap::Cidr, desired.cidr.len()),
+            (SizedMap::Frontends, desired.frontends.len()),
+            (SizedMap::ServicePolicy, desired.service_policy.len()),
+        ] {
+            let capacity = self.maps.capacity(map.map());
+            if needed > capacity as usize {
+                return Err(DatapathError::Full {
+                    map: map.map(),
+                    setting: map.setting(),
+                    needed,
+                    capacity,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// What the maps hold: after loading, the state a previous agent left.
@@ -479,6 +582,37 @@ fn classifier<'a>(
         .ok_or(ProgramError::NotLoaded)
         .and_then(|p| p.try_into())
         .map_err(program_error(name))
+}
+
+/// Keeps at most `capacity` endpoint entries of `desired` (interface index -> entry): those
+/// already written keep their place, then the others in the order of their pods' names.
+/// Returns the pods left out: their interfaces have no entry, so the programs drop their
+/// traffic (fail closed), and a new pod never pushes out one that is enforced.
+fn fit_endpoints(
+    desired: &mut BTreeMap<u32, EndpointInfo>,
+    current: &BTreeMap<u32, EndpointInfo>,
+    pods: &BTreeMap<u32, &ObjectRef>,
+    capacity: usize,
+) -> Vec<ObjectRef> {
+    if desired.len() <= capacity {
+        return Vec::new();
+    }
+    let mut order: Vec<(bool, Option<&ObjectRef>, u32)> = desired
+        .iter()
+        .map(|(ifindex, info)| {
+            let written = current
+                .get(ifindex)
+                .is_some_and(|c| c.endpoint_id == info.endpoint_id);
+            (!written, pods.get(ifindex).copied(), *ifindex)
+        })
+        .collect();
+    order.sort();
+    let mut left_out = Vec::new();
+    for (_, pod, ifindex) in order.into_iter().skip(capacity) {
+        desired.remove(&ifindex);
+        left_out.extend(pod.cloned());
+    }
+    left_out
 }
 
 /// Gives each endpoint the link-local address read from its interface, so that it may use

@@ -52,14 +52,17 @@ pub struct EndpointTables {
     sizes: TableSizes,
     /// Endpoint ids that have their tables.
     present: BTreeSet<u32>,
+    /// How many tables each map of maps holds (ENDPOINTS' size).
+    capacity: u32,
 }
 
-/// A new LRU hash map for `K` -> `V`.
-fn lru_table<K: Pod, V: Pod>(
+/// A new LRU hash map for `K` -> `V`: the layout of every per-pod table, which must match
+/// the template of the map of maps `map` (the kernel checks it on insert).
+pub(super) fn lru_table_data<K: Pod, V: Pod>(
     map: &'static str,
     name: &str,
     entries: u32,
-) -> Result<HashMap<MapData, K, V>, MapOpError> {
+) -> Result<MapData, MapOpError> {
     let def = aya_obj::Map::new_from_params(
         BPF_MAP_TYPE_LRU_HASH as u32,
         size_of::<K>() as u32,
@@ -67,7 +70,16 @@ fn lru_table<K: Pod, V: Pod>(
         entries,
         0,
     );
-    let data = op(map, MapData::create(def, name, None))?;
+    op(map, MapData::create(def, name, None))
+}
+
+/// [`lru_table_data`], typed.
+fn lru_table<K: Pod, V: Pod>(
+    map: &'static str,
+    name: &str,
+    entries: u32,
+) -> Result<HashMap<MapData, K, V>, MapOpError> {
+    let data = lru_table_data::<K, V>(map, name, entries)?;
     op(map, HashMap::try_from(Map::LruHashMap(data)))
 }
 
@@ -101,7 +113,28 @@ impl EndpointTables {
             fragments,
             sizes,
             present,
+            capacity: u32::MAX,
         })
+    }
+
+    /// How many tables the maps of maps hold (their `max_entries`).
+    pub fn set_capacity(&mut self, capacity: u32) {
+        self.capacity = capacity;
+    }
+
+    /// Like [`Self::ensure`]; when the maps of maps are full, first removes the tables of
+    /// an id that no endpoint of `in_use` holds (made ahead of need, or left by a pod that
+    /// went), so that a pod that fits in ENDPOINTS always gets its tables.
+    pub fn ensure_among(&mut self, id: u32, in_use: &BTreeSet<u32>) -> Result<(), MapOpError> {
+        if !self.present.contains(&id)
+            && self.present.len() >= self.capacity as usize
+            && let Some(&spare) = self.present.iter().rev().find(|i| !in_use.contains(i))
+        {
+            op(names::CONNTRACK, absent_ok(self.conntrack.remove(&spare)))?;
+            op(names::FRAGMENTS, absent_ok(self.fragments.remove(&spare)))?;
+            self.present.remove(&spare);
+        }
+        self.ensure(id)
     }
 
     /// Makes sure endpoint `id` has its tables (the slow path: a spare should be ready).
@@ -124,7 +157,10 @@ impl EndpointTables {
     pub fn prepare(&mut self, in_use: &BTreeSet<u32>, budget: usize) -> Result<usize, MapOpError> {
         let mut made = 0;
         let mut candidate = 1;
-        while made < budget && self.present.difference(in_use).count() < SPARE_TABLES {
+        while made < budget
+            && self.present.len() < self.capacity as usize
+            && self.present.difference(in_use).count() < SPARE_TABLES
+        {
             while self.present.contains(&candidate) || in_use.contains(&candidate) {
                 candidate += 1;
             }

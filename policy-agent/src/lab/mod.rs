@@ -262,6 +262,8 @@ impl Lab {
                     metrics_address: None,
                     source: "lab".to_owned(),
                     cni_conf_dir: Some(conf_dir),
+                    full_resync: crate::agent::FULL_RESYNC,
+                    map_sizes: crate::capacity::MapSizes::default(),
                 },
                 handle: None,
                 feed,

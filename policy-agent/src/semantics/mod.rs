@@ -1,14 +1,19 @@
 //! NetworkPolicy semantics: parsing and validation, selectors, and the questions every
 //! evaluator asks ("does this policy apply to that pod", "does this peer admit that pod").
 
+pub mod cidr;
 pub mod describe;
 pub mod lint;
+pub mod names;
 pub mod policy;
 pub mod selector;
 pub mod services;
+#[cfg(test)]
+mod validation_table;
 
 pub use policy::{
-    FieldError, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec, Ports, Rule,
+    Admission, FieldError, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, PortRef, PortSpec,
+    Ports, Rule,
 };
 pub use selector::Selector;
 

@@ -1,17 +1,25 @@
 //! A NetworkPolicy parsed and validated the way the API server validates it, into the
 //! terms the semantics use: which pods it selects, whether it isolates each direction, and
 //! its rules as (peers, ports).
+//!
+//! Validation is `ValidateNetworkPolicy` of Kubernetes 1.36 at its default feature gates:
+//! the metadata (name a DNS-1123 subdomain, namespace a DNS-1123 label, labels and
+//! annotations), selectors, peers, `ipBlock` CIDRs ([`super::cidr`]), ports and
+//! `policyTypes`, every error reported with its field path. [`Admission`] tells a policy
+//! being created (a file) from one an API server already stored, which may keep values
+//! the current rules refuse. `validation_table.rs` transcribes the rules into a table of
+//! accepted and rejected objects.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::{
-    api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort},
+    api::networking::v1::{IPBlock, NetworkPolicyPeer, NetworkPolicyPort},
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use policy_common::maps::Direction;
 
-use super::selector::Selector;
+use super::{cidr::SloppyCidr, names, selector::Selector};
 use crate::{
     model::{ObjectRef, Origin, Policy, Protocol},
     report::escape,
@@ -56,6 +64,38 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// Whose rules a policy is validated by: the API server's for an object being created, or
+/// what an API server may hold and serve. Both are Kubernetes 1.36 at its default feature
+/// gates; they differ where the API server keeps, by ratcheting, values an object already
+/// had that it would refuse in a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The rules a new object must pass (`kubectl apply` of a manifest): CIDRs as
+    /// `StrictIPCIDRValidation` (on by default since 1.36) wants them, and label values in
+    /// every selector checked. For policies read from files.
+    Create,
+    /// What an API server may serve: an object stored before 1.36 (or with the gate off)
+    /// keeps its CIDRs in any spelling the legacy parser takes (`ValidateNetworkPolicyUpdate`
+    /// passes every old CIDR as `AllowCIDRsEvenIfInvalid`), and one stored before selector
+    /// values were checked keeps its `matchExpressions` values
+    /// (`ValidationOptionsForNetworking`'s `AllowInvalidLabelValueInSelector`). Every other
+    /// rule is the same. For policies read from the Kubernetes API, which are stored
+    /// objects by definition.
+    Stored,
+}
+
+impl Admission {
+    /// The rules for a policy from `origin`: [`Self::Create`] for a file,
+    /// [`Self::Stored`] for the API.
+    pub fn of(origin: &Origin) -> Self {
+        if origin.file.is_some() {
+            Self::Create
+        } else {
+            Self::Stored
+        }
+    }
+}
+
 /// Which peers a rule admits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peers {
@@ -80,12 +120,15 @@ pub enum Peer {
     IpBlock(IpBlock),
 }
 
-/// A parsed `ipBlock`.
+/// A parsed `ipBlock`, in the addresses its values stand for ([`SloppyCidr::meaning`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpBlock {
     /// The block (host bits cleared).
     pub cidr: IpNet,
-    /// Holes in it, each strictly inside `cidr`.
+    /// Holes in it, each inside `cidr`, of its family, sorted and distinct. A hole is
+    /// strictly inside except where a stored policy's IPv4-mapped `except` covers the
+    /// whole block (`::ffff:10.0.0.0/104` in 10.0.0.0/8, see `parse_ip_block`): then it is
+    /// `cidr` itself, and the block admits nothing.
     pub except: Vec<IpNet>,
 }
 
@@ -177,7 +220,10 @@ impl ParsedPolicy {
         let pod_selector = spec
             .pod_selector
             .as_ref()
-            .map_or_else(|| Ok(Selector::default()), Selector::parse)
+            .map_or_else(
+                || Ok(Selector::default()),
+                |s| Selector::parse_as(s, Admission::of(&policy.origin)),
+            )
             .unwrap_or_else(|_| Selector::everything());
         let types = spec.policy_types.clone().unwrap_or_default();
         let (ingress, egress) = if types.iter().any(|t| t != "Ingress" && t != "Egress") {
@@ -198,31 +244,56 @@ impl ParsedPolicy {
         }
     }
 
-    /// Parses and validates; on failure returns every field error found.
+    /// Parses and validates under the rules its origin calls for ([`Admission::of`]); on
+    /// failure returns every field error found.
     pub fn parse(policy: &Policy) -> Result<Self, PolicyError> {
+        Self::parse_as(policy, Admission::of(&policy.origin))
+    }
+
+    /// Parses and validates as `ValidateNetworkPolicy` does under `admission`; on failure
+    /// returns every field error found.
+    pub fn parse_as(policy: &Policy, admission: Admission) -> Result<Self, PolicyError> {
         let mut errors = Vec::new();
+        validate_meta(policy, &mut errors);
         let spec = &policy.spec;
-        let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector", &mut errors);
+        let pod_selector = selector(
+            spec.pod_selector.as_ref(),
+            "spec.podSelector",
+            admission,
+            &mut errors,
+        );
 
         // "If this field is not specified, it will default based on the existence of ingress
         // or egress rules; policies that contain an egress section are assumed to affect
         // egress, and all policies (whether or not they contain an ingress section) are
         // assumed to affect ingress." The API server tests the egress list's length, so an
         // empty list does not count, and neither does an empty policyTypes.
-        let types = spec.policy_types.clone().unwrap_or_default();
+        let types = spec.policy_types.as_deref().unwrap_or_default();
         let (mut isolates_ingress, mut isolates_egress) = (false, false);
         if types.is_empty() {
             isolates_ingress = true;
             isolates_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         }
-        for (i, t) in types.iter().enumerate() {
-            match t.as_str() {
-                "Ingress" => isolates_ingress = true,
-                "Egress" => isolates_egress = true,
-                other => errors.push(FieldError {
-                    field: format!("spec.policyTypes[{i}]"),
-                    message: format!("unsupported value {other:?} (valid: Ingress, Egress)"),
-                }),
+        // ValidateNetworkPolicySpec: at most two entries (then no entry is looked at), each
+        // Ingress or Egress. The same one twice is fine.
+        if types.len() > 2 {
+            errors.push(FieldError {
+                field: "spec.policyTypes".into(),
+                message: format!(
+                    "may not specify more than two policyTypes (has {})",
+                    types.len()
+                ),
+            });
+        } else {
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => isolates_ingress = true,
+                    "Egress" => isolates_egress = true,
+                    other => errors.push(FieldError {
+                        field: format!("spec.policyTypes[{i}]"),
+                        message: format!("unsupported value {other:?} (valid: Ingress, Egress)"),
+                    }),
+                }
             }
         }
 
@@ -233,6 +304,7 @@ impl ParsedPolicy {
                 .iter()
                 .flatten()
                 .map(|r| (r.from.as_ref(), r.ports.as_ref())),
+            admission,
             &mut errors,
         );
         let egress = parse_rules(
@@ -242,6 +314,7 @@ impl ParsedPolicy {
                 .iter()
                 .flatten()
                 .map(|r| (r.to.as_ref(), r.ports.as_ref())),
+            admission,
             &mut errors,
         );
 
@@ -261,6 +334,78 @@ impl ParsedPolicy {
     }
 }
 
+/// Most bytes the keys and values of an object's annotations may hold together
+/// (`TotalAnnotationSizeLimitB`).
+const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
+/// Go's `strings.ToLower`: each character's simple lower case, which differs from Rust's
+/// full one only for U+0130 (İ), 'i' in Go (and 'K', the Kelvin sign, is 'k' in both).
+fn go_to_lower(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '\u{130}' => 'i'.to_lowercase(),
+            c => c.to_lowercase(),
+        })
+        .collect()
+}
+
+/// `ValidateObjectMeta` for a namespaced object whose name is a DNS-1123 subdomain
+/// (`ValidateNetworkPolicyName`), as far as the model has it: name, namespace, labels and
+/// annotations. (Finalizers, owner references and managed fields are not kept, so not
+/// checked; `generateName` is not supported by manifests, which need a name.)
+fn validate_meta(policy: &Policy, errors: &mut Vec<FieldError>) {
+    let mut bad = |field: String, message: String| errors.push(FieldError { field, message });
+    let ObjectRef { namespace, name } = &policy.id;
+    if name.is_empty() {
+        bad("metadata.name".into(), "required".into());
+    } else if let Err(e) = names::dns1123_subdomain(name) {
+        bad(
+            "metadata.name".into(),
+            format!("invalid name {name:?}: {e}"),
+        );
+    }
+    if namespace.is_empty() {
+        bad("metadata.namespace".into(), "required".into());
+    } else if let Err(e) = names::dns1123_label(namespace) {
+        bad(
+            "metadata.namespace".into(),
+            format!("invalid namespace {namespace:?}: {e}"),
+        );
+    }
+    // ValidateLabels.
+    for (k, v) in &policy.meta.labels {
+        if let Err(e) = names::qualified_name(k) {
+            bad(
+                format!("metadata.labels.{k}"),
+                format!("invalid label key {k:?}: {e}"),
+            );
+        }
+        if let Err(e) = names::label_value(v) {
+            bad(
+                format!("metadata.labels.{k}"),
+                format!("invalid label value {v:?}: {e}"),
+            );
+        }
+    }
+    // ValidateAnnotations: keys are qualified names in any case; the whole is bounded.
+    let mut size = 0;
+    for (k, v) in &policy.meta.annotations {
+        if let Err(e) = names::qualified_name(&go_to_lower(k)) {
+            bad(
+                format!("metadata.annotations.{k}"),
+                format!("invalid annotation key {k:?}: {e}"),
+            );
+        }
+        size += k.len() + v.len();
+    }
+    if size > ANNOTATIONS_MAX_BYTES {
+        bad(
+            "metadata.annotations".into(),
+            format!("may not hold more than {ANNOTATIONS_MAX_BYTES} bytes (holds {size})"),
+        );
+    }
+}
+
 /// A rule as the API has it: its peers (`from` or `to`) and its ports.
 type ApiRule<'a> = (
     Option<&'a Vec<NetworkPolicyPeer>>,
@@ -271,34 +416,48 @@ fn parse_rules<'a>(
     field: &str,
     peer_field: &str,
     rules: impl Iterator<Item = ApiRule<'a>>,
+    admission: Admission,
     errors: &mut Vec<FieldError>,
 ) -> Vec<Rule> {
     rules
         .enumerate()
         .map(|(index, (peers, ports))| Rule {
             index,
-            peers: parse_peers(peers, &format!("{field}[{index}].{peer_field}"), errors),
+            peers: parse_peers(
+                peers,
+                &format!("{field}[{index}].{peer_field}"),
+                admission,
+                errors,
+            ),
             ports: parse_ports(ports, &format!("{field}[{index}].ports"), errors),
         })
         .collect()
 }
 
-fn selector(api: Option<&LabelSelector>, field: &str, errors: &mut Vec<FieldError>) -> Selector {
-    match api.map(Selector::parse).transpose() {
+fn selector(
+    api: Option<&LabelSelector>,
+    field: &str,
+    admission: Admission,
+    errors: &mut Vec<FieldError>,
+) -> Selector {
+    match api.map(|s| Selector::parse_as(s, admission)).transpose() {
         Ok(s) => s.unwrap_or_default(),
-        Err(e) => {
-            errors.push(FieldError {
+        Err(errs) => {
+            errors.extend(errs.into_iter().map(|e| FieldError {
                 field: format!("{field}.{}", e.field),
                 message: e.message,
-            });
+            }));
             Selector::everything()
         }
     }
 }
 
+/// `ValidateNetworkPolicyPeer`: each selector and the ipBlock validated, then at least one
+/// of them, and an ipBlock alone.
 fn parse_peers(
     peers: Option<&Vec<NetworkPolicyPeer>>,
     field: &str,
+    admission: Admission,
     errors: &mut Vec<FieldError>,
 ) -> Peers {
     let Some(peers) = peers.filter(|p| !p.is_empty()) else {
@@ -307,86 +466,140 @@ fn parse_peers(
     let mut parsed = Vec::new();
     for (i, peer) in peers.iter().enumerate() {
         let field = format!("{field}[{i}]");
-        let has_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
-        match (&peer.ip_block, has_selector) {
-            (Some(_), true) => errors.push(FieldError {
-                field,
-                message: "may not specify both ipBlock and a pod or namespace selector".into(),
-            }),
+        let pods = peer
+            .pod_selector
+            .as_ref()
+            .map(|s| selector(Some(s), &format!("{field}.podSelector"), admission, errors));
+        let namespaces = peer.namespace_selector.as_ref().map(|s| {
+            selector(
+                Some(s),
+                &format!("{field}.namespaceSelector"),
+                admission,
+                errors,
+            )
+        });
+        let block = peer
+            .ip_block
+            .as_ref()
+            .map(|b| parse_ip_block(b, &format!("{field}.ipBlock"), admission, errors));
+        match (block, pods.is_some() || namespaces.is_some()) {
             (None, false) => errors.push(FieldError {
                 field,
                 message: "must specify a peer: podSelector, namespaceSelector or ipBlock".into(),
             }),
-            (Some(block), false) => {
-                if let Some(block) = parse_ip_block(
-                    &block.cidr,
-                    block.except.as_deref(),
-                    &format!("{field}.ipBlock"),
-                    errors,
-                ) {
-                    parsed.push(Peer::IpBlock(block));
-                }
-            }
+            (Some(_), true) => errors.push(FieldError {
+                field,
+                message: "may not specify both ipBlock and a pod or namespace selector".into(),
+            }),
+            (Some(block), false) => parsed.extend(block.map(Peer::IpBlock)),
             (None, true) => parsed.push(Peer::Pods {
-                namespaces: peer
-                    .namespace_selector
-                    .as_ref()
-                    .map(|s| selector(Some(s), &format!("{field}.namespaceSelector"), errors)),
-                pods: selector(
-                    peer.pod_selector.as_ref(),
-                    &format!("{field}.podSelector"),
-                    errors,
-                ),
+                namespaces,
+                pods: pods.unwrap_or_default(),
             }),
         }
     }
     Peers::Only(parsed)
 }
 
-fn parse_cidr(s: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<IpNet> {
-    match IpNet::from_str(s.trim()) {
-        Ok(net) => Some(net.trunc()),
-        Err(_) => {
-            errors.push(FieldError {
-                field: field.to_owned(),
-                message: format!("invalid CIDR {s:?} (expected e.g. 10.0.0.0/8 or fd00::/8)"),
-            });
-            None
-        }
+/// One `cidr` or `except` value as `IsValidCIDRForLegacyField` checks it under
+/// `admission`: what the legacy parser reads (errors, if any, pushed), or `None` where it
+/// reads nothing, as `ValidateIPBlock` then goes on with what it read.
+fn parse_cidr(
+    text: &str,
+    field: String,
+    admission: Admission,
+    errors: &mut Vec<FieldError>,
+) -> Option<SloppyCidr> {
+    let Some(cidr) = SloppyCidr::parse(text) else {
+        errors.push(FieldError {
+            field,
+            message: format!(
+                "invalid CIDR {text:?}: must be a valid CIDR value (e.g. 10.9.8.0/24 or \
+                 2001:db8::/64)"
+            ),
+        });
+        return None;
+    };
+    if admission == Admission::Create
+        && let Some(complaint) = cidr.strict_complaint()
+    {
+        errors.push(FieldError {
+            field,
+            message: format!("CIDR {text:?} {complaint}"),
+        });
     }
+    Some(cidr)
 }
 
+/// `ValidateIPBlock`: `cidr` required and valid; each `except` valid and, as Go reads it,
+/// strictly inside `cidr` (see [`SloppyCidr::strictly_contains`]).
+///
+/// What a block means is what the legacy parser's values mean ([`SloppyCidr::meaning`]):
+/// decimal numbers whatever their leading zeros, bits past the prefix cleared, and an
+/// IPv4-mapped IPv6 network taken for its IPv4 addresses, as Go's `IPNet.Contains` (the
+/// API server's own `except` check) takes them. Only a stored policy can hold those
+/// ([`Admission::Stored`]); their reading is never wider than Kubernetes' own:
+///
+/// - An IPv4-mapped `except` of an IPv4 `cidr` passes the API server's check whenever its
+///   network address is in the cidr, since its prefix length (96 or more, in IPv6 bits) is
+///   always above the cidr's (32 or less, in IPv4 bits). Its IPv4 meaning may then cover
+///   the whole cidr or more (`10.0.0.0/8` except `::ffff:10.0.0.0/104`, which is
+///   10.0.0.0/8; `0.0.0.0/1` except `::ffff:0.0.0.0/96`, which is 0.0.0.0/0). The hole is
+///   honoured in full: such a block admits nothing. An `except` removes addresses, so
+///   where the reading is in doubt, the larger hole is the one never more open than meant.
+/// - An IPv4-mapped `cidr` admits its IPv4 addresses, as Go's `Contains` does (IPv6
+///   packets with IPv4-mapped addresses, which no pod has and Go would count in, stay
+///   outside: the datapath matches a family only against prefixes of that family).
+/// - No `except` of the other family passes the API server's check, so none is dropped
+///   here as meaningless.
 fn parse_ip_block(
-    cidr: &str,
-    except: Option<&[String]>,
+    block: &IPBlock,
     field: &str,
+    admission: Admission,
     errors: &mut Vec<FieldError>,
 ) -> Option<IpBlock> {
-    let cidr = parse_cidr(cidr, &format!("{field}.cidr"), errors)?;
+    let cidr_field = format!("{field}.cidr");
+    if block.cidr.is_empty() {
+        errors.push(FieldError {
+            field: cidr_field,
+            message: "required".into(),
+        });
+        return None;
+    }
+    let cidr = parse_cidr(&block.cidr, cidr_field, admission, errors)?;
+    let net = cidr.meaning();
     let mut holes = Vec::new();
-    for (i, e) in except.unwrap_or_default().iter().enumerate() {
+    for (i, text) in block.except.iter().flatten().enumerate() {
         let field = format!("{field}.except[{i}]");
-        let Some(hole) = parse_cidr(e, &field, errors) else {
+        let Some(except) = parse_cidr(text, field.clone(), admission, errors) else {
             continue;
         };
         // "Except values will be rejected if they are outside the cidr range."
-        if !(cidr.contains(&hole) && hole.prefix_len() > cidr.prefix_len()) {
+        if !cidr.strictly_contains(&except) {
             errors.push(FieldError {
                 field,
-                message: format!("{hole} must be strictly within cidr {cidr}"),
+                message: format!("{text} must be strictly within cidr {}", block.cidr),
             });
             continue;
         }
-        holes.push(hole);
+        let hole = except.meaning();
+        holes.push(if hole.prefix_len() > net.prefix_len() {
+            hole
+        } else {
+            net
+        });
     }
     holes.sort();
     holes.dedup();
     Some(IpBlock {
-        cidr,
+        cidr: net,
         except: holes,
     })
 }
 
+/// `ValidateNetworkPolicyPort`: the protocol TCP, UDP or SCTP (TCP when absent); a numeric
+/// port 1-65535 with an optional `endPort` 1-65535 not below it, or a port name with no
+/// `endPort`, or no port and no `endPort`. Every problem of a port is reported.
 fn parse_ports(
     ports: Option<&Vec<NetworkPolicyPort>>,
     field: &str,
@@ -398,100 +611,82 @@ fn parse_ports(
     let mut parsed = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let field = format!("{field}[{i}]");
+        let before = errors.len();
+        let mut bad = |sub: &str, message: String| {
+            errors.push(FieldError {
+                field: format!("{field}.{sub}"),
+                message,
+            });
+        };
         let protocol = match p.protocol.as_deref() {
-            None => Protocol::Tcp,
-            Some(s) => match Protocol::parse(s) {
-                Some(proto) => proto,
-                None => {
-                    errors.push(FieldError {
-                        field: format!("{field}.protocol"),
-                        message: format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"),
-                    });
-                    continue;
-                }
-            },
+            None => Some(Protocol::Tcp),
+            Some(s) => Protocol::parse(s).or_else(|| {
+                bad(
+                    "protocol",
+                    format!("unsupported protocol {s:?} (valid: TCP, UDP, SCTP)"),
+                );
+                None
+            }),
         };
         let port = match (&p.port, p.end_port) {
-            (None, None) => PortRef::Any,
+            (None, None) => Some(PortRef::Any),
             (None, Some(_)) => {
-                errors.push(FieldError {
-                    field: format!("{field}.endPort"),
-                    message: "may only be set together with a numeric port".into(),
-                });
-                continue;
+                bad(
+                    "endPort",
+                    "may not be specified when port is not specified".into(),
+                );
+                None
             }
             (Some(IntOrString::String(name)), end) => {
                 if end.is_some() {
-                    errors.push(FieldError {
-                        field: format!("{field}.endPort"),
-                        message: "may not be set when port is a named port".into(),
-                    });
-                    continue;
+                    bad(
+                        "endPort",
+                        "may not be specified when port is a named port".into(),
+                    );
                 }
-                if let Err(message) = validate_port_name(name) {
-                    errors.push(FieldError {
-                        field: format!("{field}.port"),
-                        message,
-                    });
-                    continue;
+                match names::port_name(name) {
+                    Ok(()) => Some(PortRef::Named(name.clone())),
+                    Err(message) => {
+                        bad("port", message);
+                        None
+                    }
                 }
-                PortRef::Named(name.clone())
             }
             (Some(IntOrString::Int(n)), end) => {
-                let Some(first) = port_number(*n) else {
-                    errors.push(FieldError {
-                        field: format!("{field}.port"),
-                        message: format!("{n} is not a valid port number (1-65535)"),
-                    });
-                    continue;
-                };
+                let first = port_number(*n);
+                if first.is_none() {
+                    bad("port", format!("{n} is not a valid port number (1-65535)"));
+                }
                 let last = match end {
                     None => first,
-                    Some(e) => match port_number(e) {
-                        Some(last) if last >= first => last,
-                        _ => {
-                            errors.push(FieldError {
-                                field: format!("{field}.endPort"),
-                                message: format!(
-                                    "{e} must be a port number (1-65535) no lower than port {first}"
-                                ),
-                            });
-                            continue;
+                    Some(e) => {
+                        if e < *n {
+                            bad("endPort", format!("{e} must not be below port {n}"));
                         }
-                    },
+                        let last = port_number(e);
+                        if last.is_none() {
+                            bad(
+                                "endPort",
+                                format!("{e} is not a valid port number (1-65535)"),
+                            );
+                        }
+                        last
+                    }
                 };
-                PortRef::Range(first, last)
+                first.zip(last).map(|(a, b)| PortRef::Range(a, b))
             }
         };
-        parsed.push(PortSpec { protocol, port });
+        if let (Some(protocol), Some(port)) = (protocol, port)
+            && errors.len() == before
+        {
+            parsed.push(PortSpec { protocol, port });
+        }
     }
     Ports::Only(parsed)
 }
 
 fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|&p| p != 0)
-}
-
-/// IANA service names, as container port names must be: at most 15 lower-case
-/// alphanumerics or '-', at least one letter, no leading, trailing or double '-'.
-pub fn validate_port_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && name.bytes().any(|c| c.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid port name {name:?}: at most 15 lower-case letters, digits or '-', \
-             with at least one letter and no leading, trailing or double '-'"
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -571,12 +766,12 @@ mod tests {
     fn end_port_without_numeric_port_or_below_it() {
         let (field, msg) = error("{ingress: [{ports: [{endPort: 90}]}]}");
         assert_eq!(field, "spec.ingress[0].ports[0].endPort");
-        assert!(msg.contains("numeric port"), "{msg}");
+        assert!(msg.contains("when port is not specified"), "{msg}");
         let (field, _) = error("{ingress: [{ports: [{port: http, endPort: 90}]}]}");
         assert_eq!(field, "spec.ingress[0].ports[0].endPort");
         let (field, msg) = error("{ingress: [{ports: [{port: 100, endPort: 90}]}]}");
         assert_eq!(field, "spec.ingress[0].ports[0].endPort");
-        assert!(msg.contains("no lower than port 100"), "{msg}");
+        assert!(msg.contains("must not be below port 100"), "{msg}");
         let (field, _) = error("{ingress: [{ports: [{port: 100, endPort: 70000}]}]}");
         assert_eq!(field, "spec.ingress[0].ports[0].endPort");
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use super::{names, policy::Admission};
 use crate::model::Labels;
 
 /// One requirement; a selector matches when all of its requirements do.
@@ -56,62 +57,89 @@ impl Selector {
         Self::default()
     }
 
-    /// Parses and validates an API selector.
-    pub fn parse(api: &LabelSelector) -> Result<Self, SelectorError> {
+    /// Parses and validates an API selector as the API server validates one being created
+    /// (`ValidateLabelSelector`); on failure returns every field that is wrong.
+    pub fn parse(api: &LabelSelector) -> Result<Self, Vec<SelectorError>> {
+        Self::parse_as(api, Admission::Create)
+    }
+
+    /// [`Self::parse`] under the rules of `admission`: a stored object's
+    /// `matchExpressions` values are not checked (see [`Admission::Stored`]).
+    pub fn parse_as(api: &LabelSelector, admission: Admission) -> Result<Self, Vec<SelectorError>> {
+        let mut errors = Vec::new();
+        let mut bad = |field: String, message: String| {
+            errors.push(SelectorError { field, message });
+        };
         let mut requirements = Vec::new();
+        // ValidateLabels: every key a qualified name, every value a label value.
         for (k, v) in api.match_labels.iter().flatten() {
-            validate_key(k, &format!("matchLabels.{k}"))?;
-            validate_value(v, &format!("matchLabels.{k}"))?;
+            let field = format!("matchLabels.{k}");
+            if let Err(e) = names::qualified_name(k) {
+                bad(field.clone(), format!("invalid label key {k:?}: {e}"));
+            }
+            if let Err(e) = names::label_value(v) {
+                bad(field, format!("invalid label value {v:?}: {e}"));
+            }
             requirements.push(Requirement::Equals(k.clone(), v.clone()));
         }
+        // ValidateLabelSelectorRequirement.
         for (i, expr) in api.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
-            validate_key(&expr.key, &format!("{field}.key"))?;
-            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
-            for v in &values {
-                validate_value(v, &format!("{field}.values"))?;
-            }
-            let need_values = |present: bool| -> Result<(), SelectorError> {
-                if present == values.is_empty() {
-                    let message = if present {
-                        format!("operator {} needs at least one value", expr.operator)
-                    } else {
-                        format!("operator {} takes no values", expr.operator)
-                    };
-                    return Err(SelectorError {
-                        field: format!("{field}.values"),
-                        message,
-                    });
-                }
-                Ok(())
-            };
+            let values = expr.values.as_deref().unwrap_or_default();
             let key = expr.key.clone();
-            requirements.push(match expr.operator.as_str() {
-                "In" => {
-                    need_values(true)?;
-                    Requirement::In(key, values)
+            let set: BTreeSet<String> = values.iter().cloned().collect();
+            let requirement = match expr.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    bad(
+                        format!("{field}.values"),
+                        format!(
+                            "required when operator is {} (at least one value)",
+                            expr.operator
+                        ),
+                    );
+                    None
                 }
-                "NotIn" => {
-                    need_values(true)?;
-                    Requirement::NotIn(key, values)
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    bad(
+                        format!("{field}.values"),
+                        format!("may not be specified when operator is {}", expr.operator),
+                    );
+                    None
                 }
-                "Exists" => {
-                    need_values(false)?;
-                    Requirement::Exists(key)
-                }
-                "DoesNotExist" => {
-                    need_values(false)?;
-                    Requirement::DoesNotExist(key)
-                }
+                "In" => Some(Requirement::In(key, set)),
+                "NotIn" => Some(Requirement::NotIn(key, set)),
+                "Exists" => Some(Requirement::Exists(key)),
+                "DoesNotExist" => Some(Requirement::DoesNotExist(key)),
                 other => {
-                    return Err(SelectorError {
-                        field: format!("{field}.operator"),
-                        message: format!(
+                    bad(
+                        format!("{field}.operator"),
+                        format!(
                             "unknown operator {other:?} (valid: In, NotIn, Exists, DoesNotExist)"
                         ),
-                    });
+                    );
+                    None
                 }
-            });
+            };
+            if let Err(e) = names::qualified_name(&expr.key) {
+                bad(
+                    format!("{field}.key"),
+                    format!("invalid label key {:?}: {e}", expr.key),
+                );
+            }
+            if admission == Admission::Create {
+                for (j, v) in values.iter().enumerate() {
+                    if let Err(e) = names::label_value(v) {
+                        bad(
+                            format!("{field}.values[{j}]"),
+                            format!("invalid label value {v:?}: {e}"),
+                        );
+                    }
+                }
+            }
+            requirements.extend(requirement);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         requirements.sort();
         requirements.dedup();
@@ -127,64 +155,6 @@ impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
-}
-
-/// Label keys: an optional DNS-subdomain prefix and a name of at most 63 characters.
-fn validate_key(key: &str, field: &str) -> Result<(), SelectorError> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let bad = |message: String| SelectorError {
-        field: field.to_owned(),
-        message,
-    };
-    if let Some(prefix) = prefix
-        && (prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label))
-    {
-        return Err(bad(format!("invalid label key prefix {prefix:?}")));
-    }
-    if name.is_empty() || !is_label_name(name) {
-        return Err(bad(format!(
-            "invalid label key {key:?}: a name of at most 63 alphanumerics, '-', '_' or '.', \
-             starting and ending with an alphanumeric"
-        )));
-    }
-    Ok(())
-}
-
-/// Label values: empty, or like a key's name part.
-fn validate_value(value: &str, field: &str) -> Result<(), SelectorError> {
-    if value.is_empty() || is_label_name(value) {
-        Ok(())
-    } else {
-        Err(SelectorError {
-            field: field.to_owned(),
-            message: format!(
-                "invalid label value {value:?}: at most 63 alphanumerics, '-', '_' or '.', \
-                 starting and ending with an alphanumeric"
-            ),
-        })
-    }
-}
-
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    s.len() <= 63
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !s.is_empty()
-        && s.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 #[cfg(test)]
@@ -250,14 +220,14 @@ mod tests {
             ..Default::default()
         };
         let err = Selector::parse(&bad_op).unwrap_err();
-        assert_eq!(err.field, "matchExpressions[0].operator");
+        assert_eq!(err[0].field, "matchExpressions[0].operator");
 
         let in_without_values = LabelSelector {
             match_expressions: Some(vec![expr("a", "In", &[])]),
             ..Default::default()
         };
         assert_eq!(
-            Selector::parse(&in_without_values).unwrap_err().field,
+            Selector::parse(&in_without_values).unwrap_err()[0].field,
             "matchExpressions[0].values"
         );
 
@@ -272,7 +242,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Selector::parse(&bad_key).unwrap_err().field,
+            Selector::parse(&bad_key).unwrap_err()[0].field,
             "matchLabels.-bad"
         );
     }

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use crate::model::{
     ContainerPort, EndpointSlice, IpFamily, Namespace, Node, ObjectRef, Origin, Pod, Policy,
-    Protocol, SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    PolicyMeta, Protocol, SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort,
+    TargetPort,
 };
 
 /// Namespace of objects that do not say.
@@ -42,6 +43,10 @@ pub fn policy(np: ApiNetworkPolicy, origin: Origin) -> FieldResult<Policy> {
     Ok(Policy {
         id: ObjectRef::new(namespace, name),
         spec: np.spec.unwrap_or_default(),
+        meta: PolicyMeta {
+            labels: np.metadata.labels.unwrap_or_default(),
+            annotations: np.metadata.annotations.unwrap_or_default(),
+        },
         origin,
     })
 }
@@ -144,8 +149,10 @@ fn name_of(meta: &ObjectMeta, namespaced: bool) -> FieldResult<(String, String)>
         .filter(|n| !n.is_empty())
         .ok_or_else(|| (Some("metadata.name".to_owned()), "required".to_owned()))?;
     let namespace = if namespaced {
+        // An empty namespace is no namespace, as kubectl reads it.
         meta.namespace
             .clone()
+            .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
     } else {
         String::new()

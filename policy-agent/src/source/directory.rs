@@ -29,7 +29,20 @@ pub fn watch(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
         // What a bad edit fails to say stays as it was last said.
         let mut last = manifests::LastGood::default();
         loop {
-            let event = match manifests::load_dir_with(&dir, &mut last) {
+            // Reading and parsing a large directory takes time: on a thread of its own, so
+            // that the runtime's workers keep answering the agent's API (CNI ADDs, status).
+            let read = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let loaded = manifests::load_dir_with(&dir, &mut last);
+                    (loaded, last)
+                })
+            };
+            let Ok((loaded, kept)) = read.await else {
+                return;
+            };
+            last = kept;
+            let event = match loaded {
                 Ok(loaded) => SourceEvent::Snapshot {
                     errors: loaded.errors.iter().map(ToString::to_string).collect(),
                     cluster: Box::new(loaded.cluster),

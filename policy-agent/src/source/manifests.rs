@@ -31,7 +31,7 @@ use super::{
     convert::{self, typed},
 };
 use crate::{
-    model::{Cluster, ObjectRef, Origin, Policy},
+    model::{Cluster, ObjectRef, Origin, Policy, PolicyMeta},
     report::escape,
     semantics::ParsedPolicy,
 };
@@ -277,6 +277,7 @@ fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
             ingress: None,
             egress: None,
         },
+        meta: PolicyMeta::default(),
         origin: Origin {
             file: Some(file.to_owned()),
         },
@@ -455,6 +456,7 @@ fn key_of(kind: &str, doc: &Value) -> Option<(Kind, ObjectRef)> {
     let namespace = if kind.namespaced() {
         meta.get("namespace")
             .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty())
             .unwrap_or(convert::DEFAULT_NAMESPACE)
     } else {
         ""

@@ -123,8 +123,80 @@ pub enum SourceEvent {
     Applied(Object),
     /// An object was deleted (namespaces and nodes have an empty `namespace`).
     Deleted(Kind, ObjectRef),
+    /// An object's latest version could not be taken (sent after the `Relisted` of its kind
+    /// when found while listing); a later `Applied`, `Deleted` or `Relisted` of it clears it.
+    Rejected(Rejection),
     /// Something went wrong; the source keeps trying.
     Error(String),
+}
+
+/// An object version a source could not take, and what stays in force instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Its kind.
+    pub kind: Kind,
+    /// Which.
+    pub id: ObjectRef,
+    /// Why.
+    pub reason: RejectReason,
+    /// What is wrong (field paths included).
+    pub message: String,
+    /// What is enforced instead.
+    pub in_force: InForce,
+}
+
+/// Why an object version was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// It could not be decoded or converted.
+    Unreadable,
+    /// It reads, but fails validation.
+    Invalid,
+}
+
+impl RejectReason {
+    /// As metrics label it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// What is enforced for an object whose latest version was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InForce {
+    /// Its last good version.
+    LastGood,
+    /// Nothing of it (an object that was never good and is not a policy: as if absent).
+    Nothing,
+}
+
+impl InForce {
+    /// As metrics label it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::LastGood => "last-good",
+            Self::Nothing => "nothing",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = match self.in_force {
+            InForce::LastGood => "its last good version stays in force",
+            InForce::Nothing => "ignored (it never had a good version)",
+        };
+        write!(
+            f,
+            "{} {} rejected, {kept}: {}",
+            self.kind.as_str(),
+            crate::report::escape(&self.id.to_string()),
+            crate::report::escape_text(&self.message)
+        )
+    }
 }
 
 impl Cluster {
