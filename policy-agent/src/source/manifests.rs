@@ -75,6 +75,9 @@ const MAX_REPLAYED_EVENTS: usize = 100_000;
 /// Errors reported per file; the others are counted in one more (a file of a million
 /// broken documents must not cost a million messages).
 const MAX_ERRORS_PER_FILE: usize = 1_000;
+/// Objects of kinds the enforcer does not use noted per file; the others are counted in
+/// one more note.
+const MAX_SKIPPED_PER_FILE: usize = 1_000;
 
 /// An object (or document) that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,6 +225,8 @@ struct FileLoad<'a> {
     unreadable: bool,
     /// Errors found in the file (reported or not).
     errors: usize,
+    /// Objects of kinds not used found in the file (noted or not).
+    skipped: usize,
 }
 
 impl<'a> FileLoad<'a> {
@@ -239,6 +244,7 @@ impl<'a> FileLoad<'a> {
             keys: Vec::new(),
             unreadable: false,
             errors: 0,
+            skipped: 0,
         }
     }
 
@@ -327,7 +333,12 @@ impl<'a> FileLoad<'a> {
                 self.now.objects.insert(key.clone(), object);
                 self.keys.push(key);
             }
-            Decoded::Skipped(label) => self.loaded.skipped.push(label),
+            Decoded::Skipped(label) => {
+                self.skipped += 1;
+                if self.skipped <= MAX_SKIPPED_PER_FILE {
+                    self.loaded.skipped.push(label);
+                }
+            }
             Decoded::Failed {
                 key,
                 error,
@@ -356,7 +367,7 @@ impl<'a> FileLoad<'a> {
         }
     }
 
-    /// Ends the file: the errors not reported are counted, and if a document could not be
+    /// Ends the file: the errors and notes not reported are counted, and if a document could not be
     /// read, the objects the file had and did not give again stay. Returns the objects the
     /// file accounts for.
     fn finish(mut self) -> Vec<(Kind, ObjectRef)> {
@@ -370,6 +381,13 @@ impl<'a> FileLoad<'a> {
                     self.errors - MAX_ERRORS_PER_FILE
                 ),
             });
+        }
+        if self.skipped > MAX_SKIPPED_PER_FILE {
+            self.loaded.skipped.push(format!(
+                "{}: {} more objects of kinds not used, not shown",
+                self.file.display(),
+                self.skipped - MAX_SKIPPED_PER_FILE
+            ));
         }
         if self.unreadable {
             for key in self.last.files.get(self.file).into_iter().flatten() {
@@ -971,9 +989,14 @@ status: {podIP: 10.0.0.2}
     }
 
     #[test]
-    fn a_file_reports_a_bounded_number_of_errors() {
-        let text = "kind: Pod\n---\n".repeat(MAX_ERRORS_PER_FILE + 10);
+    fn a_file_reports_a_bounded_number_of_errors_and_notes() {
+        let text = "kind: Pod\n---\nkind: ConfigMap\n---\n".repeat(MAX_ERRORS_PER_FILE + 10);
         let loaded = load(&text);
+        assert_eq!(loaded.skipped.len(), MAX_SKIPPED_PER_FILE + 1);
+        assert_eq!(
+            loaded.skipped[MAX_SKIPPED_PER_FILE],
+            "test.yaml: 10 more objects of kinds not used, not shown"
+        );
         assert_eq!(loaded.errors.len(), MAX_ERRORS_PER_FILE + 1);
         assert!(
             loaded.errors[MAX_ERRORS_PER_FILE]
