@@ -440,7 +440,6 @@ fn alias_bombs_are_errors_of_their_document() {
     );
     let input = format!("{bomb}---\n{long}---\nkind: Namespace\nmetadata: {{name: fine}}\n");
     let (loaded, cost) = decode(input.as_bytes());
-    eprintln!("alias bombs: {cost:?}");
     assert!(cost.peak < BASE_BYTES, "{cost:?}");
     assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
     let namespaces: Vec<&String> = loaded.cluster.namespaces.keys().collect();
@@ -460,7 +459,8 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
             "{a: ".repeat(100_000),
             "}".repeat(100_000)
         ),
-        (0..10_000)
+        // Block nesting, within an object's length (deeper takes over 3 MiB of indent).
+        (0..2_000)
             .map(|i| format!("{}- \n", " ".repeat(i)))
             .collect(),
     ] {
@@ -468,4 +468,40 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
         assert!(cost.peak < BASE_BYTES, "{cost:?}");
     }
+}
+
+/// A List longer than an object is read an item at a time, and an item's parsed tree is
+/// bounded as an object's document is: an item of a million values is an error, and costs
+/// the memory of its text and of what an object may hold (45 MiB), not of its values (held
+/// and decoded, they took 218 MiB).
+#[test]
+fn a_long_list_holds_one_bounded_item_at_a_time() {
+    /// Values in the long item.
+    const VALUES: usize = 1_000_000;
+    /// A long scalar, to make the List longer than an object cheaply.
+    const PADDING: usize = 1_500_000;
+    let mut input = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {{kind: ConfigMap, data: {{a: {}}}}}\n",
+        "x".repeat(PADDING)
+    );
+    for i in 0..100 {
+        input.push_str(&format!(
+            "- {{kind: Namespace, metadata: {{name: ns-{i}}}}}\n"
+        ));
+    }
+    input.push_str(
+        "- kind: NetworkPolicy\n  metadata: {name: long, namespace: ns-0}\n  spec: {x: [",
+    );
+    input.push_str(&"1,".repeat(VALUES));
+    input.push_str("1]}\n");
+    let (loaded, cost) = decode(input.as_bytes());
+    assert_eq!(loaded.cluster.namespaces.len(), 100);
+    assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+    let error = loaded.errors[0].to_string();
+    assert!(
+        error.contains("NetworkPolicy ns-0/long: an item of a List over the limit")
+            && error.contains("enforced fail-closed"),
+        "{error}"
+    );
+    assert!(cost.peak < BASE_BYTES, "{cost:?}");
 }

@@ -427,8 +427,9 @@ fn options(bytes: usize) -> serde_saphyr::Options {
 }
 
 /// A document longer than an object: a List, whose items are decoded one at a time as
-/// they are parsed (its parsed tree is never held whole), or an object too long to use,
-/// of which only the kind and name are read.
+/// they are parsed (its parsed tree is never held whole, and an item's is bounded as an
+/// object's document is), or an object too long to use, of which only the kind and name
+/// are read.
 struct Large<'a> {
     file: &'a Path,
 }
@@ -550,12 +551,22 @@ impl<'de> Visitor<'de> for Items<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(item) = seq.next_element::<Value>()? {
-            let size = json_len(&item);
-            if size <= MAX_OBJECT_BYTES {
-                decode(item, self.file, self.out);
-                continue;
-            }
+        loop {
+            let mut allowance = Allowance::default();
+            let Some(item) = seq.next_element_seed(Within(&mut allowance))? else {
+                return Ok(());
+            };
+            let size = if allowance.over {
+                format!("more than {MAX_OBJECT_NODES} values or {MAX_OBJECT_BYTES} bytes of text")
+            } else {
+                let size = json_len(&item);
+                if size <= MAX_OBJECT_BYTES {
+                    decode(item, self.file, self.out);
+                    continue;
+                }
+                format!("{size} bytes long as JSON")
+            };
+            // What was read before the allowance ran out usually names the object.
             let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
             let key = key_of(kind, &item);
             self.out.push(Decoded::Failed {
@@ -564,8 +575,8 @@ impl<'de> Visitor<'de> for Items<'_> {
                     object: Some(object_label(kind, &item)),
                     field: None,
                     message: format!(
-                        "an item of a List, {size} bytes long as JSON, over the limit of \
-                         {MAX_OBJECT_BYTES} bytes per object"
+                        "an item of a List over the limit of {MAX_OBJECT_BYTES} bytes per \
+                         object: {size}"
                     ),
                 },
                 fail_closed: key
@@ -575,7 +586,138 @@ impl<'de> Visitor<'de> for Items<'_> {
                 key,
             });
         }
-        Ok(())
+    }
+}
+
+/// What one item of a large List may still hold while it is read: its parsed tree is
+/// bounded as an object's document is.
+struct Allowance {
+    nodes: usize,
+    bytes: usize,
+    /// It ran out: the rest of the item is read and dropped.
+    over: bool,
+}
+
+impl Default for Allowance {
+    fn default() -> Self {
+        Self {
+            nodes: MAX_OBJECT_NODES,
+            bytes: MAX_OBJECT_BYTES,
+            over: false,
+        }
+    }
+}
+
+impl Allowance {
+    /// Takes one node holding `bytes` bytes of text; false once the allowance ran out.
+    fn take(&mut self, bytes: usize) -> bool {
+        if !self.over && self.nodes > 0 && self.bytes >= bytes {
+            self.nodes -= 1;
+            self.bytes -= bytes;
+        } else {
+            self.over = true;
+        }
+        !self.over
+    }
+}
+
+/// A value read within an [`Allowance`]: once it runs out, what follows is read, dropped
+/// and given as null.
+struct Within<'b>(&'b mut Allowance);
+
+impl Within<'_> {
+    fn scalar(self, bytes: usize, value: impl FnOnce() -> Value) -> Value {
+        if self.0.take(bytes) {
+            value()
+        } else {
+            Value::Null
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Within<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Within<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(self.scalar(v.len(), || Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(self.scalar(v.len(), || Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Null))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        self.deserialize(de)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let keep = self.0.take(0);
+        let mut out = Vec::new();
+        loop {
+            // The value that runs out is kept as far as it was read (it may name the
+            // object); none after it.
+            let keep_value = !self.0.over;
+            let Some(value) = seq.next_element_seed(Within(&mut *self.0))? else {
+                break;
+            };
+            if keep_value {
+                out.push(value);
+            }
+        }
+        Ok(if keep { Value::Array(out) } else { Value::Null })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let keep = self.0.take(0);
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let keep_key = keep && self.0.take(key.len());
+            let value = map.next_value_seed(Within(&mut *self.0))?;
+            if keep_key {
+                out.insert(key, value);
+            }
+        }
+        Ok(if keep {
+            Value::Object(out)
+        } else {
+            Value::Null
+        })
     }
 }
 
