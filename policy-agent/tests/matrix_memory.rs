@@ -63,6 +63,10 @@ fn cluster(test: &str, pods: usize) -> Cluster {
 
 /// Runs `matrix` on `cluster`, counting its output lines as they come; returns the last
 /// line (the summary), the line count and the peak resident memory in bytes.
+#[expect(
+    clippy::zombie_processes,
+    reason = "wait4 reaps the child, and reports its resource usage"
+)]
 fn matrix(cluster: &Cluster) -> (String, usize, u64) {
     let mut child = Command::new(AGENT)
         .args(["matrix", "--services", "off", "--manifests"])
