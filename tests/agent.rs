@@ -476,6 +476,8 @@ fn counter(agent: &AgentHandle, name: &str) -> u64 {
 const SMALL_CIDR_MAP: u32 = 64;
 /// A ruleset no compiled policy uses: where a test writes entries behind the agent's back.
 const FOREIGN_RULESET: u32 = 0xFFFF_0000;
+/// The policy id of an entry written behind the agent's back.
+const FOREIGN_POLICY_ID: u32 = 0xFFFF;
 
 #[test]
 fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_writes() {
@@ -514,7 +516,14 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
             let [_, _, hi, lo] = i.to_be_bytes();
             let (len, data) = CidrKey::new(FOREIGN_RULESET, IpKey::v4([198, 18, hi, lo]), 32);
             let key = Key::new(len, data);
-            match cidr.insert(&key, CidrValue { class: 1 }, 0) {
+            match cidr.insert(
+                &key,
+                CidrValue {
+                    class: 1,
+                    ..CidrValue::default()
+                },
+                0,
+            ) {
                 Ok(()) => junk.push(key),
                 Err(_) => break,
             }
@@ -609,7 +618,8 @@ fn a_full_map_backs_off_keeps_the_last_state_and_a_full_resync_undoes_foreign_wr
                 POLICY_PREFIX_ANY_PROTO,
                 PolicyKey::new(ruleset, peer_kind::IDENTITY, identity, 0, 0),
             ),
-            PolicyValue { policy_id: 0 },
+            // Any policy id: the datapath only reports it.
+            PolicyValue::allow(FOREIGN_POLICY_ID, POLICY_PREFIX_ANY_PROTO),
             0,
         )
         .unwrap();

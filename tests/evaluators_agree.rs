@@ -305,3 +305,196 @@ fn check_service(
     }
     Ok(outcome)
 }
+
+/// ipBlocks nested six deep in each family, each excepting the next, with ports that
+/// overlap from level to level (a protocol's every port above single ports and ranges,
+/// rules without ports, named ports), in two policies; and ports that every level shares
+/// (many port prefixes), so that the inner levels are stored as differences from the
+/// outer ones and a decision walks through them.
+const DEEP_NESTING: &str = r#"
+kind: Namespace
+metadata: {name: t}
+---
+kind: Pod
+metadata: {name: server, namespace: t, labels: {app: server}}
+spec:
+  containers:
+  - name: c
+    ports:
+    - {containerPort: 80, name: http}
+    - {containerPort: 81}
+    - {containerPort: 443}
+    - {containerPort: 1003}
+    - {containerPort: 8080, name: web}
+    - {containerPort: 53, protocol: UDP}
+    - {containerPort: 9000, protocol: SCTP}
+status: {podIPs: [{ip: 10.1.2.195}, {ip: "fd00:1:2::1:c9"}]}
+---
+kind: Pod
+metadata: {name: client, namespace: t, labels: {app: client}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}
+status: {podIPs: [{ip: 10.1.2.130}, {ip: "fd00:1:2:0:8::1"}]}
+---
+kind: Pod
+metadata: {name: peer, namespace: t, labels: {app: peer}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080, name: web}, {containerPort: 80}]}]}
+status: {podIPs: [{ip: 10.1.2.10}, {ip: "fd00:1:2:9::a"}]}
+---
+kind: Pod
+metadata: {name: far, namespace: t, labels: {app: far}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}, {containerPort: 8080}]}]}
+status: {podIPs: [{ip: 10.1.9.5}, {ip: "fd00:1:9::5"}]}
+---
+kind: NetworkPolicy
+metadata: {name: deep, namespace: t}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}, {ipBlock: {cidr: "::/0", except: ["fd00::/16"]}}]
+    ports: [{port: 443}]
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {ipBlock: {cidr: "fd00::/16", except: ["fd00:1::/32"]}}]
+    ports: [{protocol: TCP}]
+  - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.2.0/24]}}, {ipBlock: {cidr: "fd00:1::/32", except: ["fd00:1:2::/48"]}}]
+    ports: [{port: 80}, {port: 53, protocol: UDP}]
+  - from: [{ipBlock: {cidr: 10.1.2.0/24, except: [10.1.2.128/25]}}, {ipBlock: {cidr: "fd00:1:2::/48", except: ["fd00:1:2::/64"]}}]
+    ports: [{port: 80, endPort: 8080}]
+  - from: [{ipBlock: {cidr: 10.1.2.128/25, except: [10.1.2.192/26]}}, {ipBlock: {cidr: "fd00:1:2::/64", except: ["fd00:1:2::/96"]}}]
+  - from: [{ipBlock: {cidr: 10.1.2.192/26, except: [10.1.2.200/29]}}, {ipBlock: {cidr: "fd00:1:2::/96", except: ["fd00:1:2::/120"]}}]
+    ports: [{port: 9000, protocol: SCTP}, {port: http}]
+---
+kind: NetworkPolicy
+metadata: {name: overlap, namespace: t}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{ipBlock: {cidr: 0.0.0.0/0}}, {ipBlock: {cidr: "::/0"}}]
+    ports: [{port: 1000}, {port: 1001}, {port: 1002}, {port: 1003}, {port: 10001, endPort: 19999}, {port: 20001, endPort: 29999}]
+  - from: [{ipBlock: {cidr: 10.0.0.0/8}}, {ipBlock: {cidr: "fd00::/16"}}]
+    ports: [{port: 81}]
+  - from: [{ipBlock: {cidr: 10.1.2.0/24, except: [10.1.2.192/26]}}, {ipBlock: {cidr: "fd00:1:2::/48", except: ["fd00:1:2::/96"]}}]
+    ports: [{protocol: TCP}, {protocol: UDP, port: 53}]
+  egress:
+  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}, {ipBlock: {cidr: "::/0", except: ["fd00::/16"]}}]
+    ports: [{port: 22}, {port: 1000}, {port: 1001}, {port: 1002}, {port: 1003}, {port: 1004}, {port: 1005}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.2.0/24]}}, {ipBlock: {cidr: "fd00::/16", except: ["fd00:1:2::/48"]}}]
+    ports: [{port: http}, {port: 1000}, {port: 1001}, {port: 1002}, {port: 1003}, {port: 1004}, {port: 1005}]
+  - to: [{ipBlock: {cidr: 10.1.2.0/24, except: [10.1.2.192/26]}}, {ipBlock: {cidr: "fd00:1:2::/48", except: ["fd00:1:2::/96"]}}]
+    ports: [{port: web}, {port: 22}]
+  - to: [{ipBlock: {cidr: 10.1.2.192/26, except: [10.1.2.200/29]}}, {ipBlock: {cidr: "fd00:1:2::/96", except: ["fd00:1:2::/120"]}}]
+    ports: [{protocol: UDP}, {protocol: SCTP}, {port: 443}]
+"#;
+
+/// An address at each level of [`DEEP_NESTING`] (in a prefix, not in the next), per family.
+const DEEP_NESTING_HOSTS: [&str; 14] = [
+    "192.0.2.1",
+    "10.9.0.1",
+    "10.1.9.1",
+    "10.1.2.1",
+    "10.1.2.129",
+    "10.1.2.193",
+    "10.1.2.202",
+    "2001:db8::1",
+    "fd00:9::1",
+    "fd00:1:9::1",
+    "fd00:1:2:9::1",
+    "fd00:1:2:0:9::1",
+    "fd00:1:2::9:1",
+    "fd00:1:2::5",
+];
+
+/// Ports the external hosts of [`DEEP_NESTING`] serve.
+const DEEP_NESTING_PORTS: [(Protocol, u16); 9] = [
+    (Protocol::Tcp, 22),
+    (Protocol::Tcp, 80),
+    (Protocol::Tcp, 81),
+    (Protocol::Tcp, 443),
+    (Protocol::Tcp, 1003),
+    (Protocol::Tcp, 8080),
+    (Protocol::Udp, 53),
+    (Protocol::Udp, 80),
+    (Protocol::Sctp, 9000),
+];
+
+/// How many CIDR nodes a decision on `ip` in `ruleset` may walk through: the longest
+/// chain of parents from the node that contains it.
+fn walk_length(compiled: &policy_agent::compiler::Compiled, ruleset: u32, ip: IpAddr) -> usize {
+    use policy_agent::compiler::{ip_key, lookup::masked};
+    use policy_common::maps::{CIDR_NO_PARENT, CIDR_PREFIX_BASE, CidrKey};
+    let address = ip_key(ip);
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    let key = |len: u32| CidrKey::new(ruleset, address, len - CIDR_PREFIX_BASE);
+    let node_at = |max: u32| {
+        (CIDR_PREFIX_BASE..=max).rev().find_map(|len| {
+            let (prefix_len, data) = key(len);
+            compiled
+                .cidr
+                .get(&policy_agent::compiler::LpmKey {
+                    prefix_len,
+                    data: masked(&data, prefix_len),
+                })
+                .copied()
+        })
+    };
+    let mut length = 0;
+    let mut next = node_at(CIDR_PREFIX_BASE + bits);
+    while let Some(node) = next {
+        length += 1;
+        next = (node.parent_len != CIDR_NO_PARENT)
+            .then(|| node_at(node.parent_len))
+            .flatten();
+    }
+    length
+}
+
+#[test]
+fn deeply_nested_excepts_agree_in_all_three_evaluators() {
+    /// Nodes a decision passes through, at the least, at the innermost levels.
+    const DEEPEST_WALK: usize = 5;
+    let cluster = policy_tests::cluster(DEEP_NESTING);
+    let externals: Vec<IpAddr> = DEEP_NESTING_HOSTS
+        .iter()
+        .map(|h| h.parse().unwrap())
+        .collect();
+    let hosts = plan::hosts(&cluster, &externals, &DEEP_NESTING_PORTS);
+    let reference = Reference::new(&cluster);
+    let compiled = CompiledEvaluator::new(&cluster);
+    let mut kernel = KernelEvaluator::new();
+    kernel.load(&cluster);
+
+    let server = &compiled.compiled().endpoints[&ObjectRef::new("t", "server")];
+    for inner in ["10.1.2.193", "fd00:1:2::9:1"] {
+        let walk = walk_length(
+            compiled.compiled(),
+            server.ingress_ruleset,
+            inner.parse().unwrap(),
+        );
+        assert!(walk >= DEEPEST_WALK, "{inner}: a walk of {walk} nodes");
+    }
+
+    let (mut allowed, mut denied) = (0, 0);
+    for q in plan::questions(&hosts) {
+        let flow = Flow::of(&hosts, &q).expect("planned with a common family");
+        let want = reference.allows(&flow);
+        let say = |by: &str, got: bool| {
+            format!(
+                "{by} says {got}, the reference {want}: {} -> {} {}/{}",
+                flow.from.label, flow.to.label, flow.protocol, flow.port
+            )
+        };
+        let got = compiled.allows(&flow);
+        assert_eq!(got, want, "{}", say("compiled", got));
+        let got = kernel.allows(&flow);
+        assert_eq!(got, want, "{}", say("kernel", got));
+        if want {
+            allowed += 1;
+        } else {
+            denied += 1;
+        }
+    }
+    // Both verdicts at every depth, or the scenario tests little.
+    assert!(
+        allowed > 50 && denied > 50,
+        "{allowed} allowed, {denied} denied"
+    );
+}

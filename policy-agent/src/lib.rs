@@ -7,6 +7,7 @@
 //! plugin that hands each new pod to the agent before it starts.
 
 pub mod agent;
+pub mod answers;
 pub mod capacity;
 pub mod cni;
 pub mod compiler;

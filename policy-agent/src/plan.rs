@@ -177,29 +177,29 @@ pub struct Question {
 /// Every ordered pair of hosts (external to external excepted), on every port the
 /// destination serves, once per address family both have.
 pub fn questions(hosts: &[Host]) -> Vec<Question> {
-    let mut out = Vec::new();
-    for (from, src) in hosts.iter().enumerate() {
-        for (to, dst) in hosts.iter().enumerate() {
-            if src.pod.is_none() && dst.pod.is_none() {
-                continue;
-            }
-            for family in [Family::IPv4, Family::IPv6] {
-                if src.ip(family).is_none() || dst.ip(family).is_none() {
-                    continue;
-                }
-                for &(protocol, port) in &dst.serves {
-                    out.push(Question {
-                        from,
-                        to,
-                        family,
-                        protocol,
-                        port,
-                    });
-                }
-            }
-        }
-    }
-    out
+    (0..hosts.len())
+        .flat_map(|from| questions_from(hosts, from))
+        .collect()
+}
+
+/// The [`questions`] whose source is `hosts[from]`, in the same order.
+pub fn questions_from(hosts: &[Host], from: usize) -> impl Iterator<Item = Question> + '_ {
+    let src = &hosts[from];
+    hosts.iter().enumerate().flat_map(move |(to, dst)| {
+        let asked = src.pod.is_some() || dst.pod.is_some();
+        [Family::IPv4, Family::IPv6]
+            .into_iter()
+            .filter(move |&family| asked && src.ip(family).is_some() && dst.ip(family).is_some())
+            .flat_map(move |family| {
+                dst.serves.iter().map(move |&(protocol, port)| Question {
+                    from,
+                    to,
+                    family,
+                    protocol,
+                    port,
+                })
+            })
+    })
 }
 
 /// The report row of an answered question.
@@ -306,15 +306,23 @@ pub struct ServiceQuestion {
 
 /// Every pod dialling every Service frontend of a family it has.
 pub fn service_questions(hosts: &[Host], targets: &[ServiceTarget]) -> Vec<ServiceQuestion> {
-    let mut out = Vec::new();
-    for (from, h) in hosts.iter().enumerate().filter(|(_, h)| h.pod.is_some()) {
-        for (target, t) in targets.iter().enumerate() {
-            if h.ip(t.family()).is_some() {
-                out.push(ServiceQuestion { from, target });
-            }
-        }
-    }
-    out
+    (0..hosts.len())
+        .flat_map(|from| service_questions_from(hosts, targets, from))
+        .collect()
+}
+
+/// The [`service_questions`] whose source is `hosts[from]`, in the same order.
+pub fn service_questions_from<'a>(
+    hosts: &'a [Host],
+    targets: &'a [ServiceTarget],
+    from: usize,
+) -> impl Iterator<Item = ServiceQuestion> + 'a {
+    let h = &hosts[from];
+    targets
+        .iter()
+        .enumerate()
+        .filter(move |(_, t)| h.pod.is_some() && h.ip(t.family()).is_some())
+        .map(move |(target, _)| ServiceQuestion { from, target })
 }
 
 /// The report row of an answered Service question.

@@ -5,7 +5,7 @@
 //! depends on the backend the proxy picks); probes to a node's address on a node port or a
 //! host port add `"via": "node-port"` or `"host-port"` too.
 
-use std::{collections::BTreeMap, fmt, fmt::Write as _, net::IpAddr};
+use std::{cell::RefCell, collections::BTreeMap, fmt, fmt::Write as _, io, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -173,7 +173,9 @@ impl Reachability {
 
     /// The JSON contract.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plain data serializes")
+        let mut out = Vec::new();
+        write_json(&mut out, self.probes.iter().cloned()).expect("a Vec takes every write");
+        String::from_utf8(out).expect("JSON is UTF-8")
     }
 
     /// One truth table per (protocol, port, family), then one per (protocol, port, family)
@@ -181,50 +183,136 @@ impl Reachability {
     /// rows are sources, columns the destinations serving that port (the Services, for
     /// probes through them; with the node's address, through a node's port).
     pub fn render_table(&self) -> String {
-        let mut groups: BTreeMap<GroupKey, Vec<&Probe>> = BTreeMap::new();
+        let mut grouped: BTreeMap<TableKey, BTreeMap<String, Vec<&Probe>>> = BTreeMap::new();
         for p in &self.probes {
-            let through = match p.via {
-                Some(via) => Through::Node(via),
-                None if p.service.is_some() => Through::Services,
-                None => Through::Address,
-            };
-            groups
-                .entry((through, p.protocol, p.port, p.family))
+            grouped
+                .entry(TableKey::of(p))
+                .or_default()
+                .entry(row(p))
                 .or_default()
                 .push(p);
         }
-        let mut out = String::new();
-        for (key, probes) in &groups {
-            render_group(key, probes, &mut out);
+        let mut out = Vec::new();
+        write_tables(&mut out, &Grouped(grouped)).expect("a Vec takes every write");
+        String::from_utf8(out).expect("tables are UTF-8")
+    }
+}
+
+/// Writes the JSON contract, `{"probes": [...]}`, a probe at a time as `probes` gives them
+/// (in their canonical order: see [`Reachability::new`]): the output is one JSON document,
+/// as [`Reachability::to_json`] prints it, and never held whole.
+pub fn write_json(out: impl io::Write, probes: impl Iterator<Item = Probe>) -> io::Result<()> {
+    /// The probes, serialized as a sequence as they come.
+    struct Stream<I>(RefCell<Option<I>>);
+    impl<I: Iterator<Item = Probe>> Serialize for Stream<I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let probes = self.0.borrow_mut().take();
+            s.collect_seq(probes.into_iter().flatten())
         }
-        out.push_str(&self.summary());
-        out
+    }
+    #[derive(Serialize)]
+    struct Document<S> {
+        probes: S,
+    }
+    let document = Document {
+        probes: Stream(RefCell::new(Some(probes))),
+    };
+    let mut serializer = serde_json::Serializer::pretty(out);
+    document.serialize(&mut serializer).map_err(io::Error::from)
+}
+
+/// Probes laid out as truth tables, which [`write_tables`] asks for one row at a time.
+pub trait Tables {
+    /// The tables, in the order they are printed.
+    fn keys(&self) -> Vec<TableKey>;
+    /// The rows and columns of a table, as printed (escaped), sorted, without repeats;
+    /// every row and column holds at least one probe.
+    fn layout(&self, key: &TableKey) -> (Vec<String>, Vec<String>);
+    /// The probes of one row of a table, in their canonical order (where two fall in one
+    /// cell, the last is shown).
+    fn row(&self, key: &TableKey, row: &str) -> Vec<Probe>;
+}
+
+/// Probes of a [`Reachability`], by table and row.
+struct Grouped<'a>(BTreeMap<TableKey, BTreeMap<String, Vec<&'a Probe>>>);
+
+impl Tables for Grouped<'_> {
+    fn keys(&self) -> Vec<TableKey> {
+        self.0.keys().copied().collect()
+    }
+
+    fn layout(&self, key: &TableKey) -> (Vec<String>, Vec<String>) {
+        let rows = &self.0[key];
+        let mut columns: Vec<String> = rows.values().flatten().map(|p| column(p)).collect();
+        columns.sort_unstable();
+        columns.dedup();
+        (rows.keys().cloned().collect(), columns)
+    }
+
+    fn row(&self, key: &TableKey, row: &str) -> Vec<Probe> {
+        self.0[key][row].iter().map(|&p| p.clone()).collect()
+    }
+}
+
+/// Writes every table of `tables`, a row at a time, then the summary line (see
+/// [`Reachability::render_table`]).
+pub fn write_tables(out: &mut impl io::Write, tables: &impl Tables) -> io::Result<()> {
+    let mut tally = Tally::default();
+    for key in tables.keys() {
+        let (rows, columns) = tables.layout(&key);
+        write_table(
+            out,
+            &key,
+            &rows,
+            &columns,
+            |row| tables.row(&key, row),
+            &mut tally,
+        )?;
+    }
+    out.write_all(tally.summary().as_bytes())
+}
+
+/// Counts of the probes written.
+#[derive(Default)]
+struct Tally {
+    probes: usize,
+    allowed: usize,
+    dependent: usize,
+}
+
+impl Tally {
+    fn add(&mut self, p: &Probe) {
+        self.probes += 1;
+        self.allowed += usize::from(p.allowed);
+        self.dependent += usize::from(p.backend_dependent);
     }
 
     /// The last line of the tables: counts, and what the symbols mean.
     fn summary(&self) -> String {
-        let allowed = self.probes.iter().filter(|p| p.allowed).count();
-        let dependent = self.probes.iter().filter(|p| p.backend_dependent).count();
-        let (dependent_count, dependent_legend) = if dependent == 0 {
+        let (dependent_count, dependent_legend) = if self.dependent == 0 {
             (String::new(), String::new())
         } else {
             (
-                format!(" ({dependent} of them depend on the backend the proxy picks)"),
+                format!(
+                    " ({} of them depend on the backend the proxy picks)",
+                    self.dependent
+                ),
                 format!(", {BACKEND_DEPENDENT} depends on the backend"),
             )
         };
         format!(
-            "{} probes: {allowed} allowed, {} denied{dependent_count}   ({ALLOWED} allowed, \
+            "{} probes: {} allowed, {} denied{dependent_count}   ({ALLOWED} allowed, \
              {DENIED} denied{dependent_legend}, - not probed)\n",
-            self.probes.len(),
-            self.probes.len() - allowed
+            self.probes,
+            self.allowed,
+            self.probes - self.allowed
         )
     }
 }
 
 /// How the probes of a table reach their destination, in the order the tables come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Through {
+pub enum Through {
     /// By the destination's address.
     Address,
     /// Through Service cluster IPs.
@@ -233,13 +321,41 @@ enum Through {
     Node(NodeFrontend),
 }
 
-/// What a table is about: how its probes go, protocol, port, family.
-type GroupKey = (Through, Protocol, u16, Family);
+/// What a table is about: how its probes go, protocol, port, family (in the order the
+/// tables come).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableKey {
+    /// How the probes go.
+    pub through: Through,
+    /// Their protocol.
+    pub protocol: Protocol,
+    /// Their port.
+    pub port: u16,
+    /// Their family.
+    pub family: Family,
+}
+
+impl TableKey {
+    /// The table of a probe.
+    pub fn of(p: &Probe) -> Self {
+        let through = match p.via {
+            Some(via) => Through::Node(via),
+            None if p.service.is_some() => Through::Services,
+            None => Through::Address,
+        };
+        Self {
+            through,
+            protocol: p.protocol,
+            port: p.port,
+            family: p.family,
+        }
+    }
+}
 
 /// The column of a probe: its destination, or the Service it went through (whose backends
 /// differ from one row to the next only in the JSON), at the node's address when it went
 /// through a node's port.
-fn column(p: &Probe) -> String {
+pub fn column(p: &Probe) -> String {
     let to = escape(p.service.as_deref().unwrap_or(&p.to));
     match (p.via, p.address) {
         (Some(_), Some(address)) => format!("{to}@{address}"),
@@ -248,7 +364,7 @@ fn column(p: &Probe) -> String {
 }
 
 /// The row of a probe: its source, escaped.
-fn row(p: &Probe) -> String {
+pub fn row(p: &Probe) -> String {
     escape(&p.from).to_string()
 }
 
@@ -263,45 +379,50 @@ fn symbol(p: &Probe) -> &'static str {
     }
 }
 
-/// One truth table.
-fn render_group(key: &GroupKey, probes: &[&Probe], out: &mut String) {
-    let (through, protocol, port, family) = key;
-    let mut rows: Vec<String> = probes.iter().map(|p| row(p)).collect();
-    let mut cols: Vec<String> = probes.iter().map(|p| column(p)).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    cols.sort_unstable();
-    cols.dedup();
-    let cell: BTreeMap<(String, String), &str> = probes
-        .iter()
-        .map(|p| ((row(p), column(p)), symbol(p)))
-        .collect();
-    let via = match through {
+/// One truth table, a row at a time: `cells` gives the probes of a row.
+fn write_table(
+    out: &mut impl io::Write,
+    key: &TableKey,
+    rows: &[String],
+    columns: &[String],
+    mut cells: impl FnMut(&str) -> Vec<Probe>,
+    tally: &mut Tally,
+) -> io::Result<()> {
+    let via = match key.through {
         Through::Address => String::new(),
         Through::Services => " through Services".to_owned(),
         Through::Node(via) => format!(" through {}", via.as_str()),
     };
-    let title = format!("{protocol}/{port} {family:?}{via}");
+    let title = format!("{}/{} {:?}{via}", key.protocol, key.port, key.family);
     let first = rows
         .iter()
-        .map(|r| r.len())
+        .map(String::len)
         .max()
         .unwrap_or(0)
         .max(title.len());
-    let _ = write!(out, "{title:<first$}");
-    for c in &cols {
-        let _ = write!(out, "  {c}");
+    let mut line = format!("{title:<first$}");
+    for c in columns {
+        let _ = write!(line, "  {c}");
     }
-    out.push('\n');
-    for r in &rows {
-        let _ = write!(out, "{r:<first$}");
-        for c in &cols {
-            let symbol = cell.get(&(r.clone(), c.clone())).copied().unwrap_or("-");
-            let _ = write!(out, "  {symbol:^w$}", w = c.len());
+    line.push('\n');
+    out.write_all(line.as_bytes())?;
+    let mut cell: BTreeMap<String, &str> = BTreeMap::new();
+    for r in rows {
+        cell.clear();
+        for p in cells(r) {
+            tally.add(&p);
+            cell.insert(column(&p), symbol(&p));
         }
-        out.push('\n');
+        line.clear();
+        let _ = write!(line, "{r:<first$}");
+        for c in columns {
+            let symbol = cell.get(c).copied().unwrap_or("-");
+            let _ = write!(line, "  {symbol:^w$}", w = c.len());
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
     }
-    out.push('\n');
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]

@@ -7,12 +7,19 @@
 //! identity) and ipBlocks (the CIDR class of the remote address, whose trie also holds the
 //! 0.0.0.0/0 and ::/0 of rules that allow every peer). Each lookup is one longest-prefix
 //! match over (ruleset, peer, protocol, port), so its cost does not grow with the rules.
+//!
+//! A CIDR node's class lists only where the node differs from the enclosing node it
+//! refines (so that an `except` costs entries for its own rule's ports, not for every rule
+//! around it). The walk starts at the longest node containing the address and goes
+//! outwards until an entry decides; it is as long as the nesting the policy has (at most
+//! [`MAX_CIDR_WALK`] nodes), and most nodes say everything themselves (no parent).
 
 use crate::{
     maps::{
-        CIDR_CLASS_NONE, CIDR_PREFIX_BASE, CidrKey, CidrValue, Direction, EndpointInfo,
-        FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IDENTITY_WORLD, IpKey, PolicyKey,
-        PolicyValue, SERVICE_ALLOWED, ServicePolicyKey, ServicePolicyValue, peer_kind,
+        CIDR_CLASS_NONE, CIDR_NO_PARENT, CIDR_PREFIX_BASE, CidrKey, CidrValue, Direction,
+        EndpointInfo, FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IDENTITY_WORLD,
+        IpKey, MAX_CIDR_WALK, POLICY_ID_NONE, PolicyKey, PolicyValue, SERVICE_ALLOWED,
+        ServicePolicyKey, ServicePolicyValue, peer_kind,
     },
     net::{FAMILY_IPV4, proto},
     reason::AllowReason,
@@ -164,6 +171,21 @@ pub fn allowing_policy<M: PolicyMaps>(
         }
     }
 
+    let policy_id = cidr_policy(maps, ruleset, remote, ip_proto, port);
+    (policy_id != POLICY_ID_NONE).then_some(policy_id)
+}
+
+/// The policy whose ipBlock rule in `ruleset` allows a new flow with `remote`, or
+/// [`POLICY_ID_NONE`]: the walk from the longest CIDR node containing `remote` to the
+/// nodes it refines.
+#[inline(always)]
+fn cidr_policy<M: PolicyMaps>(
+    maps: &M,
+    ruleset: u32,
+    remote: &IpKey,
+    ip_proto: u8,
+    port: u16,
+) -> u32 {
     let bits = if remote.family == FAMILY_IPV4 {
         IPV4_BITS
     } else {
@@ -175,10 +197,70 @@ pub fn allowing_policy<M: PolicyMaps>(
         _pad: [0; 3],
         addr: remote.addr,
     };
-    let class = maps.cidr(&cidr, CIDR_PREFIX_BASE + bits)?.class;
-    if class == CIDR_CLASS_NONE {
-        return None;
+    // The full address finds the longest node; a parent's own length finds the parent.
+    let mut node_len = CIDR_PREFIX_BASE + bits;
+    // No node has spoken for any port key yet.
+    let mut finer_than = 0;
+    for _ in 0..MAX_CIDR_WALK {
+        let Some(node) = maps.cidr(&cidr, node_len) else {
+            return POLICY_ID_NONE;
+        };
+        match class_says(maps, ruleset, &node, ip_proto, port, finer_than) {
+            Walk::Allowed(policy_id) => return policy_id,
+            Walk::Outwards { finer_than: f } => finer_than = f,
+        }
+        if node.parent_len == CIDR_NO_PARENT {
+            return POLICY_ID_NONE;
+        }
+        node_len = node.parent_len;
     }
-    let key = PolicyKey::new(ruleset, peer_kind::CIDR, class, ip_proto, port);
-    maps.policy(&key).map(|v| v.policy_id)
+    // The agent never chains more nodes; maps that did would be wrong: fail closed.
+    POLICY_ID_NONE
+}
+
+/// What one CIDR node's class says of a flow.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// A rule allows the flow (its policy).
+    Allowed(u32),
+    /// Not decided here: ask the enclosing node, where only port keys longer than
+    /// `finer_than` still count (the shorter ones belong to rules that a node already
+    /// passed has taken away).
+    Outwards { finer_than: u8 },
+}
+
+/// What `node`'s class says of a flow, when only port keys longer than `finer_than` count.
+#[inline(always)]
+fn class_says<M: PolicyMaps>(
+    maps: &M,
+    ruleset: u32,
+    node: &CidrValue,
+    ip_proto: u8,
+    port: u16,
+    finer_than: u8,
+) -> Walk {
+    let undecided = Walk::Outwards { finer_than };
+    if node.class == CIDR_CLASS_NONE {
+        return undecided;
+    }
+    let key = PolicyKey::new(ruleset, peer_kind::CIDR, node.class, ip_proto, port);
+    match maps.policy(&key) {
+        // The longest entry is what this node says of the flow, unless a node already
+        // passed has spoken for keys this long (then so it has for every shorter one).
+        Some(entry) if entry.key_len > finer_than => entry_says(&entry, finer_than),
+        _ => undecided,
+    }
+}
+
+/// What a class entry that counts says: allowed, or the rules of its key (and of every
+/// shorter key of the enclosing nodes) are gone here.
+#[inline(always)]
+fn entry_says(entry: &PolicyValue, finer_than: u8) -> Walk {
+    if entry.policy_id != POLICY_ID_NONE && entry.allowed_from > finer_than {
+        Walk::Allowed(entry.policy_id)
+    } else {
+        Walk::Outwards {
+            finer_than: entry.key_len,
+        }
+    }
 }

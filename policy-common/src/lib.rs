@@ -51,7 +51,11 @@ const _: () = {
     assert!(size_of::<maps::IpKey>() == 20);
     assert!(size_of::<maps::EndpointInfo>() == 56);
     assert!(size_of::<maps::PolicyKey>() * 8 == maps::POLICY_PREFIX_FULL as usize);
+    assert!(size_of::<maps::PolicyValue>() == 8);
+    // PolicyValue holds key lengths in bytes.
+    assert!(maps::POLICY_PREFIX_FULL <= u8::MAX as u32);
     assert!(size_of::<maps::CidrKey>() == 24);
+    assert!(size_of::<maps::CidrValue>() == 8);
     assert!(size_of::<maps::CtKey>() == 44);
     assert!(size_of::<maps::CtEntry>() == 24);
     assert!(size_of::<maps::FragKey>() == 44);

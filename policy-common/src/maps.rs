@@ -304,11 +304,55 @@ impl PolicyKey {
 }
 
 /// Value of [`names::POLICY`].
+///
+/// Under a selector peer every entry allows (`allowed_from == key_len`). Under a CIDR class,
+/// whose entries say only where its trie node differs from the node it refines (see
+/// [`CidrValue::parent_len`]), an entry may also take away what the enclosing nodes allow:
+/// `crate::decide` walks from the longest node outwards and reads these fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct PolicyValue {
-    /// Agent-assigned id of the NetworkPolicy whose rule produced the entry (for events).
+    /// Agent-assigned id of a NetworkPolicy whose rule allows the entry's flows here (for
+    /// events), or [`POLICY_ID_NONE`]: no rule of this node allows them.
     pub policy_id: u32,
+    /// Prefix length of the entry's own key (`POLICY_PREFIX_ANY_PROTO..=POLICY_PREFIX_FULL`):
+    /// the walk learns from it which keys of the enclosing nodes this entry overrides.
+    pub key_len: u8,
+    /// Prefix length of the key whose rule allows the flows: `key_len` itself, or a
+    /// shorter key of the same node that still covers them where the rules of this key
+    /// are gone; 0 with [`POLICY_ID_NONE`].
+    pub allowed_from: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// [`PolicyValue::policy_id`] of an entry that allows nothing (policy ids start at 1).
+pub const POLICY_ID_NONE: u32 = 0;
+
+impl PolicyValue {
+    /// An entry whose own key `key_len` long is allowed by `policy_id`.
+    #[inline(always)]
+    pub const fn allow(policy_id: u32, key_len: u32) -> Self {
+        Self::covered(policy_id, key_len, key_len)
+    }
+
+    /// An entry `key_len` long whose rules are gone, covered instead by a shorter key
+    /// `allowed_from` long of `policy_id`.
+    #[inline(always)]
+    pub const fn covered(policy_id: u32, key_len: u32, allowed_from: u32) -> Self {
+        Self {
+            policy_id,
+            key_len: key_len as u8,
+            allowed_from: allowed_from as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// An entry `key_len` long whose rules are gone, with nothing shorter to cover it.
+    #[inline(always)]
+    pub const fn gone(key_len: u32) -> Self {
+        Self::covered(POLICY_ID_NONE, key_len, 0)
+    }
 }
 
 /// Data part of a [`names::CIDR`] LPM-trie key.
@@ -352,13 +396,26 @@ impl CidrKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct CidrValue {
-    /// CIDR class: the set of ipBlock rules containing the prefix and not excepting it.
-    /// [`CIDR_CLASS_NONE`] when no rule does (an `except` hole).
+    /// CIDR class: the policy entries of this node, keyed like identities. With a parent,
+    /// only where the node differs from it; without one, everything it allows.
+    /// [`CIDR_CLASS_NONE`] for a node that allows nothing (an `except` hole).
     pub class: u32,
+    /// Key prefix length (`CIDR_PREFIX_BASE` plus the prefix's bits) of the enclosing node
+    /// this one refines: what the class does not say, that node's class (and its own
+    /// parent's) decides. [`CIDR_NO_PARENT`] when the class says everything.
+    pub parent_len: u32,
 }
 
 /// CIDR class of a prefix that no rule allows.
 pub const CIDR_CLASS_NONE: u32 = 0;
+
+/// [`CidrValue::parent_len`] of a node that refines none (a real key is never this short).
+pub const CIDR_NO_PARENT: u32 = 0;
+
+/// The most CIDR nodes one decision visits: a node and the chain of nodes it refines are
+/// never longer (the agent stores a node in full rather). Each is a CIDR and a POLICY
+/// lookup, and the verifier follows each turn of the loop.
+pub const MAX_CIDR_WALK: u32 = 8;
 
 /// Key of an endpoint's table in [`names::CONNTRACK`]: one connection as that endpoint sees
 /// it, whichever way the packet goes (`local` is the pod's side). Both ends of a node-local

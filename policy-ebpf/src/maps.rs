@@ -37,7 +37,7 @@ pub static IPCACHE: HashMap<IpKey, IpcacheValue, { capacity::IPCACHE as usize }>
 #[btf_map]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue, { capacity::POLICY as usize }> = LpmTrie::new();
 
-/// (ruleset, ipBlock prefix) -> CIDR class.
+/// (ruleset, ipBlock prefix) -> CIDR class, and the enclosing node it refines.
 #[btf_map]
 pub static CIDR: LpmTrie<CidrKey, CidrValue, { capacity::CIDR as usize }> = LpmTrie::new();
 

@@ -1,13 +1,21 @@
 //! `policy-agent matrix`: who reaches whom, from the manifests alone.
+//!
+//! The answers are written as they are computed, a source at a time (see
+//! [`policy_agent::answers`]): a cluster of 10,000 pods has 100 million pairs, and none of
+//! them is held longer than its row.
 
-use std::process::ExitCode;
+use std::{
+    io::{self, BufWriter, Write as _},
+    process::ExitCode,
+};
 
+use anyhow::Context as _;
 use clap::Args;
 use policy_agent::{
+    answers::Answers,
     evaluate::{Flow, ServiceFlow, compiled::CompiledEvaluator, reference::Reference},
-    model::Cluster,
-    plan::{self, Host, ServiceProbes, ServiceTarget},
-    report::Reachability,
+    plan::{self, Question, ServiceProbes, ServiceQuestion},
+    report,
 };
 
 use super::scenario::ScenarioArgs;
@@ -27,7 +35,7 @@ pub struct MatrixArgs {
 pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.load()?;
     let rejected = scenario.report_policies();
-    let mut cluster = scenario.loaded.cluster.clone();
+    let mut cluster = scenario.loaded.cluster;
     let services = ServiceProbes::resolve(scenario.config.services, &cluster);
     if services == ServiceProbes::PerPod {
         // The per-pod Services are part of the cluster the evaluators see: the compiled
@@ -44,46 +52,61 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     } else {
         plan::service_targets(&cluster)
     };
-    let reachability = if args.reference {
-        by_reference(&cluster, &hosts, &targets)
+    let written = if args.reference {
+        let reference = Reference::new(&cluster);
+        print(
+            &args,
+            "reference semantics",
+            &Answers::new(
+                &hosts,
+                &targets,
+                |q: &Question| Flow::of(&hosts, q).is_some_and(|f| reference.allows(&f)),
+                |q: &ServiceQuestion| {
+                    ServiceFlow::of(&hosts, &targets, q)
+                        .map_or(Some(false), |f| reference.explain_service(&f).allowed())
+                },
+            ),
+        )
     } else {
-        by_compiled_maps(&cluster, &hosts, &targets)
+        let compiled = CompiledEvaluator::new(&cluster);
+        print(
+            &args,
+            "compiled maps",
+            &Answers::new(
+                &hosts,
+                &targets,
+                |q: &Question| Flow::of(&hosts, q).is_some_and(|f| compiled.allows(&f)),
+                |q: &ServiceQuestion| {
+                    ServiceFlow::of(&hosts, &targets, q)
+                        .map_or(Some(false), |f| compiled.allows_service(&f))
+                },
+            ),
+        )
     };
-    if args.json {
-        println!("{}", reachability.to_json());
-    } else {
-        let evaluator = if args.reference {
-            "reference semantics"
-        } else {
-            "compiled maps"
-        };
-        println!("Matrix ({evaluator}): rows are sources, columns destinations.\n");
-        print!("{}", reachability.render_table());
+    match written {
+        Ok(()) => Ok(super::ran(rejected)),
+        // A reader that stops early (`| head`) wants no more.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(super::ran(rejected)),
+        Err(e) => Err(e).context("writing the matrix"),
     }
-    Ok(super::ran(rejected))
 }
 
-/// Every question answered by the reference semantics.
-fn by_reference(cluster: &Cluster, hosts: &[Host], targets: &[ServiceTarget]) -> Reachability {
-    let reference = Reference::new(cluster);
-    plan::answer_with_services(
-        hosts,
-        targets,
-        |q| Flow::of(hosts, q).is_some_and(|f| reference.allows(&f)),
-        |q| {
-            ServiceFlow::of(hosts, targets, q)
-                .map_or(Some(false), |f| reference.explain_service(&f).allowed())
-        },
-    )
-}
-
-/// Every question answered from the compiled maps, with the datapath's lookups.
-fn by_compiled_maps(cluster: &Cluster, hosts: &[Host], targets: &[ServiceTarget]) -> Reachability {
-    let compiled = CompiledEvaluator::new(cluster);
-    plan::answer_with_services(
-        hosts,
-        targets,
-        |q| Flow::of(hosts, q).is_some_and(|f| compiled.allows(&f)),
-        |q| ServiceFlow::of(hosts, targets, q).map_or(Some(false), |f| compiled.allows_service(&f)),
-    )
+/// Writes the answers to stdout as they come: the JSON contract, or the tables.
+fn print<A, T>(args: &MatrixArgs, evaluator: &str, answers: &Answers<'_, A, T>) -> io::Result<()>
+where
+    A: Fn(&Question) -> bool,
+    T: Fn(&ServiceQuestion) -> Option<bool>,
+{
+    let mut out = BufWriter::new(io::stdout().lock());
+    if args.json {
+        report::write_json(&mut out, answers.probes())?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "Matrix ({evaluator}): rows are sources, columns destinations.\n"
+        )?;
+        report::write_tables(&mut out, answers)?;
+    }
+    out.flush()
 }

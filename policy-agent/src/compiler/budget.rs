@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use policy_common::maps::{
     CIDR_CLASS_NONE, FRONTEND_NONE, FrontendKey, FrontendValue, IDENTITY_HOST, IpKey, IpcacheValue,
-    peer_kind,
+    POLICY_ID_NONE, peer_kind,
 };
 
 use super::Compiled;
@@ -61,7 +61,13 @@ pub fn usage(compiled: &Compiled) -> Usage {
     // The policy owning most of each ruleset's POLICY entries, and each CIDR class's.
     let mut per_ruleset: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
     let mut class_owner: BTreeMap<(u32, u32), u32> = BTreeMap::new();
-    for (k, v) in &compiled.policy {
+    // Entries that allow nothing (a CIDR class taking away what the node around it
+    // allows) name no policy: they are charged below like the class they refine.
+    for (k, v) in compiled
+        .policy
+        .iter()
+        .filter(|(_, v)| v.policy_id != POLICY_ID_NONE)
+    {
         *per_ruleset
             .entry(k.data.ruleset)
             .or_default()
@@ -96,8 +102,16 @@ pub fn usage(compiled: &Compiled) -> Usage {
         usage.by_policy.entry(policy).or_default()[map] += 1;
         usage.totals[map] += 1;
     };
-    for v in compiled.policy.values() {
-        charge(0, v.policy_id);
+    for (k, v) in &compiled.policy {
+        let policy = if v.policy_id != POLICY_ID_NONE {
+            v.policy_id
+        } else {
+            (k.data.peer_kind == peer_kind::CIDR)
+                .then(|| class_owner.get(&(k.data.ruleset, k.data.peer)).copied())
+                .flatten()
+                .unwrap_or_else(|| owner(k.data.ruleset))
+        };
+        charge(0, policy);
     }
     for (k, v) in &compiled.cidr {
         let ruleset = k.data.ruleset;
@@ -425,6 +439,9 @@ mod tests {
     /// Rules of the huge policy, each an ipBlock with an except on its own port.
     const HUGE_RULES: usize = 60;
     const FIRST_HUGE_PORT: u16 = 1000;
+    /// Ports of each huge rule besides its own first one.
+    const EXTRA_PORTS_PER_RULE: usize = 20;
+    const EXTRA_PORTS_FROM: u16 = 20_000;
 
     fn pod(ns: &str, name: &str, ip: &str) -> String {
         format!(
@@ -471,13 +488,20 @@ mod tests {
         let huge = if huge_fail_closed {
             "{podSelector: {}, policyTypes: [Ingress], ingress: []}".to_owned()
         } else {
+            // Each rule on many ports: entries grow with rules x ports x (1 + excepts).
             let rules: Vec<String> = (0..HUGE_RULES)
                 .map(|i| {
+                    let ports: Vec<String> = std::iter::once(FIRST_HUGE_PORT + i as u16)
+                        .chain((0..EXTRA_PORTS_PER_RULE).map(|j| {
+                            EXTRA_PORTS_FROM + (i * EXTRA_PORTS_PER_RULE + j) as u16
+                        }))
+                        .map(|port| format!("{{port: {port}}}"))
+                        .collect();
                     format!(
-                        "{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.{}.{}.0/24]}}}}], ports: [{{port: {}}}]}}",
+                        "{{from: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.{}.{}.0/24]}}}}], ports: [{}]}}",
                         i / 256 + 2,
                         i % 256,
-                        FIRST_HUGE_PORT + i as u16
+                        ports.join(", ")
                     )
                 })
                 .collect();

@@ -8,7 +8,8 @@
 //!   replica usually adds no policy entry at all;
 //! - selector peers become policy entries keyed by identity; ipBlock peers (and rules that
 //!   allow every peer, as 0.0.0.0/0 and ::/0) become CIDR-trie nodes whose values are
-//!   CIDR classes, keyed in the policy trie like identities.
+//!   CIDR classes, keyed in the policy trie like identities; a class holds only what its
+//!   node changes from the node around it (see [`cidr`]), so excepts cost linearly.
 //!
 //! Ids are stable across compilations (see [`ids`]), so recompiling after a change yields
 //! the previous contents plus the change, which the datapath sync turns into few updates.
@@ -19,6 +20,8 @@ pub mod ids;
 pub mod lookup;
 mod ports;
 mod services;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,13 +30,16 @@ use std::{
 
 use ipnet::IpNet;
 use policy_common::maps::{
-    CIDR_CLASS_NONE, CidrKey, CidrValue, Direction, EP_EGRESS_ISOLATED, EP_HAS_IPV4, EP_HAS_IPV6,
-    EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, FRONTEND_NONE, FrontendKey,
-    FrontendValue, IDENTITY_HOST, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
-    ServicePolicyValue, peer_kind,
+    CIDR_CLASS_NONE, CIDR_NO_PARENT, CidrKey, CidrValue, Direction, EP_EGRESS_ISOLATED,
+    EP_HAS_IPV4, EP_HAS_IPV6, EP_INGRESS_ISOLATED, EndpointInfo, FIRST_POD_IDENTITY, FRONTEND_NONE,
+    FrontendKey, FrontendValue, IDENTITY_HOST, IpKey, IpcacheValue, PolicyKey, PolicyValue,
+    ServicePolicyKey, ServicePolicyValue, peer_kind,
 };
 
-pub use self::ports::{PortMatch, PortSet};
+pub use self::{
+    cidr::{CidrNode, ClassEntries},
+    ports::{PortKey, PortMatch, PortSet},
+};
 use self::{ids::IdAllocator, ports::RulePorts};
 use crate::{
     capacity::{MapSizes, SizedMap, thousands},
@@ -108,7 +114,7 @@ pub struct RulesetContent {
     /// Selector peers, by identity.
     pub identities: BTreeMap<u32, PortSet>,
     /// ipBlock peers, as CIDR-trie nodes.
-    pub cidrs: BTreeMap<IpNet, PortSet>,
+    pub cidrs: BTreeMap<IpNet, CidrNode>,
 }
 
 /// Desired contents of the maps for one node, plus what explains them.
@@ -151,7 +157,7 @@ pub struct Compiled {
 pub struct Compiler {
     identities: IdAllocator<IdentityKey>,
     rulesets: IdAllocator<RulesetContent>,
-    classes: IdAllocator<PortSet>,
+    classes: IdAllocator<ClassEntries>,
     endpoints: IdAllocator<ObjectRef>,
     policies: IdAllocator<ObjectRef>,
     frontends: IdAllocator<services::FrontendId>,
@@ -393,18 +399,22 @@ impl Compiler {
                 .extend(ports.entries(id, peer_kind::IDENTITY, identity));
         }
         let mut classes = BTreeSet::new();
-        for (net, ports) in &content.cidrs {
-            let class = if ports.is_empty() {
+        for (net, node) in &content.cidrs {
+            let class = if node.entries.is_empty() {
                 CIDR_CLASS_NONE
             } else {
-                self.classes.id(ports)
+                self.classes.id(&node.entries)
             };
-            let (prefix_len, data) =
-                CidrKey::new(id, ip_key(net.network()), u32::from(net.prefix_len()));
+            let (prefix_len, data) = cidr_key(id, net);
+            let parent_len = node
+                .parent
+                .map_or(CIDR_NO_PARENT, |parent| cidr_key(id, &parent).0);
             out.cidr
-                .insert(LpmKey { prefix_len, data }, CidrValue { class });
+                .insert(LpmKey { prefix_len, data }, CidrValue { class, parent_len });
             if class != CIDR_CLASS_NONE && classes.insert(class) {
-                out.policy.extend(ports.entries(id, peer_kind::CIDR, class));
+                let entries = node.entries.iter().map(|(&k, &v)| (k, v));
+                out.policy
+                    .extend(ports::policy_entries(id, peer_kind::CIDR, class, entries));
             }
         }
     }
@@ -492,6 +502,11 @@ fn endpoint_addresses(pod: &Pod) -> EndpointInfo {
         }
     }
     info
+}
+
+/// The CIDR-trie key of `net` in `ruleset`, with its prefix length.
+fn cidr_key(ruleset: u32, net: &IpNet) -> (u32, CidrKey) {
+    CidrKey::new(ruleset, ip_key(net.network()), u32::from(net.prefix_len()))
 }
 
 /// The map key of an address.

@@ -6,10 +6,20 @@
 //!
 //! One bad object never spoils the others: each error names the file, the object and the
 //! field, and the rest still loads.
+//!
+//! Memory is bounded by the largest document, not by the file: files are read as streams
+//! of documents ([`super::documents`]), one document parsed at a time under budgets that
+//! bound what aliases, nesting and long scalars may cost. An object's document may be
+//! [`MAX_OBJECT_BYTES`] long; only a List may be longer, up to [`MAX_DOCUMENT_BYTES`], and
+//! its items are decoded one at a time. A longer document is an error like one that does
+//! not parse: its object, when its kind and name can be read, keeps its last good version
+//! (a NetworkPolicy never read before isolates its whole namespace, both ways, and allows
+//! nothing); otherwise the objects its file had stay in force.
 
 use std::{
     collections::BTreeMap,
     fmt,
+    io::BufRead,
     path::{Path, PathBuf},
 };
 
@@ -24,11 +34,13 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{
     Kind, Object,
     convert::{self, typed},
+    documents::{Document, Documents, Unread},
 };
 use crate::{
     model::{Cluster, ObjectRef, Origin, Policy, PolicyMeta},
@@ -36,15 +48,36 @@ use crate::{
     semantics::ParsedPolicy,
 };
 
-/// Documents one file may hold. Manifests are the administrator's own, as for
-/// `kubectl apply -f`; the YAML parser's defaults (1,024 documents, 250,000 nodes) are
-/// below a generated policy set or a `kubectl get -A -o yaml` export of a large cluster.
-/// Alias expansion keeps the parser's default caps.
-const MAX_DOCUMENTS: usize = 1_000_000;
-/// Collections and scalars one file may hold.
-const MAX_NODES: usize = 50_000_000;
-/// Parser events one file may produce (about two per node).
-const MAX_EVENTS: usize = 2 * MAX_NODES;
+/// The longest object: 3 MiB of its document's text (for an item of a List longer than
+/// that, of the item written as JSON). The API server takes no request body over 3 MiB and
+/// etcd, by default, no object over 1.5 MiB, so no object of a cluster is longer; a longer
+/// document is a mistake or an attack, and reading it would cost the node's memory.
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
+/// The longest document: 256 MiB. Only a List (`kubectl get -A -o yaml` prints one
+/// document for a whole cluster) may be longer than an object: its text is held while its
+/// items are read, one at a time, and no document longer than this is held at all.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024 * 1024;
+/// Collections and scalars one object's document may hold: a NetworkPolicy of 3 MiB of
+/// `ipBlock`s holds about 100,000. With the limits below it bounds the parsed tree of any
+/// document of an object, aliases and all, to tens of MiB.
+const MAX_OBJECT_NODES: usize = 500_000;
+/// Parser events per node, at most (a collection starts and ends).
+const EVENTS_PER_NODE: usize = 2;
+/// How deep collections nest: an object nests about 10 deep, a List's items 2 more; the
+/// bound keeps the parser's and the decoder's recursion far from the stack's end.
+const MAX_DEPTH: usize = 64;
+/// Aliases (`*name`) and anchors (`&name`) one document may hold. Kubernetes writes none;
+/// people sharing labels between objects by hand write a few.
+const MAX_ALIASES: usize = 10_000;
+/// Parser events that aliases of one document may replay: what stops a "billion laughs",
+/// an alias of an alias of ..., from expanding to more than the document says.
+const MAX_REPLAYED_EVENTS: usize = 100_000;
+/// Errors reported per file; the others are counted in one more (a file of a million
+/// broken documents must not cost a million messages).
+const MAX_ERRORS_PER_FILE: usize = 1_000;
+/// Objects of kinds the enforcer does not use noted per file; the others are counted in
+/// one more note.
+const MAX_SKIPPED_PER_FILE: usize = 1_000;
 
 /// An object (or document) that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,27 +133,28 @@ pub struct LastGood {
 enum Decoded {
     /// An object.
     Object(Object),
-    /// An object that could not be read, with what it is when that much could be.
+    /// An object that could not be read, with what it is when that much could be, and for
+    /// a policy what enforces it if it was never read before (see [`fail_closed_policy`]).
     Failed {
         key: Option<(Kind, ObjectRef)>,
         error: ManifestError,
-        doc: Value,
+        fail_closed: Option<Policy>,
     },
     /// A kind the enforcer does not use.
     Skipped(String),
-}
-
-/// What one file gave.
-#[derive(Default)]
-struct FileRead {
-    decoded: Vec<Decoded>,
-    /// A document (or the file) could not be read at all: which objects it held is unknown.
-    unreadable: bool,
+    /// A document that is not an object (a string, a number, a sequence): what it is.
+    NotAnObject(&'static str),
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file of `dir` (not recursively, in name order).
 pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
-    load_dir_with(dir, &mut LastGood::default())
+    let (mut loaded, now) = read_dir(dir, &LastGood::default(), &BTreeMap::new())?;
+    // Nothing is kept for a next load: the objects move to the cluster.
+    for object in now.objects.into_values() {
+        loaded.cluster.apply(object);
+    }
+    super::control_plane::complete(&mut loaded.cluster);
+    Ok(loaded)
 }
 
 /// As [`load_dir`], keeping in force, from `last`, the last good version of what fails to
@@ -138,6 +172,27 @@ pub fn load_dir_busy(
     last: &mut LastGood,
     busy: &BTreeMap<PathBuf, std::time::Instant>,
 ) -> anyhow::Result<Loaded> {
+    let (mut loaded, now) = read_dir(dir, last, busy)?;
+    for object in now.objects.values() {
+        loaded.cluster.apply(object.clone());
+    }
+    *last = now;
+    super::control_plane::complete(&mut loaded.cluster);
+    Ok(loaded)
+}
+
+/// Reads the files of `dir` (see [`load_dir`]): the errors and skipped objects, and the
+/// objects, with the last good versions of `last` where they fail.
+///
+/// Each file is read as a stream of documents, one at a time: what a load holds is the
+/// objects, one document's text and parsed tree, and the errors (at most
+/// [`MAX_ERRORS_PER_FILE`] a file). A document over [`MAX_OBJECT_BYTES`] (a List: over
+/// [`MAX_DOCUMENT_BYTES`]) is an error, as one that does not parse is.
+fn read_dir(
+    dir: &Path,
+    last: &LastGood,
+    busy: &BTreeMap<PathBuf, std::time::Instant>,
+) -> anyhow::Result<(Loaded, LastGood)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading manifest directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -152,64 +207,202 @@ pub fn load_dir_busy(
     let mut now = LastGood::default();
     let mut copies = Copies::default();
     for file in files {
-        let unreadable = |message: String, loaded: &mut Loaded| {
-            loaded.errors.push(ManifestError {
-                file: file.clone(),
-                object: None,
-                field: None,
-                message,
-            });
-            FileRead {
-                unreadable: true,
-                ..FileRead::default()
-            }
-        };
-        let read = match (busy.get(&file), std::fs::read(&file)) {
-            (Some(since), _) => unreadable(
-                format!(
-                    "being written (modified {} s ago and not closed yet): what it had stays \
-                     in force until it is closed",
-                    since.elapsed().as_secs()
-                ),
-                &mut loaded,
-            ),
-            (None, Ok(bytes)) => read_bytes(&bytes, &file, &mut loaded.errors),
-            (None, Err(e)) => unreadable(format!("cannot read: {e}"), &mut loaded),
-        };
-        let keys = settle(read, &file, last, &mut now, &mut loaded, &mut copies);
+        let mut load = FileLoad::new(&file, last, &mut now, &mut loaded, &mut copies);
+        match (busy.get(&file), std::fs::File::open(&file)) {
+            (Some(since), _) => load.unreadable(format!(
+                "being written (modified {} s ago and not closed yet): what it had stays in \
+                 force until it is closed",
+                since.elapsed().as_secs()
+            )),
+            (None, Ok(f)) => load.read(std::io::BufReader::new(f)),
+            (None, Err(e)) => load.unreadable(format!("cannot read: {e}")),
+        }
+        let keys = load.finish();
         now.files.insert(file, keys);
     }
     copies.resolve(last, &mut now, &mut loaded);
-    for object in now.objects.values() {
-        loaded.cluster.apply(object.clone());
-    }
-    *last = now;
-    super::control_plane::complete(&mut loaded.cluster);
-    Ok(loaded)
+    Ok((loaded, now))
 }
 
-/// Puts what one file gave into `now`, with, from `last`, the last good version of each
-/// object that failed and, if the file could not be read whole, the objects it had;
-/// returns the objects the file now accounts for.
-fn settle(
-    read: FileRead,
-    file: &Path,
-    last: &LastGood,
-    now: &mut LastGood,
-    loaded: &mut Loaded,
-    copies: &mut Copies,
-) -> Vec<(Kind, ObjectRef)> {
-    let mut keys = Vec::new();
-    for decoded in read.decoded {
+/// Adds the objects of one file's text to `loaded` (no last good versions).
+pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
+    let mut now = LastGood::default();
+    let last = LastGood::default();
+    let mut copies = Copies::default();
+    let mut load = FileLoad::new(file, &last, &mut now, loaded, &mut copies);
+    load.read(text.as_bytes());
+    load.finish();
+    copies.resolve(&last, &mut now, loaded);
+    for object in now.objects.into_values() {
+        loaded.cluster.apply(object);
+    }
+}
+
+/// One file being read: what it gives goes into `now` as it comes, with, from `last`, the
+/// last good version of each object that fails and, if a document could not be read at
+/// all, the objects the file had.
+struct FileLoad<'a> {
+    file: &'a Path,
+    last: &'a LastGood,
+    now: &'a mut LastGood,
+    loaded: &'a mut Loaded,
+    /// Every copy of each object read so far (objects defined twice are resolved at the end).
+    copies: &'a mut Copies,
+    /// The objects the file accounts for.
+    keys: Vec<(Kind, ObjectRef)>,
+    /// A document (or the file) could not be read at all: which objects it held is unknown.
+    unreadable: bool,
+    /// Errors found in the file (reported or not).
+    errors: usize,
+    /// Objects of kinds not used found in the file (noted or not).
+    skipped: usize,
+}
+
+impl<'a> FileLoad<'a> {
+    fn new(
+        file: &'a Path,
+        last: &'a LastGood,
+        now: &'a mut LastGood,
+        loaded: &'a mut Loaded,
+        copies: &'a mut Copies,
+    ) -> Self {
+        Self {
+            file,
+            last,
+            now,
+            loaded,
+            copies,
+            keys: Vec::new(),
+            unreadable: false,
+            errors: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Reads every document of the file's stream.
+    fn read(&mut self, reader: impl BufRead) {
+        for document in Documents::new(reader, MAX_DOCUMENT_BYTES) {
+            match document {
+                Ok(document) => self.document(document),
+                Err(e) => {
+                    self.unreadable(format!("cannot read: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes one document and settles what it gives.
+    fn document(&mut self, document: Document) {
+        let at = format!("document {} (from line {})", document.index, document.line);
+        let text = match &document.text {
+            Ok(text) => text,
+            Err(unread) => {
+                let said = match unread {
+                    Unread::NotUtf8 { lossy, .. } => salvage(lossy),
+                    Unread::TooLarge { .. } => None,
+                };
+                return match said {
+                    // It says which object it is: that object keeps its last good version
+                    // (or, a policy never read, is enforced fail-closed) rather than vanish.
+                    Some((label, key)) => {
+                        self.unreadable = true;
+                        self.settle(Decoded::Failed {
+                            fail_closed: (key.0 == Kind::Policy)
+                                .then(|| fail_closed_policy(None, &key.1, self.file)),
+                            key: Some(key),
+                            error: ManifestError {
+                                file: self.file.to_owned(),
+                                object: Some(label),
+                                field: None,
+                                message: format!("{at}: {unread}"),
+                            },
+                        });
+                    }
+                    None => self.unreadable(format!("{at}: {unread}")),
+                };
+            }
+        };
+        let mut out = Vec::new();
+        let parsed = if text.len() <= MAX_OBJECT_BYTES {
+            serde_saphyr::from_str_with_options::<Value>(text, options(MAX_OBJECT_BYTES)).map(
+                |doc| {
+                    if doc.is_object() || doc.is_null() {
+                        decode(doc, self.file, &mut out);
+                    } else {
+                        out.push(Decoded::NotAnObject(shape(&doc)));
+                    }
+                },
+            )
+        } else {
+            serde_saphyr::with_deserializer_from_str_with_options(
+                text,
+                options(MAX_DOCUMENT_BYTES),
+                |de| Large { file: self.file }.deserialize(de),
+            )
+            .map(|large| large.decode(self.file, &at, text.len(), &mut out))
+        };
+        match parsed {
+            Ok(()) => {
+                for decoded in out {
+                    self.settle(decoded);
+                }
+            }
+            // A document that does not parse may still say which object it is: that
+            // object keeps its last good version, or, a policy never read, is enforced
+            // fail-closed, rather than vanish.
+            Err(e) => match salvage(text) {
+                Some((label, key)) => {
+                    self.unreadable = true;
+                    self.settle(Decoded::Failed {
+                        fail_closed: (key.0 == Kind::Policy)
+                            .then(|| fail_closed_policy(None, &key.1, self.file)),
+                        key: Some(key),
+                        error: ManifestError {
+                            file: self.file.to_owned(),
+                            object: Some(label),
+                            field: None,
+                            message: format!("{at} is not valid YAML: {e}"),
+                        },
+                    });
+                }
+                None => self.unreadable(format!("{at} is not valid YAML: {e}")),
+            },
+        }
+    }
+
+    /// Reports an error (the first [`MAX_ERRORS_PER_FILE`] of the file; the others are
+    /// counted).
+    fn error(&mut self, error: ManifestError) {
+        self.errors += 1;
+        if self.errors <= MAX_ERRORS_PER_FILE {
+            self.loaded.errors.push(error);
+        }
+    }
+
+    /// A document (or the file) that could not be read: what objects it held is unknown,
+    /// so the objects the file had stay in force.
+    fn unreadable(&mut self, message: String) {
+        self.unreadable = true;
+        self.error(ManifestError {
+            file: self.file.to_owned(),
+            object: None,
+            field: None,
+            message: format!("{message} (the objects this file had stay in force)"),
+        });
+    }
+
+    /// Puts what one document (or List item) gave into `now`.
+    fn settle(&mut self, decoded: Decoded) {
         match decoded {
             Decoded::Object(object) => {
                 let key = object.key();
-                let object = match (invalid_policy(&object), last.objects.get(&key)) {
+                let object = match (invalid_policy(&object), self.last.objects.get(&key)) {
                     // Read, but rejected by validation: the last good version stays (with
                     // none, the compiler enforces it fail-closed and reports it).
                     (Some(error), Some(good)) => {
-                        loaded.errors.push(ManifestError {
-                            file: file.to_owned(),
+                        self.error(ManifestError {
+                            file: self.file.to_owned(),
                             object: Some(format!("NetworkPolicy {}", key.1)),
                             field: None,
                             message: format!("{error} (its last good version stays in force)"),
@@ -218,44 +411,421 @@ fn settle(
                     }
                     _ => object,
                 };
-                copies.put(now, key.clone(), object, file);
-                keys.push(key);
+                self.copies.put(self.now, key.clone(), object, self.file);
+                self.keys.push(key);
             }
-            Decoded::Skipped(label) => loaded.skipped.push(label),
-            Decoded::Failed { key, error, doc } => {
+            Decoded::Skipped(label) => {
+                self.skipped += 1;
+                if self.skipped <= MAX_SKIPPED_PER_FILE {
+                    self.loaded.skipped.push(label);
+                }
+            }
+            Decoded::NotAnObject(shape) => self.error(ManifestError {
+                file: self.file.to_owned(),
+                object: None,
+                field: None,
+                message: format!("a document is {shape}, not an object (left out)"),
+            }),
+            Decoded::Failed {
+                key,
+                error,
+                fail_closed,
+            } => {
                 let Some(key) = key else {
-                    loaded.errors.push(error);
-                    continue;
+                    return self.error(error);
                 };
-                let (kept, what) = match last.objects.get(&key) {
-                    Some(good) => (Some(good.clone()), "its last good version stays in force"),
-                    None if key.0 == Kind::Policy => (
-                        Some(Object::Policy(fail_closed_policy(&doc, &key.1, file))),
+                let (kept, what) = match (self.last.objects.get(&key), fail_closed) {
+                    (Some(good), _) => (Some(good.clone()), "its last good version stays in force"),
+                    (None, Some(policy)) => (
+                        Some(Object::Policy(policy)),
                         "enforced fail-closed: it isolates the pods it selects and allows nothing",
                     ),
-                    None => (None, "left out"),
+                    (None, None) => (None, "left out"),
                 };
-                loaded.errors.push(ManifestError {
+                self.error(ManifestError {
                     message: format!("{} ({what})", error.message),
                     ..error
                 });
                 match kept {
-                    Some(kept) => copies.put(now, key.clone(), kept, file),
-                    None => copies.seen(key.clone(), file),
+                    Some(kept) => self.copies.put(self.now, key.clone(), kept, self.file),
+                    None => self.copies.seen(key.clone(), self.file),
                 }
-                keys.push(key);
+                self.keys.push(key);
             }
         }
     }
-    if read.unreadable {
-        for key in last.files.get(file).into_iter().flatten() {
-            if let (false, Some(good)) = (now.objects.contains_key(key), last.objects.get(key)) {
-                now.objects.insert(key.clone(), good.clone());
-                keys.push(key.clone());
+
+    /// Ends the file: the errors and notes not reported are counted, and if a document could not be
+    /// read, the objects the file had and did not give again stay. Returns the objects the
+    /// file accounts for.
+    fn finish(mut self) -> Vec<(Kind, ObjectRef)> {
+        if self.errors > MAX_ERRORS_PER_FILE {
+            self.loaded.errors.push(ManifestError {
+                file: self.file.to_owned(),
+                object: None,
+                field: None,
+                message: format!(
+                    "{} more errors, not shown (at most {MAX_ERRORS_PER_FILE} are shown per file)",
+                    self.errors - MAX_ERRORS_PER_FILE
+                ),
+            });
+        }
+        if self.skipped > MAX_SKIPPED_PER_FILE {
+            self.loaded.skipped.push(format!(
+                "{}: {} more objects of kinds not used, not shown",
+                self.file.display(),
+                self.skipped - MAX_SKIPPED_PER_FILE
+            ));
+        }
+        if self.unreadable {
+            for key in self.last.files.get(self.file).into_iter().flatten() {
+                if let (false, Some(good)) = (
+                    self.now.objects.contains_key(key),
+                    self.last.objects.get(key),
+                ) {
+                    self.now.objects.insert(key.clone(), good.clone());
+                    self.keys.push(key.clone());
+                }
             }
         }
+        self.keys
     }
-    keys
+}
+
+/// Parser options for a document of at most `bytes` bytes: every budget bounds what it
+/// may cost, aliases included (see the limits above).
+fn options(bytes: usize) -> serde_saphyr::Options {
+    // Only true/false are booleans (YAML 1.2): `namespace: y` names a namespace, as
+    // kubectl reads it, rather than being YAML 1.1's "yes".
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    // Comments are checked, not kept.
+    options.emit_comments = false;
+    let nodes = MAX_OBJECT_NODES.saturating_mul(bytes.div_ceil(MAX_OBJECT_BYTES));
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = nodes;
+    budget.max_events = EVENTS_PER_NODE * nodes;
+    budget.max_total_scalar_bytes = bytes;
+    budget.max_depth = MAX_DEPTH;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    options
+}
+
+/// A document longer than an object: a List, whose items are decoded one at a time as
+/// they are parsed (its parsed tree is never held whole, and an item's is bounded as an
+/// object's document is), or an object too long to use, of which only the kind and name
+/// are read.
+struct Large<'a> {
+    file: &'a Path,
+}
+
+/// What a [`Large`] document held.
+struct LargeDoc {
+    kind: Option<String>,
+    metadata: Option<NameOnly>,
+    /// Its items, decoded (used only if it is a List).
+    items: Vec<Decoded>,
+}
+
+/// The name of an object, and nothing else of its metadata.
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Large<'_> {
+    type Value = LargeDoc;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<LargeDoc, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Large<'_> {
+    type Value = LargeDoc;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kubernetes object or List (a mapping)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LargeDoc, A::Error> {
+        let mut doc = LargeDoc {
+            kind: None,
+            metadata: None,
+            items: Vec::new(),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "kind" => doc.kind = map.next_value()?,
+                "metadata" => doc.metadata = map.next_value()?,
+                "items" => map.next_value_seed(Items {
+                    file: self.file,
+                    out: &mut doc.items,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(doc)
+    }
+}
+
+impl LargeDoc {
+    /// What the document gives: a List's items, else an error naming the object (`at`
+    /// names the document, `size` is its length).
+    fn decode(self, file: &Path, at: &str, size: usize, out: &mut Vec<Decoded>) {
+        let kind = self.kind.unwrap_or_default();
+        if LIST_KINDS.contains(&kind.as_str()) {
+            out.extend(self.items);
+            return;
+        }
+        let (name, namespace) = self
+            .metadata
+            .map(|m| (m.name, m.namespace))
+            .unwrap_or_default();
+        let key = key_from(&kind, name.as_deref(), namespace.as_deref());
+        out.push(Decoded::Failed {
+            error: ManifestError {
+                file: file.to_owned(),
+                object: Some(label_from(&kind, name.as_deref(), namespace.as_deref())),
+                field: None,
+                message: format!(
+                    "{at} is {size} bytes long, over the limit of {MAX_OBJECT_BYTES} bytes \
+                     per object"
+                ),
+            },
+            // Nothing of it was read: it isolates every pod of its namespace, both ways.
+            fail_closed: key
+                .as_ref()
+                .filter(|k| k.0 == Kind::Policy)
+                .map(|k| fail_closed_policy(None, &k.1, file)),
+            key,
+        });
+    }
+}
+
+/// The items of a large List, decoded one at a time.
+struct Items<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<Decoded>,
+}
+
+impl<'de> DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of objects")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            let mut allowance = Allowance::default();
+            let Some(item) = seq.next_element_seed(Within(&mut allowance))? else {
+                return Ok(());
+            };
+            let size = if allowance.over {
+                format!("more than {MAX_OBJECT_NODES} values or {MAX_OBJECT_BYTES} bytes of text")
+            } else {
+                let size = json_len(&item);
+                if size <= MAX_OBJECT_BYTES {
+                    decode(item, self.file, self.out);
+                    continue;
+                }
+                format!("{size} bytes long as JSON")
+            };
+            // What was read before the allowance ran out usually names the object.
+            let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let key = key_of(kind, &item);
+            self.out.push(Decoded::Failed {
+                error: ManifestError {
+                    file: self.file.to_owned(),
+                    object: Some(object_label(kind, &item)),
+                    field: None,
+                    message: format!(
+                        "an item of a List over the limit of {MAX_OBJECT_BYTES} bytes per \
+                         object: {size}"
+                    ),
+                },
+                fail_closed: key
+                    .as_ref()
+                    .filter(|k| k.0 == Kind::Policy)
+                    .map(|k| fail_closed_policy(None, &k.1, self.file)),
+                key,
+            });
+        }
+    }
+}
+
+/// What one item of a large List may still hold while it is read: its parsed tree is
+/// bounded as an object's document is.
+struct Allowance {
+    nodes: usize,
+    bytes: usize,
+    /// It ran out: the rest of the item is read and dropped.
+    over: bool,
+}
+
+impl Default for Allowance {
+    fn default() -> Self {
+        Self {
+            nodes: MAX_OBJECT_NODES,
+            bytes: MAX_OBJECT_BYTES,
+            over: false,
+        }
+    }
+}
+
+impl Allowance {
+    /// Takes one node holding `bytes` bytes of text; false once the allowance ran out.
+    fn take(&mut self, bytes: usize) -> bool {
+        if !self.over && self.nodes > 0 && self.bytes >= bytes {
+            self.nodes -= 1;
+            self.bytes -= bytes;
+        } else {
+            self.over = true;
+        }
+        !self.over
+    }
+}
+
+/// A value read within an [`Allowance`]: once it runs out, what follows is read, dropped
+/// and given as null.
+struct Within<'b>(&'b mut Allowance);
+
+impl Within<'_> {
+    fn scalar(self, bytes: usize, value: impl FnOnce() -> Value) -> Value {
+        if self.0.take(bytes) {
+            value()
+        } else {
+            Value::Null
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Within<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Within<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(self.scalar(v.len(), || Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(self.scalar(v.len(), || Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(self.scalar(0, || Value::Null))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        self.deserialize(de)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let keep = self.0.take(0);
+        let mut out = Vec::new();
+        loop {
+            // The value that runs out is kept as far as it was read (it may name the
+            // object); none after it.
+            let keep_value = !self.0.over;
+            let Some(value) = seq.next_element_seed(Within(&mut *self.0))? else {
+                break;
+            };
+            if keep_value {
+                out.push(value);
+            }
+        }
+        Ok(if keep { Value::Array(out) } else { Value::Null })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let keep = self.0.take(0);
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let keep_key = keep && self.0.take(key.len());
+            let value = map.next_value_seed(Within(&mut *self.0))?;
+            if keep_key {
+                out.insert(key, value);
+            }
+        }
+        Ok(if keep {
+            Value::Object(out)
+        } else {
+            Value::Null
+        })
+    }
+}
+
+/// The length of `value` written as JSON, counted, not written.
+fn json_len(value: &Value) -> usize {
+    /// Counts what is written to it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A `Value` always writes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Every copy of each object one load found: an object defined twice (in one file or in
@@ -398,10 +968,10 @@ fn invalid_policy(object: &Object) -> Option<String> {
 
 /// A policy that could not be read and never was: what it selects (every pod of its
 /// namespace if that cannot be read) isolated in the directions it names (both if they
-/// cannot be read), with no rule.
-fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
-    let spec = doc.get("spec");
-    let field = |name: &str| spec.and_then(|s| s.get(name)).cloned();
+/// cannot be read), with no rule. `doc` is the document, if it could be parsed.
+fn fail_closed_policy(doc: Option<&Value>, id: &ObjectRef, file: &Path) -> Policy {
+    let spec = doc.map(|doc| doc.get("spec"));
+    let field = |name: &str| spec.flatten().and_then(|s| s.get(name)).cloned();
     let pod_selector = field("podSelector")
         .and_then(|v| serde_json::from_value::<LabelSelector>(v).ok())
         .unwrap_or_default();
@@ -412,11 +982,11 @@ fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
             .unwrap_or_default()
     });
     let has_egress = field("egress").is_some_and(|e| e.as_array().is_none_or(|a| !a.is_empty()));
+    let both = || vec!["Ingress".to_owned(), "Egress".to_owned()];
     let policy_types = match named {
         Some(types) if !types.is_empty() => types,
-        Some(_) => vec!["Ingress".to_owned(), "Egress".to_owned()],
-        // Nothing of the spec could be read (a document that does not parse): both.
-        None if has_egress || spec.is_none() => vec!["Ingress".to_owned(), "Egress".to_owned()],
+        Some(_) => both(),
+        None if has_egress || spec.is_none() => both(),
         None => vec!["Ingress".to_owned()],
     };
     Policy {
@@ -434,129 +1004,16 @@ fn fail_closed_policy(doc: &Value, id: &ObjectRef, file: &Path) -> Policy {
     }
 }
 
-/// Adds the objects of one file's text to `loaded` (no last good versions).
-pub fn load_str(text: &str, file: &Path, loaded: &mut Loaded) {
-    let read = read_bytes(text.as_bytes(), file, &mut loaded.errors);
-    let (last, mut now, mut copies) = (LastGood::default(), LastGood::default(), Copies::default());
-    settle(read, file, &last, &mut now, loaded, &mut copies);
-    copies.resolve(&last, &mut now, loaded);
-    for object in now.objects.into_values() {
-        loaded.cluster.apply(object);
-    }
-}
-
-/// The documents of a YAML stream, each with the number of its first line: split at the
-/// `---` and `...` markers (which start a line; inside a document no line can), so that a
-/// syntax error spoils one document, not the file.
-fn documents(text: &str) -> Vec<(usize, String)> {
-    let marker = |line: &str| {
-        ["---", "..."].iter().any(|m| {
-            line.strip_prefix(m)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '#']))
-        })
-    };
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut first = 1;
-    for (i, line) in text.lines().enumerate() {
-        if marker(line) {
-            if !current.trim().is_empty() {
-                out.push((first, std::mem::take(&mut current)));
-            }
-            current.clear();
-            // A document may begin on the marker's line (`--- {kind: Pod}`).
-            let rest = &line[3..];
-            current.push_str(rest.trim_start());
-            current.push('\n');
-            first = i + 1;
-        } else {
-            if current.is_empty() {
-                first = i + 1;
-            }
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    if !current.trim().is_empty() {
-        out.push((first, current));
-    }
-    out
-}
-
-/// Decodes every document of one file's bytes. A document that is not UTF-8 or not YAML
-/// spoils itself only; if it still says which object it is (the lines `kind:` and
-/// `metadata`'s `name:` and `namespace:`), that object keeps its last good version, or, a
-/// policy never read, is enforced fail-closed, rather than vanish.
-fn read_bytes(bytes: &[u8], file: &Path, errors: &mut Vec<ManifestError>) -> FileRead {
-    // Split before decoding, so that a stray byte spoils its document, not the file.
-    let (text, utf8) = match std::str::from_utf8(bytes) {
-        Ok(text) => (std::borrow::Cow::Borrowed(text), true),
-        Err(_) => (String::from_utf8_lossy(bytes), false),
-    };
-    // Only true/false are booleans (YAML 1.2): `namespace: y` names a namespace, as
-    // kubectl reads it, rather than being YAML 1.1's "yes".
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_documents = MAX_DOCUMENTS;
-    budget.max_nodes = MAX_NODES;
-    budget.max_events = MAX_EVENTS;
-    options.budget = Some(budget);
-    let mut read = FileRead::default();
-    let docs = documents(&text);
-    if docs.len() > MAX_DOCUMENTS {
-        errors.push(ManifestError {
-            file: file.to_owned(),
-            object: None,
-            field: None,
-            message: format!("more than {MAX_DOCUMENTS} documents"),
-        });
-        read.unreadable = true;
-        return read;
-    }
-    for (line, doc) in docs {
-        let parsed = if !utf8 && doc.contains(char::REPLACEMENT_CHARACTER) {
-            Err("it is not valid UTF-8".to_owned())
-        } else {
-            serde_saphyr::from_str_with_options::<Value>(&doc, options.clone())
-                .map_err(|e| format!("it is not valid YAML: {e}"))
-        };
-        match parsed {
-            Ok(value) if value.is_object() || value.is_null() => {
-                decode(value, file, &mut read.decoded);
-            }
-            Ok(value) => errors.push(ManifestError {
-                file: file.to_owned(),
-                object: None,
-                field: None,
-                message: format!(
-                    "the document from line {line} is {}, not an object (left out)",
-                    shape(&value)
-                ),
-            }),
-            Err(why) => {
-                read.unreadable = true;
-                let error = |object: Option<String>, kept: &str| ManifestError {
-                    file: file.to_owned(),
-                    object,
-                    field: None,
-                    message: format!(
-                        "the document from line {line} cannot be read ({kept}): {why}"
-                    ),
-                };
-                match salvage(&doc) {
-                    Some((kind, key)) => read.decoded.push(Decoded::Failed {
-                        key: Some(key),
-                        error: error(Some(kind), "it says which object it is"),
-                        doc: Value::Null,
-                    }),
-                    None => errors.push(error(None, "the objects this file had stay in force")),
-                }
-            }
-        }
-    }
-    read
-}
+/// The kinds of a List of objects.
+const LIST_KINDS: [&str; 7] = [
+    "List",
+    "NamespaceList",
+    "PodList",
+    "NetworkPolicyList",
+    "ServiceList",
+    "EndpointSliceList",
+    "NodeList",
+];
 
 /// What a document that is not an object is, in words.
 fn shape(value: &Value) -> &'static str {
@@ -692,28 +1149,31 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     if let (Some(version), Some(want)) = (api_version, api_version_of(&kind))
         && version != want
     {
+        let key = key_of(&kind, &doc);
         out.push(Decoded::Failed {
-            key: key_of(&kind, &doc),
+            fail_closed: key
+                .as_ref()
+                .filter(|k| k.0 == Kind::Policy)
+                .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+            key,
             error: ManifestError {
                 file: file.to_owned(),
                 object: Some(label),
                 field: Some("apiVersion".to_owned()),
                 message: format!("{version:?} is not a version of {kind} (only {want:?} is)"),
             },
-            doc,
         });
         return;
     }
-    let result = match kind.as_str() {
-        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
-        | "EndpointSliceList" | "NodeList" => {
-            if let Some(Value::Array(items)) = doc.get("items") {
-                for item in items.clone() {
-                    decode(item, file, out);
-                }
+    if LIST_KINDS.contains(&kind.as_str()) {
+        if let Some(Value::Array(items)) = doc.get("items") {
+            for item in items.clone() {
+                decode(item, file, out);
             }
-            return;
         }
+        return;
+    }
+    let result = match kind.as_str() {
         "Namespace" => typed::<ApiNamespace>(doc.clone())
             .and_then(convert::namespace)
             .map(Object::Namespace),
@@ -742,15 +1202,19 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
             // A misspelt kind is not a kind to skip: the object would silently go (and a
             // policy with it, opening what it isolated).
             Some(meant) => {
+                let key = key_of(&meant, &doc);
                 out.push(Decoded::Failed {
-                    key: key_of(&meant, &doc),
+                    fail_closed: key
+                        .as_ref()
+                        .filter(|k| k.0 == Kind::Policy)
+                        .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+                    key,
                     error: ManifestError {
                         file: file.to_owned(),
                         object: Some(label),
                         field: Some("kind".to_owned()),
                         message: format!("unknown kind (did you mean {meant:?}?)"),
                     },
-                    doc,
                 });
                 return;
             }
@@ -762,21 +1226,34 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     };
     out.push(match result {
         Ok(object) => Decoded::Object(object),
-        Err((field, message)) => Decoded::Failed {
-            key: key_of(&kind, &doc),
-            error: ManifestError {
-                file: file.to_owned(),
-                object: Some(label),
-                field,
-                message,
-            },
-            doc,
-        },
+        Err((field, message)) => {
+            let key = key_of(&kind, &doc);
+            Decoded::Failed {
+                fail_closed: key
+                    .as_ref()
+                    .filter(|k| k.0 == Kind::Policy)
+                    .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+                key,
+                error: ManifestError {
+                    file: file.to_owned(),
+                    object: Some(label),
+                    field,
+                    message,
+                },
+            }
+        }
     });
 }
 
 /// The kind and name of a document, when it has them.
 fn key_of(kind: &str, doc: &Value) -> Option<(Kind, ObjectRef)> {
+    let meta = doc.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+    key_from(kind, field("name"), field("namespace"))
+}
+
+/// The kind and name of an object, when it has them.
+fn key_from(kind: &str, name: Option<&str>, namespace: Option<&str>) -> Option<(Kind, ObjectRef)> {
     let kind = match kind {
         "Namespace" => Kind::Namespace,
         "Pod" => Kind::Pod,
@@ -786,11 +1263,9 @@ fn key_of(kind: &str, doc: &Value) -> Option<(Kind, ObjectRef)> {
         "Node" => Kind::Node,
         _ => return None,
     };
-    let meta = doc.get("metadata")?;
-    let name = meta.get("name")?.as_str().filter(|n| !n.is_empty())?;
+    let name = name.filter(|n| !n.is_empty())?;
     let namespace = if kind.namespaced() {
-        meta.get("namespace")
-            .and_then(Value::as_str)
+        namespace
             .filter(|ns| !ns.is_empty())
             .unwrap_or(convert::DEFAULT_NAMESPACE)
     } else {
@@ -802,7 +1277,12 @@ fn key_of(kind: &str, doc: &Value) -> Option<(Kind, ObjectRef)> {
 fn object_label(kind: &str, doc: &Value) -> String {
     let meta = doc.get("metadata");
     let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
-    match (field("namespace"), field("name")) {
+    label_from(kind, field("name"), field("namespace"))
+}
+
+/// `Kind namespace/name`, as errors name an object.
+fn label_from(kind: &str, name: Option<&str>, namespace: Option<&str>) -> String {
+    match (namespace, name) {
         (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
         (None, Some(name)) => format!("{kind} {name}"),
         _ => format!("{kind} (unnamed)"),
@@ -953,6 +1433,114 @@ status: {podIP: 10.0.0.2}
             assert_eq!(policy.spec.ingress, None, "{typo}");
             assert_eq!(policy.spec.egress, None, "{typo}");
         }
+    }
+
+    /// A policy document of `bytes` bytes or more (a long annotation).
+    fn long_policy(name: &str, bytes: usize) -> String {
+        format!(
+            "kind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: x\n  annotations: {{note: {}}}\nspec: {{podSelector: {{matchLabels: {{app: a}}}}, ingress: [{{}}]}}\n",
+            "n".repeat(bytes)
+        )
+    }
+
+    #[test]
+    fn a_document_over_the_object_limit_is_an_error_naming_it_and_the_policy_fails_closed() {
+        let text = format!(
+            "kind: Namespace\nmetadata: {{name: x}}\n---\n{}---\nkind: Namespace\nmetadata: {{name: y}}\n",
+            long_policy("big", MAX_OBJECT_BYTES)
+        );
+        let loaded = load(&text);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        let size = text.len() - "kind: Namespace\nmetadata: {name: x}\n".len() * 2 - 4;
+        assert!(
+            error.starts_with("test.yaml: NetworkPolicy x/big: document 2 (from line 3) is ")
+                && error.contains(&format!(
+                    "is {size} bytes long, over the limit of {MAX_OBJECT_BYTES} bytes per object"
+                ))
+                && error.contains("enforced fail-closed"),
+            "{error}"
+        );
+        // Nothing of it was read: it isolates its whole namespace, both ways.
+        let policy = &loaded.cluster.policies[&ObjectRef::new("x", "big")];
+        assert_eq!(policy.spec.pod_selector, Some(LabelSelector::default()));
+        assert_eq!(
+            policy.spec.policy_types.as_deref(),
+            Some(&["Ingress".to_owned(), "Egress".to_owned()][..])
+        );
+        assert_eq!(
+            (policy.spec.ingress.as_ref(), policy.spec.egress.as_ref()),
+            (None, None)
+        );
+        assert!(
+            loaded.cluster.namespaces.contains_key("y"),
+            "the rest loads"
+        );
+    }
+
+    #[test]
+    fn a_list_may_be_longer_than_an_object_but_not_its_items() {
+        let pod = |i: usize| {
+            format!(
+                "- kind: Pod\n  metadata: {{name: p{i}, namespace: x, annotations: {{a: {}}}}}\n  status: {{podIP: 10.0.{}.{}}}\n",
+                "n".repeat(1_000),
+                i / 250,
+                i % 250 + 1
+            )
+        };
+        let items: String = (0..4_000).map(pod).collect();
+        let mut text = format!("apiVersion: v1\nitems:\n{items}");
+        text.push_str("- ");
+        text.push_str(&long_policy("big", MAX_OBJECT_BYTES).replace('\n', "\n  "));
+        text.push_str("\nkind: List\nmetadata: {}\n");
+        assert!(text.len() > MAX_OBJECT_BYTES);
+        let loaded = load(&text);
+        assert_eq!(loaded.cluster.pods.len(), 4_000);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(
+            error.contains("NetworkPolicy x/big: an item of a List")
+                && error.contains("enforced fail-closed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_file_reports_a_bounded_number_of_errors_and_notes() {
+        let text = "kind: Pod\n---\nkind: ConfigMap\n---\n".repeat(MAX_ERRORS_PER_FILE + 10);
+        let loaded = load(&text);
+        assert_eq!(loaded.skipped.len(), MAX_SKIPPED_PER_FILE + 1);
+        assert_eq!(
+            loaded.skipped[MAX_SKIPPED_PER_FILE],
+            "test.yaml: 10 more objects of kinds not used, not shown"
+        );
+        assert_eq!(loaded.errors.len(), MAX_ERRORS_PER_FILE + 1);
+        assert!(
+            loaded.errors[MAX_ERRORS_PER_FILE]
+                .message
+                .starts_with("10 more errors, not shown"),
+            "{}",
+            loaded.errors[MAX_ERRORS_PER_FILE]
+        );
+    }
+
+    #[test]
+    fn document_markers_follow_yaml() {
+        // Directives belong to the document after them; a marker's line may hold the
+        // document or a comment; `---#` is text (here, of the last document).
+        let loaded = load(
+            "kind: Namespace\nmetadata: {name: a}\n...\n%YAML 1.2\n---\nkind: Namespace\nmetadata: {name: b}\n--- {kind: Namespace, metadata: {name: c}}\n--- # d\nkind: Namespace\nmetadata: {name: d}\n---#\n",
+        );
+        let names: Vec<&String> = loaded.cluster.namespaces.keys().collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(
+            loaded.errors[0]
+                .message
+                .starts_with("document 4 (from line 9) is not valid YAML"),
+            "{}",
+            loaded.errors[0]
+        );
     }
 
     /// A directory rewritten badly keeps what it said last: an object that fails keeps its

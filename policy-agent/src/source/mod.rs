@@ -5,6 +5,7 @@
 pub mod control_plane;
 pub mod convert;
 pub mod directory;
+pub mod documents;
 pub mod kubernetes;
 pub mod manifests;
 
