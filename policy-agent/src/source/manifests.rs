@@ -302,25 +302,7 @@ impl<'a> FileLoad<'a> {
                     Unread::NotUtf8 { lossy, .. } => salvage(lossy),
                     Unread::TooLarge { .. } => None,
                 };
-                return match said {
-                    // It says which object it is: that object keeps its last good version
-                    // (or, a policy never read, is enforced fail-closed) rather than vanish.
-                    Some((label, key)) => {
-                        self.unreadable = true;
-                        self.settle(Decoded::Failed {
-                            fail_closed: (key.0 == Kind::Policy)
-                                .then(|| fail_closed_policy(None, &key.1, self.file)),
-                            key: Some(key),
-                            error: ManifestError {
-                                file: self.file.to_owned(),
-                                object: Some(label),
-                                field: None,
-                                message: format!("{at}: {unread}"),
-                            },
-                        });
-                    }
-                    None => self.unreadable(format!("{at}: {unread}")),
-                };
+                return self.unparsed(said, format!("{at}: {unread}"));
             }
         };
         let mut out = Vec::new();
@@ -348,27 +330,29 @@ impl<'a> FileLoad<'a> {
                     self.settle(decoded);
                 }
             }
-            // A document that does not parse may still say which object it is: that
-            // object keeps its last good version, or, a policy never read, is enforced
-            // fail-closed, rather than vanish.
-            Err(e) => match salvage(text) {
-                Some((label, key)) => {
-                    self.unreadable = true;
-                    self.settle(Decoded::Failed {
-                        fail_closed: (key.0 == Kind::Policy)
-                            .then(|| fail_closed_policy(None, &key.1, self.file)),
-                        key: Some(key),
-                        error: ManifestError {
-                            file: self.file.to_owned(),
-                            object: Some(label),
-                            field: None,
-                            message: format!("{at} is not valid YAML: {e}"),
-                        },
-                    });
-                }
-                None => self.unreadable(format!("{at} is not valid YAML: {e}")),
-            },
+            Err(e) => self.unparsed(salvage(text), format!("{at} is not valid YAML: {e}")),
         }
+    }
+
+    /// A document that could not be read, and which object it says it is, if its lines say
+    /// that much: that object keeps its last good version (or, a policy never read, is
+    /// enforced fail-closed) rather than vanish; the file's other objects stay as well.
+    fn unparsed(&mut self, said: Option<(String, (Kind, ObjectRef))>, message: String) {
+        let Some((label, key)) = said else {
+            return self.unreadable(message);
+        };
+        self.unreadable = true;
+        self.settle(Decoded::Failed {
+            fail_closed: (key.0 == Kind::Policy)
+                .then(|| fail_closed_policy(None, &key.1, self.file)),
+            key: Some(key),
+            error: ManifestError {
+                file: self.file.to_owned(),
+                object: Some(label),
+                field: None,
+                message,
+            },
+        });
     }
 
     /// Reports an error (the first [`MAX_ERRORS_PER_FILE`] of the file; the others are
