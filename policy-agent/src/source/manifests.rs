@@ -343,8 +343,7 @@ impl<'a> FileLoad<'a> {
         };
         self.unreadable = true;
         self.settle(Decoded::Failed {
-            fail_closed: (key.0 == Kind::Policy)
-                .then(|| fail_closed_policy(None, &key.1, self.file)),
+            fail_closed: fail_closed_for(Some(&key), None, self.file),
             key: Some(key),
             error: ManifestError {
                 file: self.file.to_owned(),
@@ -584,10 +583,7 @@ impl LargeDoc {
                 ),
             },
             // Nothing of it was read: it isolates every pod of its namespace, both ways.
-            fail_closed: key
-                .as_ref()
-                .filter(|k| k.0 == Kind::Policy)
-                .map(|k| fail_closed_policy(None, &k.1, file)),
+            fail_closed: fail_closed_for(key.as_ref(), None, file),
             key,
         });
     }
@@ -651,10 +647,7 @@ impl<'de> Visitor<'de> for Items<'_> {
                          object: {size}"
                     ),
                 },
-                fail_closed: key
-                    .as_ref()
-                    .filter(|k| k.0 == Kind::Policy)
-                    .map(|k| fail_closed_policy(None, &k.1, self.file)),
+                fail_closed: fail_closed_for(key.as_ref(), None, self.file),
                 key,
             });
         }
@@ -950,6 +943,17 @@ fn invalid_policy(object: &Object) -> Option<String> {
     }
 }
 
+/// What enforces an object that failed to read if it is a policy never read before (its
+/// fail-closed form, see [`fail_closed_policy`]); `None` for other kinds.
+fn fail_closed_for(
+    key: Option<&(Kind, ObjectRef)>,
+    doc: Option<&Value>,
+    file: &Path,
+) -> Option<Policy> {
+    key.filter(|k| k.0 == Kind::Policy)
+        .map(|k| fail_closed_policy(doc, &k.1, file))
+}
+
 /// A policy that could not be read and never was: what it selects (every pod of its
 /// namespace if that cannot be read) isolated in the directions it names (both if they
 /// cannot be read), with no rule. `doc` is the document, if it could be parsed.
@@ -1135,10 +1139,7 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     {
         let key = key_of(&kind, &doc);
         out.push(Decoded::Failed {
-            fail_closed: key
-                .as_ref()
-                .filter(|k| k.0 == Kind::Policy)
-                .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+            fail_closed: fail_closed_for(key.as_ref(), Some(&doc), file),
             key,
             error: ManifestError {
                 file: file.to_owned(),
@@ -1188,10 +1189,7 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
             Some(meant) => {
                 let key = key_of(&meant, &doc);
                 out.push(Decoded::Failed {
-                    fail_closed: key
-                        .as_ref()
-                        .filter(|k| k.0 == Kind::Policy)
-                        .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+                    fail_closed: fail_closed_for(key.as_ref(), Some(&doc), file),
                     key,
                     error: ManifestError {
                         file: file.to_owned(),
@@ -1213,10 +1211,7 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
         Err((field, message)) => {
             let key = key_of(&kind, &doc);
             Decoded::Failed {
-                fail_closed: key
-                    .as_ref()
-                    .filter(|k| k.0 == Kind::Policy)
-                    .map(|k| fail_closed_policy(Some(&doc), &k.1, file)),
+                fail_closed: fail_closed_for(key.as_ref(), Some(&doc), file),
                 key,
                 error: ManifestError {
                     file: file.to_owned(),
