@@ -14,7 +14,7 @@ use policy_agent::{
 };
 use policy_common::{
     maps::{Direction, EP_HAS_LINK_LOCAL, IDENTITY_WORLD, programs},
-    net::{ETH_P_ARP, icmp, icmpv6, proto},
+    net::{ETH_P_ARP, icmp, icmpv6, proto, sctp},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
 use policy_tests::{
@@ -369,6 +369,38 @@ fn a_new_syn_after_a_reset_is_decided_again() {
         f.ingress(&Packet::tcp(ip(WORLD), ip(LOCAL), 443, 40000, SYN)),
         DROP
     );
+}
+
+const EGRESS_SCTP_ONLY: &str = r#"
+kind: NetworkPolicy
+metadata: {name: sctp-out, namespace: t}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  egress: [{ports: [{protocol: SCTP, port: 9000}]}]
+"#;
+
+#[test]
+fn an_sctp_init_on_the_ports_of_an_association_is_decided_again() {
+    /// SCTP's DATA chunk type (RFC 9260 §3.3.1).
+    const CHUNK_DATA: u8 = 0;
+    let f = Fixture::new(EGRESS_SCTP_ONLY);
+    let (pod, peer) = (ip(LOCAL), ip(WORLD));
+    // The pod starts an association; its peer answers and sends data on it.
+    assert_eq!(f.egress(&Packet::sctp_init(pod, peer, 5000, 9000)), ALLOW);
+    for chunk in [sctp::CHUNK_INIT_ACK, CHUNK_DATA] {
+        assert_eq!(
+            f.ingress(&Packet::sctp_chunk(peer, pod, 9000, 5000, chunk)),
+            ALLOW
+        );
+    }
+    // The peer starts one of its own on those ports: a new association, which the pod's
+    // ingress (no rule) denies, not a packet of the tracked one.
+    assert_eq!(f.ingress(&Packet::sctp_init(peer, pod, 9000, 5000)), DROP);
+    assert_eq!(f.dropped(Direction::Ingress, DropReason::PolicyDenied), 1);
+    // The pod restarting its own is decided again too, and allowed.
+    assert_eq!(f.egress(&Packet::sctp_init(pod, peer, 5000, 9000)), ALLOW);
+    assert_eq!(f.allowed(Direction::Egress, AllowReason::Policy), 2);
 }
 
 const INGRESS_DNS: &str = r#"

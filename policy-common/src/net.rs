@@ -89,6 +89,18 @@ pub mod proto {
     }
 }
 
+/// SCTP (RFC 9260): what the datapath reads of a packet's first chunk.
+pub mod sctp {
+    /// Length of the common header (ports, verification tag, checksum).
+    pub const COMMON_HEADER_LEN: usize = 12;
+    /// INIT: starts an association, and is the only chunk of its packet (RFC 9260 §3.3.2).
+    pub const CHUNK_INIT: u8 = 1;
+    /// INIT ACK: the answer to an INIT.
+    pub const CHUNK_INIT_ACK: u8 = 2;
+    /// ABORT: what an SCTP stack answers an INIT that nobody listens for.
+    pub const CHUNK_ABORT: u8 = 6;
+}
+
 /// ICMPv4 message types.
 pub mod icmp {
     /// Echo reply.

@@ -8,7 +8,7 @@ use policy_common::{
         CT_ECHO_PEER_ASKED, CT_ECHO_POD_ASKED, CT_FIN_FROM_POD, CT_FIN_TO_POD, CT_REPLY_SEEN,
         CT_RST, CtEntry, CtKey, Direction, ct_timeout,
     },
-    net::proto,
+    net::{proto, sctp},
 };
 
 use crate::{
@@ -59,6 +59,14 @@ pub const fn is_tcp_start(flow: &Flow) -> bool {
     flow.proto == proto::TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// Whether the packet starts an SCTP association (an INIT chunk). Unlike a SYN, an INIT
+/// is never part of a tracked association: on the ports of one it is a restart, which is a
+/// new association that the policy of now decides.
+#[inline(always)]
+pub const fn is_sctp_start(flow: &Flow) -> bool {
+    flow.proto == proto::SCTP && flow.sctp_chunk == sctp::CHUNK_INIT
+}
+
 /// Connection-state bits a TCP packet sets.
 #[inline(always)]
 fn tcp_state_bits(dir: Direction, flow: &Flow) -> u8 {
@@ -82,7 +90,8 @@ fn tcp_state_bits(dir: Direction, flow: &Flow) -> u8 {
 /// entry if so.
 ///
 /// An expired entry does not count, and neither does a closed TCP connection that a new
-/// SYN reopens on the same ports: that is a new connection and the policy decides it again.
+/// SYN reopens on the same ports, nor any SCTP INIT: that is a new connection and the
+/// policy decides it again.
 #[inline(always)]
 pub fn track(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
     let Some(entry) = table(endpoint_id).and_then(|t| t.get_ptr_mut(key)) else {
@@ -94,7 +103,7 @@ pub fn track(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, now: u6
     if entry.is_expired(flow.proto, now) {
         return false;
     }
-    if is_tcp_start(flow) && entry.is_closing() {
+    if (is_tcp_start(flow) && entry.is_closing()) || is_sctp_start(flow) {
         return false;
     }
     let mut flags = entry.flags | tcp_state_bits(dir, flow);

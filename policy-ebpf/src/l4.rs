@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::TcContext;
 use policy_common::{
-    net::{icmp, icmpv6, proto, tunnel},
+    net::{icmp, icmpv6, proto, sctp, tunnel},
     reason::DropReason,
 };
 
@@ -10,7 +10,6 @@ use crate::packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load}
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-const SCTP_HLEN: usize = 12;
 const ICMP_HLEN: usize = 8;
 const TCP_FLAGS_OFF: usize = 13;
 /// What an ICMP error must quote of the offending packet's L4 header (RFC 792).
@@ -34,8 +33,9 @@ pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
         return Ok(());
     }
     let off = flow.l4_off as usize;
+    let end = flow.l3_end as usize;
     let fits = |len: usize| {
-        if off + len <= flow.l3_end as usize {
+        if off + len <= end {
             Ok(())
         } else {
             Err(DropReason::Malformed)
@@ -54,9 +54,15 @@ pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
             set_ports(flow, [hdr[0], hdr[1], hdr[2], hdr[3]]);
         }
         proto::SCTP => {
-            fits(SCTP_HLEN)?;
-            let hdr: [u8; SCTP_HLEN] = load(ctx, off)?;
+            fits(sctp::COMMON_HEADER_LEN)?;
+            let hdr: [u8; sctp::COMMON_HEADER_LEN] = load(ctx, off)?;
             set_ports(flow, [hdr[0], hdr[1], hdr[2], hdr[3]]);
+            // The first chunk's type tells an INIT (a new association, which the policy
+            // decides even on the ports of a tracked one) from the rest.
+            if fits(sctp::COMMON_HEADER_LEN + 1).is_ok() {
+                let [chunk]: [u8; 1] = load(ctx, off + sctp::COMMON_HEADER_LEN)?;
+                flow.sctp_chunk = chunk;
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
             fits(ICMP_HLEN)?;

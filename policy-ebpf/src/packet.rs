@@ -29,6 +29,8 @@ pub struct Flow {
     pub frag: u8,
     /// TCP flags byte (TCP only).
     pub tcp_flags: u8,
+    /// Type of the first chunk (SCTP only; 0 when the packet has none).
+    pub sctp_chunk: u8,
     /// ICMP or ICMPv6 type (ICMP only).
     pub icmp_type: u8,
     /// ICMP or ICMPv6 code (ICMP only).
@@ -62,6 +64,7 @@ impl Flow {
             proto,
             frag: FRAG_NONE,
             tcp_flags: 0,
+            sctp_chunk: 0,
             icmp_type: 0,
             icmp_code: 0,
             echo: ECHO_NONE,

@@ -92,6 +92,21 @@ impl Packet {
         Self::new(src, dst, proto::SCTP, packet)
     }
 
+    /// An SCTP packet whose only chunk is a bare chunk header of type `chunk` (what the
+    /// datapath reads of an association's later packets: DATA, SACK, HEARTBEAT...).
+    pub fn sctp_chunk(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, chunk: u8) -> Self {
+        const CHUNK_HEADER_LEN: u16 = 4;
+        const VERIFICATION_TAG: u32 = 0x1234_5678;
+        let mut packet = Vec::with_capacity(16);
+        packet.extend_from_slice(&sport.to_be_bytes());
+        packet.extend_from_slice(&dport.to_be_bytes());
+        packet.extend_from_slice(&VERIFICATION_TAG.to_be_bytes());
+        packet.extend_from_slice(&[0; 4]); // checksum: the datapath does not check it
+        packet.extend_from_slice(&[chunk, 0]);
+        packet.extend_from_slice(&CHUNK_HEADER_LEN.to_be_bytes());
+        Self::new(src, dst, proto::SCTP, packet)
+    }
+
     /// An ICMP (or ICMPv6) echo request with identifier `id`.
     pub fn echo_request(src: IpAddr, dst: IpAddr, id: u16) -> Self {
         Self::echo(src, dst, id, true)

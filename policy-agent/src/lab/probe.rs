@@ -5,9 +5,13 @@
 //! created inside the host's namespace and then driven by tokio from anywhere.
 
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        LazyLock, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -35,8 +39,11 @@ pub const DATAGRAM_WAIT: Duration = Duration::from_millis(500);
 const LISTEN_BACKLOG: i32 = 1024;
 /// Threads answering a lab's probes.
 const SERVER_THREADS: usize = 1;
-/// Ephemeral range for SCTP probe source ports.
-const SCTP_PORT_BASE: u16 = 49_152;
+/// Source ports of UDP and SCTP probes: above every port a lab serves (one in use, say
+/// by a socket the kernel gave it, is skipped).
+const PROBE_PORTS: std::ops::RangeInclusive<u16> = 10_000..=65_535;
+/// Ports tried before a UDP probe gives up on binding.
+const BIND_ATTEMPTS: usize = 16;
 
 /// The unspecified address of a family (`ipv6` or not).
 pub(super) fn unspecified(ipv6: bool) -> IpAddr {
@@ -223,12 +230,42 @@ pub(super) async fn tcp_connect(from_ns: &NetNs, dst: SocketAddr) -> io::Result<
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// A UDP socket of `from_ns` bound to an ephemeral port of family `v6` (or IPv4).
+/// The next source port of a datagram probe from `from_ns`.
+///
+/// Every probe is a new flow, as upstream's probes are: a datagram on the five-tuple of an
+/// earlier probe is that flow's, which every stateful firewall (conntrack, ours) passes as
+/// established for a while even if the policy changed since. So the ports of a namespace's
+/// probes go round the whole range before any repeats, instead of at random.
+fn next_source_port(from_ns: &NetNs) -> u16 {
+    static NEXT: LazyLock<Mutex<HashMap<String, u16>>> = LazyLock::new(Mutex::default);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let port = next
+        .entry(from_ns.name().to_owned())
+        .or_insert(*PROBE_PORTS.start());
+    let this = *port;
+    *port = if this == *PROBE_PORTS.end() {
+        *PROBE_PORTS.start()
+    } else {
+        this + 1
+    };
+    this
+}
+
+/// A UDP socket of `from_ns` of family `v6` (or IPv4), bound to the namespace's next
+/// probe port (see [`next_source_port`]).
 pub(super) fn udp_client(from_ns: &NetNs, v6: bool) -> io::Result<UdpSocket> {
     let s = from_ns.run(|| -> io::Result<Socket> {
         let s = socket(v6, Type::DGRAM)?;
-        s.bind(&SocketAddr::new(unspecified(v6), 0).into())?;
-        Ok(s)
+        let mut attempts = 0;
+        loop {
+            let port = next_source_port(from_ns);
+            match s.bind(&SocketAddr::new(unspecified(v6), port).into()) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < BIND_ATTEMPTS => {
+                    attempts += 1;
+                }
+                bound => break bound.map(|()| s),
+            }
+        }
     })??;
     UdpSocket::from_std(std::net::UdpSocket::from(s))
 }
@@ -298,7 +335,7 @@ pub async fn probe_with(
             let raw = RawSctp::new(from_ns.run(|| RawSctp::open(v6))??)?;
             let tag = nonce() | 1;
             let init = sctp::Packet {
-                src_port: SCTP_PORT_BASE + (tag % 16_384) as u16,
+                src_port: next_source_port(from_ns),
                 dst_port: port,
                 vtag: 0,
                 chunk: CHUNK_INIT,

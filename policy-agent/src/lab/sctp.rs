@@ -8,20 +8,14 @@ use std::{io, mem::MaybeUninit, net::IpAddr};
 
 use crc::{CRC_32_ISCSI, Crc};
 use policy_common::net::proto;
+pub use policy_common::net::sctp::{CHUNK_ABORT, CHUNK_INIT, CHUNK_INIT_ACK, COMMON_HEADER_LEN};
 use socket2::{Domain, Protocol as SockProtocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 /// CRC32c, SCTP's checksum (RFC 9260 appendix A).
 const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
-const COMMON_HEADER_LEN: usize = 12;
 const CHECKSUM_OFF: usize = 8;
-/// Chunk type of INIT.
-pub const CHUNK_INIT: u8 = 1;
-/// Chunk type of INIT ACK.
-pub const CHUNK_INIT_ACK: u8 = 2;
-/// Chunk type of ABORT.
-pub const CHUNK_ABORT: u8 = 6;
 /// Length of a chunk header (type, flags, length): all an ABORT without causes has.
 const CHUNK_HEADER_LEN: u16 = 4;
 /// State Cookie parameter, mandatory in INIT ACK.

@@ -36,7 +36,7 @@ use policy_agent::{
 };
 use policy_common::{
     maps::Direction,
-    net::{icmpv6, proto},
+    net::{icmpv6, proto, sctp},
 };
 
 use super::view::{self, Datagram, Frame, Ip, L4, Payload, Quoted};
@@ -91,6 +91,8 @@ struct Transport {
     proto: u8,
     ports: Option<(u16, u16)>,
     tcp_flags: u8,
+    /// An SCTP INIT: a new association even on the ports of a tracked one.
+    sctp_init: bool,
     /// ICMP type and echo identifier.
     icmp: Option<(u8, Option<u16>)>,
 }
@@ -101,6 +103,7 @@ impl Transport {
             proto: l4.proto,
             ports: l4.ports,
             tcp_flags: l4.tcp_flags,
+            sctp_init: l4.proto == proto::SCTP && l4.sctp_chunk == Some(sctp::CHUNK_INIT),
             icmp: l4.icmp.as_ref().map(|i| (i.ty, i.echo_id)),
         }
     }
@@ -304,10 +307,10 @@ impl Model {
             && let Some(&closed) = self.connections.get(s.pod).and_then(|c| c.get(&conn))
         {
             let reopening = t.proto == proto::TCP && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            if !closed {
+            if !closed && !t.sctp_init {
                 return pass("an established connection");
             }
-            if !reopening {
+            if !reopening && !t.sctp_init {
                 return Expect::Either;
             }
         }
@@ -454,6 +457,7 @@ impl Model {
             proto: q.proto,
             ports: q.ports,
             tcp_flags: 0,
+            sctp_init: false,
             icmp: q.icmp,
         };
         conn_key(quoted_dir, local, remote, &t, q.src.is_ipv6()).is_some_and(|c| {
@@ -580,10 +584,15 @@ impl Model {
             Payload::Unreadable => return,
         };
         if let Some(d) = first_fragment {
+            // Later fragments inherit ports and ICMP type, not what the first chunk was.
+            let inherited = Transport {
+                sctp_init: false,
+                ..t
+            };
             self.datagrams
                 .entry(s.pod.clone())
                 .or_default()
-                .insert(d, t);
+                .insert(d, inherited);
         }
         let v6 = ip.src.is_ipv6();
         let (local, remote) = match s.dir {

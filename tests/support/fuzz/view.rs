@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use policy_common::net::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, icmp, icmpv6, proto};
+use policy_common::net::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, icmp, icmpv6, proto, sctp};
 
 /// The frame, as the kernel sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub struct L4 {
     pub ports: Option<(u16, u16)>,
     /// TCP flags.
     pub tcp_flags: u8,
+    /// SCTP: the first chunk's type, if the packet has one.
+    pub sctp_chunk: Option<u8>,
     /// ICMP (of the packet's family): type, code, and what the rest holds.
     pub icmp: Option<Icmp>,
 }
@@ -293,7 +295,7 @@ fn transport(ip_proto: u8, l4: &[u8], ipv6: bool) -> Option<L4> {
     let need = match ip_proto {
         proto::TCP => 20,
         proto::UDP => 8,
-        proto::SCTP => 12,
+        proto::SCTP => sctp::COMMON_HEADER_LEN,
         proto::ICMP if !ipv6 => 8,
         proto::ICMPV6 if ipv6 => 8,
         _ => 0,
@@ -307,6 +309,11 @@ fn transport(ip_proto: u8, l4: &[u8], ipv6: bool) -> Option<L4> {
         proto: ip_proto,
         ports,
         tcp_flags: if ip_proto == proto::TCP { l4[13] } else { 0 },
+        sctp_chunk: if ip_proto == proto::SCTP {
+            l4.get(sctp::COMMON_HEADER_LEN).copied()
+        } else {
+            None
+        },
         icmp,
     })
 }
