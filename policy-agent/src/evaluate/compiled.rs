@@ -3,7 +3,7 @@
 //! A flow passes when the source's egress and the destination's ingress both allow it,
 //! as `from_pod` and `to_pod` decide it on one node.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use policy_common::{
     decide,
@@ -21,11 +21,15 @@ use crate::{
 
 /// Node name under which every pod is compiled as local.
 const NODE: &str = "evaluation";
+/// Node name of the pods a partial evaluator does not compile as local.
+const ELSEWHERE: &str = "elsewhere";
 
 /// A cluster compiled for one node that holds every pod.
 pub struct CompiledEvaluator {
     compiled: Compiled,
     lengths: PrefixLengths,
+    /// The pods compiled as local, when not every pod is (see [`CompiledEvaluator::for_pods`]).
+    local: Option<BTreeSet<ObjectRef>>,
 }
 
 impl CompiledEvaluator {
@@ -36,11 +40,45 @@ impl CompiledEvaluator {
 
     /// Like [`CompiledEvaluator::new`], reusing a compiler (and its stable ids).
     pub fn with_compiler(compiler: &mut Compiler, cluster: &Cluster) -> Self {
-        let compiled = compiler.compile(&on_one_node(cluster), &node());
+        Self::of(compiler.compile(&on_one_node(cluster), &node()), None)
+    }
+
+    /// Compiles `cluster` with only the `local` pods on the evaluation node and every other
+    /// pod on another one. Its answers about flows whose pod ends (and, through a Service,
+    /// whose backends) are all `local` are those of [`CompiledEvaluator::new`]: an
+    /// endpoint's maps do not depend on where its peers run. The compile costs what the
+    /// local pods need, not what the whole cluster does.
+    pub fn for_pods(cluster: &Cluster, local: &BTreeSet<ObjectRef>) -> Self {
+        let mut c = cluster.clone();
+        for pod in c.pods.values_mut() {
+            pod.node = Some(
+                if local.contains(&pod.id) {
+                    NODE
+                } else {
+                    ELSEWHERE
+                }
+                .to_owned(),
+            );
+        }
+        Self::of(Compiler::new().compile(&c, &node()), Some(local.clone()))
+    }
+
+    fn of(compiled: Compiled, local: Option<BTreeSet<ObjectRef>>) -> Self {
         Self {
             lengths: PrefixLengths::of(&compiled),
             compiled,
+            local,
         }
+    }
+
+    /// The endpoint of `pod` (none for a pod the datapath does not enforce). A pod that
+    /// was not compiled would read as unenforced: asking about it is a caller's bug.
+    fn endpoint(&self, pod: &ObjectRef) -> Option<&EndpointInfo> {
+        assert!(
+            self.local.as_ref().is_none_or(|l| l.contains(pod)),
+            "{pod} was not compiled by this partial evaluator"
+        );
+        self.compiled.endpoints.get(pod)
     }
 
     /// What the compiler produced.
@@ -61,7 +99,7 @@ impl CompiledEvaluator {
         }
         let proto = flow.protocol.number();
         let side = |pod: Option<&ObjectRef>, dir, remote| {
-            let Some(ep) = pod.and_then(|p| self.compiled.endpoints.get(p)) else {
+            let Some(ep) = pod.and_then(|p| self.endpoint(p)) else {
                 return true; // an external host: no policy of ours applies
             };
             // Between two hosts the node only forwards: a node address on the sending side
@@ -118,11 +156,7 @@ impl CompiledEvaluator {
         let maps = self.maps();
         let t = flow.target;
         let proto = t.protocol.number();
-        let client = flow
-            .from
-            .pod
-            .as_ref()
-            .and_then(|p| self.compiled.endpoints.get(p));
+        let client = flow.from.pod.as_ref().and_then(|p| self.endpoint(p));
         let egress = match client {
             None => true,
             Some(ep) => match decide::frontend(&maps, &ip_key(t.address), proto, t.port) {
