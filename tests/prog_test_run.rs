@@ -692,7 +692,11 @@ fn conntrack_fill_is_what_the_datapath_created_without_walking_the_tables() {
         }
         let (entries, _) = conntrack(&f);
         assert_eq!(entries, at_start + usize::from(flows), "round {round}");
-        assert_eq!(entries, f.datapath.conntrack_entries_walked(), "round {round}");
+        assert_eq!(
+            entries,
+            f.datapath.conntrack_entries_walked(),
+            "round {round}"
+        );
     }
     // Far more flows than the table holds: the table is full, never more.
     for port in 0..4 * sizes.conntrack as u16 {
@@ -705,7 +709,10 @@ fn conntrack_fill_is_what_the_datapath_created_without_walking_the_tables() {
         sizes.conntrack as usize,
         "the pod's table counts as full"
     );
-    assert!(walked <= entries && entries as u64 <= capacity, "{walked} {entries} {capacity}");
+    assert!(
+        walked <= entries && entries as u64 <= capacity,
+        "{walked} {entries} {capacity}"
+    );
 }
 
 #[test]
@@ -725,7 +732,11 @@ fn records_the_ring_buffer_has_no_room_for_are_counted() {
     let read = f.datapath.drain_events().len() as u64;
     let lost = f.datapath.events_lost() - lost_before;
     assert!(read > 0 && lost > 0, "read {read}, lost {lost}");
-    assert_eq!(read + lost, u64::from(sent), "every record read or counted lost");
+    assert_eq!(
+        read + lost,
+        u64::from(sent),
+        "every record read or counted lost"
+    );
 }
 
 #[test]

@@ -131,10 +131,7 @@ struct Report {
 /// ingress). No container ports: the lab starts no probe servers of its own.
 fn manifests(node: &str) -> String {
     let mut y = String::new();
-    let _ = write!(
-        y,
-        "---\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n"
-    );
+    let _ = write!(y, "---\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
     for (name, ip) in [("client", CLIENT_IP), ("server", SERVER_IP)] {
         let _ = write!(
             y,
@@ -301,9 +298,7 @@ fn load(lab: &Lab) -> anyhow::Result<(u64, u64, Duration)> {
             .collect::<Result<_, _>>()
     })?;
     let elapsed = started.elapsed();
-    let (ok, failed) = results
-        .iter()
-        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let (ok, failed) = results.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     Ok((ok, failed, elapsed))
 }
 
@@ -369,7 +364,11 @@ async fn phase(lab: &Lab, agent: &AgentProcess, subscriber: bool) -> anyhow::Res
 }
 
 async fn measure(lab: &Lab) -> anyhow::Result<Report> {
-    let dir = std::env::temp_dir().join(format!("{}{}-flows-manifests", topology::PIN_PREFIX, lab.id()));
+    let dir = std::env::temp_dir().join(format!(
+        "{}{}-flows-manifests",
+        topology::PIN_PREFIX,
+        lab.id()
+    ));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("cluster.yaml"), manifests(&topology::node_name(0)))?;
     let mut agent = AgentProcess::start(lab, &dir)?;
@@ -428,11 +427,16 @@ async fn measure(lab: &Lab) -> anyhow::Result<Report> {
         conntrack_entries_walked: walked,
         conntrack_capacity: conntrack.capacity,
         walk_ms: walk.as_secs_f64() * 1e3,
-        walk_every_2s_percent_of_a_core: walk.as_secs_f64() / OLD_WALK_PERIOD.as_secs_f64()
-            * 100.0,
+        walk_every_2s_percent_of_a_core: walk.as_secs_f64() / OLD_WALK_PERIOD.as_secs_f64() * 100.0,
     };
     let of = |subscriber: bool, f: fn(&Phase) -> f64| {
-        median(phases.iter().filter(|p| p.subscriber == subscriber).map(f).collect())
+        median(
+            phases
+                .iter()
+                .filter(|p| p.subscriber == subscriber)
+                .map(f)
+                .collect(),
+        )
     };
     let without = of(false, |p| p.agent_us_per_connection);
     let with = of(true, |p| p.agent_us_per_connection);
