@@ -669,7 +669,7 @@ fn conntrack_fill_is_what_the_datapath_created_without_walking_the_tables() {
         conntrack: 512,
         fragments: 64,
     };
-    let mut f = Fixture::with_tables(INGRESS_FROM_PEER_TCP_80, sizes);
+    let f = Fixture::with_tables(INGRESS_FROM_PEER_TCP_80, sizes);
     let conntrack = |f: &Fixture| {
         let fill = f.datapath.fill();
         let (_, entries, capacity) = fill
