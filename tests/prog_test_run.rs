@@ -13,7 +13,8 @@ use policy_agent::{
     model::ObjectRef,
 };
 use policy_common::{
-    maps::{Direction, EP_HAS_LINK_LOCAL, IDENTITY_WORLD, programs},
+    event::{FlowEvent, RINGBUF_HEADER_BYTES},
+    maps::{Direction, EP_HAS_LINK_LOCAL, IDENTITY_WORLD, capacity, names, programs},
     net::{ETH_P_ARP, icmp, icmpv6, proto, sctp},
     reason::{AllowReason, DropReason, TC_ACT_SHOT, TC_ACT_UNSPEC, Verdict},
 };
@@ -692,6 +693,82 @@ fn flow_records_say_who_allowed_or_dropped_what() {
     assert_eq!(dropped.direction, Direction::Ingress as u8);
     assert_eq!(dropped.local_port, 22);
     assert_eq!(dropped.proto, proto::TCP);
+}
+
+#[test]
+fn conntrack_fill_is_what_the_datapath_created_without_walking_the_tables() {
+    let sizes = TableSizes {
+        conntrack: 512,
+        fragments: 64,
+    };
+    let f = Fixture::with_tables(INGRESS_FROM_PEER_TCP_80, sizes);
+    let conntrack = |f: &Fixture| {
+        let fill = f.datapath.fill();
+        let (_, entries, capacity) = fill
+            .into_iter()
+            .find(|(m, _, _)| *m == names::CONNTRACK)
+            .unwrap();
+        (entries, capacity)
+    };
+    let at_start = conntrack(&f).0;
+    assert_eq!(at_start, f.datapath.conntrack_entries_walked());
+    let flows = 100u16;
+    for round in 0..2 {
+        // The same flows again: answered from their entries, nothing new.
+        for port in 0..flows {
+            assert_eq!(
+                f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 2000 + port, 53, b"x")),
+                ALLOW,
+                "round {round}"
+            );
+        }
+        let (entries, _) = conntrack(&f);
+        assert_eq!(entries, at_start + usize::from(flows), "round {round}");
+        assert_eq!(
+            entries,
+            f.datapath.conntrack_entries_walked(),
+            "round {round}"
+        );
+    }
+    // Far more flows than the table holds: the table is full, never more.
+    for port in 0..4 * sizes.conntrack as u16 {
+        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 10_000 + port, 53, b"x"));
+    }
+    let (entries, capacity) = conntrack(&f);
+    let walked = f.datapath.conntrack_entries_walked();
+    assert_eq!(
+        entries - at_start,
+        sizes.conntrack as usize,
+        "the pod's table counts as full"
+    );
+    assert!(
+        walked <= entries && entries as u64 <= capacity,
+        "{walked} {entries} {capacity}"
+    );
+}
+
+#[test]
+fn records_the_ring_buffer_has_no_room_for_are_counted() {
+    let mut f = Fixture::new(INGRESS_FROM_PEER_TCP_80);
+    f.datapath.drain_events();
+    let lost_before = f.datapath.events_lost();
+    // Twice as many drops as the ring buffer holds, with nobody reading.
+    let record = size_of::<FlowEvent>() as u32 + RINGBUF_HEADER_BYTES;
+    let sent = 2 * capacity::EVENTS_BYTES / record;
+    let denied = Packet::tcp(ip(WORLD), ip(LOCAL), 40001, 22, SYN);
+    let (action, _) = f
+        .datapath
+        .test_run_repeat(programs::TO_POD, &denied.frame(), sent)
+        .unwrap();
+    assert_eq!(action, DROP);
+    let read = f.datapath.drain_events().len() as u64;
+    let lost = f.datapath.events_lost() - lost_before;
+    assert!(read > 0 && lost > 0, "read {read}, lost {lost}");
+    assert_eq!(
+        read + lost,
+        u64::from(sent),
+        "every record read or counted lost"
+    );
 }
 
 #[test]

@@ -317,9 +317,11 @@ impl MapSizes {
 
     /// `max_entries` of every pinned map whose size is a setting, by map name (CONNTRACK and
     /// FRAGMENTS hold one table per pod: as many as ENDPOINTS has entries).
-    pub fn max_entries(&self) -> [(&'static str, u32); 8] {
+    pub fn max_entries(&self) -> [(&'static str, u32); 9] {
         [
             (names::ENDPOINTS, self.endpoints),
+            // Every endpoint's counters, and those of interfaces with no endpoint (id 0).
+            (names::COUNTERS, self.endpoints.saturating_add(1)),
             (names::IPCACHE, self.ipcache),
             (names::POLICY, self.policy),
             (names::CIDR, self.cidr),

@@ -38,6 +38,7 @@ aya_pod!(
     maps::FragValue,
     maps::StatsKey,
     maps::StatsValue,
+    maps::EndpointCounters,
     maps::FrontendKey,
     maps::FrontendValue,
     maps::ServicePolicyKey,
@@ -61,6 +62,7 @@ const _: () = {
     assert!(size_of::<maps::FragKey>() == 44);
     assert!(size_of::<maps::StatsKey>() == 8);
     assert!(size_of::<event::FlowEvent>() == 72);
+    assert!(size_of::<maps::EndpointCounters>() == 24);
     assert!(size_of::<maps::FrontendKey>() == 24);
     assert!(size_of::<maps::FrontendValue>() == 24);
     assert!(size_of::<maps::ServicePolicyValue>() == 8);

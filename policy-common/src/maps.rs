@@ -33,9 +33,11 @@ pub mod names {
     pub const FRONTENDS: &str = "FRONTENDS";
     /// (egress ruleset, frontend) -> whether the ruleset allows every backend, or some.
     pub const SERVICE_POLICY: &str = "SERVICE_POLICY";
+    /// Endpoint id -> what the datapath created or lost for it (see [`super::EndpointCounters`]).
+    pub const COUNTERS: &str = "COUNTERS";
 
     /// Every map, in a stable order (for pinning and status output).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ENDPOINTS,
         IPCACHE,
         POLICY,
@@ -46,6 +48,7 @@ pub mod names {
         EVENTS,
         FRONTENDS,
         SERVICE_POLICY,
+        COUNTERS,
     ];
 }
 
@@ -76,6 +79,9 @@ pub mod capacity {
     pub const FRAGMENTS_PER_ENDPOINT: u32 = 512;
     /// (endpoint, direction, verdict, reason) counters.
     pub const STATS: u32 = 16_384;
+    /// Endpoints with counters in COUNTERS: every endpoint, and id 0 (interfaces with no
+    /// endpoint). The agent sizes it with ENDPOINTS.
+    pub const COUNTERS: u32 = ENDPOINTS + 1;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Service frontends (every address and port, node ports on every node's addresses).
@@ -592,6 +598,24 @@ pub struct StatsValue {
     pub packets: u64,
     /// Bytes counted (skb length, L2 included).
     pub bytes: u64,
+}
+
+/// Value of [`names::COUNTERS`] (per CPU, keyed by endpoint id): what the datapath did that
+/// the agent would otherwise have to find out by walking tables or could not see at all.
+///
+/// The datapath never deletes a table entry (expired ones stay until the table's LRU
+/// pushes them out), so the entries of an endpoint's table are the keys it created, up to
+/// the table's size: the agent counts fill from these instead of walking every key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct EndpointCounters {
+    /// Keys created in the endpoint's conntrack table (not counted: an existing key
+    /// overwritten, e.g. an expired connection reopened).
+    pub conntrack_created: u64,
+    /// Keys created in the endpoint's fragment table.
+    pub fragments_created: u64,
+    /// Flow records of the endpoint the ring buffer had no room for.
+    pub events_lost: u64,
 }
 
 /// Key of [`names::FRONTENDS`]: what a client dials. An entry with protocol and port 0 marks

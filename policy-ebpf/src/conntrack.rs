@@ -11,7 +11,10 @@ use policy_common::{
     net::{proto, sctp},
 };
 
+use aya_ebpf::bindings::BPF_NOEXIST;
+
 use crate::{
+    counters::{self, Counter},
     l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::{CONNTRACK, ConntrackTable},
     packet::{ECHO_NONE, ECHO_REQUEST, Flow},
@@ -149,6 +152,12 @@ pub fn create(
         _pad: [0; 2],
     };
     // A full table evicts the endpoint's own least recently used entry; if that was a live
-    // connection, its next packet is reported (`DropReason::UnknownConnection`).
-    let _ = table.insert(key, entry, 0);
+    // connection, its next packet is reported (`DropReason::UnknownConnection`). A new key
+    // is counted (the agent's fill figure); an existing one (an expired or closed
+    // connection opened again) is overwritten and was counted when it was made.
+    if table.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
+        counters::bump(endpoint_id, Counter::ConntrackCreated);
+    } else {
+        let _ = table.insert(key, entry, 0);
+    }
 }

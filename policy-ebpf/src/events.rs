@@ -1,11 +1,30 @@
 //! Flow records for user space: every drop, and the first packet of every allowed flow.
+//!
+//! The agent is not woken for every record: a record is submitted without a wakeup unless
+//! the records waiting reach [`WAKEUP_BYTES`] (the agent also drains the ring buffer on a
+//! short timer), so a burst of new connections costs the agent one wakeup per batch instead
+//! of one per record. A record the ring buffer has no room for is counted in COUNTERS.
 
-use policy_common::{event::FlowEvent, maps::Direction};
+use core::ptr;
 
-use crate::{enforce::Decision, maps::EVENTS, packet::Flow};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ringbuf_query,
+};
+use policy_common::{
+    event::{FlowEvent, WAKEUP_BYTES},
+    maps::Direction,
+};
 
-/// Writes a record to the ring buffer; if it is full the record is lost (the counters in
-/// STATS still see the packet).
+use crate::{
+    counters::{self, Counter},
+    enforce::Decision,
+    maps::EVENTS,
+    packet::Flow,
+};
+
+/// Writes a record to the ring buffer; if it is full the record is lost and counted (the
+/// counters in STATS still see the packet).
 #[inline(always)]
 pub fn report(
     ifindex: u32,
@@ -17,6 +36,7 @@ pub fn report(
     now: u64,
 ) {
     let Some(mut entry) = EVENTS.reserve(0) else {
+        counters::bump(endpoint_id, Counter::EventLost);
         return;
     };
     let (local_addr, remote_addr, local_port, remote_port) = match dir {
@@ -41,5 +61,18 @@ pub fn report(
         reason: decision.reason,
         _pad: [0; 3],
     });
-    entry.submit(0);
+    // Bytes not yet consumed, this record included (it is reserved, so counted).
+    // SAFETY: EVENTS is a ring buffer map; the helper only reads its positions.
+    let waiting = unsafe {
+        bpf_ringbuf_query(
+            ptr::from_ref(&EVENTS).cast_mut().cast(),
+            u64::from(BPF_RB_AVAIL_DATA),
+        )
+    };
+    let wakeup = if waiting >= u64::from(WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wakeup));
 }

@@ -6,12 +6,14 @@
 //! Each endpoint keeps its own table (see `maps::FRAGMENTS`), filled by the first fragments
 //! it allowed itself: both ends of a node-local datagram decide it with their own policy.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use policy_common::{
     maps::{EndpointInfo, FRAG_TIMEOUT_NS, FragKey, FragValue},
     net::FAMILY_IPV4,
 };
 
 use crate::{
+    counters::{self, Counter},
     maps::{FRAGMENTS, FragmentTable},
     packet::Flow,
 };
@@ -61,7 +63,13 @@ pub fn remember_first(ep: &EndpointInfo, flow: &Flow, now: u64) {
     };
     // If the table is full the LRU evicts the endpoint's own oldest datagram; at worst one
     // of its later fragments is then dropped.
-    let _ = table.insert(key(ep.generation, flow), value, 0);
+    let key = key(ep.generation, flow);
+    // New keys are counted for the agent's fill figure (see `conntrack::create`).
+    if table.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+        counters::bump(ep.endpoint_id, Counter::FragmentsCreated);
+    } else {
+        let _ = table.insert(key, value, 0);
+    }
 }
 
 /// Gives a later fragment the protocol, ports and ICMP type of its first fragment; false if

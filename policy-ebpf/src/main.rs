@@ -7,6 +7,7 @@
 #![no_main]
 
 mod conntrack;
+mod counters;
 mod enforce;
 mod eth;
 mod events;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use policy_common::{
     event::FlowEvent,
     maps::{
-        CidrKey, CidrValue, CtEntry, CtKey, EndpointInfo, FragKey, FragValue, FrontendKey,
-        FrontendValue, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
+        CidrKey, CidrValue, CtEntry, CtKey, EndpointCounters, EndpointInfo, FragKey, FragValue,
+        FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey, PolicyValue, ServicePolicyKey,
         ServicePolicyValue, StatsKey, StatsValue, capacity,
     },
 };
@@ -54,6 +54,12 @@ pub static FRAGMENTS: HashOfMaps<u32, FragmentTable, { capacity::ENDPOINTS as us
 /// Per-endpoint counters.
 #[btf_map]
 pub static STATS: PerCpuHashMap<StatsKey, StatsValue, { capacity::STATS as usize }> =
+    PerCpuHashMap::new();
+
+/// Endpoint id -> keys created in its tables and flow records lost (see
+/// [`EndpointCounters`]).
+#[btf_map]
+pub static COUNTERS: PerCpuHashMap<u32, EndpointCounters, { capacity::COUNTERS as usize }> =
     PerCpuHashMap::new();
 
 /// Flow records for user space.

@@ -5,7 +5,7 @@
 //! - `test [--deep] [ARGS]`: build everything and run the whole test suite (`--deep`: the
 //!   long runs too);
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni|remote-pod]`: run a benchmark suite (root), results under
+//! - `bench [datapath|cni|remote-pod|flows]`: run a benchmark suite (root), results under
 //!   `target/bench/`;
 //! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
 //!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
@@ -88,6 +88,8 @@ enum Suite {
     Cni,
     /// How long a new pod is "world" on other nodes: its kubelet's report to their ipcache.
     RemotePod,
+    /// The agent's CPU per new connection for flow records, and idle at a full conntrack.
+    Flows,
 }
 
 impl Suite {
@@ -96,6 +98,7 @@ impl Suite {
             Self::Datapath => "datapath",
             Self::Cni => "cni",
             Self::RemotePod => "remote_pod",
+            Self::Flows => "flows",
         }
     }
 }
@@ -200,7 +203,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { suite } => {
             build_ebpf()?;
             require_root("the benchmarks load eBPF programs")?;
-            if let Suite::Cni | Suite::RemotePod = suite {
+            if let Suite::Cni | Suite::RemotePod | Suite::Flows = suite {
                 ensure_packages()?;
             }
             cargo([

@@ -17,10 +17,14 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{broadcast, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
 };
 
-use super::{Command, flows::FlowRecord, status::Status};
+use super::{
+    Command,
+    flows::{FlowRecord, Flows},
+    status::Status,
+};
 use crate::{model::ObjectRef, source::kubernetes::PodLookup};
 
 mod blocking;
@@ -118,7 +122,7 @@ pub struct Backend {
     /// The latest status.
     pub status: watch::Receiver<Status>,
     /// Flow records.
-    pub flows: broadcast::Sender<FlowRecord>,
+    pub flows: Flows,
     /// The agent task, for endpoint requests.
     pub commands: mpsc::Sender<Command>,
     /// The API server, for pods the watch has not delivered yet.
@@ -163,16 +167,21 @@ async fn answer(conn: UnixStream, backend: &Backend) -> anyhow::Result<()> {
         }
         Request::Flows => {
             let mut flows = backend.flows.subscribe();
-            loop {
-                let record = match flows.recv().await {
-                    Ok(r) => r,
-                    // A slow client misses records rather than slowing the agent.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                };
-                let body = serde_json::to_string(&record)?;
-                write.write_all(format!("{body}\n").as_bytes()).await?;
+            // A slow client misses records rather than slowing the agent; the subscription
+            // counts what it missed (metrics, status).
+            // One write per batch the agent sent, not one per record.
+            let mut out = Vec::new();
+            while let Ok(first) = flows.recv().await {
+                out.clear();
+                let mut record = Some(first);
+                while let Some(r) = record {
+                    serde_json::to_writer(&mut out, &r)?;
+                    out.push(b'\n');
+                    record = flows.next_in_batch();
+                }
+                write.write_all(&out).await?;
             }
+            return Ok(());
         }
     };
     write.write_all(format!("{reply}\n").as_bytes()).await?;

@@ -26,6 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::flows::FlowCounters;
 use crate::source::Kind;
 
 /// Datapath state for the collector.
@@ -78,14 +79,48 @@ pub struct Metrics {
     /// Interfaces refused as not a single pod's, by reason.
     interface_refusals: Family<ReasonLabel, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
+    /// Flow records read, lost and missed, counted as they go.
+    pub flows: Arc<FlowCounters>,
     ready: AtomicBool,
 }
 
 #[derive(Debug)]
-struct SnapshotCollector(Arc<Mutex<Snapshot>>);
+struct SnapshotCollector(Arc<Mutex<Snapshot>>, Arc<FlowCounters>);
+
+impl SnapshotCollector {
+    /// Flow records read by verdict, and those lost or missed by cause.
+    fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let kind = ConstCounter::new(0u64).metric_type();
+        let mut records = encoder.encode_descriptor(
+            "policy_agent_flow_records",
+            "Flow records read from the datapath, by verdict",
+            None,
+            kind,
+        )?;
+        for (verdict, n) in [("allow", &self.1.allowed), ("drop", &self.1.dropped)] {
+            ConstCounter::new(load(n)).encode(records.encode_family(&[("verdict", verdict)])?)?;
+        }
+        let mut lost = encoder.encode_descriptor(
+            "policy_agent_flow_records_lost",
+            "Flow records not delivered, by cause: ring-buffer-full (the datapath had no room, \
+             counted since the maps were made) or slow-subscriber (a flows client read too slowly)",
+            None,
+            kind,
+        )?;
+        for (cause, n) in [
+            ("ring-buffer-full", &self.1.ring_buffer_full),
+            ("slow-subscriber", &self.1.slow_subscriber),
+        ] {
+            ConstCounter::new(load(n)).encode(lost.encode_family(&[("cause", cause)])?)?;
+        }
+        Ok(())
+    }
+}
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_flows(&mut encoder)?;
         let s = self.0.lock().expect("not poisoned").clone();
         // (name, help, counts bytes rather than packets)
         let counters = [
@@ -237,7 +272,11 @@ impl Metrics {
             interface_refusals.clone(),
         );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-        registry.register_collector(Box::new(SnapshotCollector(Arc::clone(&snapshot))));
+        let flows = Arc::new(FlowCounters::default());
+        registry.register_collector(Box::new(SnapshotCollector(
+            Arc::clone(&snapshot),
+            Arc::clone(&flows),
+        )));
         Arc::new(Self {
             registry,
             sync_latency,
@@ -247,6 +286,7 @@ impl Metrics {
             drift_corrected,
             interface_refusals,
             snapshot,
+            flows,
             ready: AtomicBool::new(false),
         })
     }

@@ -38,7 +38,7 @@ use policy_common::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    sync::{broadcast, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
     time::{MissedTickBehavior, interval, sleep_until},
 };
@@ -46,7 +46,7 @@ use tokio::{
 use self::{
     api::{EndpointDelete, EndpointReply, EndpointRequest},
     endpoints::{CniEndpoints, same_pod},
-    flows::{FlowRecord, Names},
+    flows::{FlowForwarder, Flows, Names},
     interfaces::{Interfaces, Lookup, Refusal},
     metrics::{Metrics, Snapshot},
     pods::{PodState, PodStates},
@@ -78,8 +78,9 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(300);
 const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// Errors kept for `status`.
 const RECENT_ERRORS: usize = 20;
-/// Flow records buffered for slow API clients.
-const FLOW_BUFFER: usize = 4096;
+/// Batches of flow records buffered for slow API clients (each up to
+/// [`flows::BATCH_RECORDS`] records).
+const FLOW_BUFFER: usize = 256;
 
 /// How an agent runs.
 #[derive(Clone, Debug)]
@@ -146,7 +147,7 @@ pub struct AgentHandle {
     /// The latest status.
     pub status: watch::Receiver<Status>,
     /// Flow records as they are decided.
-    pub flows: broadcast::Sender<FlowRecord>,
+    pub flows: Flows,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
@@ -206,7 +207,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         source: config.source.clone(),
         ..Status::default()
     });
-    let (flows, _) = broadcast::channel(FLOW_BUFFER);
+    let flows = Flows::new(FLOW_BUFFER, Arc::clone(&metrics.flows));
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let mut servers = Vec::new();
     if let Some(path) = &config.socket {
@@ -278,7 +279,6 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         last_change: Instant::now(),
         pods: PodStates::default(),
         compiled: Compiled::default(),
-        names: Names::default(),
         load_errors: Vec::new(),
         rejections: BTreeMap::new(),
         warnings: Vec::new(),
@@ -289,7 +289,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         retry: None,
         full_resync_due: false,
         status: status_tx,
-        flows: flows.clone(),
+        flows: FlowForwarder::new(flows.clone()),
         metrics: Arc::clone(&metrics),
     };
     let (stop, stopped) = oneshot::channel();
@@ -333,7 +333,6 @@ struct Agent {
     /// Where each local pod stands: waiting for its interface, refused, found, attached.
     pods: PodStates,
     compiled: Compiled,
-    names: Names,
     /// Objects the source could not read (directory sources).
     load_errors: Vec<String>,
     /// Objects whose latest version the source rejected (Kubernetes source).
@@ -352,7 +351,7 @@ struct Agent {
     /// agent last wrote.
     full_resync_due: bool,
     status: watch::Sender<Status>,
-    flows: broadcast::Sender<FlowRecord>,
+    flows: FlowForwarder,
     metrics: Arc<Metrics>,
 }
 
@@ -368,6 +367,7 @@ impl Agent {
         let events = unsafe { AsyncFd::register(events) }?;
         let mut interface_retry = interval(INTERFACE_RETRY);
         let mut snapshot = interval(SNAPSHOT_INTERVAL);
+        let mut flush_flows = interval(flows::FLUSH_INTERVAL);
         let resync_every = self.config.full_resync;
         // Never, when off: a period far beyond any agent's life.
         let mut full_resync = interval(if resync_every.is_zero() {
@@ -377,7 +377,12 @@ impl Agent {
         });
         // The first tick of an interval is at once; the first sync reads the maps anyway.
         full_resync.reset();
-        for t in [&mut interface_retry, &mut snapshot, &mut full_resync] {
+        for t in [
+            &mut interface_retry,
+            &mut snapshot,
+            &mut full_resync,
+            &mut flush_flows,
+        ] {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut source_open = true;
@@ -406,6 +411,8 @@ impl Agent {
                     self.forward_flows();
                     guard.clear_ready();
                 }
+                // The datapath wakes the agent only for a batch of records (see flows).
+                _ = flush_flows.tick() => self.forward_flows(),
                 _ = snapshot.tick() => {
                     self.prepare_tables();
                     self.lint();
@@ -922,7 +929,7 @@ impl Agent {
         for r in (compiled.rejected.iter()).filter(|r| !self.compiled.rejected.contains(r)) {
             tracing::warn!(rejected = %r);
         }
-        self.names = Names::new(&self.config.node_name, &self.cluster, &compiled);
+        (self.flows).set_names(Names::new(&self.config.node_name, &self.cluster, &compiled));
         self.compiled = compiled;
         self.syncs += 1;
         self.events_synced = events;
@@ -1006,11 +1013,9 @@ impl Agent {
 
     /// Sends waiting flow records to API clients and the log.
     fn forward_flows(&mut self) {
-        for event in self.datapath.drain_events() {
-            let record = self.names.record(&event);
-            tracing::debug!(target: "flows", "{record}");
-            let _ = self.flows.send(record);
-        }
+        let datapath = &mut self.datapath;
+        self.flows
+            .forward(|buffer, max| datapath.drain_events_into(buffer, max));
     }
 
     /// Refreshes the status and metrics snapshot.
@@ -1085,6 +1090,7 @@ impl Agent {
                 .collect(),
             map_sizes: self.config.map_sizes.to_string(),
             full: self.compiled.full.clone(),
+            flows: self.flows.status(self.datapath.events_lost()),
             maps: fill
                 .into_iter()
                 .map(|(name, entries, capacity)| MapStatus {

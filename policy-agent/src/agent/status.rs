@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
+use super::flows::FlowStatus;
 use crate::report::{escape, escape_text};
 
 /// The state of a running agent.
@@ -34,6 +35,9 @@ pub struct Status {
     pub not_enforced: Vec<String>,
     /// Map fill levels.
     pub maps: Vec<MapStatus>,
+    /// Flow records read, lost and missed.
+    #[serde(default)]
+    pub flows: FlowStatus,
     /// The map size settings, as `--map-size` takes them.
     #[serde(default)]
     pub map_sizes: String,
@@ -196,6 +200,14 @@ impl fmt::Display for Status {
                 m.capacity
             );
         }
+        let _ = writeln!(
+            out,
+            "\nflows:    {} records, {} lost (ring buffer full), {} missed by slow clients, {} client(s)",
+            self.flows.records,
+            self.flows.lost_ring_buffer_full,
+            self.flows.missed_by_slow_subscribers,
+            self.flows.subscribers
+        );
         for (title, list) in [
             ("full maps", &self.full),
             ("rejected policies", &self.rejected),

@@ -205,7 +205,12 @@ impl Maps {
             cidr: LpmTrie::try_from(take(names::CIDR)?)?,
             frontends: HashMap::try_from(take(names::FRONTENDS)?)?,
             service_policy: HashMap::try_from(take(names::SERVICE_POLICY)?)?,
-            tables: EndpointTables::new(take(names::CONNTRACK)?, take(names::FRAGMENTS)?, sizes)?,
+            tables: EndpointTables::new(
+                take(names::CONNTRACK)?,
+                take(names::FRAGMENTS)?,
+                take(names::COUNTERS)?,
+                sizes,
+            )?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
             capacities: BTreeMap::new(),
@@ -367,27 +372,66 @@ impl Maps {
 
     /// Entries of each map with a fixed capacity, and the capacity (of the per-endpoint
     /// tables: all of them together).
-    pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
-        let in_use: BTreeSet<u32> = self
-            .endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, e)| e.endpoint_id)
-            .collect();
-        let (conntrack, conntrack_capacity) = self.tables.conntrack_fill(&in_use);
-        let (fragments, fragments_capacity) = self.tables.fragments_fill(&in_use);
+    ///
+    /// Nothing is walked key by key (that cost grew with the maps' fill, every few
+    /// seconds): the maps the agent owns hold what it last wrote (`written`; a full resync
+    /// corrects anything else), and the per-endpoint tables what the datapath counted
+    /// creating in them (see [`super::tables`]). Without `written` (before the first sync,
+    /// or after one failed) the agent's maps are counted key by key.
+    pub fn fill(&self, written: Option<&MapContents>) -> Vec<(&'static str, usize, u64)> {
+        let counters = self.tables.counters().unwrap_or_default();
+        let in_use: BTreeSet<u32> = match written {
+            Some(w) => w.endpoints.values().map(|e| e.endpoint_id).collect(),
+            None => self
+                .endpoints
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(_, e)| e.endpoint_id)
+                .collect(),
+        };
+        let (conntrack, conntrack_capacity) = self.tables.conntrack_fill(&in_use, &counters);
+        let (fragments, fragments_capacity) = self.tables.fragments_fill(&in_use, &counters);
         let count =
             |name: &'static str, entries: usize| (name, entries, self.capacity(name).into());
+        let owned = match written {
+            Some(w) => [
+                w.endpoints.len(),
+                w.ipcache.len(),
+                w.policy.len(),
+                w.cidr.len(),
+                w.frontends.len(),
+                w.service_policy.len(),
+            ],
+            None => [
+                self.endpoints.keys().count(),
+                self.ipcache.keys().count(),
+                self.policy.keys().count(),
+                self.cidr.keys().count(),
+                self.frontends.keys().count(),
+                self.service_policy.keys().count(),
+            ],
+        };
         vec![
-            count(names::ENDPOINTS, self.endpoints.keys().count()),
-            count(names::IPCACHE, self.ipcache.keys().count()),
-            count(names::POLICY, self.policy.keys().count()),
-            count(names::CIDR, self.cidr.keys().count()),
-            count(names::FRONTENDS, self.frontends.keys().count()),
-            count(names::SERVICE_POLICY, self.service_policy.keys().count()),
+            count(names::ENDPOINTS, owned[0]),
+            count(names::IPCACHE, owned[1]),
+            count(names::POLICY, owned[2]),
+            count(names::CIDR, owned[3]),
+            count(names::FRONTENDS, owned[4]),
+            count(names::SERVICE_POLICY, owned[5]),
             (names::CONNTRACK, conntrack, conntrack_capacity),
             (names::FRAGMENTS, fragments, fragments_capacity),
         ]
+    }
+
+    /// Flow records the datapath had no room for in the ring buffer, since the maps were
+    /// made (all endpoints together).
+    pub fn events_lost(&self) -> u64 {
+        self.tables
+            .counters()
+            .unwrap_or_default()
+            .values()
+            .map(|c| c.events_lost)
+            .sum()
     }
 
     /// Counters summed over CPUs.

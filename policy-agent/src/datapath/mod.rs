@@ -402,7 +402,24 @@ impl Datapath {
 
     /// Entries in each map that has a fixed capacity, and that capacity.
     pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
-        self.maps.fill()
+        self.maps.fill(self.written.as_ref())
+    }
+
+    /// Flow records the datapath had no room for in the ring buffer (since the maps were
+    /// made: they survive restarts).
+    pub fn events_lost(&self) -> u64 {
+        self.maps.events_lost()
+    }
+
+    /// Entries in the conntrack tables of the endpoints last written, counted key by key
+    /// (tests: [`Datapath::fill`] counts them from the datapath's counters instead).
+    pub fn conntrack_entries_walked(&self) -> usize {
+        let in_use = self
+            .written
+            .as_ref()
+            .map(|w| w.endpoints.values().map(|e| e.endpoint_id).collect())
+            .unwrap_or_default();
+        self.maps.tables.conntrack_entries_walked(&in_use)
     }
 
     /// Writes one endpoint entry directly, outside any sync (evaluations that run every
@@ -520,14 +537,26 @@ impl Datapath {
     /// Takes every flow record waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<FlowEvent> {
         let mut events = Vec::new();
-        while let Some(item) = self.maps.events.next() {
+        self.drain_events_into(&mut events, usize::MAX);
+        events
+    }
+
+    /// Appends at most `max` waiting flow records to `out` (a buffer the caller reuses:
+    /// nothing is allocated per record); returns how many it took.
+    pub fn drain_events_into(&mut self, out: &mut Vec<FlowEvent>, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            let Some(item) = self.maps.events.next() else {
+                break;
+            };
             if item.len() >= size_of::<FlowEvent>() {
-                events.push(bytemuck::pod_read_unaligned(
+                out.push(bytemuck::pod_read_unaligned(
                     &item[..size_of::<FlowEvent>()],
                 ));
+                taken += 1;
             }
         }
-        events
+        taken
     }
 }
 
