@@ -69,6 +69,9 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MAX_SETTLE: Duration = Duration::from_millis(200);
 /// How often interfaces not found yet are looked for again.
 pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
+/// Pods whose interfaces are looked for in one go; more wait for the next round, after
+/// the requests that came meanwhile (each lookup is a few netlink round trips).
+pub const LOOKUPS_PER_ROUND: usize = 32;
 /// How often counters and fill levels are refreshed for metrics and status.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the maps are compared with what the agent last wrote, by default.
@@ -271,6 +274,9 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         events_synced: 0,
         pending_since: None,
         last_change: Instant::now(),
+        lookup_cursor: None,
+        lookups_left: false,
+        pass_left: 0,
         sync_started: None,
         warnings: Vec::new(),
         node_warnings,
@@ -319,6 +325,12 @@ struct Agent<D> {
     pending_since: Option<Instant>,
     /// When the latest change arrived.
     last_change: Instant,
+    /// The last pod looked up in a pass over the pods waiting for interfaces that is not
+    /// complete.
+    lookup_cursor: Option<ObjectRef>,
+    /// Whether the pass has pods left, and how many.
+    lookups_left: bool,
+    pass_left: usize,
     /// The running sync: when the oldest change it enforces arrived, and the events taken
     /// when it began.
     sync_started: Option<(Instant, u64)>,

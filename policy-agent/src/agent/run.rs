@@ -12,8 +12,8 @@ use tokio::{
 };
 
 use super::{
-    Agent, Command, INTERFACE_RETRY, MAX_SETTLE, NEVER, SETTLE, SNAPSHOT_INTERVAL,
-    reconcile::CompileDone, source_state::Applied,
+    Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER, SETTLE,
+    SNAPSHOT_INTERVAL, reconcile::CompileDone, source_state::Applied,
 };
 use crate::{
     compiler::NodeConfig,
@@ -79,10 +79,10 @@ impl<D: Datapath> Agent<D> {
                     self.finish_sync(done?).await;
                 }
                 _ = interface_retry.tick(), if self.waiting_for_interfaces() => {
-                    if self.find_interfaces().await {
-                        self.pending_since.get_or_insert_with(Instant::now);
-                    }
+                    self.lookup_round().await;
                 }
+                // The rest of a pass, a round at a time, with requests answered between.
+                () = std::future::ready(()), if self.lookups_left => self.lookup_round().await,
                 guard = async { events.as_ref()?.readable().await.ok() }, if events.is_some() => {
                     if let Some(mut guard) = guard {
                         self.forward_flows();
@@ -256,12 +256,22 @@ impl<D: Datapath> Agent<D> {
         }
     }
 
+    /// One round of looking for interfaces; a pod found makes a sync due.
+    async fn lookup_round(&mut self) {
+        if self.find_interfaces().await {
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Looks for the interfaces of local pods that have none yet: the one their sandbox
-    /// recorded, checked again, or else by the route. True if it found one.
+    /// recorded, checked again, or else by the route. True if it found one. At most
+    /// [`LOOKUPS_PER_ROUND`] pods are looked up, after the last one of the previous round
+    /// (so that every pod has its turn), and `lookups_left` says whether pods remain: a
+    /// node with thousands of pods waiting never keeps the task from its requests.
     pub(super) async fn find_interfaces(&mut self) -> bool {
         let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
         self.reconciler.retain_local(&local);
-        let missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
+        let mut missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
             .local_pods()
             .filter(|p| self.reconciler.pods().interface(&p.id).is_none())
             .map(|p| {
@@ -269,6 +279,27 @@ impl<D: Datapath> Agent<D> {
                 (p.id.clone(), p.ips.clone(), recorded)
             })
             .collect();
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        let first = match &self.lookup_cursor {
+            Some(last) => missing.iter().position(|(id, ..)| id > last).unwrap_or(0),
+            None => 0,
+        };
+        missing.rotate_left(first);
+        // Pods not looked up in this round, counting from where the last pass began.
+        let pass_left = if self.lookups_left {
+            self.pass_left
+                .saturating_sub(missing.len().min(LOOKUPS_PER_ROUND))
+        } else {
+            missing.len().saturating_sub(LOOKUPS_PER_ROUND)
+        };
+        missing.truncate(LOOKUPS_PER_ROUND);
+        self.pass_left = pass_left;
+        self.lookups_left = pass_left > 0;
+        self.lookup_cursor = if self.lookups_left {
+            missing.last().map(|(id, ..)| id.clone())
+        } else {
+            None
+        };
         let mut lookups = Vec::new();
         for (pod, ips, recorded) in missing {
             let lookup = match recorded {
