@@ -159,6 +159,13 @@ impl fmt::Display for Status {
                 let _ = writeln!(out, "synced:   never");
             }
         }
+        if self.syncing {
+            let _ = writeln!(
+                out,
+                "syncing:  {} of {} source events in force",
+                self.source_events, self.source_events_seen
+            );
+        }
         if let Some(e) = &self.sync_error {
             let _ = writeln!(
                 out,
