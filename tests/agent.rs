@@ -78,24 +78,48 @@ fn start_agent_with(
     map_sizes: MapSizes,
 ) -> AgentHandle {
     let instance = format!("{}{}-agent{}", topology::PIN_PREFIX, lab.id(), node + 1);
-    pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
-    agent::spawn(
-        AgentConfig {
-            node_name: topology::node_name(node),
-            socket: Some(socket_of(&instance)),
+    let config = AgentConfig {
+        full_resync,
+        map_sizes,
+        ..test_config(
+            pins,
             instance,
-            netns: Some(lab.node_netns_name(node).to_owned()),
-            interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
-            extra_node_addresses: Vec::new(),
-            metrics_address: None,
-            source: format!("kubernetes ({})", api.url),
-            cni_conf_dir: None,
-            full_resync,
-            map_sizes,
-        },
+            &topology::node_name(node),
+            lab.node_netns_name(node),
+            format!("kubernetes ({})", api.url),
+        )
+    };
+    agent::spawn(
+        config,
         kubernetes::watch(api.client(), &topology::node_name(node)),
     )
     .expect("agent starts")
+}
+
+/// The configuration of a test agent: pin directory `instance` (removed with `pins`), its
+/// socket in the temporary directory, pods' interfaces in namespace `netns`, no metrics,
+/// default map sizes and full resync.
+fn test_config(
+    pins: &mut Pins,
+    instance: String,
+    node_name: &str,
+    netns: &str,
+    source: String,
+) -> AgentConfig {
+    pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
+    AgentConfig {
+        node_name: node_name.to_owned(),
+        socket: Some(socket_of(&instance)),
+        instance,
+        netns: Some(netns.to_owned()),
+        interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
+        extra_node_addresses: Vec::new(),
+        metrics_address: None,
+        source,
+        cni_conf_dir: None,
+        full_resync: agent::FULL_RESYNC,
+        map_sizes: MapSizes::default(),
+    }
 }
 
 /// Publishes the lab's cluster (pods with their lab nodes) to the fake API, except pods
@@ -796,22 +820,15 @@ fn a_pod_the_watch_has_not_delivered_is_fetched_when_its_sandbox_is_added() {
 
         let mut pins = Pins(Vec::new());
         let instance = format!("{}{}-cni", topology::PIN_PREFIX, lab.id());
-        pins.0.push(PathBuf::from(bpffs::PIN_ROOT).join(&instance));
         let socket = socket_of(&instance);
         let mut agent = agent::spawn(
-            AgentConfig {
-                node_name: topology::node_name(0),
-                socket: Some(socket.clone()),
+            test_config(
+                &mut pins,
                 instance,
-                netns: Some(lab.node_netns_name(0).to_owned()),
-                interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
-                extra_node_addresses: Vec::new(),
-                metrics_address: None,
-                source: format!("kubernetes ({})", api.url),
-                cni_conf_dir: None,
-                full_resync: policy_agent::agent::FULL_RESYNC,
-                map_sizes: MapSizes::default(),
-            },
+                &topology::node_name(0),
+                lab.node_netns_name(0),
+                format!("kubernetes ({})", api.url),
+            ),
             Source {
                 events: kubernetes::watch(api.client(), &topology::node_name(0)),
                 pods: Some(kubernetes::PodLookup::new(api.client())),
@@ -944,4 +961,183 @@ fn a_policy_that_does_not_fit_isolates_its_pods_and_the_others_keep_syncing() {
         assert!(status.full.is_empty(), "{status}");
         agent.stop().await.unwrap();
     });
+}
+
+/// Pods on the agent's node in the big cluster: a compile of it takes seconds in a debug
+/// build.
+const BIG_LOCAL_PODS: usize = 2000;
+/// Pods on other nodes in the big cluster.
+const BIG_REMOTE_PODS: usize = 1000;
+/// Policies in the big cluster.
+const BIG_POLICIES: usize = 1000;
+/// Namespaces the big cluster's pods and policies spread over.
+const BIG_NAMESPACES: usize = 20;
+/// Distinct `app` labels in the big cluster.
+const BIG_APPS: usize = 100;
+/// How long the agent may take to read, compile and write the big cluster.
+const BIG_READY: Duration = Duration::from_secs(300);
+/// Pause between two rounds of questions to the agent.
+const ASK_EVERY: Duration = Duration::from_millis(10);
+/// The CNI plugin's deadline for a CHECK (its default).
+const CHECK_DEADLINE: Duration = Duration::from_secs(10);
+/// Start of the names (namespace, pins, directory) of the big-cluster test, followed by
+/// the test process's id, so that a killed run's leftovers are swept.
+const BIG_PREFIX: &str = "polagent-big-";
+
+/// The manifests of the big cluster.
+fn big_cluster_yaml() -> String {
+    let mut yaml = String::new();
+    for n in 0..BIG_NAMESPACES {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{n}, labels: {{team: t-{}}}}}\n",
+            n % 4
+        ));
+    }
+    for i in 0..BIG_LOCAL_PODS + BIG_REMOTE_PODS {
+        let (node, net) = if i < BIG_LOCAL_PODS {
+            (topology::node_name(0), 64)
+        } else {
+            (topology::node_name(1), 65)
+        };
+        let ip = format!("10.{net}.{}.{}", i / 256, i % 256);
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p-{i}, namespace: ns-{}, labels: \
+             {{app: app-{}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: i, \
+             ports: [{{name: http, containerPort: 80}}]}}]}}\nstatus: {{phase: Running, podIP: \
+             {ip}, podIPs: [{{ip: {ip}}}]}}\n",
+            i % BIG_NAMESPACES,
+            i % BIG_APPS
+        ));
+    }
+    for i in 0..BIG_POLICIES {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np-{i}, \
+             namespace: ns-{}}}\nspec:\n  podSelector: {{matchLabels: {{app: app-{}}}}}\n  \
+             policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - podSelector: \
+             {{matchLabels: {{app: app-{}}}}}\n      namespaceSelector: {{matchLabels: {{team: t-{}}}}}\n    \
+             - ipBlock: {{cidr: 10.{}.0.0/16, except: [10.{}.{}.0/24]}}\n    ports: [{{protocol: TCP, \
+             port: {}}}, {{protocol: TCP, port: http}}]\n  egress:\n  - to: [{{podSelector: \
+             {{matchLabels: {{app: app-{}}}}}}}]\n    ports: [{{protocol: UDP, port: {}, endPort: {}}}]\n",
+            i % BIG_NAMESPACES,
+            i % BIG_APPS,
+            (i * 7) % BIG_APPS,
+            i % 4,
+            100 + i % 50,
+            100 + i % 50,
+            i % 256,
+            8000 + i % 100,
+            (i * 13) % BIG_APPS,
+            5000 + i % 10,
+            5100 + i % 10,
+        ));
+    }
+    yaml
+}
+
+/// A directory of manifests, removed when dropped.
+struct ManifestDir(PathBuf);
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent compiles on a blocking thread, so its local API keeps answering: a CNI CHECK
+/// (which the agent's own task answers) is answered while the status says the first sync
+/// of a big cluster is running, and before that sync ends.
+#[test]
+fn the_local_api_answers_while_a_big_cluster_compiles() {
+    block_on(async {
+        policy_agent::netns::sweep_stale(BIG_PREFIX);
+        bpffs::sweep_stale(BIG_PREFIX);
+        let name = format!("{BIG_PREFIX}{}", std::process::id());
+        // An empty namespace for the pods' interfaces: none is ever found, nothing leaves it.
+        let netns = policy_agent::netns::NetNs::create(&name).expect("namespace");
+        let dir = ManifestDir(std::env::temp_dir().join(&name));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("cluster.yaml"), big_cluster_yaml()).unwrap();
+
+        let mut pins = Pins(Vec::new());
+        let socket = socket_of(&name);
+        let config = test_config(
+            &mut pins,
+            name.clone(),
+            &topology::node_name(0),
+            netns.name(),
+            format!("dir:{}", dir.0.display()),
+        );
+        let agent = agent::spawn(
+            config,
+            policy_agent::source::directory::watch(dir.0.clone()).unwrap(),
+        )
+        .expect("agent starts");
+
+        let check = api::EndpointRequest {
+            namespace: "ns-0".into(),
+            name: "p-0".into(),
+            uid: None,
+            container_id: "never-added".into(),
+            interface: None,
+            host_interfaces: Vec::new(),
+            ips: Vec::new(),
+        };
+        let start = Instant::now();
+        let (mut worst_status, mut worst_check) = (Duration::ZERO, Duration::ZERO);
+        let (mut rounds, mut during_sync) = (0u32, 0u32);
+        let status = loop {
+            assert!(
+                start.elapsed() < BIG_READY,
+                "the agent was not ready within {BIG_READY:?}"
+            );
+            tokio::time::sleep(ASK_EVERY).await;
+            let asked = Instant::now();
+            // The socket appears once the API server task runs.
+            let Ok(before) = api::status(&socket).await else {
+                continue;
+            };
+            worst_status = worst_status.max(asked.elapsed());
+            if before.ready {
+                break before;
+            }
+            if !before.syncing {
+                continue;
+            }
+            rounds += 1;
+            let asked = Instant::now();
+            let (path, request) = (socket.clone(), check.clone());
+            let reply = tokio::task::spawn_blocking(move || {
+                api::endpoint_check(&path, request, CHECK_DEADLINE)
+            })
+            .await
+            .unwrap()
+            .expect("CHECK answered");
+            worst_check = worst_check.max(asked.elapsed());
+            assert!(
+                matches!(reply, api::EndpointReply::Failed { .. }),
+                "{reply:?}"
+            );
+            let after = api::status(&socket).await.expect("status answered");
+            // The same sync was still running after the agent's task answered.
+            if after.syncing && after.syncs == before.syncs {
+                during_sync += 1;
+            }
+        };
+        let sync = status.last_sync.expect("synced");
+        println!(
+            "big cluster ({BIG_LOCAL_PODS} local pods, {BIG_REMOTE_PODS} remote, \
+             {BIG_POLICIES} policies): first sync {} ms after the change; {during_sync} of \
+             {rounds} CHECKs answered while it ran; worst status latency {worst_status:?}, \
+             worst CHECK latency {worst_check:?}",
+            sync.latency_ms
+        );
+        assert!(
+            during_sync > 0,
+            "no CHECK was answered while the sync ran ({rounds} asked while it was running)"
+        );
+        assert_eq!(status.policies, BIG_POLICIES);
+        agent.stop().await.unwrap();
+        drop(netns);
+    })
 }

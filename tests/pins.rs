@@ -14,7 +14,7 @@ use aya_obj::generated::bpf_map_type::{
 };
 use policy_agent::{
     capacity::MapSizes,
-    datapath::{Datapath, bpffs},
+    datapath::{BpfDatapath, bpffs},
 };
 use policy_common::maps::{CtEntry, EndpointInfo, names};
 
@@ -49,7 +49,7 @@ impl Instance {
 
     /// Loads with `sizes` and drops the datapath, leaving its maps pinned.
     fn load_and_leave(&self, sizes: MapSizes) -> Vec<String> {
-        let dp = Datapath::load_with(&self.0, sizes).expect("the datapath loads");
+        let dp = BpfDatapath::load_with(&self.0, sizes).expect("the datapath loads");
         dp.replaced_maps().iter().map(ToString::to_string).collect()
     }
 }
@@ -171,7 +171,7 @@ fn another_size_setting_replaces_the_maps_and_is_their_real_capacity() {
         policy: 1000,
         ..MapSizes::default()
     };
-    let dp = Datapath::load_with(&instance.0, small).unwrap();
+    let dp = BpfDatapath::load_with(&instance.0, small).unwrap();
     let replaced: Vec<String> = dp.replaced_maps().iter().map(ToString::to_string).collect();
     assert_eq!(
         replaced,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Arrival, Datapath, TableSizes},
+    datapath::{Arrival, BpfDatapath, TableSizes},
     model::ObjectRef,
 };
 use policy_common::{
@@ -69,7 +69,7 @@ const NODE_IP: &str = "10.0.0.254";
 const NODE_IP6: &str = "fd00::fe";
 
 struct Fixture {
-    datapath: Datapath,
+    datapath: BpfDatapath,
     compiled: Compiled,
 }
 
@@ -572,7 +572,7 @@ fn other_ethertypes_reach_only_pods_that_are_not_isolated() {
 #[test]
 fn unknown_interfaces_fail_closed() {
     let f = Fixture::new("");
-    let mut datapath = Datapath::load(&format!("{PIN_PREFIX}{}-unknown", std::process::id()))
+    let mut datapath = BpfDatapath::load(&format!("{PIN_PREFIX}{}-unknown", std::process::id()))
         .unwrap()
         .unpin_on_drop();
     // Same maps' contents but no endpoint for the interface.

@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use policy_agent::{
     compiler::{Compiler, NodeConfig},
-    datapath::Datapath,
+    datapath::BpfDatapath,
     model::{Cluster, ContainerPort, Labels, ObjectRef, Origin, Pod, Policy, Protocol},
 };
 use policy_common::{maps::programs, reason::TC_ACT_SHOT};
@@ -194,7 +194,7 @@ fn measure(rules: usize, cidrs: usize, baseline: f64, cases: &mut Vec<Case>) -> 
     anyhow::ensure!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
 
     let instance = format!("bench-{}-{rules}-{cidrs}", std::process::id());
-    let mut dp = Datapath::load(&instance)?.unpin_on_drop();
+    let mut dp = BpfDatapath::load(&instance)?.unpin_on_drop();
     dp.adopt_interface(&ObjectRef::new("bench", "local"), LOOPBACK_IFINDEX);
     dp.sync(&compiled)?;
     let local = Ipv4Addr::new(10, 0, 0, 1);
@@ -244,7 +244,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let dp = Datapath::load(&format!("bench-{}-baseline", std::process::id()))?.unpin_on_drop();
+    let dp = BpfDatapath::load(&format!("bench-{}-baseline", std::process::id()))?.unpin_on_drop();
     let frame = tcp_frame(
         Ipv4Addr::new(10, 1, 0, 1),
         Ipv4Addr::new(10, 0, 0, 1),

@@ -4,7 +4,7 @@
 
 use policy_agent::{
     compiler::{Compiled, Compiler},
-    datapath::{Datapath, TableSizes},
+    datapath::{BpfDatapath, TableSizes},
     evaluate::{
         Flow,
         compiled::{node, on_one_node},
@@ -28,7 +28,7 @@ const TABLES: TableSizes = TableSizes {
 
 /// One datapath, reloaded with each scenario's maps.
 pub struct KernelEvaluator {
-    datapath: Datapath,
+    datapath: BpfDatapath,
     compiler: Compiler,
     compiled: Compiled,
     next_port: u16,

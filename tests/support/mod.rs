@@ -19,7 +19,7 @@ use std::{
 };
 
 use policy_agent::{
-    datapath::{Datapath, TableSizes, bpffs},
+    datapath::{BpfDatapath, TableSizes, bpffs},
     model::{Cluster, Protocol},
     report::{Family, Probe, Reachability},
     source::manifests::{self, Loaded},
@@ -44,14 +44,14 @@ static DATAPATHS: AtomicU32 = AtomicU32::new(0);
 /// A fresh datapath with per-endpoint tables of `sizes`, pinned under a name that starts
 /// with `prefix` and is unique to this process and call; its pins go when it is dropped
 /// (and pins of killed runs with the same prefix are swept first).
-pub fn test_datapath(prefix: &str, sizes: TableSizes) -> Datapath {
+pub fn test_datapath(prefix: &str, sizes: TableSizes) -> BpfDatapath {
     bpffs::sweep_stale(prefix);
     let instance = format!(
         "{prefix}{}-{}",
         std::process::id(),
         DATAPATHS.fetch_add(1, Ordering::Relaxed)
     );
-    Datapath::load_with(&instance, sizes)
+    BpfDatapath::load_with(&instance, sizes)
         .expect("datapath loads")
         .unpin_on_drop()
 }

@@ -25,6 +25,14 @@ pub struct Status {
     /// it sent is in force.
     #[serde(default)]
     pub source_events: u64,
+    /// Source events taken so far: more than `source_events` while changes wait for a
+    /// sync, or a sync runs.
+    #[serde(default)]
+    pub source_events_seen: u64,
+    /// Whether a sync is running (its compile, off the agent's task, while the agent
+    /// answers).
+    #[serde(default)]
+    pub syncing: bool,
     /// How the CNI plugin is installed on the node, if the agent was told where to look.
     pub cni: Option<CniStatus>,
     /// Count of policies in the cluster.
@@ -154,6 +162,13 @@ impl fmt::Display for Status {
             None => {
                 let _ = writeln!(out, "synced:   never");
             }
+        }
+        if self.syncing {
+            let _ = writeln!(
+                out,
+                "syncing:  {} of {} source events in force",
+                self.source_events, self.source_events_seen
+            );
         }
         if let Some(e) = &self.sync_error {
             let _ = writeln!(

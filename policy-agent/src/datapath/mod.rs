@@ -2,9 +2,12 @@
 //! programs to pods' host-side interfaces, and keep the maps in sync with the compiler.
 
 pub mod bpffs;
+pub mod contract;
 pub mod link_local;
 pub mod maps;
+pub mod memory;
 pub mod pins;
+pub mod sync;
 pub mod tables;
 
 use std::{
@@ -23,18 +26,21 @@ use aya::{
 };
 use policy_common::{
     event::FlowEvent,
-    maps::{EP_HAS_LINK_LOCAL, EndpointInfo, StatsKey, StatsValue, names, programs},
+    maps::{EndpointInfo, StatsKey, StatsValue, names, programs},
 };
 
 pub use self::{
+    contract::Datapath,
     maps::{MapContents, MapOpError, Maps, SyncReport},
+    memory::MemoryDatapath,
+    sync::{MapStore, SyncState},
     tables::TableSizes,
 };
 
 /// Subdirectory of an instance's pin directory holding its TCX links.
 pub const LINKS_DIR: &str = "links";
 use crate::{
-    capacity::{MapSizes, SizedMap, thousands},
+    capacity::{MapSizes, thousands},
     compiler::Compiled,
     model::ObjectRef,
     netns::NetNs,
@@ -110,39 +116,30 @@ fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> Datapath
     move |source| DatapathError::Program { program, source }
 }
 
-/// A loaded datapath instance: programs, pinned maps, attachments.
-pub struct Datapath {
+/// A loaded datapath instance: programs, pinned maps, attachments (the kernel's
+/// [`Datapath`]).
+pub struct BpfDatapath {
     ebpf: Ebpf,
     maps: Maps,
     pin_dir: PathBuf,
-    /// Host-side interface index of each attached pod.
-    interfaces: BTreeMap<ObjectRef, u32>,
-    /// The link-local address of the pod's end of each attached interface, read when
-    /// attaching (see [`link_local`]).
-    link_locals: BTreeMap<u32, Ipv6Addr>,
-    /// What the last sync wrote (`None`: read the maps before the next one).
-    written: Option<MapContents>,
-    /// The highest endpoint generation handed out.
-    last_generation: u32,
-    /// Pods with an interface whose endpoint entry did not fit in ENDPOINTS at the last
-    /// sync (their traffic is dropped, if attached).
-    left_out: Vec<ObjectRef>,
+    /// Pods' interfaces and what the last sync wrote.
+    state: SyncState,
     /// The pinned maps found unfit for this agent at load, all of which were replaced.
     replaced: Vec<pins::Mismatch>,
     unpin_on_drop: bool,
 }
 
-impl Datapath {
+impl BpfDatapath {
     /// Loads the programs and maps of `instance`, pinning the maps under
     /// `/sys/fs/bpf/policy-agent/<instance>/` and reusing maps already pinned there.
     pub fn load(instance: &str) -> Result<Self, DatapathError> {
         Self::load_with(instance, MapSizes::default())
     }
 
-    /// Like [`Datapath::load`], with the given map sizes (or only each endpoint's table
+    /// Like [`BpfDatapath::load`], with the given map sizes (or only each endpoint's table
     /// sizes, with the other maps at their defaults). Maps pinned by an earlier agent are
     /// reused only if all of them have the layout and sizes this object and `sizes` make;
-    /// otherwise all are replaced (see [`pins`]) and [`Datapath::replaced_maps`] says why.
+    /// otherwise all are replaced (see [`pins`]) and [`BpfDatapath::replaced_maps`] says why.
     pub fn load_with(instance: &str, sizes: impl Into<MapSizes>) -> Result<Self, DatapathError> {
         let sizes = sizes.into();
         let pin_dir = bpffs::instance_dir(instance)?;
@@ -169,11 +166,7 @@ impl Datapath {
             ebpf,
             maps,
             pin_dir,
-            interfaces: BTreeMap::new(),
-            link_locals: BTreeMap::new(),
-            written: None,
-            last_generation: 0,
-            left_out: Vec::new(),
+            state: SyncState::default(),
             replaced,
             unpin_on_drop: false,
         })
@@ -193,7 +186,7 @@ impl Datapath {
     /// Pods with an interface that did not fit in ENDPOINTS at the last sync: their
     /// programs, if attached, drop all their traffic (unknown endpoint).
     pub fn left_out(&self) -> &[ObjectRef] {
-        &self.left_out
+        self.state.left_out()
     }
 
     /// Removes the pinned maps when dropped (labs and tests; the agent keeps them).
@@ -273,19 +266,14 @@ impl Datapath {
             Some(ns) => ns.run(attach)??,
             None => attach()?,
         };
-        self.interfaces.insert(pod.clone(), ifindex);
-        match link_local {
-            Some(addr) => self.link_locals.insert(ifindex, addr),
-            None => self.link_locals.remove(&ifindex),
-        };
+        self.state.attached(pod, ifindex, link_local);
         Ok(ifindex)
     }
 
     /// Detaches a pod's programs (its links are unpinned, which releases them) and forgets
     /// its interface; the next sync removes its endpoint entry.
     pub fn detach(&mut self, pod: &ObjectRef) {
-        if let Some(ifindex) = self.interfaces.remove(pod) {
-            self.link_locals.remove(&ifindex);
+        if let Some(ifindex) = self.state.forget(pod) {
             self.unpin_links(|i| i == ifindex);
         }
     }
@@ -293,7 +281,7 @@ impl Datapath {
     /// Unpins the links of interfaces that no pod has any more (left by an agent that ran
     /// before, for pods that went while it was down).
     pub fn prune_links(&mut self) {
-        let live: Vec<u32> = self.interfaces.values().copied().collect();
+        let live: Vec<u32> = self.state.interfaces().values().copied().collect();
         self.unpin_links(|i| !live.contains(&i));
     }
 
@@ -310,89 +298,25 @@ impl Datapath {
 
     /// The pods whose interfaces are known, with their interface index.
     pub fn interfaces(&self) -> &BTreeMap<ObjectRef, u32> {
-        &self.interfaces
+        self.state.interfaces()
     }
 
     /// Records that a pod's interface has `ifindex` without attaching (it already is).
     pub fn adopt_interface(&mut self, pod: &ObjectRef, ifindex: u32) {
-        self.interfaces.insert(pod.clone(), ifindex);
+        self.state.adopt_interface(pod, ifindex);
     }
 
-    /// Brings the maps to what `compiled` says, for the pods whose interfaces are known.
-    /// Only the difference with what the previous sync wrote is written; the first sync
-    /// (and the first after an error) compares with what the maps really hold.
+    /// Brings the maps to what `compiled` says, for the pods whose interfaces are known
+    /// (see [`SyncState::sync`]).
     pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
-        let current = match self.written.take() {
-            Some(written) => written,
-            None => self.maps.live()?,
-        };
-        let mut pods: BTreeMap<u32, &ObjectRef> = BTreeMap::new();
-        let mut desired = MapContents {
-            endpoints: compiled
-                .endpoints
-                .iter()
-                .filter_map(|(pod, info)| {
-                    let ifindex = *self.interfaces.get(pod)?;
-                    pods.insert(ifindex, pod);
-                    Some((ifindex, *info))
-                })
-                .collect(),
-            ipcache: compiled.ipcache.clone(),
-            policy: compiled.policy.clone(),
-            cidr: compiled.cidr.clone(),
-            frontends: compiled.frontends.clone(),
-            service_policy: compiled.service_policy.clone(),
-        };
-        self.left_out = fit_endpoints(
-            &mut desired.endpoints,
-            &current.endpoints,
-            &pods,
-            self.maps.capacity(names::ENDPOINTS) as usize,
-        );
-        for pod in &self.left_out {
-            tracing::warn!(%pod, "ENDPOINTS is full: the pod's traffic is dropped until it fits; raise --map-size endpoints");
-        }
-        self.check_fits(&desired)?;
-        with_link_locals(&mut desired.endpoints, &self.link_locals);
-        tables::assign_generations(
-            &current.endpoints,
-            &mut desired.endpoints,
-            &mut self.last_generation,
-        );
-        let report = self.maps.apply(&current, &desired)?;
-        self.written = Some(desired);
-        Ok(report)
+        self.state.sync(compiled, &mut self.maps)
     }
 
     /// How many entries of the maps differ from what the last sync wrote (changed behind the
     /// agent's back); the next sync then compares with the maps rather than with its own
     /// record, and so corrects them.
     pub fn drift(&mut self) -> Result<usize, DatapathError> {
-        let live = self.maps.live()?;
-        let drift = self.written.take().map_or(0, |w| w.difference(&live));
-        Ok(drift)
-    }
-
-    /// Refuses, before writing anything, contents that do not fit a map.
-    fn check_fits(&self, desired: &MapContents) -> Result<(), DatapathError> {
-        for (map, needed) in [
-            (SizedMap::Ipcache, desired.ipcache.len()),
-            (SizedMap::Policy, desired.policy.len()),
-            (SizedMap::Cidr, desired.cidr.len()),
-            (SizedMap::Frontends, desired.frontends.len()),
-            (SizedMap::ServicePolicy, desired.service_policy.len()),
-        ] {
-            let capacity = self.maps.capacity(map.map());
-            if needed > capacity as usize {
-                return Err(DatapathError::Full {
-                    map: map.map(),
-                    setting: map.setting(),
-                    needed,
-                    capacity,
-                });
-            }
-        }
-        Ok(())
+        self.state.drift(&self.maps)
     }
 
     /// What the maps hold: after loading, the state a previous agent left.
@@ -402,7 +326,7 @@ impl Datapath {
 
     /// Entries in each map that has a fixed capacity, and that capacity.
     pub fn fill(&self) -> Vec<(&'static str, usize, u64)> {
-        self.maps.fill(self.written.as_ref())
+        self.maps.fill(self.state.written())
     }
 
     /// Flow records the datapath had no room for in the ring buffer (since the maps were
@@ -414,12 +338,9 @@ impl Datapath {
     /// Entries in the conntrack tables of the endpoints last written, counted key by key
     /// (tests: [`Datapath::fill`] counts them from the datapath's counters instead).
     pub fn conntrack_entries_walked(&self) -> usize {
-        let in_use = self
-            .written
-            .as_ref()
-            .map(|w| w.endpoints.values().map(|e| e.endpoint_id).collect())
-            .unwrap_or_default();
-        self.maps.tables.conntrack_entries_walked(&in_use)
+        self.maps
+            .tables
+            .conntrack_entries_walked(&self.state.endpoint_ids())
     }
 
     /// Writes one endpoint entry directly, outside any sync (evaluations that run every
@@ -445,11 +366,7 @@ impl Datapath {
     /// of the kernel's), so that new pods find theirs ready; returns how many it made. Call
     /// it when nothing waits for the agent.
     pub fn prepare_tables(&mut self, budget: usize) -> Result<usize, DatapathError> {
-        let in_use = self
-            .written
-            .as_ref()
-            .map(|w| w.endpoints.values().map(|e| e.endpoint_id).collect())
-            .unwrap_or_default();
+        let in_use = self.state.endpoint_ids();
         Ok(self.maps.tables.prepare(&in_use, budget)?)
     }
 
@@ -465,7 +382,7 @@ impl Datapath {
         Ok(self.test_run_repeat(program, packet, 1)?.0)
     }
 
-    /// Like [`Datapath::test_run`], for a packet the node's own stack sent.
+    /// Like [`BpfDatapath::test_run`], for a packet the node's own stack sent.
     pub fn test_run_from_node(
         &self,
         program: &'static str,
@@ -474,7 +391,7 @@ impl Datapath {
         self.test_run_arriving(program, packet, Arrival::FromNode)
     }
 
-    /// Like [`Datapath::test_run`], for a packet that reached the interface as `arrival` says.
+    /// Like [`BpfDatapath::test_run`], for a packet that reached the interface as `arrival` says.
     pub fn test_run_arriving(
         &self,
         program: &'static str,
@@ -560,7 +477,7 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
+impl Drop for BpfDatapath {
     fn drop(&mut self) {
         // Links and programs go with `ebpf` (TCX links are not pinned); pinned maps stay
         // unless asked, so a restarted agent finds its state.
@@ -611,82 +528,4 @@ fn classifier<'a>(
         .ok_or(ProgramError::NotLoaded)
         .and_then(|p| p.try_into())
         .map_err(program_error(name))
-}
-
-/// Keeps at most `capacity` endpoint entries of `desired` (interface index -> entry): those
-/// already written keep their place, then the others in the order of their pods' names.
-/// Returns the pods left out: their interfaces have no entry, so the programs drop their
-/// traffic (fail closed), and a new pod never pushes out one that is enforced.
-fn fit_endpoints(
-    desired: &mut BTreeMap<u32, EndpointInfo>,
-    current: &BTreeMap<u32, EndpointInfo>,
-    pods: &BTreeMap<u32, &ObjectRef>,
-    capacity: usize,
-) -> Vec<ObjectRef> {
-    if desired.len() <= capacity {
-        return Vec::new();
-    }
-    let mut order: Vec<(bool, Option<&ObjectRef>, u32)> = desired
-        .iter()
-        .map(|(ifindex, info)| {
-            let written = current
-                .get(ifindex)
-                .is_some_and(|c| c.endpoint_id == info.endpoint_id);
-            (!written, pods.get(ifindex).copied(), *ifindex)
-        })
-        .collect();
-    order.sort();
-    let mut left_out = Vec::new();
-    for (_, pod, ifindex) in order.into_iter().skip(capacity) {
-        desired.remove(&ifindex);
-        left_out.extend(pod.cloned());
-    }
-    left_out
-}
-
-/// Gives each endpoint the link-local address read from its interface, so that it may use
-/// that one in neighbour discovery. An address two interfaces hold is given to neither: it
-/// is not known to be either pod's alone, and the datapath then fails closed for both.
-fn with_link_locals(
-    endpoints: &mut BTreeMap<u32, EndpointInfo>,
-    link_locals: &BTreeMap<u32, Ipv6Addr>,
-) {
-    let mut holders: BTreeMap<Ipv6Addr, usize> = BTreeMap::new();
-    for (ifindex, addr) in link_locals {
-        if endpoints.contains_key(ifindex) {
-            *holders.entry(*addr).or_default() += 1;
-        }
-    }
-    for (ifindex, info) in endpoints.iter_mut() {
-        match link_locals.get(ifindex) {
-            Some(addr) if holders.get(addr) == Some(&1) => {
-                info.link_local = addr.octets();
-                info.flags |= EP_HAS_LINK_LOCAL;
-            }
-            Some(addr) => {
-                tracing::warn!(%addr, ifindex, "link-local address held by more than one pod: refused to each");
-            }
-            None => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_link_local_address_goes_to_its_interface_only_when_no_other_holds_it() {
-        let a: Ipv6Addr = "fe80::1".parse().unwrap();
-        let b: Ipv6Addr = "fe80::2".parse().unwrap();
-        let mut endpoints: BTreeMap<u32, EndpointInfo> =
-            (10..14).map(|i| (i, EndpointInfo::default())).collect();
-        let link_locals = BTreeMap::from([(10, a), (11, b), (12, b), (99, a)]);
-        with_link_locals(&mut endpoints, &link_locals);
-        assert_eq!(endpoints[&10].link_local, a.octets());
-        assert!(endpoints[&10].owns_link_local(&a.octets()));
-        for i in [11, 12, 13] {
-            assert_eq!(endpoints[&i].flags & EP_HAS_LINK_LOCAL, 0, "interface {i}");
-        }
-    }
 }

@@ -21,7 +21,7 @@ use std::{
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Datapath, TableSizes},
+    datapath::{BpfDatapath, TableSizes},
     model::{Cluster, ObjectRef},
     semantics,
 };
@@ -128,7 +128,7 @@ impl SavedStep {
 
 /// One datapath, loaded with one scenario at a time.
 pub struct Harness {
-    datapath: Datapath,
+    datapath: BpfDatapath,
     compiler: Compiler,
     compiled: Compiled,
     endpoint: Option<ObjectRef>,

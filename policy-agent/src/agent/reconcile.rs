@@ -1,0 +1,425 @@
+//! The reconcile step: from the cluster the source describes and the interfaces found to
+//! the datapath's maps and attachments, with what a sync leaves behind (the pods' states,
+//! what was compiled, the backoff of failed syncs, the drift check). Plain data around a
+//! [`Datapath`], so it runs against the kernel in the agent and against memory in tests.
+//!
+//! A sync has two halves around the compile, so that the agent can compile on a blocking
+//! thread while its task keeps answering: [`Reconciler::start`] hands out the compiler
+//! with a snapshot of the cluster ([`CompileJob`]), and [`Reconciler::finish`] writes what
+//! it produced. There is one compiler: while it is out no other sync can start, so two
+//! compiles never race to write the maps out of order. [`Reconciler::reconcile`] runs both
+//! halves at once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use policy_common::maps::EndpointInfo;
+
+use super::{
+    flows::Names,
+    interfaces::{Lookup, Refusal},
+    metrics::Metrics,
+    pods::{PodState, PodStates},
+    retry::SyncRetry,
+    status::SyncStatus,
+};
+use crate::{
+    compiler::{Compiled, Compiler, NodeConfig},
+    datapath::{Datapath, SyncReport},
+    model::{Cluster, ObjectRef},
+    netns::NetNs,
+};
+
+/// The compile of one sync, to run anywhere: the compiler, and the cluster as it was when
+/// the sync started.
+pub struct CompileJob {
+    compiler: Compiler,
+    cluster: Cluster,
+    node: NodeConfig,
+}
+
+impl CompileJob {
+    /// Compiles, and names what flow records will refer to.
+    pub fn run(mut self) -> CompileDone {
+        let compiled = self.compiler.compile(&self.cluster, &self.node);
+        let names = Names::new(&self.node.name, &self.cluster, &compiled);
+        CompileDone {
+            compiler: self.compiler,
+            compiled,
+            names,
+        }
+    }
+}
+
+/// What a [`CompileJob`] produced, and its compiler back.
+pub struct CompileDone {
+    compiler: Compiler,
+    compiled: Compiled,
+    names: Names,
+}
+
+/// The agent's enforcement state and the steps that change it (see the module).
+pub struct Reconciler<D> {
+    datapath: D,
+    /// `None` while a compile runs elsewhere.
+    compiler: Option<Compiler>,
+    /// Where each local pod stands: waiting for its interface, refused, found, attached.
+    pods: PodStates,
+    /// What the last successful sync compiled.
+    compiled: Compiled,
+    names: Names,
+    /// Whether the state left by an earlier agent has been adopted (and a first sync
+    /// written: the agent is ready).
+    adopted: bool,
+    /// Whether the next sync compares with what the maps hold rather than with what the
+    /// agent last wrote.
+    full_resync_due: bool,
+    /// Failures of the sync in a row, and when to try again.
+    retry: Option<SyncRetry>,
+    /// Successful syncs so far.
+    syncs: u64,
+    last_sync: Option<SyncStatus>,
+    metrics: Arc<Metrics>,
+    /// Errors for the agent to report, oldest first.
+    errors: Vec<String>,
+}
+
+impl<D: Datapath> Reconciler<D> {
+    /// A reconciler that has synced nothing yet.
+    pub fn new(datapath: D, metrics: Arc<Metrics>) -> Self {
+        Self {
+            datapath,
+            compiler: Some(Compiler::new()),
+            pods: PodStates::default(),
+            compiled: Compiled::default(),
+            names: Names::default(),
+            adopted: false,
+            full_resync_due: false,
+            retry: None,
+            syncs: 0,
+            last_sync: None,
+            metrics,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The datapath.
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    /// The datapath, to change behind the reconciler's back (tests).
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.datapath
+    }
+
+    /// Where each local pod stands.
+    pub fn pods(&self) -> &PodStates {
+        &self.pods
+    }
+
+    /// What the last successful sync compiled.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// Names for flow records, as of the last successful sync.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Whether a first complete state is enforced.
+    pub fn ready(&self) -> bool {
+        self.adopted
+    }
+
+    /// Successful syncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// The last successful sync.
+    pub fn last_sync(&self) -> Option<&SyncStatus> {
+        self.last_sync.as_ref()
+    }
+
+    /// The failures in a row of the sync and when to try again, while it fails.
+    pub fn retry(&self) -> Option<&SyncRetry> {
+        self.retry.as_ref()
+    }
+
+    /// Whether a compile is out (between [`Reconciler::start`] and
+    /// [`Reconciler::finish`]).
+    pub fn compiling(&self) -> bool {
+        self.compiler.is_none()
+    }
+
+    /// Takes the errors to report since the last call.
+    pub fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.errors)
+    }
+
+    /// Makes the next sync read the maps back, count what differs from what was last
+    /// written, and correct it.
+    pub fn request_full_resync(&mut self) {
+        self.full_resync_due = true;
+    }
+
+    /// Detaches the pods that hold an interface but are not among `local` any more (gone,
+    /// moved, or without addresses), and forgets the other pods not among them.
+    pub fn forget_gone(&mut self, local: &BTreeSet<ObjectRef>) {
+        let gone: Vec<ObjectRef> = self
+            .pods
+            .with_interfaces()
+            .map(|(id, _)| id)
+            .filter(|id| !local.contains(*id))
+            .cloned()
+            .collect();
+        for pod in gone {
+            tracing::info!(%pod, "pod gone: detaching");
+            self.forget_interface(&pod);
+        }
+        self.retain_local(local);
+    }
+
+    /// Forgets the pods not among `local` that hold no interface.
+    pub fn retain_local(&mut self, local: &BTreeSet<ObjectRef>) {
+        self.pods.retain_local(local);
+    }
+
+    /// Detaches a pod and forgets its interface (it is looked for again).
+    pub fn forget_interface(&mut self, pod: &ObjectRef) {
+        self.datapath.detach(pod);
+        self.pods.forget_interface(pod);
+    }
+
+    /// Detaches a pod and forgets all about it.
+    pub fn remove_pod(&mut self, pod: &ObjectRef) {
+        self.forget_interface(pod);
+        self.pods.remove(pod);
+    }
+
+    /// Takes in what looking for pods' interfaces found (see [`PodStates::settle`]) and
+    /// tells the datapath. True if a pod got an interface.
+    pub fn settle(&mut self, lookups: Vec<(ObjectRef, Lookup)>) -> bool {
+        for (pod, lookup) in &lookups {
+            if let Lookup::Missing(reason) = lookup {
+                tracing::debug!(%pod, %reason, "pod's interface not found yet");
+            }
+        }
+        let settled = self.pods.settle(lookups);
+        for pod in &settled.lost {
+            self.datapath.detach(pod);
+        }
+        for (pod, ifindex) in &settled.found {
+            tracing::info!(%pod, ifindex, "found the pod's interface");
+            self.datapath.adopt_interface(pod, *ifindex);
+        }
+        for (pod, refusal) in settled.refused {
+            self.refused(&pod, &refusal);
+        }
+        !settled.found.is_empty()
+    }
+
+    /// Counts and reports a new refusal.
+    fn refused(&mut self, pod: &ObjectRef, refusal: &Refusal) {
+        self.metrics.interface_refused(refusal.kind());
+        self.errors
+            .push(format!("pod {pod} not enforced: {refusal}"));
+    }
+
+    /// Starts a sync of `cluster`: adopts what an earlier agent left (once), checks the
+    /// maps for drift when a full resync is due, and hands out the compile.
+    pub fn start(&mut self, cluster: &Cluster, node: NodeConfig) -> anyhow::Result<CompileJob> {
+        if !self.adopted {
+            self.adopt(cluster)?;
+        }
+        if std::mem::take(&mut self.full_resync_due) {
+            self.resync_with_maps();
+        }
+        let compiler = self
+            .compiler
+            .take()
+            .context("a compile is already out: one sync at a time")?;
+        Ok(CompileJob {
+            compiler,
+            cluster: cluster.clone(),
+            node,
+        })
+    }
+
+    /// Takes over the ids an earlier agent left in the pinned maps.
+    fn adopt(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let live = self.datapath.live()?;
+        let endpoints: BTreeMap<ObjectRef, EndpointInfo> = self
+            .pods
+            .with_interfaces()
+            .filter_map(|(pod, iface)| Some((pod.clone(), *live.endpoints.get(&iface.index)?)))
+            .collect();
+        let rulesets = live
+            .endpoints
+            .values()
+            .flat_map(|e| [e.ingress_ruleset, e.egress_ruleset])
+            .chain(live.policy.keys().map(|k| k.data.ruleset));
+        let compiler = self
+            .compiler
+            .as_mut()
+            .context("a compile is already out: one sync at a time")?;
+        compiler.adopt(cluster, &endpoints, &live.ipcache, rulesets);
+        if !endpoints.is_empty() {
+            tracing::info!(
+                endpoints = endpoints.len(),
+                "adopted the state of a previous agent"
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes the next sync compare with what the maps hold, and reports what differs from
+    /// what the agent last wrote: nothing should, unless something else writes the maps.
+    fn resync_with_maps(&mut self) {
+        match self.datapath.drift() {
+            Ok(0) => tracing::debug!("full resync: the maps hold what the agent wrote"),
+            Ok(drift) => {
+                self.metrics.drift_corrected.inc_by(drift as u64);
+                self.errors.push(format!(
+                    "full resync: {drift} map entries differed from what the agent wrote \
+                     (changed by another process?); corrected"
+                ));
+            }
+            Err(e) => self
+                .errors
+                .push(format!("full resync: reading the maps: {e}")),
+        }
+    }
+
+    /// Ends a sync with what its compile produced: writes the maps, then attaches the
+    /// programs to the interfaces found (after their endpoint entries: an attached
+    /// interface never lacks one). `since`: when the oldest change it enforces arrived.
+    pub fn finish(
+        &mut self,
+        done: CompileDone,
+        netns: Option<&NetNs>,
+        since: Instant,
+    ) -> anyhow::Result<SyncReport> {
+        let CompileDone {
+            compiler,
+            compiled,
+            names,
+        } = done;
+        self.compiler = Some(compiler);
+        for c in (compiled.conflicts.iter()).filter(|c| !self.compiled.conflicts.contains(c)) {
+            tracing::warn!(conflict = %c);
+        }
+        let report = self.datapath.sync(&compiled)?;
+
+        // Only pods this compile wrote an entry for: one found while it ran waits for
+        // the next sync.
+        for (pod, ifname) in self.pods.to_attach() {
+            if !compiled.endpoints.contains_key(&pod) {
+                continue;
+            }
+            match self.datapath.attach(&pod, netns, &ifname) {
+                Ok(_) => {
+                    tracing::info!(%pod, interface = %ifname, "attached");
+                    self.pods.set_attached(&pod);
+                }
+                Err(e) => {
+                    // Looked up again next time (the interface may have gone meanwhile).
+                    self.pods.forget_interface(&pod);
+                    let e = format!("attaching to {ifname} for {pod}: {e}");
+                    self.pods
+                        .set_not_attached(&pod, PodState::Waiting(e.clone()));
+                    self.errors.push(e);
+                }
+            }
+        }
+        if !self.adopted {
+            self.datapath.prune_links();
+            self.adopted = true;
+        }
+
+        let latency = since.elapsed();
+        self.metrics.sync_latency.observe(latency.as_secs_f64());
+        tracing::debug!(
+            written = report.written,
+            removed = report.removed,
+            latency_ms = latency.as_millis() as u64,
+            "synced"
+        );
+        self.last_sync = Some(SyncStatus {
+            at: jiff::Timestamp::now().to_string(),
+            latency_ms: latency.as_millis() as u64,
+            written: report.written,
+            removed: report.removed,
+        });
+        for w in (compiled.warnings.iter()).filter(|w| !self.compiled.warnings.contains(w)) {
+            tracing::warn!(not_enforced = %w);
+        }
+        for w in (compiled.full.iter()).filter(|w| !self.compiled.full.contains(w)) {
+            tracing::warn!(full = %w);
+        }
+        for r in (compiled.rejected.iter()).filter(|r| !self.compiled.rejected.contains(r)) {
+            tracing::warn!(rejected = %r);
+        }
+        self.names = names;
+        self.compiled = compiled;
+        self.syncs += 1;
+        self.metrics.set_ready(true);
+        Ok(report)
+    }
+
+    /// Records how a sync ended: a success clears the backoff; a failure leaves the last
+    /// state enforced and schedules the next attempt later than the last (jittered).
+    /// Returns the failure's message.
+    pub fn record(
+        &mut self,
+        outcome: anyhow::Result<SyncReport>,
+        now: tokio::time::Instant,
+    ) -> Result<SyncReport, String> {
+        match outcome {
+            Ok(report) => {
+                if let Some(retry) = self.retry.take() {
+                    tracing::info!(failures = retry.failures(), "sync succeeded again");
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                // `/readyz` says the maps may lag the cluster.
+                self.metrics.set_ready(false);
+                self.metrics.sync_failures.inc();
+                let e = format!("sync failed: {e:#}");
+                match &mut self.retry {
+                    Some(retry) => retry.failed_again(now, e.clone()),
+                    None => self.retry = Some(SyncRetry::after_first_failure(now, e.clone())),
+                }
+                self.errors.push(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// One whole step on the calling thread: forgets the pods not in `local`, takes in
+    /// `lookups`, compiles `cluster` for `node`, writes and attaches, and records the
+    /// outcome at `now`. (The agent runs the same halves with the compile elsewhere.)
+    pub fn reconcile(
+        &mut self,
+        cluster: &Cluster,
+        node: NodeConfig,
+        local: &BTreeSet<ObjectRef>,
+        lookups: Vec<(ObjectRef, Lookup)>,
+        now: tokio::time::Instant,
+    ) -> Result<SyncReport, String> {
+        let since = Instant::now();
+        self.forget_gone(local);
+        self.settle(lookups);
+        let outcome = self
+            .start(cluster, node)
+            .and_then(|job| self.finish(job.run(), None, since));
+        self.record(outcome, now)
+    }
+}
