@@ -480,8 +480,28 @@ impl Agent {
                 self.cluster.replace(kind, objects);
             }
             SourceEvent::Applied(object) => {
-                self.rejections.remove(&object.key());
+                let (kind, id) = object.key();
+                self.rejections.remove(&(kind, id.clone()));
+                let before = (
+                    self.cluster.object(kind, &id),
+                    self.cluster.namespaces.len(),
+                );
                 self.cluster.apply(object);
+                self.overlay_sandboxes();
+                // A status update that changed nothing policy sees (the converted object
+                // is what policy sees) costs no sync.
+                let after = (
+                    self.cluster.object(kind, &id),
+                    self.cluster.namespaces.len(),
+                );
+                if after == before {
+                    if self.pending_since.is_none() {
+                        self.events_synced = self.events;
+                    }
+                    return;
+                }
+                self.changed(now);
+                return;
             }
             SourceEvent::Rejected(rejection) => {
                 // Nothing changes in the cluster: what was in force stays.
