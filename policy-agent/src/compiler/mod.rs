@@ -17,7 +17,7 @@
 pub mod budget;
 mod cidr;
 pub mod ids;
-
+pub mod incremental;
 pub mod lookup;
 mod ports;
 pub mod select;
