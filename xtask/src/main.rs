@@ -5,7 +5,8 @@
 //! - `test [--deep] [ARGS]`: build everything and run the whole test suite (`--deep`: the
 //!   long runs too);
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni|remote-pod]`: run a benchmark suite (root), results under
+//! - `bench [datapath|cni|remote-pod|control-plane]`: run a benchmark suite (root, except
+//!   control-plane), results under
 //!   `target/bench/`;
 //! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
 //!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
@@ -88,6 +89,8 @@ enum Suite {
     Cni,
     /// How long a new pod is "world" on other nodes: its kubelet's report to their ipcache.
     RemotePod,
+    /// The compiler on generated clusters: full compile time and memory, single changes.
+    ControlPlane,
 }
 
 impl Suite {
@@ -96,6 +99,7 @@ impl Suite {
             Self::Datapath => "datapath",
             Self::Cni => "cni",
             Self::RemotePod => "remote_pod",
+            Self::ControlPlane => "control_plane",
         }
     }
 }
@@ -199,7 +203,10 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Bench { suite } => {
             build_ebpf()?;
-            require_root("the benchmarks load eBPF programs")?;
+            // The compiler alone loads nothing into the kernel.
+            if !matches!(suite, Suite::ControlPlane) {
+                require_root("the benchmarks load eBPF programs")?;
+            }
             if let Suite::Cni | Suite::RemotePod = suite {
                 ensure_packages()?;
             }

@@ -304,10 +304,17 @@ impl Compiler {
         over: &BTreeMap<ObjectRef, budget::Overflow>,
     ) -> Compiled {
         let mut out = Compiled::default();
-        // Finished pods hold no address, and a claimed twice stays with one pod.
-        let (settled, conflicts) = cluster.settled(&node.sandboxes);
-        let cluster = &settled;
-        out.conflicts = conflicts;
+        // Finished pods hold no address, and a claimed twice stays with one pod. Most of
+        // the time there is nothing to settle, and no copy of the cluster to make.
+        let settled;
+        let cluster = if cluster.is_settled() {
+            cluster
+        } else {
+            let conflicts;
+            (settled, conflicts) = cluster.settled(&node.sandboxes);
+            out.conflicts = conflicts;
+            &settled
+        };
 
         let parsed_cache = &mut self.caches.parsed;
         parsed_cache.retain(|id, _| cluster.policies.contains_key(id));
