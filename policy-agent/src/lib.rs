@@ -13,6 +13,7 @@ pub mod cni;
 pub mod compiler;
 pub mod datapath;
 pub mod evaluate;
+pub mod generate;
 pub mod lab;
 pub mod model;
 pub mod netns;

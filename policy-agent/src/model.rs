@@ -458,6 +458,21 @@ impl fmt::Display for AddressConflict {
 }
 
 impl Cluster {
+    /// Whether the cluster is as policy sees it already ([`Self::settled`] would change
+    /// nothing): no finished pod shows an address, and no address has two claims.
+    pub fn is_settled(&self) -> bool {
+        let mut claimed = std::collections::HashSet::new();
+        for pod in self.pods.values() {
+            if pod.finished && !pod.ips.is_empty() {
+                return false;
+            }
+            if pod.holds_addresses() && !pod.ips.iter().all(|ip| claimed.insert(*ip)) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// The cluster as policy sees it: pods that finished hold no address, and an address
     /// several running pods claim stays with one of them, the same on every node that
     /// knows the same: the pod whose sandbox this node made (`local_sandboxes`), else the
@@ -515,8 +530,10 @@ mod tests {
         let mut job = pod("job", "10.0.0.5", "2026-01-01T00:00:00Z");
         job.finished = true;
         c.add_pod(job);
+        assert!(!c.is_settled(), "a finished pod still shows its address");
         c.add_pod(pod("web", "10.0.0.5", "2026-01-02T00:00:00Z"));
         let (settled, conflicts) = c.settled(&BTreeSet::new());
+        assert!(settled.is_settled());
         assert!(
             conflicts.is_empty(),
             "a finished pod claims nothing: {conflicts:?}"
@@ -525,7 +542,17 @@ mod tests {
         assert_eq!(settled.pods[&ObjectRef::new("x", "web")].ips.len(), 1);
 
         c.add_pod(pod("old", "10.0.0.7", "2026-01-01T00:00:00Z"));
+        c.pods
+            .get_mut(&ObjectRef::new("x", "job"))
+            .unwrap()
+            .ips
+            .clear();
+        assert!(
+            c.is_settled(),
+            "distinct addresses, no finished pod showing one"
+        );
         c.add_pod(pod("new", "10.0.0.7", "2026-01-03T00:00:00Z"));
+        assert!(!c.is_settled(), "two claims of 10.0.0.7");
         let (settled, conflicts) = c.settled(&BTreeSet::new());
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].kept_by, ObjectRef::new("x", "new"));

@@ -5,7 +5,8 @@
 //! - `test [--deep] [ARGS]`: build everything and run the whole test suite (`--deep`: the
 //!   long runs too);
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni|remote-pod|flows]`: run a benchmark suite (root), results under
+//! - `bench [datapath|cni|remote-pod|flows|control-plane]`: run a benchmark suite (root,
+//!   except control-plane), results under
 //!   `target/bench/`;
 //! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
 //!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
@@ -90,6 +91,8 @@ enum Suite {
     RemotePod,
     /// The agent's CPU per new connection for flow records, and idle at a full conntrack.
     Flows,
+    /// The compiler on generated clusters: full compile time and memory, single changes.
+    ControlPlane,
 }
 
 impl Suite {
@@ -99,6 +102,7 @@ impl Suite {
             Self::Cni => "cni",
             Self::RemotePod => "remote_pod",
             Self::Flows => "flows",
+            Self::ControlPlane => "control_plane",
         }
     }
 }
@@ -202,7 +206,10 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Bench { suite } => {
             build_ebpf()?;
-            require_root("the benchmarks load eBPF programs")?;
+            // The compiler alone loads nothing into the kernel.
+            if !matches!(suite, Suite::ControlPlane) {
+                require_root("the benchmarks load eBPF programs")?;
+            }
             if let Suite::Cni | Suite::RemotePod | Suite::Flows = suite {
                 ensure_packages()?;
             }

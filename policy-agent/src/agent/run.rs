@@ -154,6 +154,18 @@ impl<D: Datapath> Agent<D> {
         if let SourceEvent::Rejected(rejection) = &event {
             tracing::warn!(rejected = %rejection);
         }
+        // An update that changes nothing policy sees (a pod's status heartbeat: the
+        // converted object is what policy sees) costs no sync.
+        let updated = match &event {
+            SourceEvent::Applied(object) => Some(object.key()),
+            _ => None,
+        };
+        let seen = |cluster: &crate::model::Cluster| {
+            updated
+                .as_ref()
+                .map(|(kind, id)| (cluster.object(*kind, id), cluster.namespaces.len()))
+        };
+        let before = seen(&self.source.cluster);
         match self.source.apply(event) {
             Applied::Changed => {}
             Applied::ListedAgain(kind) => {
@@ -172,6 +184,12 @@ impl<D: Datapath> Agent<D> {
             }
         }
         self.overlay_sandboxes();
+        if before.is_some() && seen(&self.source.cluster) == before {
+            if self.pending_since.is_none() {
+                self.events_synced = self.source.events();
+            }
+            return;
+        }
         self.changed(now);
     }
 

@@ -42,6 +42,12 @@ impl<K: Ord + Clone> IdAllocator<K> {
         id
     }
 
+    /// Marks `id`, which a key has, as in use by this compilation (as [`Self::id`] of
+    /// its key would, without comparing keys).
+    pub fn touch(&mut self, id: u32) {
+        self.seen.insert(id);
+    }
+
     /// The id of `key`, if it has one (without marking it as in use).
     pub fn get(&self, key: &K) -> Option<&u32> {
         self.ids.get(key)

@@ -17,8 +17,10 @@
 pub mod budget;
 mod cidr;
 pub mod ids;
+pub mod incremental;
 pub mod lookup;
 mod ports;
+pub mod select;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -40,10 +42,10 @@ pub use self::{
     cidr::{CidrNode, ClassEntries},
     ports::{PortKey, PortMatch, PortSet},
 };
-use self::{ids::IdAllocator, ports::RulePorts};
+use self::{ids::IdAllocator, ports::RulePorts, select::IdentityIndex};
 use crate::{
     capacity::{MapSizes, SizedMap, thousands},
-    model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Protocol},
+    model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Policy, Protocol},
     semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, services::Forwarder},
 };
 
@@ -57,7 +59,7 @@ pub struct LpmKey<K> {
 }
 
 /// The node being compiled for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     /// Pods with this `spec.nodeName` are the node's endpoints.
     pub name: String,
@@ -118,7 +120,7 @@ pub struct RulesetContent {
 }
 
 /// Desired contents of the maps for one node, plus what explains them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     /// Local pods and their endpoint entries (the datapath adds the interface index).
     pub endpoints: BTreeMap<ObjectRef, EndpointInfo>,
@@ -161,7 +163,24 @@ pub struct Compiler {
     endpoints: IdAllocator<ObjectRef>,
     policies: IdAllocator<ObjectRef>,
     frontends: IdAllocator<services::FrontendId>,
+    /// Work kept from earlier compilations (see [`Caches`]).
+    caches: Caches,
 }
+
+/// What one compilation can reuse from the previous ones: a change costs what it touches.
+/// None of it changes what is compiled, only how fast.
+#[derive(Debug, Default)]
+struct Caches {
+    /// Each policy as last parsed, with the object it was parsed from.
+    parsed: BTreeMap<ObjectRef, (Policy, ParsedPolicy, Option<PolicyError>)>,
+    /// The identities of the last compilation, indexed, with the peers resolved on them.
+    index: IdentityIndex,
+}
+
+/// What a local pod's ruleset in one direction depends on besides the cluster's
+/// identities and addresses: the policies selecting it and, for ingress, the named ports
+/// its rules resolve on the pod. Pods with equal keys have equal rulesets.
+type RulesetKey = (Direction, Vec<u32>, Vec<(String, Protocol, u16)>);
 
 impl Default for Compiler {
     fn default() -> Self {
@@ -172,6 +191,7 @@ impl Default for Compiler {
             endpoints: IdAllocator::new(1),
             policies: IdAllocator::new(1),
             frontends: IdAllocator::new(FRONTEND_NONE + 1),
+            caches: Caches::default(),
         }
     }
 }
@@ -180,6 +200,12 @@ impl Compiler {
     /// A compiler with no history.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Drops the work kept from earlier compilations (not the ids): the next compilation
+    /// starts from the cluster alone, and must compile the same.
+    pub fn forget_caches(&mut self) {
+        self.caches = Caches::default();
     }
 
     /// Continues from the state an earlier agent left in the maps, so that a restart changes
@@ -278,23 +304,49 @@ impl Compiler {
         over: &BTreeMap<ObjectRef, budget::Overflow>,
     ) -> Compiled {
         let mut out = Compiled::default();
-        // Finished pods hold no address, and a claimed twice stays with one pod.
-        let (settled, conflicts) = cluster.settled(&node.sandboxes);
-        let cluster = &settled;
-        out.conflicts = conflicts;
+        // Finished pods hold no address, and a claimed twice stays with one pod. Most of
+        // the time there is nothing to settle, and no copy of the cluster to make.
+        let settled;
+        let cluster = if cluster.is_settled() {
+            cluster
+        } else {
+            let conflicts;
+            (settled, conflicts) = cluster.settled(&node.sandboxes);
+            out.conflicts = conflicts;
+            &settled
+        };
 
+        let parsed_cache = &mut self.caches.parsed;
+        parsed_cache.retain(|id, _| cluster.policies.contains_key(id));
         let mut policies = Vec::new();
         for policy in cluster.policies.values() {
-            // An invalid policy still isolates what it selects: never more open than a
-            // policy its author got right.
-            let (mut parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
-            out.rejected.extend(rejected);
-            if over.contains_key(&policy.id) {
-                parsed = ParsedPolicy::fail_closed(policy);
+            let cached = parsed_cache
+                .get(&policy.id)
+                .filter(|(source, _, _)| source == policy);
+            if cached.is_none() {
+                // An invalid policy still isolates what it selects: never more open than
+                // a policy its author got right.
+                let (parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
+                parsed_cache.insert(policy.id.clone(), (policy.clone(), parsed, rejected));
             }
+            let (_, parsed, rejected) = &parsed_cache[&policy.id];
+            out.rejected.extend(rejected.clone());
+            let parsed = if over.contains_key(&policy.id) {
+                ParsedPolicy::fail_closed(policy)
+            } else {
+                parsed.clone()
+            };
             let id = self.policies.id(&parsed.id);
             out.policy_names.insert(id, parsed.id.clone());
             policies.push((id, parsed));
+        }
+        // Policies by namespace: a pod is selected only by its own namespace's.
+        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (_, p)) in policies.iter().enumerate() {
+            by_namespace
+                .entry(p.id.namespace.as_str())
+                .or_default()
+                .push(i);
         }
 
         let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
@@ -315,6 +367,22 @@ impl Compiler {
                 pods_by_ip.insert(ip, pod);
             }
         }
+        // The index follows the identities: only those that came or went cost anything.
+        let index = &mut self.caches.index;
+        let gone: Vec<u32> = index
+            .identities()
+            .iter()
+            .filter(|(id, key)| identities.get(id) != Some(*key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            index.remove(id);
+        }
+        for (&id, key) in &identities {
+            if index.get(id) != Some(key) {
+                index.insert(id, key.clone());
+            }
+        }
         let owners: BTreeMap<IpKey, ObjectRef> = pods_by_ip
             .iter()
             .map(|(ip, pod)| (ip_key(*ip), pod.id.clone()))
@@ -331,6 +399,10 @@ impl Compiler {
         }
 
         let mut emitted = BTreeSet::new();
+        let mut shared: std::collections::HashMap<RulesetKey, u32> =
+            std::collections::HashMap::new();
+        let mut peers_used = std::collections::HashSet::new();
+        let no_policies = Vec::new();
         for pod in cluster.pods_on(&node.name).filter(|p| !p.finished) {
             if pod.host_network {
                 out.warnings.push(format!(
@@ -347,9 +419,13 @@ impl Compiler {
             }
             let mut info = endpoint_addresses(pod);
             info.endpoint_id = self.endpoints.id(&pod.id);
+            let candidates = by_namespace
+                .get(pod.id.namespace.as_str())
+                .unwrap_or(&no_policies);
             for dir in [Direction::Ingress, Direction::Egress] {
-                let selecting: Vec<(u32, &ParsedPolicy)> = policies
+                let selecting: Vec<(u32, &ParsedPolicy)> = candidates
                     .iter()
+                    .map(|&i| &policies[i])
                     .filter(|(_, p)| p.rules(dir).is_some() && semantics::applies_to(p, pod))
                     .map(|(id, p)| (*id, p))
                     .collect();
@@ -360,8 +436,38 @@ impl Compiler {
                     (pod.id.clone(), dir),
                     selecting.iter().map(|(id, _)| *id).collect(),
                 );
-                let content = ruleset(&identities, &pods_by_ip, dir, pod, &selecting);
-                let id = self.rulesets.id(&content);
+                let named = match dir {
+                    Direction::Ingress => pod
+                        .ports
+                        .iter()
+                        .filter_map(|p| Some((p.name.clone()?, p.protocol, p.port)))
+                        .collect(),
+                    Direction::Egress => Vec::new(),
+                };
+                let key: RulesetKey = (dir, selecting.iter().map(|(id, _)| *id).collect(), named);
+                // Pods selected by the same policies share the work of their ruleset.
+                let id = match shared.get(&key) {
+                    Some(&id) => {
+                        self.rulesets.touch(id);
+                        id
+                    }
+                    None => {
+                        let content = ruleset(
+                            &mut self.caches.index,
+                            &mut peers_used,
+                            &pods_by_ip,
+                            dir,
+                            pod,
+                            &selecting,
+                        );
+                        let id = self.rulesets.id(&content);
+                        if emitted.insert(id) {
+                            self.emit(id, &content, &mut out);
+                        }
+                        shared.insert(key, id);
+                        id
+                    }
+                };
                 match dir {
                     Direction::Ingress => {
                         info.flags |= EP_INGRESS_ISOLATED;
@@ -372,12 +478,13 @@ impl Compiler {
                         info.egress_ruleset = id;
                     }
                 }
-                if emitted.insert(id) {
-                    self.emit(id, &content, &mut out);
-                }
             }
             out.endpoints.insert(pod.id.clone(), info);
         }
+        // Resolutions no rule asks for any more would only cost upkeep.
+        self.caches
+            .index
+            .retain_resolved(|peer| peers_used.contains(peer));
 
         // Before the Service verdicts, which read the ipcache as the datapath will.
         let sizes = &node.map_sizes;
@@ -422,7 +529,8 @@ impl Compiler {
 
 /// The allowed (peer, ports) pairs for `pod` in `dir`, from the policies selecting it.
 fn ruleset(
-    identities: &BTreeMap<u32, IdentityKey>,
+    index: &mut IdentityIndex,
+    peers_used: &mut std::collections::HashSet<select::PeerKey>,
     pods_by_ip: &BTreeMap<IpAddr, &Pod>,
     dir: Direction,
     pod: &Pod,
@@ -456,19 +564,26 @@ fn ruleset(
                 match peer {
                     Peer::IpBlock(block) => blocks.push((block.clone(), ports.clone())),
                     Peer::Pods { namespaces, pods } => {
-                        for (&id, key) in identities {
-                            if !semantics::selector_peer_admits(
-                                namespaces.as_ref(),
-                                pods,
-                                &policy.id.namespace,
-                                &key.namespace,
-                                &key.namespace_labels,
-                                &key.pod_labels,
-                            ) {
-                                continue;
-                            }
-                            let lookup = |name: &str, proto| key.named_port(name, proto);
-                            let allowed = ports.resolve(Some(&lookup));
+                        let peer = (
+                            policy.id.namespace.clone(),
+                            namespaces.clone(),
+                            pods.clone(),
+                        );
+                        let admitted = index
+                            .admitted(&policy.id.namespace, namespaces.as_ref(), pods)
+                            .to_vec();
+                        peers_used.insert(peer);
+                        // Without named ports every admitted identity gets the same ports.
+                        let unnamed = (!ports.has_named()).then(|| ports.resolve(None));
+                        for id in admitted {
+                            let allowed = match &unnamed {
+                                Some(allowed) => allowed.clone(),
+                                None => {
+                                    let key = index.get(id).expect("admitted identities exist");
+                                    let lookup = |name: &str, proto| key.named_port(name, proto);
+                                    ports.resolve(Some(&lookup))
+                                }
+                            };
                             if !allowed.is_empty() {
                                 content.identities.entry(id).or_default().merge(&allowed);
                             }

@@ -146,6 +146,13 @@ impl Selector {
         Ok(Self { requirements })
     }
 
+    /// The selector of these requirements (all must hold), in canonical order.
+    pub fn from_requirements(mut requirements: Vec<Requirement>) -> Self {
+        requirements.sort();
+        requirements.dedup();
+        Self { requirements }
+    }
+
     /// The requirements, in a canonical order.
     pub fn requirements(&self) -> &[Requirement] {
         &self.requirements

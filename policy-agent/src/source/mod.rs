@@ -32,7 +32,7 @@ impl From<mpsc::Receiver<SourceEvent>> for Source {
 pub const CHANNEL_CAPACITY: usize = 1024;
 
 /// One object of a kind the agent follows.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// A namespace.
     Namespace(Namespace),
@@ -201,6 +201,27 @@ impl std::fmt::Display for Rejection {
 }
 
 impl Cluster {
+    /// The object of `kind` named `id` (namespaces and nodes: an empty namespace), as the
+    /// cluster holds it.
+    pub fn object(&self, kind: Kind, id: &ObjectRef) -> Option<Object> {
+        match kind {
+            Kind::Namespace => self
+                .namespaces
+                .get(&id.name)
+                .cloned()
+                .map(Object::Namespace),
+            Kind::Pod => self.pods.get(id).cloned().map(Object::Pod),
+            Kind::Policy => self.policies.get(id).cloned().map(Object::Policy),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .get(id)
+                .cloned()
+                .map(Object::EndpointSlice),
+            Kind::Node => self.nodes.get(&id.name).cloned().map(Object::Node),
+        }
+    }
+
     /// Adds or replaces one object.
     pub fn apply(&mut self, object: Object) {
         match object {
