@@ -239,5 +239,37 @@ fn main() -> anyhow::Result<()> {
         running_pods: RUNNING_PODS,
         cases,
     };
-    support::write_report("cni", &report)
+    support::write_report("cni", &report)?;
+    support::chart::write_all("cni", &[("add", chart(&report.cases))])?;
+    Ok(())
+}
+
+/// The control-plane contract's CNI ADD p50 at 1,000 policies.
+const TARGET_ADD_P50_MS: f64 = 15.0;
+
+/// ADD latencies by policy count.
+fn chart(cases: &[Case]) -> support::chart::Bars {
+    let fields: [(&str, fn(&Case) -> f64); 4] = [
+        ("ADD p50", |c| c.add_p50_ms),
+        ("ADD p99", |c| c.add_p99_ms),
+        ("agent's share (p50)", |c| c.agent_sync_p50_ms),
+        ("ptp ADD p50, for scale", |c| c.ptp_p50_ms),
+    ];
+    support::chart::Bars {
+        title: "cni: how long ADD keeps a new pod waiting (lower is better)".to_owned(),
+        x_label: "policies in the cluster".to_owned(),
+        y_label: "ms".to_owned(),
+        groups: cases.iter().map(|c| c.policies.to_string()).collect(),
+        series: fields
+            .iter()
+            .map(|(name, field)| support::chart::Series {
+                name: (*name).to_owned(),
+                values: cases.iter().map(|c| Some(field(c))).collect(),
+            })
+            .collect(),
+        lines: vec![support::chart::Line {
+            name: format!("target, ADD p50 at 1,000 policies ({TARGET_ADD_P50_MS} ms)"),
+            y: TARGET_ADD_P50_MS,
+        }],
+    }
 }

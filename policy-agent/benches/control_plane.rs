@@ -269,6 +269,7 @@ fn main() -> anyhow::Result<()> {
             println!("    {:<30} {:>8.2} / {:>8.2}", l.change, l.p50_ms, l.p99_ms);
         }
     }
+    support::chart::write_all("control_plane", &charts(&cases))?;
     support::write_report(
         "control_plane",
         &Report {
@@ -277,3 +278,53 @@ fn main() -> anyhow::Result<()> {
         },
     )
 }
+
+/// Full-compile time per cluster shape, and single-change latency (p99) per change kind.
+fn charts(cases: &[Case]) -> Vec<(&'static str, support::chart::Bars)> {
+    use support::chart::{Bars, Line, Series};
+    let groups: Vec<String> = cases.iter().map(|c| c.shape.to_owned()).collect();
+    let full = Bars {
+        title: "control-plane: full compile (lower is better)".to_owned(),
+        x_label: "cluster shape".to_owned(),
+        y_label: "ms".to_owned(),
+        groups: groups.clone(),
+        series: vec![Series {
+            name: "full compile".to_owned(),
+            values: cases.iter().map(|c| Some(c.full_compile_ms)).collect(),
+        }],
+        lines: vec![Line {
+            name: format!("target ({TARGET_FULL_COMPILE_MS} ms)"),
+            y: TARGET_FULL_COMPILE_MS,
+        }],
+    };
+    let kinds: Vec<&str> = cases
+        .first()
+        .map(|c| c.changes.iter().map(|l| l.change).collect())
+        .unwrap_or_default();
+    let changes = Bars {
+        title: "control-plane: single changes, p99 (lower is better)".to_owned(),
+        x_label: "cluster shape".to_owned(),
+        y_label: "ms".to_owned(),
+        groups,
+        series: kinds
+            .iter()
+            .map(|kind| Series {
+                name: (*kind).to_owned(),
+                values: cases
+                    .iter()
+                    .map(|c| c.changes.iter().find(|l| l.change == *kind).map(|l| l.p99_ms))
+                    .collect(),
+            })
+            .collect(),
+        lines: vec![Line {
+            name: format!("target ({TARGET_CHANGE_P99_MS} ms)"),
+            y: TARGET_CHANGE_P99_MS,
+        }],
+    };
+    vec![("full-compile", full), ("changes", changes)]
+}
+
+/// The targets on this machine: a full compile of 10k pods / 2k policies, and
+/// any single change at p99.
+const TARGET_FULL_COMPILE_MS: f64 = 1000.0;
+const TARGET_CHANGE_P99_MS: f64 = 10.0;

@@ -294,5 +294,57 @@ fn main() -> anyhow::Result<()> {
         repeat: REPEAT,
         cases,
     };
-    support::write_report("datapath", &report)
+    support::write_report("datapath", &report)?;
+    support::chart::write_all("datapath", &[("per-packet", chart(&report.cases))])?;
+    Ok(())
+}
+
+/// Targets of the performance contract, in ns over the empty program.
+const TARGET_HIT_NS: f64 = 120.0;
+const TARGET_NEW_FLOW_NS: f64 = 400.0;
+/// The paths measured, as the chart's series.
+const PATHS: [&str; 3] = ["established", "new-allowed", "new-denied"];
+
+/// Cost over the empty program of each path, by rule and CIDR count.
+fn chart(cases: &[Case]) -> support::chart::Bars {
+    let mut sizes: Vec<(usize, usize)> = Vec::new();
+    for c in cases.iter().filter(|c| c.path != "baseline") {
+        if !sizes.contains(&(c.rules, c.cidrs)) {
+            sizes.push((c.rules, c.cidrs));
+        }
+    }
+    support::chart::Bars {
+        title: "datapath: cost per packet over the empty TC program (lower is better)".to_owned(),
+        x_label: "rules / CIDRs".to_owned(),
+        y_label: "ns per packet".to_owned(),
+        groups: sizes
+            .iter()
+            .map(|(rules, cidrs)| format!("{rules} / {cidrs}"))
+            .collect(),
+        series: PATHS
+            .iter()
+            .map(|&path| support::chart::Series {
+                name: path.to_owned(),
+                values: sizes
+                    .iter()
+                    .map(|&(rules, cidrs)| {
+                        cases
+                            .iter()
+                            .find(|c| c.path == path && c.rules == rules && c.cidrs == cidrs)
+                            .map(|c| c.over_baseline_ns)
+                    })
+                    .collect(),
+            })
+            .collect(),
+        lines: vec![
+            support::chart::Line {
+                name: format!("target, established ({TARGET_HIT_NS} ns)"),
+                y: TARGET_HIT_NS,
+            },
+            support::chart::Line {
+                name: format!("target, new flow ({TARGET_NEW_FLOW_NS} ns)"),
+                y: TARGET_NEW_FLOW_NS,
+            },
+        ],
+    }
 }

@@ -536,5 +536,36 @@ fn main() -> anyhow::Result<()> {
         result
     })?;
     print(&report);
+    support::chart::write_all("flows", &[("cpu-per-connection", chart(&report))])?;
     support::write_report("flows", &report)
+}
+
+/// The agent's CPU per new connection in each phase, against the target.
+fn chart(report: &Report) -> support::chart::Bars {
+    use support::chart::{Bars, Line, Series};
+    let by = |subscriber: bool| Series {
+        name: if subscriber {
+            "with a flows client".to_owned()
+        } else {
+            "no subscriber".to_owned()
+        },
+        values: report
+            .phases
+            .iter()
+            .filter(|p| p.subscriber == subscriber)
+            .map(|p| Some(p.agent_us_per_connection))
+            .collect(),
+    };
+    let runs = report.phases.iter().filter(|p| !p.subscriber).count();
+    Bars {
+        title: "flows: agent CPU per new connection (lower is better)".to_owned(),
+        x_label: "run".to_owned(),
+        y_label: "us".to_owned(),
+        groups: (1..=runs).map(|r| r.to_string()).collect(),
+        series: vec![by(false), by(true)],
+        lines: vec![Line {
+            name: format!("target ({} us)", report.summary.target_us_per_connection),
+            y: report.summary.target_us_per_connection,
+        }],
+    }
 }

@@ -615,5 +615,35 @@ fn main() -> anyhow::Result<()> {
         settle_ms: agent::SETTLE.as_millis(),
         cases,
     };
-    support::write_report("remote_pod", &report)
+    support::write_report("remote_pod", &report)?;
+    support::chart::write_all("remote_pod", &[("window", chart(&report.cases))])?;
+    Ok(())
+}
+
+/// The window and its parts, by the kind of the new pod's labels.
+fn chart(cases: &[Case]) -> support::chart::Bars {
+    let fields: [(&str, fn(&Case) -> f64); 4] = [
+        ("window p50", |c| c.window_p50_ms),
+        ("window p99", |c| c.window_p99_ms),
+        ("other agent's sync p50", |c| c.agent_sync_p50_ms),
+        ("CNI ADD p50", |c| c.add_p50_ms),
+    ];
+    support::chart::Bars {
+        title: "remote-pod: how long a new pod is \"world\" on the other node (lower is better)"
+            .to_owned(),
+        x_label: "the new pod's labels are".to_owned(),
+        y_label: "ms".to_owned(),
+        groups: cases
+            .iter()
+            .map(|c| format!("{} identity's", c.identity))
+            .collect(),
+        series: fields
+            .iter()
+            .map(|(name, field)| support::chart::Series {
+                name: (*name).to_owned(),
+                values: cases.iter().map(|c| Some(field(c))).collect(),
+            })
+            .collect(),
+        lines: Vec::new(),
+    }
 }

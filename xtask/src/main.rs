@@ -5,9 +5,9 @@
 //! - `test [--deep] [ARGS]`: build everything and run the whole test suite (`--deep`: the
 //!   long runs too);
 //! - `lint`: rustfmt and clippy on every crate, the eBPF crate included;
-//! - `bench [datapath|cni|remote-pod|flows|control-plane]`: run a benchmark suite (root,
-//!   except control-plane), results under
-//!   `target/bench/`;
+//! - `bench [datapath|cni|remote-pod|flows|control-plane|veth] [ARGS]`: run a benchmark
+//!   suite (root, except control-plane), results and charts under `target/bench/`
+//!   (`bench veth --full`: the longer run);
 //! - `fuzz datapath [--seconds N] [--seed S]`: fuzz the eBPF programs with crafted frames
 //!   (root); what it finds is minimised and saved to `tests/corpus/datapath/`.
 
@@ -53,11 +53,14 @@ enum Task {
     },
     /// Check formatting and lints of every crate, the eBPF crate included.
     Lint,
-    /// Run a benchmark suite and write JSON under target/bench/.
+    /// Run a benchmark suite and write JSON and PNG charts under target/bench/.
     Bench {
         /// Which suite.
         #[arg(value_enum, default_value_t = Suite::Datapath)]
         suite: Suite,
+        /// Further arguments for the benchmark (e.g. `--full` for veth).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
     /// Fuzz a target; violations are minimised and saved to its corpus (needs root).
     Fuzz {
@@ -93,6 +96,8 @@ enum Suite {
     Flows,
     /// The compiler on generated clusters: full compile time and memory, single changes.
     ControlPlane,
+    /// Real packets between lab pods: no filter, this datapath, iptables, ipset, nftables.
+    Veth,
 }
 
 impl Suite {
@@ -103,6 +108,7 @@ impl Suite {
             Self::RemotePod => "remote_pod",
             Self::Flows => "flows",
             Self::ControlPlane => "control_plane",
+            Self::Veth => "veth",
         }
     }
 }
@@ -204,22 +210,36 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
             exit_status("the datapath fuzzer", cmd.status()?)
         }
-        Task::Bench { suite } => {
+        Task::Bench { suite, args } => {
             build_ebpf()?;
             // The compiler alone loads nothing into the kernel.
             if !matches!(suite, Suite::ControlPlane) {
                 require_root("the benchmarks load eBPF programs")?;
             }
-            if let Suite::Cni | Suite::RemotePod | Suite::Flows = suite {
-                ensure_packages()?;
+            match suite {
+                Suite::Datapath | Suite::ControlPlane => install_missing(&BENCH_PACKAGES)?,
+                Suite::Cni | Suite::RemotePod | Suite::Flows => {
+                    ensure_packages()?;
+                    install_missing(&BENCH_PACKAGES)?;
+                }
+                Suite::Veth => {
+                    ensure_packages()?;
+                    install_missing(&BENCH_PACKAGES)?;
+                    install_missing(&VETH_BENCH_PACKAGES)?;
+                }
             }
-            cargo([
-                "bench",
-                "--package",
-                "policy-agent",
-                "--bench",
-                suite.name(),
-            ])
+            let status = cargo_cmd()
+                .args([
+                    "bench",
+                    "--package",
+                    "policy-agent",
+                    "--bench",
+                    suite.name(),
+                ])
+                .arg("--")
+                .args(args)
+                .status()?;
+            exit_status(&format!("the {} benchmark", suite.name()), status)
         }
     }
 }
@@ -256,9 +276,24 @@ const PACKAGES: [(&str, &str); 7] = [
     ("/usr/sbin/dnsmasq", "dnsmasq-base"),
 ];
 
-/// Installs the missing ones with apt-get (the lab and the tests run as root anyway).
+/// What every benchmark needs: the font its charts' text is drawn with.
+const BENCH_PACKAGES: [(&str, &str); 1] = [(
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "fonts-dejavu-core",
+)];
+
+/// What the veth benchmark compares against besides the lab's tools: kube-router's ipsets.
+const VETH_BENCH_PACKAGES: [(&str, &str); 1] = [("ipset", "ipset")];
+
+/// Installs the lab's and the tests' packages that are missing, with apt-get (the lab and
+/// the tests run as root anyway).
 fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(&PACKAGES)
+}
+
+/// Installs those of `packages` whose tool (a command on PATH, or a file) is missing.
+fn install_missing(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(tool, _)| match tool.strip_prefix('/') {
             Some(_) => !Path::new(tool).exists(),

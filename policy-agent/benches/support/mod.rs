@@ -1,5 +1,7 @@
 //! What every benchmark of this crate shares: the `cargo bench` probe, the kernel it ran
-//! on, and where its JSON report goes.
+//! on, where its JSON report goes, and its charts ([`chart`]).
+
+pub mod chart;
 
 use std::path::{Path, PathBuf};
 
@@ -20,12 +22,17 @@ pub fn kernel() -> String {
         .to_owned()
 }
 
-/// Writes `report` to `target/bench/<name>.json` of the workspace and says where.
-pub fn write_report(name: &str, report: &impl Serialize) -> anyhow::Result<()> {
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace's `target/bench`, where reports and charts go.
+pub fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the crate is in the workspace")
-        .join("target/bench");
+        .join("target/bench")
+}
+
+/// Writes `report` to `target/bench/<name>.json` of the workspace and says where.
+pub fn write_report(name: &str, report: &impl Serialize) -> anyhow::Result<()> {
+    let dir = bench_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(report)?)
