@@ -247,9 +247,12 @@ fn main() -> anyhow::Result<()> {
 /// The control-plane contract's CNI ADD p50 at 1,000 policies.
 const TARGET_ADD_P50_MS: f64 = 15.0;
 
+/// A charted figure of a case: its legend, and how to read it.
+type Field = (&'static str, fn(&Case) -> f64);
+
 /// ADD latencies by policy count.
 fn chart(cases: &[Case]) -> support::chart::Bars {
-    let fields: [(&str, fn(&Case) -> f64); 4] = [
+    let fields: [Field; 4] = [
         ("ADD p50", |c| c.add_p50_ms),
         ("ADD p99", |c| c.add_p99_ms),
         ("agent's share (p50)", |c| c.agent_sync_p50_ms),

@@ -312,7 +312,12 @@ fn charts(cases: &[Case]) -> Vec<(&'static str, support::chart::Bars)> {
                 name: (*kind).to_owned(),
                 values: cases
                     .iter()
-                    .map(|c| c.changes.iter().find(|l| l.change == *kind).map(|l| l.p99_ms))
+                    .map(|c| {
+                        c.changes
+                            .iter()
+                            .find(|l| l.change == *kind)
+                            .map(|l| l.p99_ms)
+                    })
                     .collect(),
             })
             .collect(),

@@ -620,9 +620,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A charted figure of a case: its legend, and how to read it.
+type Field = (&'static str, fn(&Case) -> f64);
+
 /// The window and its parts, by the kind of the new pod's labels.
 fn chart(cases: &[Case]) -> support::chart::Bars {
-    let fields: [(&str, fn(&Case) -> f64); 4] = [
+    let fields: [Field; 4] = [
         ("window p50", |c| c.window_p50_ms),
         ("window p99", |c| c.window_p99_ms),
         ("other agent's sync p50", |c| c.agent_sync_p50_ms),

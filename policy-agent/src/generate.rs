@@ -144,7 +144,7 @@ pub fn policy_generation(shape: &Shape, j: usize, generation: usize) -> Policy {
             json!({"ipBlock": {"cidr": format!("172.{}.0.0/16", 16 + k % 16), "except": [format!("172.{}.{}.0/24", 16 + k % 16, k % 256)]}})
         }
     };
-    let port = if k % 5 == 0 {
+    let port = if k.is_multiple_of(5) {
         json!({"port": NAMED_PORT})
     } else {
         json!({"port": RULE_PORTS[k % RULE_PORTS.len()]})

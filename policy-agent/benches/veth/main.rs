@@ -401,9 +401,12 @@ fn print_table(summaries: &[Summary]) {
     }
 }
 
+/// A charted measure: its file suffix, its title, its target ratio, and how to read it.
+type Measure = (&'static str, &'static str, f64, fn(&Figures) -> f64);
+
 /// One chart per measure: each filter's ratio to no filter, by rule count.
 fn charts(summaries: &[Summary]) -> Vec<(&'static str, Bars)> {
-    let measures: [(&str, &str, f64, fn(&Figures) -> f64); 3] = [
+    let measures: [Measure; 3] = [
         ("tcp", "TCP throughput", TARGET_THROUGHPUT, |f| f.tcp_gbit_s),
         (
             "udp",

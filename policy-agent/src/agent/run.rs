@@ -12,9 +12,8 @@ use tokio::{
 };
 
 use super::{
-    flows,
     Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER, SETTLE,
-    SNAPSHOT_INTERVAL, reconcile::CompileDone, source_state::Applied,
+    SNAPSHOT_INTERVAL, flows, reconcile::CompileDone, source_state::Applied,
 };
 use crate::{
     compiler::NodeConfig,

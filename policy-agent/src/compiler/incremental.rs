@@ -122,7 +122,7 @@ mod tests {
         /// unique label).
         Relabel(usize, usize),
         /// The pod's status changes in no field policy sees.
-        NoOp(usize),
+        Unchanged(usize),
         /// The pod finishes (Succeeded), freeing its address.
         Finish(usize),
         /// Pod `.0` takes pod `.1`'s address (two claims).
@@ -139,7 +139,7 @@ mod tests {
             (0..40usize).prop_map(Op::AddPod),
             (0..40usize).prop_map(Op::DeletePod),
             (0..40usize, 0..60usize).prop_map(|(a, b)| Op::Relabel(a, b)),
-            (0..40usize).prop_map(Op::NoOp),
+            (0..40usize).prop_map(Op::Unchanged),
             (0..40usize).prop_map(Op::Finish),
             (0..40usize, 0..40usize).prop_map(|(a, b)| Op::TakeAddress(a, b)),
             (0..4usize, 0..10usize).prop_map(|(n, g)| Op::NamespaceLabels(n, g)),
@@ -188,7 +188,9 @@ mod tests {
                 p.labels = generate::pod(shape, like).labels;
                 Change::Applied(Object::Pod(p))
             }),
-            Op::NoOp(i) => existing(i).map_or_else(fallback, |p| Change::Applied(Object::Pod(p))),
+            Op::Unchanged(i) => {
+                existing(i).map_or_else(fallback, |p| Change::Applied(Object::Pod(p)))
+            }
             Op::Finish(i) => existing(i).map_or_else(fallback, |mut p| {
                 p.finished = true;
                 Change::Applied(Object::Pod(p))

@@ -254,6 +254,9 @@ mod tests {
         )
     }
 
+    /// A generated identity: its namespace (by index), namespace labels and pod labels.
+    type Ident = (usize, Vec<(String, String)>, Vec<(String, String)>);
+
     proptest! {
         /// The index admits exactly what testing every identity admits, also after
         /// identities come and go around resolutions made earlier.
@@ -265,7 +268,7 @@ mod tests {
             peers in prop::collection::vec((0..3usize, prop::option::of(selector()), selector()), 1..6),
         ) {
             let namespaces = ["x", "y", "z"];
-            let key = |(ns, ns_labels, pod_labels): &(usize, Vec<(String, String)>, Vec<(String, String)>)| {
+            let key = |(ns, ns_labels, pod_labels): &Ident| {
                 let mut namespace_labels = labels(ns_labels);
                 namespace_labels.insert(NAMESPACE_NAME_LABEL.into(), namespaces[*ns].into());
                 IdentityKey {
