@@ -6,13 +6,12 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr},
-    process::{Command, Stdio},
+    process::Command,
 };
 
-use anyhow::{Context as _, bail};
-use policy_agent::netns::NetNs;
+use anyhow::bail;
+use policy_agent::{lab::proxy::run_with_input as run, netns::NetNs};
 use serde::Serialize;
 
 use crate::load::{PORT_CONNECT, PORT_STREAM, PORT_UDP};
@@ -237,33 +236,6 @@ pub fn version(tool: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Runs `program args` inside `netns` with `input` on its standard input.
-fn run(netns: &NetNs, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns.name(), program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {program}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} in {}: {}",
-            args.join(" "),
-            netns.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// The server's IPv4 address (the bench is IPv4 only, as the netfilter scripts are).

@@ -184,7 +184,12 @@ impl<D: Datapath> Agent<D> {
         }
         self.overlay_sandboxes();
         if before.is_some() && seen(&self.source.cluster) == before {
-            if self.pending_since.is_none() {
+            // In force already, unless a change before it is still on its way (pending,
+            // compiling, or waiting for a retry): then the sync of that says so.
+            let settled = self.pending_since.is_none()
+                && !self.reconciler.compiling()
+                && self.reconciler.retry().is_none();
+            if settled {
                 self.events_synced = self.source.events();
             }
             return;
@@ -249,7 +254,9 @@ impl<D: Datapath> Agent<D> {
         self.reconciler_errors();
         if outcome.is_ok() {
             self.events_synced = events;
-            // Records from now on are named after what was just written.
+            // Records waiting were decided under the previous names (ids are reused at
+            // once); those from now on are named after what was just written.
+            self.forward_flows();
             self.flows.set_names(self.reconciler.names().clone());
         }
         self.sync_ended(since, outcome);

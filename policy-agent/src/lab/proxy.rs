@@ -357,8 +357,14 @@ pub fn nftables_rules(cluster: &Cluster, v6: bool, node: &str) -> String {
     )
 }
 
-/// Runs `program args` in `netns` with `input` on its standard input.
-fn run_with_input(netns: &NetNs, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+/// Runs `program args` in `netns` with `input` on its standard input (rule sets for
+/// `iptables-restore`, `nft -f -`, `ipset restore`).
+pub fn run_with_input(
+    netns: &NetNs,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> anyhow::Result<()> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", netns.name(), program])
         .args(args)
