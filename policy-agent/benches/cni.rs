@@ -247,12 +247,9 @@ fn main() -> anyhow::Result<()> {
 /// The control-plane contract's CNI ADD p50 at 1,000 policies.
 const TARGET_ADD_P50_MS: f64 = 15.0;
 
-/// A charted figure of a case: its legend, and how to read it.
-type Field = (&'static str, fn(&Case) -> f64);
-
 /// ADD latencies by policy count.
 fn chart(cases: &[Case]) -> support::chart::Bars {
-    let fields: [Field; 4] = [
+    let fields: [support::chart::Field<Case>; 4] = [
         ("ADD p50", |c| c.add_p50_ms),
         ("ADD p99", |c| c.add_p99_ms),
         ("agent's share (p50)", |c| c.agent_sync_p50_ms),
@@ -263,13 +260,7 @@ fn chart(cases: &[Case]) -> support::chart::Bars {
         x_label: "policies in the cluster".to_owned(),
         y_label: "ms".to_owned(),
         groups: cases.iter().map(|c| c.policies.to_string()).collect(),
-        series: fields
-            .iter()
-            .map(|(name, field)| support::chart::Series {
-                name: (*name).to_owned(),
-                values: cases.iter().map(|c| Some(field(c))).collect(),
-            })
-            .collect(),
+        series: support::chart::series_of(cases, &fields),
         lines: vec![support::chart::Line {
             name: format!("target, ADD p50 at 1,000 policies ({TARGET_ADD_P50_MS} ms)"),
             y: TARGET_ADD_P50_MS,

@@ -620,12 +620,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A charted figure of a case: its legend, and how to read it.
-type Field = (&'static str, fn(&Case) -> f64);
-
 /// The window and its parts, by the kind of the new pod's labels.
 fn chart(cases: &[Case]) -> support::chart::Bars {
-    let fields: [Field; 4] = [
+    let fields: [support::chart::Field<Case>; 4] = [
         ("window p50", |c| c.window_p50_ms),
         ("window p99", |c| c.window_p99_ms),
         ("other agent's sync p50", |c| c.agent_sync_p50_ms),
@@ -640,13 +637,7 @@ fn chart(cases: &[Case]) -> support::chart::Bars {
             .iter()
             .map(|c| format!("{} identity's", c.identity))
             .collect(),
-        series: fields
-            .iter()
-            .map(|(name, field)| support::chart::Series {
-                name: (*name).to_owned(),
-                values: cases.iter().map(|c| Some(field(c))).collect(),
-            })
-            .collect(),
+        series: support::chart::series_of(cases, &fields),
         lines: Vec::new(),
     }
 }

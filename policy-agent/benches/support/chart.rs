@@ -65,6 +65,23 @@ pub struct Series {
     pub values: Vec<Option<f64>>,
 }
 
+/// A figure of a bench's case to chart: its legend, and how to read it from the case.
+// Every bench compiles this module on its own, and not every one charts by field.
+#[allow(dead_code)]
+pub type Field<C> = (&'static str, fn(&C) -> f64);
+
+/// One series per field, each with its value in every case (one group per case).
+#[allow(dead_code)]
+pub fn series_of<C>(cases: &[C], fields: &[Field<C>]) -> Vec<Series> {
+    fields
+        .iter()
+        .map(|(name, field)| Series {
+            name: (*name).to_owned(),
+            values: cases.iter().map(|c| Some(field(c))).collect(),
+        })
+        .collect()
+}
+
 /// A horizontal reference line.
 #[derive(Clone, Debug, Serialize)]
 pub struct Line {
