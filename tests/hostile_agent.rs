@@ -17,8 +17,7 @@ use std::{
 };
 
 use policy_agent::{
-    agent::{self, AgentConfig, AgentHandle, status::Status},
-    capacity::MapSizes,
+    agent::{self, AgentHandle, status::Status},
     datapath::bpffs,
     evaluate::{Flow, reference::Reference},
     lab::{Lab, LabConfig, topology},
@@ -133,19 +132,7 @@ impl Watched {
         let instance = format!("{}{}-dir", topology::PIN_PREFIX, lab.id());
         let pins = PathBuf::from(bpffs::PIN_ROOT).join(&instance);
         let mut agent = agent::spawn(
-            AgentConfig {
-                node_name: topology::node_name(0),
-                instance,
-                netns: Some(lab.node_netns_name(0).to_owned()),
-                interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
-                extra_node_addresses: Vec::new(),
-                socket: None,
-                metrics_address: None,
-                source: format!("dir:{}", dir.0.display()),
-                cni_conf_dir: None,
-                full_resync: agent::FULL_RESYNC,
-                map_sizes: MapSizes::default(),
-            },
+            lab.agent_config(0, instance, format!("dir:{}", dir.0.display())),
             lab.place(directory::watch(dir.0.clone()).unwrap()),
         )
         .expect("agent starts");

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use filters::Variant;
 use policy_agent::{
-    agent::{self, AgentConfig, AgentHandle},
+    agent::{self, AgentHandle},
     datapath::bpffs,
     lab::{Lab, LabConfig, topology},
     model::Cluster,
@@ -161,19 +161,7 @@ impl Enforcer {
         };
         let (feed, events) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = enforcer.handle.insert(agent::spawn(
-            AgentConfig {
-                node_name: topology::node_name(0),
-                instance,
-                netns: Some(lab.node_netns_name(0).to_owned()),
-                interface_prefix: Some(topology::POD_INTERFACE_PREFIX.to_owned()),
-                extra_node_addresses: Vec::new(),
-                socket: None,
-                metrics_address: None,
-                source: "veth bench".to_owned(),
-                cni_conf_dir: None,
-                full_resync: agent::FULL_RESYNC,
-                map_sizes: policy_agent::capacity::MapSizes::default(),
-            },
+            lab.agent_config(0, instance, "veth bench".to_owned()),
             events,
         )?);
         feed.send(SourceEvent::Snapshot {

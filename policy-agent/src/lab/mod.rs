@@ -515,6 +515,25 @@ impl Lab {
         self.topology.nodes[node].netns.name()
     }
 
+    /// The configuration of an agent that a caller runs on node `node` of this lab (a
+    /// network-only lab's, say), as the lab's own agents run: pinned as `instance`, fed by
+    /// `source`, with no API socket, metrics or CNI configuration of its own.
+    pub fn agent_config(&self, node: usize, instance: String, source: String) -> AgentConfig {
+        AgentConfig {
+            node_name: self.topology.nodes[node].name.clone(),
+            instance,
+            netns: Some(self.node_netns_name(node).to_owned()),
+            interface_prefix: Some(POD_INTERFACE_PREFIX.to_owned()),
+            extra_node_addresses: Vec::new(),
+            socket: None,
+            metrics_address: None,
+            source,
+            cni_conf_dir: None,
+            full_resync: agent::FULL_RESYNC,
+            map_sizes: crate::capacity::MapSizes::default(),
+        }
+    }
+
     /// Forwards `source` with every pod put on its lab node (sources that do not know the
     /// lab, like a manifest directory, leave `spec.nodeName` to chance); pods the lab does
     /// not have are on no node. Snapshots get what the lab added to the manifests (the

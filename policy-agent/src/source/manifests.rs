@@ -1120,6 +1120,29 @@ fn api_version_of(kind: &str) -> Option<&'static str> {
     })
 }
 
+/// A document of an object of `kind` whose `field` is wrong: its last good version stays
+/// in force, or, a policy never read, its fail-closed form.
+fn failed_field(
+    kind: &str,
+    doc: &Value,
+    file: &Path,
+    label: String,
+    field: &str,
+    message: String,
+) -> Decoded {
+    let key = key_of(kind, doc);
+    Decoded::Failed {
+        fail_closed: fail_closed_for(key.as_ref(), Some(doc), file),
+        key,
+        error: ManifestError {
+            file: file.to_owned(),
+            object: Some(label),
+            field: Some(field.to_owned()),
+            message,
+        },
+    }
+}
+
 /// Decodes one document (a `List`: each item) into `out`.
 fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     if doc.is_null() {
@@ -1137,17 +1160,15 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
     if let (Some(version), Some(want)) = (api_version, api_version_of(&kind))
         && version != want
     {
-        let key = key_of(&kind, &doc);
-        out.push(Decoded::Failed {
-            fail_closed: fail_closed_for(key.as_ref(), Some(&doc), file),
-            key,
-            error: ManifestError {
-                file: file.to_owned(),
-                object: Some(label),
-                field: Some("apiVersion".to_owned()),
-                message: format!("{version:?} is not a version of {kind} (only {want:?} is)"),
-            },
-        });
+        let message = format!("{version:?} is not a version of {kind} (only {want:?} is)");
+        out.push(failed_field(
+            &kind,
+            &doc,
+            file,
+            label,
+            "apiVersion",
+            message,
+        ));
         return;
     }
     if LIST_KINDS.contains(&kind.as_str()) {
@@ -1187,17 +1208,8 @@ fn decode(doc: Value, file: &Path, out: &mut Vec<Decoded>) {
             // A misspelt kind is not a kind to skip: the object would silently go (and a
             // policy with it, opening what it isolated).
             Some(meant) => {
-                let key = key_of(&meant, &doc);
-                out.push(Decoded::Failed {
-                    fail_closed: fail_closed_for(key.as_ref(), Some(&doc), file),
-                    key,
-                    error: ManifestError {
-                        file: file.to_owned(),
-                        object: Some(label),
-                        field: Some("kind".to_owned()),
-                        message: format!("unknown kind (did you mean {meant:?}?)"),
-                    },
-                });
+                let message = format!("unknown kind (did you mean {meant:?}?)");
+                out.push(failed_field(&meant, &doc, file, label, "kind", message));
                 return;
             }
             None => {
