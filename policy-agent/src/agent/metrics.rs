@@ -62,6 +62,11 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkLabel {
+    work: &'static str,
+}
+
 /// The agent's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -78,6 +83,8 @@ pub struct Metrics {
     pub drift_corrected: Counter,
     /// Interfaces refused as not a single pod's, by reason.
     interface_refusals: Family<ReasonLabel, Counter>,
+    /// How long each turn of the agent's loop kept it from the local API, by work.
+    loop_busy: Family<WorkLabel, Histogram, fn() -> Histogram>,
     snapshot: Arc<Mutex<Snapshot>>,
     /// Flow records read, lost and missed, counted as they go.
     pub flows: Arc<FlowCounters>,
@@ -220,6 +227,8 @@ impl Collector for SnapshotCollector {
 
 /// Sync latency buckets: 1 ms to about 16 s.
 const LATENCY_BUCKETS: (f64, f64, u16) = (0.001, 2.0, 15);
+/// Loop turn buckets: 100 us to about 3 s.
+const BUSY_BUCKETS: (f64, f64, u16) = (0.0001, 2.0, 15);
 
 impl Metrics {
     /// Fresh metrics.
@@ -271,6 +280,20 @@ impl Metrics {
             "Pod interfaces refused as not one pod's alone (bridge, uplink, shared), by reason",
             interface_refusals.clone(),
         );
+        let loop_busy: Family<WorkLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(
+                    BUSY_BUCKETS.0,
+                    BUSY_BUCKETS.1,
+                    BUSY_BUCKETS.2,
+                ))
+            });
+        registry.register(
+            "policy_agent_loop_busy_seconds",
+            "How long one turn of the agent's loop kept it from answering the local API \
+             (CNI ADD, status), by the work it did",
+            loop_busy.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let flows = Arc::new(FlowCounters::default());
         registry.register_collector(Box::new(SnapshotCollector(
@@ -285,6 +308,7 @@ impl Metrics {
             sync_failures,
             drift_corrected,
             interface_refusals,
+            loop_busy,
             snapshot,
             flows,
             ready: AtomicBool::new(false),
@@ -307,6 +331,13 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Records that one turn of the agent's loop did `work` for `busy`.
+    pub fn loop_busy(&self, work: &'static str, busy: std::time::Duration) {
+        self.loop_busy
+            .get_or_create(&WorkLabel { work })
+            .observe(busy.as_secs_f64());
     }
 
     /// Replaces the datapath snapshot.

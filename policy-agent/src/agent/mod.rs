@@ -72,6 +72,10 @@ pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
 /// Pods whose interfaces are looked for in one go; more wait for the next round, after
 /// the requests that came meanwhile (each lookup is a few netlink round trips).
 pub const LOOKUPS_PER_ROUND: usize = 32;
+/// Pods found by a sync that are attached in one turn of the loop besides the sandboxes
+/// waiting for theirs; the rest follow, a turn each, with requests answered between (an
+/// attach waits for the kernel: 10 ms or more).
+pub const ATTACHES_PER_ROUND: usize = 1;
 /// How often counters and fill levels are refreshed for metrics and status.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the maps are compared with what the agent last wrote, by default.
@@ -266,7 +270,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
     let agent = Agent {
         config,
         netns,
-        interfaces,
+        interfaces: Arc::new(interfaces),
         reconciler: Reconciler::new(datapath, Arc::clone(&metrics)),
         source: SourceState::default(),
         cni,
@@ -277,7 +281,8 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         last_change: Instant::now(),
         lookup_cursor: None,
         lookups_left: false,
-        pass_left: 0,
+        looking_up: false,
+        publish_due: false,
         sync_started: None,
         warnings: Vec::new(),
         node_warnings,
@@ -309,7 +314,8 @@ type Waiting = Vec<(ObjectRef, oneshot::Sender<EndpointReply>)>;
 struct Agent<D> {
     config: AgentConfig,
     netns: Option<NetNs>,
-    interfaces: Interfaces,
+    /// Shared with the task of a lookup round.
+    interfaces: Arc<Interfaces>,
     /// The pods' states, the datapath and what was last compiled and written.
     reconciler: Reconciler<D>,
     /// The cluster as the source described it.
@@ -329,9 +335,13 @@ struct Agent<D> {
     /// The last pod looked up in a pass over the pods waiting for interfaces that is not
     /// complete.
     lookup_cursor: Option<ObjectRef>,
-    /// Whether the pass has pods left, and how many.
+    /// Whether the pass has pods left.
     lookups_left: bool,
-    pass_left: usize,
+    /// Whether a round of lookups runs.
+    looking_up: bool,
+    /// Whether status and metrics changed since they were last published (published at
+    /// the end of the loop's turn: one turn, one snapshot).
+    publish_due: bool,
     /// The running sync: when the oldest change it enforces arrived, and the events taken
     /// when it began.
     sync_started: Option<(Instant, u64)>,
@@ -356,7 +366,7 @@ impl<D: Datapath> Agent<D> {
             self.errors.pop_front();
         }
         self.errors.push_back(e);
-        self.publish();
+        self.publish_due = true;
     }
 
     /// Reports the errors the reconciler met.

@@ -78,6 +78,7 @@ impl<D: Datapath> Agent<D> {
 
     /// Refreshes the status and metrics snapshot.
     pub(super) fn publish(&mut self) {
+        self.publish_due = false;
         let mut packets = BTreeMap::new();
         if let Ok(stats) = self.reconciler.datapath().stats() {
             for (k, v) in stats {

@@ -80,6 +80,8 @@ pub struct Reconciler<D> {
     full_resync_due: bool,
     /// Failures of the sync in a row, and when to try again.
     retry: Option<SyncRetry>,
+    /// Whether found pods wait to be attached (see [`Self::attach_found`]).
+    attaches_left: bool,
     /// Successful syncs so far.
     syncs: u64,
     last_sync: Option<SyncStatus>,
@@ -100,6 +102,7 @@ impl<D: Datapath> Reconciler<D> {
             adopted: false,
             full_resync_due: false,
             retry: None,
+            attaches_left: false,
             syncs: 0,
             last_sync: None,
             metrics,
@@ -299,12 +302,17 @@ impl<D: Datapath> Reconciler<D> {
 
     /// Ends a sync with what its compile produced: writes the maps, then attaches the
     /// programs to the interfaces found (after their endpoint entries: an attached
-    /// interface never lacks one). `since`: when the oldest change it enforces arrived.
+    /// interface never lacks one): those of the pods in `first` (sandboxes waiting for
+    /// their pod's enforcement), and `budget` others; [`Self::attaches_left`] says whether
+    /// more wait for [`Self::attach_found`]. `since`: when the oldest change it enforces
+    /// arrived.
     pub fn finish(
         &mut self,
         done: CompileDone,
         netns: Option<&NetNs>,
         since: Instant,
+        first: &BTreeSet<ObjectRef>,
+        budget: usize,
     ) -> anyhow::Result<SyncReport> {
         let CompileDone {
             compiler,
@@ -316,28 +324,9 @@ impl<D: Datapath> Reconciler<D> {
             tracing::warn!(conflict = %c);
         }
         let report = self.datapath.sync(&compiled)?;
-
         // Only pods this compile wrote an entry for: one found while it ran waits for
         // the next sync.
-        for (pod, ifname) in self.pods.to_attach() {
-            if !compiled.endpoints.contains_key(&pod) {
-                continue;
-            }
-            match self.datapath.attach(&pod, netns, &ifname) {
-                Ok(_) => {
-                    tracing::info!(%pod, interface = %ifname, "attached");
-                    self.pods.set_attached(&pod);
-                }
-                Err(e) => {
-                    // Looked up again next time (the interface may have gone meanwhile).
-                    self.pods.forget_interface(&pod);
-                    let e = format!("attaching to {ifname} for {pod}: {e}");
-                    self.pods
-                        .set_not_attached(&pod, PodState::Waiting(e.clone()));
-                    self.errors.push(e);
-                }
-            }
-        }
+        self.attach_to(netns, &compiled, first, budget);
         if !self.adopted {
             self.datapath.prune_links();
             self.adopted = true;
@@ -371,6 +360,58 @@ impl<D: Datapath> Reconciler<D> {
         self.syncs += 1;
         self.metrics.set_ready(true);
         Ok(report)
+    }
+
+    /// Attaches the programs for up to `budget` pods whose interface was found and whose
+    /// endpoint entry the last successful sync wrote, besides those in `first`. Each
+    /// attach waits for the kernel (a TCX attach waits out an RCU grace period), so a
+    /// node with many new interfaces is attached a few at a time.
+    pub fn attach_found(
+        &mut self,
+        netns: Option<&NetNs>,
+        first: &BTreeSet<ObjectRef>,
+        budget: usize,
+    ) {
+        let compiled = std::mem::take(&mut self.compiled);
+        self.attach_to(netns, &compiled, first, budget);
+        self.compiled = compiled;
+    }
+
+    /// Whether pods wait for [`Self::attach_found`].
+    pub fn attaches_left(&self) -> bool {
+        self.attaches_left
+    }
+
+    fn attach_to(
+        &mut self,
+        netns: Option<&NetNs>,
+        compiled: &Compiled,
+        first: &BTreeSet<ObjectRef>,
+        budget: usize,
+    ) {
+        let (firsts, others): (Vec<_>, Vec<_>) = self
+            .pods
+            .to_attach()
+            .into_iter()
+            .filter(|(pod, _)| compiled.endpoints.contains_key(pod))
+            .partition(|(pod, _)| first.contains(pod));
+        self.attaches_left = others.len() > budget;
+        for (pod, ifname) in firsts.into_iter().chain(others.into_iter().take(budget)) {
+            match self.datapath.attach(&pod, netns, &ifname) {
+                Ok(_) => {
+                    tracing::info!(%pod, interface = %ifname, "attached");
+                    self.pods.set_attached(&pod);
+                }
+                Err(e) => {
+                    // Looked up again next time (the interface may have gone meanwhile).
+                    self.pods.forget_interface(&pod);
+                    let e = format!("attaching to {ifname} for {pod}: {e}");
+                    self.pods
+                        .set_not_attached(&pod, PodState::Waiting(e.clone()));
+                    self.errors.push(e);
+                }
+            }
+        }
     }
 
     /// Records how a sync ended: a success clears the backoff; a failure leaves the last
@@ -419,7 +460,7 @@ impl<D: Datapath> Reconciler<D> {
         self.settle(lookups);
         let outcome = self
             .start(cluster, node)
-            .and_then(|job| self.finish(job.run(), None, since));
+            .and_then(|job| self.finish(job.run(), None, since, &BTreeSet::new(), usize::MAX));
         self.record(outcome, now)
     }
 }

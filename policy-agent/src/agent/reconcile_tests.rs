@@ -414,7 +414,44 @@ fn one_compile_at_a_time() {
         "a second compile started"
     );
     let done = std::thread::spawn(move || job.run()).join().unwrap();
-    r.finish(done, None, std::time::Instant::now()).unwrap();
+    r.finish(
+        done,
+        None,
+        std::time::Instant::now(),
+        &BTreeSet::new(),
+        usize::MAX,
+    )
+    .unwrap();
     assert!(!r.compiling());
     assert!(r.start(&cluster, node()).is_ok());
+}
+
+#[test]
+fn found_pods_are_attached_a_few_at_a_time_waiting_sandboxes_first() {
+    let cluster = cluster(&allow("web", "b", 80));
+    let mut r = reconciler();
+    r.forget_gone(&local());
+    r.settle(own_interfaces());
+    let job = r.start(&cluster, node()).unwrap();
+    let done = job.run();
+    // Pod c's sandbox waits for it: attached whatever the budget.
+    let waiting: BTreeSet<ObjectRef> = [pod("c")].into_iter().collect();
+    r.finish(done, None, std::time::Instant::now(), &waiting, 1)
+        .unwrap();
+    let attached = |r: &Reconciler<MemoryDatapath>| {
+        ["a", "b", "c"]
+            .into_iter()
+            .filter(|p| r.pods().is_attached(&pod(p)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attached(&r), ["a", "c"], "the waiting pod and one more");
+    assert!(r.attaches_left());
+    // Every endpoint entry is written before any attach: none waits for a later sync.
+    let endpoints = &r.datapath().maps.contents.endpoints;
+    for index in [11, 12, 13] {
+        assert!(endpoints.contains_key(&index), "no entry for {index}");
+    }
+    r.attach_found(None, &BTreeSet::new(), 1);
+    assert_eq!(attached(&r), ["a", "b", "c"]);
+    assert!(!r.attaches_left());
 }

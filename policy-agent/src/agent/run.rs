@@ -2,7 +2,14 @@
 //! starts a sync when changes have settled; the compile runs on a blocking thread and its
 //! result is written back on this task, so the local API is answered throughout.
 
-use std::{collections::BTreeSet, net::IpAddr, os::fd::OwnedFd, time::Instant};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    ops::Bound,
+    os::fd::OwnedFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::unix::AsyncFd,
@@ -12,8 +19,9 @@ use tokio::{
 };
 
 use super::{
-    Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER, SETTLE,
-    SNAPSHOT_INTERVAL, flows, reconcile::CompileDone, source_state::Applied,
+    ATTACHES_PER_ROUND, Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER,
+    SETTLE, SNAPSHOT_INTERVAL, flows, interfaces::Lookup, reconcile::CompileDone,
+    source_state::Applied,
 };
 use crate::{
     compiler::NodeConfig,
@@ -25,6 +33,24 @@ use crate::{
 
 /// What a compile sends back to the task: its result, or how its thread died.
 type Compiled = Result<CompileDone, JoinError>;
+
+/// What a round of interface lookups found, per pod.
+type Lookups = Vec<(ObjectRef, Lookup)>;
+
+/// A turn of the loop longer than this is logged: the local API (CNI ADD, status) waited.
+const BUSY_WARNING: Duration = Duration::from_millis(100);
+
+/// Does one turn's work and records how long it kept the task from the local API.
+macro_rules! busy {
+    ($agent:ident, $work:literal, $body:expr) => {{
+        let started = Instant::now();
+        $body;
+        if $agent.publish_due {
+            $agent.publish();
+        }
+        $agent.busy($work, started.elapsed());
+    }};
+}
 
 impl<D: Datapath> Agent<D> {
     pub(super) async fn run(
@@ -64,45 +90,56 @@ impl<D: Datapath> Agent<D> {
         // One compile at a time: the reconciler has one compiler, out while it runs.
         let (compiled_tx, mut compiled_rx) = mpsc::channel::<Compiled>(1);
         let (linted_tx, mut linted_rx) = mpsc::channel(1);
+        // One round of interface lookups at a time, on its own task.
+        let (looked_up_tx, mut looked_up_rx) = mpsc::channel::<Lookups>(1);
         let mut source_open = true;
         loop {
             let due = self.sync_due();
             tokio::select! {
                 _ = &mut stop => break,
-                event = source.recv(), if source_open => match event {
+                event = source.recv(), if source_open => busy!(self, "source-event", match event {
                     Some(event) => self.apply(event),
                     None => {
                         source_open = false;
                         self.error("the source stopped; enforcing the last state".into());
                     }
-                },
-                Some(command) = commands.recv() => self.command(command).await,
+                }),
+                Some(command) = commands.recv() => busy!(self, "command", self.command(command).await),
                 _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    self.start_sync(&compiled_tx).await;
+                    busy!(self, "sync-start", self.start_sync(&compiled_tx, &looked_up_tx).await)
                 }
                 Some(done) = compiled_rx.recv() => {
                     // A compile that panicked ends the agent, as it did on the task.
-                    self.finish_sync(done?).await;
+                    busy!(self, "sync-finish", self.finish_sync(done?).await)
                 }
-                _ = interface_retry.tick(), if self.waiting_for_interfaces() => {
-                    self.lookup_round().await;
+                _ = interface_retry.tick(), if !self.looking_up && self.waiting_for_interfaces() => {
+                    busy!(self, "interface-lookup", self.start_lookups(&looked_up_tx))
                 }
-                // The rest of a pass, a round at a time, with requests answered between.
-                () = std::future::ready(()), if self.lookups_left => self.lookup_round().await,
+                // The rest of a pass, a round at a time.
+                () = std::future::ready(()), if self.lookups_left && !self.looking_up => {
+                    busy!(self, "interface-lookup", self.start_lookups(&looked_up_tx))
+                }
+                // The pods found by the last sync, a few at a time.
+                () = std::future::ready(()), if self.reconciler.attaches_left() => {
+                    busy!(self, "attach", self.attach_round())
+                }
+                Some(lookups) = looked_up_rx.recv() => {
+                    busy!(self, "interface-lookup", self.looked_up(lookups))
+                }
                 guard = async { events.as_ref()?.readable().await.ok() }, if events.is_some() => {
                     if let Some(mut guard) = guard {
-                        self.forward_flows();
+                        busy!(self, "flows", self.forward_flows());
                         guard.clear_ready();
                     }
                 }
                 // The datapath wakes the agent only for a batch of records (see flows).
-                _ = flush_flows.tick() => self.forward_flows(),
-                _ = snapshot.tick() => {
+                _ = flush_flows.tick() => busy!(self, "flows", self.forward_flows()),
+                _ = snapshot.tick() => busy!(self, "snapshot", {
                     self.prepare_tables();
                     self.start_lint(&linted_tx);
                     self.publish();
-                }
-                Some(warnings) = linted_rx.recv() => self.linted(warnings),
+                }),
+                Some(warnings) = linted_rx.recv() => busy!(self, "lint", self.linted(warnings)),
                 _ = full_resync.tick(), if !resync_every.is_zero() => {
                     self.reconciler.request_full_resync();
                     self.pending_since.get_or_insert_with(Instant::now);
@@ -111,6 +148,18 @@ impl<D: Datapath> Agent<D> {
         }
         tracing::info!("agent stopping; programs stay attached and maps pinned");
         Ok(())
+    }
+
+    /// Records a turn of the loop; one that kept requests waiting noticeably is logged.
+    fn busy(&self, work: &'static str, busy: Duration) {
+        self.metrics.loop_busy(work, busy);
+        if busy >= BUSY_WARNING {
+            tracing::warn!(
+                work,
+                busy_ms = busy.as_millis() as u64,
+                "the agent's loop was busy: local requests (CNI ADD, status) waited"
+            );
+        }
     }
 
     /// When the pending changes should be synced, if any, the state is complete and no
@@ -144,8 +193,16 @@ impl<D: Datapath> Agent<D> {
     pub(super) fn local_pods(&self) -> impl Iterator<Item = &Pod> {
         self.source
             .cluster
-            .pods_on(&self.config.node_name)
-            .filter(|p| !p.host_network && !p.ips.is_empty())
+            .pods
+            .values()
+            .filter(|p| self.is_local(p))
+    }
+
+    /// Whether `pod` is one of [`Self::local_pods`].
+    fn is_local(&self, pod: &Pod) -> bool {
+        pod.node.as_deref() == Some(self.config.node_name.as_str())
+            && !pod.host_network
+            && !pod.ips.is_empty()
     }
 
     fn apply(&mut self, event: SourceEvent) {
@@ -203,10 +260,14 @@ impl<D: Datapath> Agent<D> {
     }
 
     /// The first half of a sync, on the task: pods that went away lose their attachment,
-    /// interfaces are looked for, and the compile goes to a blocking thread (its result
-    /// comes back through `compiled`).
+    /// a round of interface lookups starts (what it finds makes the next sync due), and
+    /// the compile goes to a blocking thread (its result comes back through `compiled`).
     #[tracing::instrument(skip_all, fields(node = %self.config.node_name))]
-    async fn start_sync(&mut self, compiled: &mpsc::Sender<Compiled>) {
+    async fn start_sync(
+        &mut self,
+        compiled: &mpsc::Sender<Compiled>,
+        looked_up: &mpsc::Sender<Lookups>,
+    ) {
         let since = self.pending_since.take().unwrap_or_else(Instant::now);
         let events = self.source.events();
         // What waits now is answered when this sync ends; what comes meanwhile, after
@@ -214,7 +275,9 @@ impl<D: Datapath> Agent<D> {
         self.in_sync = std::mem::take(&mut self.waiting);
         let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
         self.reconciler.forget_gone(&local);
-        self.find_interfaces().await;
+        if !self.looking_up {
+            self.start_lookups(looked_up);
+        }
         let job = match self.node_config().await {
             Ok(node) => self.reconciler.start(&self.source.cluster, node),
             Err(e) => Err(e),
@@ -250,7 +313,10 @@ impl<D: Datapath> Agent<D> {
         let Some((since, events)) = self.sync_started.take() else {
             return;
         };
-        let outcome = self.reconciler.finish(done, self.netns.as_ref(), since);
+        let first: BTreeSet<ObjectRef> = self.in_sync.iter().map(|(pod, _)| pod.clone()).collect();
+        let outcome =
+            self.reconciler
+                .finish(done, self.netns.as_ref(), since, &first, ATTACHES_PER_ROUND);
         self.reconciler_errors();
         if outcome.is_ok() {
             self.events_synced = events;
@@ -267,6 +333,15 @@ impl<D: Datapath> Agent<D> {
             self.prepare_tables();
         }
         self.publish();
+    }
+
+    /// Attaches a few more of the pods found (see [`super::reconcile::Reconciler::attach_found`]).
+    fn attach_round(&mut self) {
+        let netns = self.netns.as_ref();
+        self.reconciler
+            .attach_found(netns, &BTreeSet::new(), ATTACHES_PER_ROUND);
+        self.reconciler_errors();
+        self.publish_due = true;
     }
 
     /// Records how a sync ended and answers the CNI requests that waited for it.
@@ -291,59 +366,71 @@ impl<D: Datapath> Agent<D> {
         }
     }
 
-    /// One round of looking for interfaces; a pod found makes a sync due.
-    async fn lookup_round(&mut self) {
-        if self.find_interfaces().await {
-            self.pending_since.get_or_insert_with(Instant::now);
+    /// Starts a round of looking for the interfaces of local pods that have none yet, on
+    /// its own task (each lookup is a few netlink round trips; the loop goes on answering
+    /// meanwhile): the interface their sandbox recorded, checked again, or else the one
+    /// the route leads to. A pass goes over the pods in name order, at most
+    /// [`LOOKUPS_PER_ROUND`] a round, each round after the last pod of the one before;
+    /// `lookups_left` says whether the pass has pods left. What a round finds comes back
+    /// through `done`.
+    pub(super) fn start_lookups(&mut self, done: &mpsc::Sender<Lookups>) {
+        let after = match self.lookup_cursor.take() {
+            Some(last) => (Bound::Excluded(last), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut round: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = Vec::new();
+        let mut pods = self.source.cluster.pods.range(after).map(|(_, p)| p);
+        for pod in pods.by_ref() {
+            if self.is_local(pod) && self.reconciler.pods().interface(&pod.id).is_none() {
+                let recorded = self.cni.get(&pod.id).and_then(|e| e.interface.clone());
+                round.push((pod.id.clone(), pod.ips.clone(), recorded));
+                if round.len() == LOOKUPS_PER_ROUND {
+                    break;
+                }
+            }
         }
+        self.lookups_left = round.len() == LOOKUPS_PER_ROUND && pods.next().is_some();
+        if self.lookups_left {
+            self.lookup_cursor = round.last().map(|(id, ..)| id.clone());
+        }
+        if round.is_empty() {
+            return;
+        }
+        self.looking_up = true;
+        let interfaces = Arc::clone(&self.interfaces);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut lookups = Vec::with_capacity(round.len());
+            for (pod, ips, recorded) in round {
+                let lookup = match recorded {
+                    Some(name) => interfaces.named(&[name]).await,
+                    None => interfaces.of(&ips).await,
+                };
+                lookups.push((pod, lookup));
+            }
+            let _ = done.send(lookups).await;
+        });
     }
 
-    /// Looks for the interfaces of local pods that have none yet: the one their sandbox
-    /// recorded, checked again, or else by the route. True if it found one. At most
-    /// [`LOOKUPS_PER_ROUND`] pods are looked up, after the last one of the previous round
-    /// (so that every pod has its turn), and `lookups_left` says whether pods remain: a
-    /// node with thousands of pods waiting never keeps the task from its requests.
-    pub(super) async fn find_interfaces(&mut self) -> bool {
-        let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
-        self.reconciler.retain_local(&local);
-        let mut missing: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = self
-            .local_pods()
-            .filter(|p| self.reconciler.pods().interface(&p.id).is_none())
-            .map(|p| {
-                let recorded = self.cni.get(&p.id).and_then(|e| e.interface.clone());
-                (p.id.clone(), p.ips.clone(), recorded)
+    /// Takes in what a round of lookups found; a pod found makes a sync due. The pods
+    /// that went away or got an interface meanwhile (a CNI ADD) are left out: the round
+    /// knew only what was true when it began.
+    fn looked_up(&mut self, lookups: Lookups) {
+        self.looking_up = false;
+        let current: Lookups = lookups
+            .into_iter()
+            .filter(|(pod, _)| {
+                self.source
+                    .cluster
+                    .pods
+                    .get(pod)
+                    .is_some_and(|p| self.is_local(p))
+                    && self.reconciler.pods().interface(pod).is_none()
             })
             .collect();
-        missing.sort_by(|a, b| a.0.cmp(&b.0));
-        let first = match &self.lookup_cursor {
-            Some(last) => missing.iter().position(|(id, ..)| id > last).unwrap_or(0),
-            None => 0,
-        };
-        missing.rotate_left(first);
-        // Pods not looked up in this round, counting from where the last pass began.
-        let pass_left = if self.lookups_left {
-            self.pass_left
-                .saturating_sub(missing.len().min(LOOKUPS_PER_ROUND))
-        } else {
-            missing.len().saturating_sub(LOOKUPS_PER_ROUND)
-        };
-        missing.truncate(LOOKUPS_PER_ROUND);
-        self.pass_left = pass_left;
-        self.lookups_left = pass_left > 0;
-        self.lookup_cursor = if self.lookups_left {
-            missing.last().map(|(id, ..)| id.clone())
-        } else {
-            None
-        };
-        let mut lookups = Vec::new();
-        for (pod, ips, recorded) in missing {
-            let lookup = match recorded {
-                Some(name) => self.interfaces.named(&[name]).await,
-                None => self.interfaces.of(&ips).await,
-            };
-            lookups.push((pod, lookup));
+        if self.settle(current) {
+            self.pending_since.get_or_insert_with(Instant::now);
         }
-        self.settle(lookups)
     }
 
     /// Takes in what looking for interfaces found; true if a pod got one.
