@@ -324,6 +324,10 @@ impl<D: Datapath> Reconciler<D> {
             tracing::warn!(conflict = %c);
         }
         let report = self.datapath.sync(&compiled)?;
+        // The maps no longer use the ids this compile (and any before it) dropped.
+        if let Some(compiler) = self.compiler.as_mut() {
+            compiler.written();
+        }
         // Only pods this compile wrote an entry for: one found while it ran waits for
         // the next sync.
         self.attach_to(netns, &compiled, first, budget);

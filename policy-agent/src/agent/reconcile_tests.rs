@@ -455,3 +455,58 @@ fn found_pods_are_attached_a_few_at_a_time_waiting_sandboxes_first() {
     assert_eq!(attached(&r), ["a", "b", "c"]);
     assert!(!r.attaches_left());
 }
+
+#[test]
+fn an_id_the_maps_may_still_use_after_a_failed_sync_is_not_given_to_another_ruleset() {
+    let mut r = reconciler();
+    let v1 = cluster(&allow("web", "b", 80));
+    r.reconcile(&v1, node(), &local(), own_interfaces(), Instant::now())
+        .unwrap();
+    let enforced = r.datapath().maps.contents.clone();
+    // Pod a's rules change (its ruleset gets another id), but the sync fails: a's
+    // endpoint still points at its old ruleset.
+    let v2 = cluster(&allow("web", "c", 81));
+    r.datapath_mut().refuse_writes(Some(names::POLICY));
+    r.reconcile(&v2, node(), &local(), Vec::new(), Instant::now())
+        .unwrap_err();
+    assert_eq!(r.datapath().maps.contents, enforced);
+    // Now pod b gets rules of its own: a new ruleset, which must not take the id pod a's
+    // endpoint still reads until the next sync moves it.
+    let other = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: \
+                 {name: other, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  \
+                 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: \
+                 [{protocol: TCP, port: 82}]\n";
+    let v3 = cluster(&format!("{}{other}", allow("web", "c", 81)));
+    let job = r.start(&v3, node()).unwrap();
+    let done = job.run();
+    let in_maps: BTreeSet<u32> = enforced
+        .endpoints
+        .values()
+        .flat_map(|e| [e.ingress_ruleset, e.egress_ruleset])
+        .collect();
+    let entries = |c: &crate::datapath::MapContents, ruleset: u32| {
+        c.policy
+            .iter()
+            .filter(|(k, _)| k.data.ruleset == ruleset)
+            .map(|(k, v)| (*k, *v))
+            .collect::<Vec<_>>()
+    };
+    r.datapath_mut().refuse_writes(None);
+    r.finish(
+        done,
+        None,
+        std::time::Instant::now(),
+        &BTreeSet::new(),
+        usize::MAX,
+    )
+    .unwrap();
+    let written = r.datapath().maps.contents.clone();
+    for ruleset in in_maps {
+        let now = entries(&written, ruleset);
+        assert!(
+            now.is_empty() || now == entries(&enforced, ruleset),
+            "ruleset {ruleset}, still read by an endpoint during the sync, was given other \
+             rules: {now:?}"
+        );
+    }
+}

@@ -4,11 +4,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Assigns ids from `first` upwards and recycles those of keys that disappear.
+/// Assigns ids from `first` upwards and recycles those of keys that disappear, once the
+/// maps no longer use them.
+///
+/// An id a compilation stopped using may still be in the maps: until the sync of that
+/// compilation succeeds, endpoints point at the old ruleset and addresses at the old
+/// identity. Handed to a new key before then, the next sync would write the new key's
+/// entries under the id while the old users still read it (a pod enforced by another
+/// pod's rules, for the moment between the two writes). So a swept id waits in
+/// `released` until [`Self::written`] says the maps are done with it.
 #[derive(Clone, Debug)]
 pub struct IdAllocator<K: Ord + Clone> {
     ids: BTreeMap<K, u32>,
     free: BTreeSet<u32>,
+    released: BTreeSet<u32>,
     next: u32,
     seen: BTreeSet<u32>,
 }
@@ -19,6 +28,7 @@ impl<K: Ord + Clone> IdAllocator<K> {
         Self {
             ids: BTreeMap::new(),
             free: BTreeSet::new(),
+            released: BTreeSet::new(),
             next: first,
             seen: BTreeSet::new(),
         }
@@ -60,6 +70,7 @@ impl<K: Ord + Clone> IdAllocator<K> {
             return false;
         }
         self.free.remove(&id);
+        self.released.remove(&id);
         self.next = self.next.max(id + 1);
         self.ids.insert(key.clone(), id);
         true
@@ -69,19 +80,27 @@ impl<K: Ord + Clone> IdAllocator<K> {
     pub fn skip_past(&mut self, id: u32) {
         self.next = self.next.max(id + 1);
         self.free.retain(|&f| f > id);
+        self.released.retain(|&f| f > id);
     }
 
-    /// Forgets keys not used since the previous call, freeing their ids for reuse.
+    /// Forgets keys not used since the previous call; their ids are reused once the maps
+    /// are written without them ([`Self::written`]).
     pub fn sweep(&mut self) {
         let seen = std::mem::take(&mut self.seen);
-        let free = &mut self.free;
+        let released = &mut self.released;
         self.ids.retain(|_, id| {
             let keep = seen.contains(id);
             if !keep {
-                free.insert(*id);
+                released.insert(*id);
             }
             keep
         });
+    }
+
+    /// The maps hold what the compilations so far produced (a sync succeeded): the ids
+    /// they stopped using may be reused.
+    pub fn written(&mut self) {
+        self.free.append(&mut self.released);
     }
 }
 
@@ -97,8 +116,27 @@ mod tests {
         ids.sweep();
         assert_eq!(ids.id(&"b"), 11, "a surviving key keeps its id");
         ids.sweep();
+        ids.written();
         assert_eq!(ids.id(&"c"), 10, "the id of a vanished key is reused");
         assert_eq!(ids.id(&"a"), 12);
+    }
+
+    #[test]
+    fn an_id_is_reused_only_once_the_maps_are_written_without_it() {
+        let mut ids = IdAllocator::new(1);
+        assert_eq!(ids.id(&"old"), 1);
+        ids.sweep();
+        ids.written();
+        // "old" is gone from this compilation, whose sync fails: the maps still use 1.
+        ids.sweep();
+        assert_eq!(
+            ids.id(&"new"),
+            2,
+            "an id the maps may still use was handed out"
+        );
+        ids.sweep();
+        ids.written();
+        assert_eq!(ids.id(&"newer"), 1);
     }
 
     #[test]

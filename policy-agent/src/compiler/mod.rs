@@ -296,6 +296,18 @@ impl Compiler {
         out
     }
 
+    /// The maps now hold what the compilations so far produced (their sync succeeded): the
+    /// ids they stopped using may be given to new keys. Until then a freed id is never
+    /// reused, so no map entry written for a new key is read by the old key's users.
+    pub fn written(&mut self) {
+        self.identities.written();
+        self.rulesets.written();
+        self.classes.written();
+        self.endpoints.written();
+        self.policies.written();
+        self.frontends.written();
+    }
+
     /// One compilation, with the policies of `over` enforced fail-closed.
     fn compile_within(
         &mut self,
