@@ -486,6 +486,41 @@ fn enforcement_outlives_an_api_outage_and_the_watch_recovers() {
     });
 }
 
+/// For each kind of work the agent's loop did, how many turns and the bound of the
+/// longest (the smallest bucket of `policy_agent_loop_busy_seconds` that holds them all).
+fn longest_turns(agent: &agent::AgentHandle) -> String {
+    let metrics = agent.metrics.render();
+    let mut buckets: std::collections::BTreeMap<String, Vec<(f64, u64)>> = Default::default();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("policy_agent_loop_busy_seconds_bucket{") else {
+            continue;
+        };
+        let (labels, count) = rest.split_once("} ").expect("a sample");
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim_matches('"').to_owned())
+                .expect("label")
+        };
+        let le = label("le=").parse().unwrap_or(f64::INFINITY);
+        let count = count.trim().parse().expect("a count");
+        buckets.entry(label("work=")).or_default().push((le, count));
+    }
+    buckets
+        .iter()
+        .map(|(work, counts)| {
+            let turns = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
+            let bound = (counts.iter())
+                .filter(|&&(_, n)| n == turns)
+                .map(|&(le, _)| le)
+                .fold(f64::INFINITY, f64::min);
+            format!("{work}: {turns} turns, each <= {:.1} ms", bound * 1000.0)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A counter of the agent's metrics.
 fn counter(agent: &AgentHandle, name: &str) -> u64 {
     let metrics = agent.metrics.render();
@@ -1131,6 +1166,10 @@ fn the_local_api_answers_while_a_big_cluster_compiles() {
              {rounds} CHECKs answered while it ran; worst status latency {worst_status:?}, \
              worst CHECK latency {worst_check:?}",
             sync.latency_ms
+        );
+        println!(
+            "longest turns of the agent's loop, by work: {}",
+            longest_turns(&agent)
         );
         assert!(
             during_sync > 0,

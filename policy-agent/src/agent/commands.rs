@@ -114,7 +114,7 @@ impl<D: Datapath> Agent<D> {
     pub(super) fn overlay_sandboxes(&mut self) {
         let pods_listed = self.source.listed(Kind::Pod);
         self.cni.overlay(
-            &mut self.source.cluster,
+            std::sync::Arc::make_mut(&mut self.source.cluster),
             &self.config.node_name,
             pods_listed,
         );
@@ -164,8 +164,11 @@ impl<D: Datapath> Agent<D> {
         tracing::info!(pod = %id, container = %request.container_id, "sandbox deleted");
         self.save_sandboxes();
         // The sandbox's addresses are gone with it, whatever the source still says.
-        if let Some(pod) = self.source.cluster.pods.get_mut(&id) {
-            pod.ips.clear();
+        if self.source.cluster.pods.contains_key(&id) {
+            let cluster = std::sync::Arc::make_mut(&mut self.source.cluster);
+            if let Some(pod) = cluster.pods.get_mut(&id) {
+                pod.ips.clear();
+            }
         }
         self.reconciler.remove_pod(&id);
         self.changed(Instant::now());

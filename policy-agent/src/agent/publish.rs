@@ -35,7 +35,7 @@ impl<D: Datapath> Agent<D> {
             return;
         }
         self.linting = true;
-        let cluster = self.source.cluster.clone();
+        let cluster = std::sync::Arc::clone(&self.source.cluster);
         let done = done.clone();
         tokio::task::spawn_blocking(move || {
             let _ = done.blocking_send(lint_warnings(&cluster));

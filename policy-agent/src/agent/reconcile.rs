@@ -38,7 +38,7 @@ use crate::{
 /// the sync started.
 pub struct CompileJob {
     compiler: Compiler,
-    cluster: Cluster,
+    cluster: Arc<Cluster>,
     node: NodeConfig,
 }
 
@@ -237,7 +237,11 @@ impl<D: Datapath> Reconciler<D> {
 
     /// Starts a sync of `cluster`: adopts what an earlier agent left (once), checks the
     /// maps for drift when a full resync is due, and hands out the compile.
-    pub fn start(&mut self, cluster: &Cluster, node: NodeConfig) -> anyhow::Result<CompileJob> {
+    pub fn start(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        node: NodeConfig,
+    ) -> anyhow::Result<CompileJob> {
         if !self.adopted {
             self.adopt(cluster)?;
         }
@@ -250,7 +254,7 @@ impl<D: Datapath> Reconciler<D> {
             .context("a compile is already out: one sync at a time")?;
         Ok(CompileJob {
             compiler,
-            cluster: cluster.clone(),
+            cluster: Arc::clone(cluster),
             node,
         })
     }
@@ -463,7 +467,7 @@ impl<D: Datapath> Reconciler<D> {
         self.forget_gone(local);
         self.settle(lookups);
         let outcome = self
-            .start(cluster, node)
+            .start(&Arc::new(cluster.clone()), node)
             .and_then(|job| self.finish(job.run(), None, since, &BTreeSet::new(), usize::MAX));
         self.record(outcome, now)
     }

@@ -407,10 +407,10 @@ fn a_rejected_policy_version_keeps_the_last_good_one_in_force() {
 fn one_compile_at_a_time() {
     let mut r = reconciler();
     let cluster = cluster("");
-    let job = r.start(&cluster, node()).unwrap();
+    let job = r.start(&Arc::new(cluster.clone()), node()).unwrap();
     assert!(r.compiling());
     assert!(
-        r.start(&cluster, node()).is_err(),
+        r.start(&Arc::new(cluster.clone()), node()).is_err(),
         "a second compile started"
     );
     let done = std::thread::spawn(move || job.run()).join().unwrap();
@@ -423,7 +423,7 @@ fn one_compile_at_a_time() {
     )
     .unwrap();
     assert!(!r.compiling());
-    assert!(r.start(&cluster, node()).is_ok());
+    assert!(r.start(&Arc::new(cluster.clone()), node()).is_ok());
 }
 
 #[test]
@@ -432,7 +432,7 @@ fn found_pods_are_attached_a_few_at_a_time_waiting_sandboxes_first() {
     let mut r = reconciler();
     r.forget_gone(&local());
     r.settle(own_interfaces());
-    let job = r.start(&cluster, node()).unwrap();
+    let job = r.start(&Arc::new(cluster.clone()), node()).unwrap();
     let done = job.run();
     // Pod c's sandbox waits for it: attached whatever the budget.
     let waiting: BTreeSet<ObjectRef> = [pod("c")].into_iter().collect();
@@ -477,7 +477,7 @@ fn an_id_the_maps_may_still_use_after_a_failed_sync_is_not_given_to_another_rule
                  ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: \
                  [{protocol: TCP, port: 82}]\n";
     let v3 = cluster(&format!("{}{other}", allow("web", "c", 81)));
-    let job = r.start(&v3, node()).unwrap();
+    let job = r.start(&Arc::new(v3), node()).unwrap();
     let done = job.run();
     let in_maps: BTreeSet<u32> = enforced
         .endpoints

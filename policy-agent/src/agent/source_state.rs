@@ -2,7 +2,10 @@
 //! and the object versions it rejected (what was in force before stays: a rejected
 //! version never changes the cluster).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use crate::{
     model::{Cluster, ObjectRef},
@@ -12,8 +15,10 @@ use crate::{
 /// The cluster as the source described it so far.
 #[derive(Debug, Default)]
 pub struct SourceState {
-    /// The cluster.
-    pub cluster: Cluster,
+    /// The cluster. Shared with the compile and the lint that run on other threads: a
+    /// change made while they hold it copies it first (`Arc::make_mut`), so starting them
+    /// copies nothing.
+    pub cluster: Arc<Cluster>,
     /// Kinds whose complete set the source has delivered at least once.
     listed: BTreeSet<Kind>,
     /// Objects whose latest version the source rejected (Kubernetes source).
@@ -45,7 +50,7 @@ impl SourceState {
         self.events += 1;
         match event {
             SourceEvent::Snapshot { cluster, errors } => {
-                self.cluster = *cluster;
+                self.cluster = Arc::new(*cluster);
                 self.rejections.clear();
                 self.load_errors = errors;
                 self.listed.extend(Kind::ALL);
@@ -54,7 +59,7 @@ impl SourceState {
             SourceEvent::Relisted(kind, objects) => {
                 let again = !self.listed.insert(kind);
                 self.rejections.retain(|(k, _), _| *k != kind);
-                self.cluster.replace(kind, objects);
+                Arc::make_mut(&mut self.cluster).replace(kind, objects);
                 if again {
                     Applied::ListedAgain(kind)
                 } else {
@@ -63,7 +68,7 @@ impl SourceState {
             }
             SourceEvent::Applied(object) => {
                 self.rejections.remove(&object.key());
-                self.cluster.apply(object);
+                Arc::make_mut(&mut self.cluster).apply(object);
                 Applied::Changed
             }
             SourceEvent::Rejected(rejection) => {
@@ -74,7 +79,7 @@ impl SourceState {
             }
             SourceEvent::Deleted(kind, id) => {
                 self.rejections.remove(&(kind, id.clone()));
-                self.cluster.remove(kind, &id);
+                Arc::make_mut(&mut self.cluster).remove(kind, &id);
                 if kind == Kind::Pod {
                     Applied::PodDeleted(id)
                 } else {
