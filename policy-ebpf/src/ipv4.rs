@@ -6,7 +6,7 @@ use policy_common::{net::FAMILY_IPV4, reason::DropReason};
 
 use crate::{
     eth::ETH_HLEN,
-    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, gso_size, load},
+    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, gso_size, read},
 };
 
 const VERSION: u8 = 4;
@@ -16,7 +16,7 @@ const FRAG_MORE: u16 = 0x2000;
 /// Parses the IPv4 header that follows the Ethernet header, options included.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
-    let hdr: Ipv4Hdr = load(ctx, ETH_HLEN)?;
+    let hdr: Ipv4Hdr = read(ctx, ETH_HLEN)?;
     let ihl = usize::from(hdr.vihl & 0x0f) * 4;
     let mut total = usize::from(u16::from_be_bytes(hdr.tot_len));
     // BIG TCP: a GSO packet larger than 64 KiB says 0 and means the whole skb.

@@ -10,7 +10,7 @@ use policy_common::{
 
 use crate::{
     eth::ETH_HLEN,
-    packet::{FRAG_FIRST, FRAG_LATER, Flow, gso_size, load},
+    packet::{FRAG_FIRST, FRAG_LATER, Flow, gso_size, load, read},
 };
 
 const VERSION: u8 = 6;
@@ -24,7 +24,7 @@ const FRAG_MORE: u16 = 1;
 /// where the payload ends. [`extensions`] finds the upper-layer protocol.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
-    let hdr: Ipv6Hdr = load(ctx, ETH_HLEN)?;
+    let hdr: Ipv6Hdr = read(ctx, ETH_HLEN)?;
     let payload_len = u16::from_be_bytes(hdr.payload_len);
     let mut end = ETH_HLEN + Ipv6Hdr::LEN + usize::from(payload_len);
     // BIG TCP: a GSO packet larger than 64 KiB says 0 and means the whole skb.
