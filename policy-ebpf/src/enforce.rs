@@ -20,7 +20,7 @@ use crate::{
     conntrack, eth, events,
     icmp::{self, LinkControl},
     ipcache, ipfrag, ipv4, ipv6, l4,
-    maps::ENDPOINTS,
+    maps::{ConntrackTable, ENDPOINTS},
     metrics,
     packet::{FRAG_FIRST, FRAG_LATER, Flow},
     policy::KernelMaps,
@@ -273,14 +273,15 @@ fn decide_flow(
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
     // big") passes like the connection's own packets, if it goes back the way the quoted
     // packet came. A later fragment has no quote to read.
+    let table = conntrack::table(ep.endpoint_id);
     let icmp_error = flow.frag != FRAG_LATER && l4::is_icmp_error(flow);
-    if icmp_error && is_related(ctx, ep, dir, flow, quoted, now) {
+    if icmp_error && is_related(ctx, ep, table, dir, flow, quoted, now) {
         return Decision::allow(AllowReason::Related);
     }
 
     let trackable = l4::is_trackable(flow);
     let key = conntrack::key(ep.generation, dir, flow);
-    if trackable && conntrack::track(ep.endpoint_id, &key, dir, flow, now) {
+    if trackable && conntrack::track(table, &key, dir, flow, now) {
         return Decision::allow(AllowReason::Established);
     }
 
@@ -295,7 +296,7 @@ fn decide_flow(
         return match decide::service_flow(&KernelMaps, ep, &frontend) {
             ServiceFlow::Allowed(reason, policy_id) => {
                 if l4::opens_connection(flow) {
-                    conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+                    conntrack::create(table, ep.endpoint_id, &key, dir, flow, policy_id, now);
                 }
                 Decision::new_flow(reason, policy_id, IDENTITY_WORLD)
             }
@@ -309,7 +310,7 @@ fn decide_flow(
     // can always reach itself. The proxy's masquerade hides that in the addresses.
     if dir == Direction::Ingress && is_own_packet(ctx) {
         if l4::opens_connection(flow) {
-            conntrack::create(ep.endpoint_id, &key, dir, flow, 0, now);
+            conntrack::create(table, ep.endpoint_id, &key, dir, flow, 0, now);
         }
         return Decision::new_flow(AllowReason::Hairpin, 0, IDENTITY_WORLD);
     }
@@ -329,7 +330,7 @@ fn decide_flow(
     match decided.allowed {
         Some((reason, policy_id)) => {
             if l4::opens_connection(flow) {
-                conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+                conntrack::create(table, ep.endpoint_id, &key, dir, flow, policy_id, now);
             }
             Decision::new_flow(reason, policy_id, decided.remote_identity)
         }
@@ -348,6 +349,7 @@ fn decide_flow(
 fn is_related(
     ctx: &TcContext,
     ep: &EndpointInfo,
+    table: Option<&ConntrackTable>,
     dir: Direction,
     error: &Flow,
     quoted: &mut Flow,
@@ -356,7 +358,7 @@ fn is_related(
     icmp::quoted_flow(ctx, error, quoted).is_ok()
         && icmp::answers(error, quoted, dir)
         && conntrack::is_tracked(
-            ep.endpoint_id,
+            table,
             &conntrack::key(ep.generation, dir.reverse(), quoted),
             quoted.proto,
             now,
