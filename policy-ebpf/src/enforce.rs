@@ -270,10 +270,13 @@ fn decide_flow(
     quoted: &mut Flow,
     now: u64,
 ) -> Decision {
+    // The pod's conntrack table, once for the whole decision (a new flow misses, then
+    // inserts).
+    let table = conntrack::table(ep.endpoint_id);
+
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
     // big") passes like the connection's own packets, if it goes back the way the quoted
     // packet came. A later fragment has no quote to read.
-    let table = conntrack::table(ep.endpoint_id);
     let icmp_error = flow.frag != FRAG_LATER && l4::is_icmp_error(flow);
     if icmp_error && is_related(ctx, ep, table, dir, flow, quoted, now) {
         return Decision::allow(AllowReason::Related);
