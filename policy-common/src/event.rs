@@ -41,11 +41,11 @@ pub struct FlowEvent {
     pub _pad: [u8; 3],
 }
 
-/// Bytes of waiting records at which the datapath wakes the agent: 256 records of
-/// [`FlowEvent`] with the ring buffer's 8-byte record header (2 % of
-/// [`crate::maps::capacity::EVENTS_BYTES`]). Below it, records are submitted without a
-/// wakeup and the agent collects them on its flush timer, so a burst of new connections
-/// costs one wakeup per batch rather than one per record.
+/// Bytes of waiting records at whose every multiple the datapath wakes the agent: 256
+/// records of [`FlowEvent`] with the ring buffer's 8-byte record header (2 % of
+/// [`crate::maps::capacity::EVENTS_BYTES`]). Other records are submitted without a wakeup
+/// and the agent collects them on its flush timer, so a burst of new connections costs one
+/// wakeup per batch rather than one per record.
 pub const WAKEUP_BYTES: u32 = 256 * (size_of::<FlowEvent>() as u32 + RINGBUF_HEADER_BYTES);
 
 /// Bytes the ring buffer puts before every record.

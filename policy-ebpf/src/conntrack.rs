@@ -21,9 +21,11 @@ use crate::{
 };
 
 /// An endpoint's table. The agent creates it before the endpoint entry that makes the
-/// programs act for the endpoint, so it is missing only for an unknown endpoint.
+/// programs act for the endpoint, so it is missing only for an unknown endpoint. A decision
+/// looks it up once and hands it to [`track`], [`create`] and [`is_tracked`]: a new flow
+/// needs it twice, and each lookup is a hash of the id.
 #[inline(always)]
-fn table(endpoint_id: u32) -> Option<&'static ConntrackTable> {
+pub fn table(endpoint_id: u32) -> Option<&'static ConntrackTable> {
     // SAFETY: the value is a map; the kernel keeps a table a program looked up alive until
     // the program is done with it, even if the agent removes it meanwhile.
     unsafe { CONNTRACK.get(&endpoint_id) }
@@ -96,8 +98,14 @@ fn tcp_state_bits(dir: Direction, flow: &Flow) -> u8 {
 /// SYN reopens on the same ports, nor any SCTP INIT: that is a new connection and the
 /// policy decides it again.
 #[inline(always)]
-pub fn track(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, now: u64) -> bool {
-    let Some(entry) = table(endpoint_id).and_then(|t| t.get_ptr_mut(key)) else {
+pub fn track(
+    table: Option<&ConntrackTable>,
+    key: &CtKey,
+    dir: Direction,
+    flow: &Flow,
+    now: u64,
+) -> bool {
+    let Some(entry) = table.and_then(|t| t.get_ptr_mut(key)) else {
         return false;
     };
     // SAFETY: the pointer comes from a successful lookup; concurrent updates of the same
@@ -122,17 +130,19 @@ pub fn track(endpoint_id: u32, key: &CtKey, dir: Direction, flow: &Flow, now: u6
 
 /// Whether the endpoint tracks a live connection with this key (for ICMP errors about it).
 #[inline(always)]
-pub fn is_tracked(endpoint_id: u32, key: &CtKey, proto: u8, now: u64) -> bool {
-    match table(endpoint_id).and_then(|t| t.get_ptr(key)) {
+pub fn is_tracked(table: Option<&ConntrackTable>, key: &CtKey, proto: u8, now: u64) -> bool {
+    match table.and_then(|t| t.get_ptr(key)) {
         // SAFETY: the pointer comes from a successful lookup and is only read here.
         Some(entry) => !unsafe { &*entry }.is_expired(proto, now),
         None => false,
     }
 }
 
-/// Starts tracking a flow whose first packet was allowed.
+/// Starts tracking a flow whose first packet was allowed, in `table`, the table of
+/// `endpoint_id`.
 #[inline(always)]
 pub fn create(
+    table: Option<&ConntrackTable>,
     endpoint_id: u32,
     key: &CtKey,
     dir: Direction,
@@ -140,7 +150,7 @@ pub fn create(
     policy_id: u32,
     now: u64,
 ) {
-    let Some(table) = table(endpoint_id) else {
+    let Some(table) = table else {
         return;
     };
     let entry = CtEntry {

@@ -20,10 +20,11 @@ use crate::{
     conntrack, eth, events,
     icmp::{self, LinkControl},
     ipcache, ipfrag, ipv4, ipv6, l4,
-    maps::ENDPOINTS,
+    maps::{ConntrackTable, ENDPOINTS},
     metrics,
     packet::{FRAG_FIRST, FRAG_LATER, Flow},
     policy::KernelMaps,
+    scratch::{self, Scratch},
 };
 
 /// What happens to a packet, and what the counters and flow record say about it.
@@ -118,14 +119,23 @@ pub fn enforce(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `ctx.skb.skb` is the program's context pointer; ifindex is readable in TC programs.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut flow = Flow::new(0, 0, 0, 0, 0);
+    let now = if cfg!(feature = "bench-no-ktime") {
+        0
+    } else {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    // The flow lives outside the stack (see `scratch`). Its slot always exists; fail
+    // closed all the same.
+    let Some(Scratch { flow, quoted }) = scratch::get() else {
+        return TC_ACT_SHOT;
+    };
 
     let (endpoint_id, mut decision) = match ENDPOINTS.get_ptr(ifindex) {
         // SAFETY: the pointer comes from a successful lookup; the entry is copied out.
         Some(ep) => {
             let ep = unsafe { *ep };
-            (ep.endpoint_id, decide(ctx, &ep, dir, &mut flow, now))
+            (ep.endpoint_id, decide(ctx, &ep, dir, flow, quoted, now))
         }
         // Attached before the agent wrote the endpoint, or left behind: fail closed.
         None => (0, Decision::drop(DropReason::UnknownEndpoint)),
@@ -135,9 +145,9 @@ pub fn enforce(ctx: &TcContext, dir: Direction) -> i32 {
     if decision.report {
         // A drop before the policy is still reported with who the remote side is.
         if !decision.identity_known && flow.family != 0 {
-            decision.remote_identity = remote_identity(ctx, dir, &flow);
+            decision.remote_identity = remote_identity(ctx, dir, flow);
         }
-        events::report(ifindex, endpoint_id, dir, &decision, &flow, len, now);
+        events::report(ifindex, endpoint_id, dir, &decision, flow, len, now);
     }
     decision.tc_action()
 }
@@ -158,6 +168,7 @@ fn decide(
     ep: &EndpointInfo,
     dir: Direction,
     flow: &mut Flow,
+    quoted: &mut Flow,
     now: u64,
 ) -> Decision {
     let isolated = ep.is_isolated(dir);
@@ -170,15 +181,14 @@ fn decide(
         Err(reason) => return Decision::unreadable(dir, isolated, reason),
     };
     let parsed = match ether_type {
-        ETH_P_IP => ipv4::parse(ctx),
-        ETH_P_IPV6 => ipv6::parse(ctx),
+        ETH_P_IP => ipv4::parse(ctx, flow),
+        ETH_P_IPV6 => ipv6::parse(ctx, flow),
         t if eth::is_arp(t) => return arp(ctx, ep, dir),
         _ => return Decision::unreadable(dir, isolated, DropReason::NonIpFrame),
     };
-    *flow = match parsed {
-        Ok(flow) => flow,
-        Err(reason) => return Decision::unreadable(dir, isolated, reason),
-    };
+    if let Err(reason) = parsed {
+        return Decision::unreadable(dir, isolated, reason);
+    }
 
     // Anti-spoofing, before anything else may return.
     let Some(source) = source(ep, dir, flow) else {
@@ -216,7 +226,7 @@ fn decide(
         return Decision::drop(DropReason::TunnelToNode);
     }
 
-    let decision = decide_flow(ctx, ep, dir, flow, now);
+    let decision = decide_flow(ctx, ep, dir, flow, quoted, now);
     if flow.frag == FRAG_FIRST && decision.verdict == Verdict::Allow {
         ipfrag::remember_first(ep, flow, now);
     }
@@ -249,35 +259,32 @@ fn is_tunnel_to_node(dir: Direction, flow: &Flow) -> bool {
         && ipcache::identity(&remote(dir, flow)) == IDENTITY_HOST
 }
 
-/// Conntrack, then policy for a packet that starts a new flow.
+/// Conntrack, then policy for a packet that starts a new flow. `quoted` is room for the
+/// packet an ICMP error quotes.
 #[inline(always)]
 fn decide_flow(
     ctx: &TcContext,
     ep: &EndpointInfo,
     dir: Direction,
     flow: &Flow,
+    quoted: &mut Flow,
     now: u64,
 ) -> Decision {
+    // The pod's conntrack table, once for the whole decision (a new flow misses, then
+    // inserts).
+    let table = conntrack::table(ep.endpoint_id);
+
     // An ICMP error about a connection of this pod (say, "port unreachable" or "packet too
     // big") passes like the connection's own packets, if it goes back the way the quoted
     // packet came. A later fragment has no quote to read.
     let icmp_error = flow.frag != FRAG_LATER && l4::is_icmp_error(flow);
-    if icmp_error
-        && let Ok(quoted) = icmp::quoted_flow(ctx, flow)
-        && icmp::answers(flow, &quoted, dir)
-        && conntrack::is_tracked(
-            ep.endpoint_id,
-            &conntrack::key(ep.generation, dir.reverse(), &quoted),
-            quoted.proto,
-            now,
-        )
-    {
+    if icmp_error && is_related(ctx, ep, table, dir, flow, quoted, now) {
         return Decision::allow(AllowReason::Related);
     }
 
     let trackable = l4::is_trackable(flow);
     let key = conntrack::key(ep.generation, dir, flow);
-    if trackable && conntrack::track(ep.endpoint_id, &key, dir, flow, now) {
+    if trackable && conntrack::track(table, &key, dir, flow, now) {
         return Decision::allow(AllowReason::Established);
     }
 
@@ -292,7 +299,7 @@ fn decide_flow(
         return match decide::service_flow(&KernelMaps, ep, &frontend) {
             ServiceFlow::Allowed(reason, policy_id) => {
                 if l4::opens_connection(flow) {
-                    conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+                    conntrack::create(table, ep.endpoint_id, &key, dir, flow, policy_id, now);
                 }
                 Decision::new_flow(reason, policy_id, IDENTITY_WORLD)
             }
@@ -306,7 +313,7 @@ fn decide_flow(
     // can always reach itself. The proxy's masquerade hides that in the addresses.
     if dir == Direction::Ingress && is_own_packet(ctx) {
         if l4::opens_connection(flow) {
-            conntrack::create(ep.endpoint_id, &key, dir, flow, 0, now);
+            conntrack::create(table, ep.endpoint_id, &key, dir, flow, 0, now);
         }
         return Decision::new_flow(AllowReason::Hairpin, 0, IDENTITY_WORLD);
     }
@@ -326,7 +333,7 @@ fn decide_flow(
     match decided.allowed {
         Some((reason, policy_id)) => {
             if l4::opens_connection(flow) {
-                conntrack::create(ep.endpoint_id, &key, dir, flow, policy_id, now);
+                conntrack::create(table, ep.endpoint_id, &key, dir, flow, policy_id, now);
             }
             Decision::new_flow(reason, policy_id, decided.remote_identity)
         }
@@ -337,6 +344,28 @@ fn decide_flow(
             denied
         }
     }
+}
+
+/// Whether an ICMP error quotes a packet of a live connection of the pod (read into
+/// `quoted`) and goes back the way that packet came.
+#[inline(always)]
+fn is_related(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    table: Option<&ConntrackTable>,
+    dir: Direction,
+    error: &Flow,
+    quoted: &mut Flow,
+    now: u64,
+) -> bool {
+    icmp::quoted_flow(ctx, error, quoted).is_ok()
+        && icmp::answers(error, quoted, dir)
+        && conntrack::is_tracked(
+            table,
+            &conntrack::key(ep.generation, dir.reverse(), quoted),
+            quoted.proto,
+            now,
+        )
 }
 
 /// Why the policy's "no" drops a packet that no entry tracks: a TCP segment in the middle of

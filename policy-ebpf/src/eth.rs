@@ -4,7 +4,7 @@ use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use policy_common::{net::ETH_P_ARP, reason::DropReason};
 
-use crate::packet::load;
+use crate::packet::{load, read};
 
 /// Length of the Ethernet header.
 pub const ETH_HLEN: usize = EthHdr::LEN;
@@ -12,7 +12,7 @@ pub const ETH_HLEN: usize = EthHdr::LEN;
 /// The EtherType in host byte order.
 #[inline(always)]
 pub fn ether_type(ctx: &TcContext) -> Result<u16, DropReason> {
-    let eth: EthHdr = load(ctx, 0)?;
+    let eth: EthHdr = read(ctx, 0)?;
     Ok(u16::from_be(eth.ether_type))
 }
 

@@ -384,19 +384,20 @@ fn nd_target(ctx: &TcContext, flow: &Flow) -> Option<[u8; ND_TARGET_LEN]> {
     load::<[u8; ND_TARGET_LEN]>(ctx, at).ok()
 }
 
-/// The packet an ICMP error reports on, as quoted in its payload: addresses, protocol and
-/// ports (or echo identifier). It travelled in the opposite direction of the error.
+/// The packet an ICMP error reports on, as quoted in its payload, into `inner`:
+/// addresses, protocol and ports (or echo identifier). It travelled in the opposite
+/// direction of the error. Filled in place, as the IP parsers fill the packet's own flow.
 #[inline(always)]
-pub fn quoted_flow(ctx: &TcContext, error: &Flow) -> Result<Flow, DropReason> {
+pub fn quoted_flow(ctx: &TcContext, error: &Flow, inner: &mut Flow) -> Result<(), DropReason> {
     // The quote is read within the error's payload: its end is the quote's end.
     let off = error.l4_off as usize + QUOTE_OFF;
-    let mut inner = if error.family == FAMILY_IPV4 {
+    if error.family == FAMILY_IPV4 {
         let hdr: Ipv4Hdr = load(ctx, off)?;
         let ihl = usize::from(hdr.vihl & 0x0f) * 4;
         if ihl < Ipv4Hdr::LEN {
             return Err(DropReason::Malformed);
         }
-        let mut inner = Flow::new(
+        *inner = Flow::new(
             FAMILY_IPV4,
             hdr.proto,
             hdr.ttl,
@@ -405,10 +406,9 @@ pub fn quoted_flow(ctx: &TcContext, error: &Flow) -> Result<Flow, DropReason> {
         );
         inner.src[..4].copy_from_slice(&hdr.src_addr);
         inner.dst[..4].copy_from_slice(&hdr.dst_addr);
-        inner
     } else {
         let hdr: Ipv6Hdr = load(ctx, off)?;
-        let mut inner = Flow::new(
+        *inner = Flow::new(
             FAMILY_IPV6,
             hdr.next_hdr,
             hdr.hop_limit,
@@ -419,15 +419,13 @@ pub fn quoted_flow(ctx: &TcContext, error: &Flow) -> Result<Flow, DropReason> {
         inner.dst = hdr.dst_addr;
         // The quoted packet's own extension headers (a Fragment header, say, for "packet
         // too big" about fragmented UDP), as far as they are quoted.
-        ipv6::extensions(ctx, &mut inner)?;
-        inner
-    };
+        ipv6::extensions(ctx, inner)?;
+    }
     // A quoted later fragment has no ports to match a connection by.
     if inner.frag == FRAG_LATER {
         return Err(DropReason::UnknownFragment);
     }
-    l4::parse_quoted(ctx, &mut inner)?;
-    Ok(inner)
+    l4::parse_quoted(ctx, inner)
 }
 
 /// Whether an ICMP error goes back the way its quoted packet came: to the quoted packet's

@@ -6,17 +6,18 @@ use policy_common::{net::FAMILY_IPV4, reason::DropReason};
 
 use crate::{
     eth::ETH_HLEN,
-    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, gso_size, load},
+    packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, gso_size, read},
 };
 
 const VERSION: u8 = 4;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 const FRAG_MORE: u16 = 0x2000;
 
-/// Parses the IPv4 header that follows the Ethernet header, options included.
+/// Parses the IPv4 header that follows the Ethernet header, options included, into `flow`
+/// (filled in place: a `Flow` returned by value would be one more copy on the stack).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
-    let hdr: Ipv4Hdr = load(ctx, ETH_HLEN)?;
+pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
+    let hdr: Ipv4Hdr = read(ctx, ETH_HLEN)?;
     let ihl = usize::from(hdr.vihl & 0x0f) * 4;
     let mut total = usize::from(u16::from_be_bytes(hdr.tot_len));
     // BIG TCP: a GSO packet larger than 64 KiB says 0 and means the whole skb.
@@ -31,7 +32,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
     {
         return Err(DropReason::Malformed);
     }
-    let mut flow = Flow::new(
+    *flow = Flow::new(
         FAMILY_IPV4,
         hdr.proto,
         hdr.ttl,
@@ -50,5 +51,5 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
     if flow.frag != FRAG_NONE {
         flow.frag_id = u32::from(u16::from_be_bytes(hdr.id));
     }
-    Ok(flow)
+    Ok(())
 }

@@ -10,7 +10,7 @@ use policy_common::{
 
 use crate::{
     eth::ETH_HLEN,
-    packet::{FRAG_FIRST, FRAG_LATER, Flow, gso_size, load},
+    packet::{FRAG_FIRST, FRAG_LATER, Flow, gso_size, load, read},
 };
 
 const VERSION: u8 = 6;
@@ -21,10 +21,11 @@ const FRAG_OFFSET_SHIFT: u16 = 3;
 const FRAG_MORE: u16 = 1;
 
 /// Parses the fixed IPv6 header: addresses, hop limit, the first next-header value and
-/// where the payload ends. [`extensions`] finds the upper-layer protocol.
+/// where the payload ends, into `flow` (in place, as `ipv4::parse`). [`extensions`] finds
+/// the upper-layer protocol.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
-    let hdr: Ipv6Hdr = load(ctx, ETH_HLEN)?;
+pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
+    let hdr: Ipv6Hdr = read(ctx, ETH_HLEN)?;
     let payload_len = u16::from_be_bytes(hdr.payload_len);
     let mut end = ETH_HLEN + Ipv6Hdr::LEN + usize::from(payload_len);
     // BIG TCP: a GSO packet larger than 64 KiB says 0 and means the whole skb.
@@ -35,7 +36,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
         return Err(DropReason::Malformed);
     }
 
-    let mut flow = Flow::new(
+    *flow = Flow::new(
         FAMILY_IPV6,
         hdr.next_hdr,
         hdr.hop_limit,
@@ -44,7 +45,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, DropReason> {
     );
     flow.src = hdr.src_addr;
     flow.dst = hdr.dst_addr;
-    Ok(flow)
+    Ok(())
 }
 
 /// Walks the extension headers from `flow.l4_off` and leaves `flow.proto` and `flow.l4_off`

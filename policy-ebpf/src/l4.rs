@@ -6,7 +6,7 @@ use policy_common::{
     reason::DropReason,
 };
 
-use crate::packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load};
+use crate::packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load, read};
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
@@ -44,13 +44,13 @@ pub fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<(), DropReason> {
     match flow.proto {
         proto::TCP => {
             fits(TCP_HLEN)?;
-            let hdr: [u8; TCP_HLEN] = load(ctx, off)?;
+            let hdr: [u8; TCP_HLEN] = read(ctx, off)?;
             set_ports(flow, [hdr[0], hdr[1], hdr[2], hdr[3]]);
             flow.tcp_flags = hdr[TCP_FLAGS_OFF];
         }
         proto::UDP => {
             fits(UDP_HLEN)?;
-            let hdr: [u8; UDP_HLEN] = load(ctx, off)?;
+            let hdr: [u8; UDP_HLEN] = read(ctx, off)?;
             set_ports(flow, [hdr[0], hdr[1], hdr[2], hdr[3]]);
         }
         proto::SCTP => {

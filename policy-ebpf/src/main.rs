@@ -22,6 +22,7 @@ mod maps;
 mod metrics;
 mod packet;
 mod policy;
+mod scratch;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use policy_common::{maps::Direction, reason::TC_ACT_OK};

@@ -80,14 +80,34 @@ impl Flow {
     }
 }
 
-/// Reads a `T` at `offset` from the start of the frame.
+/// Reads a `T` at `offset` from the start of the frame with `bpf_skb_load_bytes`.
 ///
-/// Everything goes through `bpf_skb_load_bytes`: the helper checks bounds, also for
-/// non-linear skbs, so no parser does pointer arithmetic that the verifier must follow, and a
-/// read past the end is simply a truncated (malformed) packet.
+/// The helper checks bounds, also for non-linear skbs, so no parser does pointer
+/// arithmetic that the verifier must follow, and a read past the end is simply a truncated
+/// (malformed) packet. The headers every packet has go through [`read`] instead.
 #[inline(always)]
 pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
     ctx.load::<T>(offset).map_err(|_| DropReason::Malformed)
+}
+
+/// How far into the frame [`read`] reads the packet directly: past every header of an
+/// ordinary packet (Ethernet, IPv4 with options, IPv6 with a few extension headers, TCP),
+/// and small enough that the verifier can bound a pointer at a variable offset.
+const DIRECT_READ_LIMIT: usize = 512;
+
+/// Reads a `T` at `offset`, as [`load`] does, but straight from the packet when it lies in
+/// the skb's linear part: the headers of every packet of a connection are read this way,
+/// and one bounds check costs less than a helper call. A header beyond the linear part
+/// (or beyond [`DIRECT_READ_LIMIT`]) goes through the helper, so the outcome is the same.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
+    let start = ctx.data();
+    if offset < DIRECT_READ_LIMIT && start + offset + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between `data` and `data_end`, checked just above (the
+        // verifier checks it again); `read_unaligned` needs no alignment.
+        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
+    load(ctx, offset)
 }
 
 /// The skb's GSO segment size: non-zero for a GSO packet, which may be larger than what its

@@ -209,8 +209,8 @@ fn wall_clock(monotonic_ns: u64) -> String {
 }
 
 /// How often the agent collects flow records without being woken: the datapath wakes it
-/// only once [`policy_common::event::WAKEUP_BYTES`] of records wait, so this bounds how
-/// late a record reaches `flows` when few come.
+/// only each time another [`policy_common::event::WAKEUP_BYTES`] of records wait, so this
+/// bounds how late a record reaches `flows` when few come.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Records taken from the ring buffer per batch: a bound on the memory of one batch, and

@@ -141,6 +141,17 @@ impl BpfDatapath {
     /// reused only if all of them have the layout and sizes this object and `sizes` make;
     /// otherwise all are replaced (see [`pins`]) and [`BpfDatapath::replaced_maps`] says why.
     pub fn load_with(instance: &str, sizes: impl Into<MapSizes>) -> Result<Self, DatapathError> {
+        Self::load_object(instance, sizes, EBPF_OBJECT)
+    }
+
+    /// Like [`BpfDatapath::load_with`], from another build of the eBPF programs: benchmarks
+    /// compare builds (an older datapath, one with parts left out) in one run. `object` must
+    /// declare the same maps as the embedded object, which pinned maps are checked against.
+    pub fn load_object(
+        instance: &str,
+        sizes: impl Into<MapSizes>,
+        object: &[u8],
+    ) -> Result<Self, DatapathError> {
         let sizes = sizes.into();
         let pin_dir = bpffs::instance_dir(instance)?;
         let replaced = pins::replace_incompatible(&pin_dir, &sizes)?;
@@ -155,7 +166,7 @@ impl BpfDatapath {
         for (name, entries) in sizes.max_entries() {
             loader.map_max_entries(name, entries);
         }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut ebpf = loader.load(object)?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::BASELINE] {
             classifier(&mut ebpf, name)?
                 .load()
