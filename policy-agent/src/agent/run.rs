@@ -293,7 +293,12 @@ impl<D: Datapath> Agent<D> {
             let done = tokio::task::spawn_blocking(move || job.run()).await;
             let _ = compiled.send(done).await;
         });
-        self.publish();
+        // Only what starting a sync changed: the whole status grows with the pods.
+        let seen = self.source.events();
+        self.status.send_modify(|status| {
+            status.syncing = true;
+            status.source_events_seen = seen;
+        });
     }
 
     /// The node as the compiler sees it: its name, addresses and sandboxes.
