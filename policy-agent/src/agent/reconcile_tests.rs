@@ -10,7 +10,7 @@ use super::{
     interfaces::{Interface, Lookup, Refusal},
     metrics::Metrics,
     pods::PodState,
-    reconcile::Reconciler,
+    reconcile::{CompileDone, Reconciler},
     retry::FIRST_RETRY,
     source_state::{Applied, SourceState},
 };
@@ -100,6 +100,18 @@ fn own_interfaces() -> Vec<(ObjectRef, Lookup)> {
         (pod("b"), found("veth-b", 12)),
         (pod("c"), found("veth-c", 13)),
     ]
+}
+
+/// Ends a sync with what `done` compiled, attaching every pod found.
+fn finish(r: &mut Reconciler<MemoryDatapath>, done: CompileDone) {
+    r.finish(
+        done,
+        None,
+        std::time::Instant::now(),
+        &BTreeSet::new(),
+        usize::MAX,
+    )
+    .unwrap();
 }
 
 /// Syncs `cluster` with no new lookups.
@@ -414,14 +426,7 @@ fn one_compile_at_a_time() {
         "a second compile started"
     );
     let done = std::thread::spawn(move || job.run()).join().unwrap();
-    r.finish(
-        done,
-        None,
-        std::time::Instant::now(),
-        &BTreeSet::new(),
-        usize::MAX,
-    )
-    .unwrap();
+    finish(&mut r, done);
     assert!(!r.compiling());
     assert!(r.start(&Arc::new(cluster.clone()), node()).is_ok());
 }
@@ -492,14 +497,7 @@ fn an_id_the_maps_may_still_use_after_a_failed_sync_is_not_given_to_another_rule
             .collect::<Vec<_>>()
     };
     r.datapath_mut().refuse_writes(None);
-    r.finish(
-        done,
-        None,
-        std::time::Instant::now(),
-        &BTreeSet::new(),
-        usize::MAX,
-    )
-    .unwrap();
+    finish(&mut r, done);
     let written = r.datapath().maps.contents.clone();
     for ruleset in in_maps {
         let now = entries(&written, ruleset);
