@@ -280,7 +280,9 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         pending_since: None,
         last_change: Instant::now(),
         lookup_cursor: None,
-        lookups_left: false,
+        // The first pass starts once the source has listed everything.
+        lookups_left: true,
+        lookup_pass_done: false,
         looking_up: false,
         publish_due: false,
         sync_started: None,
@@ -337,6 +339,8 @@ struct Agent<D> {
     lookup_cursor: Option<ObjectRef>,
     /// Whether the pass has pods left.
     lookups_left: bool,
+    /// Whether a pass over every local pod has ended (the first sync waits for one).
+    lookup_pass_done: bool,
     /// Whether a round of lookups runs.
     looking_up: bool,
     /// Whether status and metrics changed since they were last published (published at

@@ -95,12 +95,12 @@ impl PodStates {
             .filter_map(|(pod, state)| Some((pod, state.interface()?)))
     }
 
-    /// Pods whose interface is known and not attached yet, with the interface's name.
-    pub fn to_attach(&self) -> Vec<(ObjectRef, String)> {
+    /// Pods whose interface is known and not attached yet, with the interface.
+    pub fn to_attach(&self) -> Vec<(ObjectRef, Interface)> {
         self.0
             .iter()
             .filter_map(|(pod, state)| match state {
-                PodState::Found(iface) => Some((pod.clone(), iface.name.clone())),
+                PodState::Found(iface) => Some((pod.clone(), iface.clone())),
                 _ => None,
             })
             .collect()
@@ -272,7 +272,7 @@ mod tests {
 
         let settled = pods.settle(vec![(pod("a"), Lookup::Found(iface("veth1", 7)))]);
         assert_eq!(settled.found, vec![(pod("a"), 7)]);
-        assert_eq!(pods.to_attach(), vec![(pod("a"), "veth1".to_owned())]);
+        assert_eq!(pods.to_attach(), vec![(pod("a"), iface("veth1", 7))]);
         assert!(!pods.is_attached(&pod("a")));
 
         pods.set_attached(&pod("a"));

@@ -397,23 +397,28 @@ impl<D: Datapath> Reconciler<D> {
         first: &BTreeSet<ObjectRef>,
         budget: usize,
     ) {
+        // Only interfaces whose endpoint entry the maps hold: attached without one, a
+        // pod's traffic would all be dropped (one found after the last sync began waits
+        // for the next).
         let (firsts, others): (Vec<_>, Vec<_>) = self
             .pods
             .to_attach()
             .into_iter()
-            .filter(|(pod, _)| compiled.endpoints.contains_key(pod))
+            .filter(|(pod, iface)| {
+                compiled.endpoints.contains_key(pod) && self.datapath.has_endpoint(iface.index)
+            })
             .partition(|(pod, _)| first.contains(pod));
         self.attaches_left = others.len() > budget;
-        for (pod, ifname) in firsts.into_iter().chain(others.into_iter().take(budget)) {
-            match self.datapath.attach(&pod, netns, &ifname) {
+        for (pod, iface) in firsts.into_iter().chain(others.into_iter().take(budget)) {
+            match self.datapath.attach(&pod, netns, &iface) {
                 Ok(_) => {
-                    tracing::info!(%pod, interface = %ifname, "attached");
+                    tracing::info!(%pod, interface = %iface.name, "attached");
                     self.pods.set_attached(&pod);
                 }
                 Err(e) => {
                     // Looked up again next time (the interface may have gone meanwhile).
                     self.pods.forget_interface(&pod);
-                    let e = format!("attaching to {ifname} for {pod}: {e}");
+                    let e = format!("attaching to {} for {pod}: {e}", iface.name);
                     self.pods
                         .set_not_attached(&pod, PodState::Waiting(e.clone()));
                     self.errors.push(e);

@@ -508,3 +508,34 @@ fn an_id_the_maps_may_still_use_after_a_failed_sync_is_not_given_to_another_rule
         );
     }
 }
+
+#[test]
+fn a_pod_is_attached_only_to_the_interface_its_written_entry_is_for() {
+    let cluster = cluster(&allow("web", "b", 80));
+    let mut r = reconciler();
+    let local = local();
+    r.forget_gone(&local);
+    r.settle(vec![(pod("a"), found("veth-a", 11))]);
+    sync(&mut r, &cluster).unwrap();
+    assert!(r.pods().is_attached(&pod("a")));
+    // Pod b's interface is found after that sync wrote the maps: the compile had an entry
+    // for b, but the maps have none for its interface until the next sync.
+    r.settle(vec![(pod("b"), found("veth-b", 12))]);
+    r.attach_found(None, &BTreeSet::new(), usize::MAX);
+    assert!(
+        !r.pods().is_attached(&pod("b")),
+        "attached before its endpoint entry was written: all its traffic would be dropped"
+    );
+    // Pod c's name now belongs to a new interface (its veth was replaced): the entry
+    // written for index 13 must not send another interface's programs astray.
+    r.settle(vec![(pod("c"), found("veth-c", 13))]);
+    r.datapath_mut().add_link("veth-c", 99);
+    sync(&mut r, &cluster).unwrap();
+    assert!(r.pods().is_attached(&pod("b")), "b's entry is written now");
+    assert!(!r.pods().is_attached(&pod("c")));
+    let errors = r.take_errors().join("\n");
+    assert!(
+        errors.contains("veth-c is now index 99, not 13"),
+        "{errors}"
+    );
+}

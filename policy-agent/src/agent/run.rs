@@ -20,7 +20,9 @@ use tokio::{
 
 use super::{
     ATTACHES_PER_ROUND, Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER,
-    SETTLE, SNAPSHOT_INTERVAL, flows, interfaces::Lookup, reconcile::CompileDone,
+    SETTLE, SNAPSHOT_INTERVAL, flows,
+    interfaces::{Interfaces, Lookup},
+    reconcile::CompileDone,
     source_state::Applied,
 };
 use crate::{
@@ -34,8 +36,22 @@ use crate::{
 /// What a compile sends back to the task: its result, or how its thread died.
 type Compiled = Result<CompileDone, JoinError>;
 
-/// What a round of interface lookups found, per pod.
-type Lookups = Vec<(ObjectRef, Lookup)>;
+/// What a round of interface lookups found, per pod, with what it looked for.
+type Lookups = Vec<(LookupInput, Lookup)>;
+
+/// What a lookup of a pod's interface went by: a result is taken in only if the pod is
+/// still the same (uid), with the same addresses and recorded interface.
+#[derive(Clone, Debug, PartialEq)]
+struct LookupInput {
+    pod: ObjectRef,
+    uid: Option<String>,
+    ips: Vec<IpAddr>,
+    recorded: Option<String>,
+}
+
+/// How long one lookup of a round may take before it counts as not found (netlink
+/// answers in microseconds; a round must never hang the lookups for good).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A turn of the loop longer than this is logged: the local API (CNI ADD, status) waited.
 const BUSY_WARNING: Duration = Duration::from_millis(100);
@@ -50,6 +66,22 @@ macro_rules! busy {
         }
         $agent.busy($work, started.elapsed());
     }};
+}
+
+/// Looks up one pod's interface: the one its sandbox recorded, checked again, or else the
+/// one the route to its addresses leads to.
+async fn lookup_one(interfaces: &Interfaces, input: &LookupInput) -> Lookup {
+    let lookup = async {
+        match &input.recorded {
+            Some(name) => interfaces.named(std::slice::from_ref(name)).await,
+            None => interfaces.of(&input.ips).await,
+        }
+    };
+    tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
+        .await
+        .unwrap_or_else(|_| {
+            Lookup::Missing(format!("no answer from netlink within {LOOKUP_TIMEOUT:?}"))
+        })
 }
 
 impl<D: Datapath> Agent<D> {
@@ -116,7 +148,7 @@ impl<D: Datapath> Agent<D> {
                     busy!(self, "interface-lookup", self.start_lookups(&looked_up_tx))
                 }
                 // The rest of a pass, a round at a time.
-                () = std::future::ready(()), if self.lookups_left && !self.looking_up => {
+                () = std::future::ready(()), if self.lookups_left && !self.looking_up && self.source.complete() => {
                     busy!(self, "interface-lookup", self.start_lookups(&looked_up_tx))
                 }
                 // The pods found by the last sync, a few at a time.
@@ -167,6 +199,12 @@ impl<D: Datapath> Agent<D> {
     fn sync_due(&self) -> Option<tokio::time::Instant> {
         let since = self.pending_since?;
         if !self.source.complete() || self.reconciler.compiling() {
+            return None;
+        }
+        // The first sync adopts what an earlier agent left for the pods whose interfaces
+        // are known, and drops the rest (entries, links): every local pod is looked for
+        // once before, or a pod not looked up yet would lose its enforcement.
+        if !self.reconciler.ready() && !self.lookup_pass_done {
             return None;
         }
         // A sandbox waiting for its pod is worth an attempt even while syncs fail (the
@@ -275,6 +313,7 @@ impl<D: Datapath> Agent<D> {
         self.in_sync = std::mem::take(&mut self.waiting);
         let local: BTreeSet<ObjectRef> = self.local_pods().map(|p| p.id.clone()).collect();
         self.reconciler.forget_gone(&local);
+        self.look_up_waiting().await;
         if !self.looking_up {
             self.start_lookups(looked_up);
         }
@@ -378,17 +417,16 @@ impl<D: Datapath> Agent<D> {
     /// [`LOOKUPS_PER_ROUND`] a round, each round after the last pod of the one before;
     /// `lookups_left` says whether the pass has pods left. What a round finds comes back
     /// through `done`.
-    pub(super) fn start_lookups(&mut self, done: &mpsc::Sender<Lookups>) {
+    fn start_lookups(&mut self, done: &mpsc::Sender<Lookups>) {
         let after = match self.lookup_cursor.take() {
             Some(last) => (Bound::Excluded(last), Bound::Unbounded),
             None => (Bound::Unbounded, Bound::Unbounded),
         };
-        let mut round: Vec<(ObjectRef, Vec<IpAddr>, Option<String>)> = Vec::new();
+        let mut round: Vec<LookupInput> = Vec::new();
         let mut pods = self.source.cluster.pods.range(after).map(|(_, p)| p);
         for pod in pods.by_ref() {
             if self.is_local(pod) && self.reconciler.pods().interface(&pod.id).is_none() {
-                let recorded = self.cni.get(&pod.id).and_then(|e| e.interface.clone());
-                round.push((pod.id.clone(), pod.ips.clone(), recorded));
+                round.push(self.lookup_input(pod));
                 if round.len() == LOOKUPS_PER_ROUND {
                     break;
                 }
@@ -396,42 +434,77 @@ impl<D: Datapath> Agent<D> {
         }
         self.lookups_left = round.len() == LOOKUPS_PER_ROUND && pods.next().is_some();
         if self.lookups_left {
-            self.lookup_cursor = round.last().map(|(id, ..)| id.clone());
+            self.lookup_cursor = round.last().map(|input| input.pod.clone());
         }
         if round.is_empty() {
+            self.lookup_pass_done = !self.lookups_left;
             return;
         }
         self.looking_up = true;
         let interfaces = Arc::clone(&self.interfaces);
         let done = done.clone();
-        tokio::spawn(async move {
+        let lookups = async move {
             let mut lookups = Vec::with_capacity(round.len());
-            for (pod, ips, recorded) in round {
-                let lookup = match recorded {
-                    Some(name) => interfaces.named(&[name]).await,
-                    None => interfaces.of(&ips).await,
-                };
-                lookups.push((pod, lookup));
+            for input in round {
+                let lookup = lookup_one(&interfaces, &input).await;
+                lookups.push((input, lookup));
             }
+            lookups
+        };
+        tokio::spawn(async move {
+            // A round that panicked found nothing, and lookups go on.
+            let lookups = tokio::spawn(lookups).await.unwrap_or_default();
             let _ = done.send(lookups).await;
         });
     }
 
-    /// Takes in what a round of lookups found; a pod found makes a sync due. The pods
-    /// that went away or got an interface meanwhile (a CNI ADD) are left out: the round
-    /// knew only what was true when it began.
+    /// Looks up, at once, the interfaces of the pods whose sandboxes wait for this sync
+    /// and named none (their ADD is answered when it ends; a round may not reach them).
+    async fn look_up_waiting(&mut self) {
+        let inputs: Vec<LookupInput> = (self.in_sync.iter())
+            .filter_map(|(pod, _)| self.source.cluster.pods.get(pod))
+            .filter(|p| self.is_local(p) && self.reconciler.pods().interface(&p.id).is_none())
+            .map(|p| self.lookup_input(p))
+            .collect();
+        let mut lookups = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let lookup = lookup_one(&self.interfaces, &input).await;
+            lookups.push((input.pod, lookup));
+        }
+        if !lookups.is_empty() {
+            self.settle(lookups);
+        }
+    }
+
+    /// What looking up `pod`'s interface goes by.
+    fn lookup_input(&self, pod: &Pod) -> LookupInput {
+        LookupInput {
+            pod: pod.id.clone(),
+            uid: pod.uid.clone(),
+            ips: pod.ips.clone(),
+            recorded: self.cni.get(&pod.id).and_then(|e| e.interface.clone()),
+        }
+    }
+
+    /// Takes in what a round of lookups found; a pod found makes a sync due. A result
+    /// counts only if the pod is still what the round looked for (not gone, replaced,
+    /// readdressed, or given an interface by a CNI ADD meanwhile): an address may belong
+    /// to another pod by now.
     fn looked_up(&mut self, lookups: Lookups) {
         self.looking_up = false;
-        let current: Lookups = lookups
+        if !self.lookups_left {
+            self.lookup_pass_done = true;
+        }
+        let current: Vec<(ObjectRef, Lookup)> = lookups
             .into_iter()
-            .filter(|(pod, _)| {
-                self.source
-                    .cluster
-                    .pods
-                    .get(pod)
-                    .is_some_and(|p| self.is_local(p))
-                    && self.reconciler.pods().interface(pod).is_none()
+            .filter(|(input, _)| {
+                self.source.cluster.pods.get(&input.pod).is_some_and(|p| {
+                    self.is_local(p)
+                        && self.reconciler.pods().interface(&p.id).is_none()
+                        && self.lookup_input(p) == *input
+                })
             })
+            .map(|(input, lookup)| (input.pod, lookup))
             .collect();
         if self.settle(current) {
             self.pending_since.get_or_insert_with(Instant::now);

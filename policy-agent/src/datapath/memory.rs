@@ -17,7 +17,10 @@ use policy_common::{
 };
 
 use super::{Datapath, DatapathError, MapContents, MapOpError, MapStore, SyncReport, SyncState};
-use crate::{capacity::MapSizes, compiler::Compiled, model::ObjectRef, netns::NetNs};
+use crate::{
+    agent::interfaces::Interface, capacity::MapSizes, compiler::Compiled, model::ObjectRef,
+    netns::NetNs,
+};
 
 /// The errno a full kernel hash map answers an insert with.
 const MAP_FULL_ERRNO: i32 = nix::libc::E2BIG;
@@ -231,6 +234,10 @@ impl Datapath for MemoryDatapath {
         self.state.drift(&self.maps)
     }
 
+    fn has_endpoint(&self, ifindex: u32) -> bool {
+        self.state.has_endpoint(ifindex)
+    }
+
     fn live(&self) -> Result<MapContents, DatapathError> {
         self.maps.live()
     }
@@ -239,12 +246,20 @@ impl Datapath for MemoryDatapath {
         &mut self,
         pod: &ObjectRef,
         _netns: Option<&NetNs>,
-        ifname: &str,
+        iface: &Interface,
     ) -> Result<u32, DatapathError> {
+        let ifname = iface.name.as_str();
         let index = *self
             .links
             .get(ifname)
             .ok_or_else(|| DatapathError::NoInterface(ifname.to_owned()))?;
+        if index != iface.index {
+            return Err(DatapathError::InterfaceMoved {
+                name: ifname.to_owned(),
+                expected: iface.index,
+                found: index,
+            });
+        }
         if self.refuse_attach.contains(ifname) {
             return Err(DatapathError::NoInterface(ifname.to_owned()));
         }

@@ -91,6 +91,16 @@ pub enum DatapathError {
     /// An interface is not known in its namespace.
     #[error("interface {0} not found")]
     NoInterface(String),
+    /// An interface's name now belongs to another interface than the one looked up.
+    #[error("interface {name} is now index {found}, not {expected} (replaced since it was found)")]
+    InterfaceMoved {
+        /// The name.
+        name: String,
+        /// The index it had when it was found.
+        expected: u32,
+        /// Its index now.
+        found: u32,
+    },
     /// The pinned maps could not be checked or replaced.
     #[error("pinned maps: {0}")]
     Pins(#[from] pins::PinCheckError),
@@ -224,6 +234,18 @@ impl BpfDatapath {
         netns: Option<&NetNs>,
         ifname: &str,
     ) -> Result<u32, DatapathError> {
+        self.attach_expecting(pod, netns, ifname, None)
+    }
+
+    /// [`Self::attach`], refusing if `ifname` is not interface `expected` (any more): the
+    /// name may have gone to a new interface since the pod's entry was written.
+    pub fn attach_expecting(
+        &mut self,
+        pod: &ObjectRef,
+        netns: Option<&NetNs>,
+        ifname: &str,
+        expected: Option<u32>,
+    ) -> Result<u32, DatapathError> {
         let links = self.pin_dir.join(LINKS_DIR);
         std::fs::create_dir_all(&links).map_err(|source| bpffs::BpffsError::Dir {
             path: links.clone(),
@@ -233,6 +255,13 @@ impl BpfDatapath {
         let mut attach = move || -> Result<(u32, Option<Ipv6Addr>), DatapathError> {
             let ifindex = nix::net::if_::if_nametoindex(ifname)
                 .map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
+            if let Some(expected) = expected.filter(|&e| e != ifindex) {
+                return Err(DatapathError::InterfaceMoved {
+                    name: ifname.to_owned(),
+                    expected,
+                    found: ifindex,
+                });
+            }
             // Traffic the pod sends arrives on the host side's ingress, and traffic for the
             // pod leaves through its egress.
             for (name, hook) in [
@@ -321,6 +350,11 @@ impl BpfDatapath {
     /// (see [`SyncState::sync`]).
     pub fn sync(&mut self, compiled: &Compiled) -> Result<SyncReport, DatapathError> {
         self.state.sync(compiled, &mut self.maps)
+    }
+
+    /// Whether the last sync wrote an endpoint entry for interface `ifindex`.
+    pub fn has_endpoint(&self, ifindex: u32) -> bool {
+        self.state.has_endpoint(ifindex)
     }
 
     /// How many entries of the maps differ from what the last sync wrote (changed behind the

@@ -159,6 +159,14 @@ impl SyncState {
         &self.left_out
     }
 
+    /// Whether the last sync wrote an endpoint entry for interface `ifindex` (not after a
+    /// failed one: the maps may hold anything then).
+    pub fn has_endpoint(&self, ifindex: u32) -> bool {
+        self.written
+            .as_ref()
+            .is_some_and(|w| w.endpoints.contains_key(&ifindex))
+    }
+
     /// The endpoint ids the last sync wrote.
     pub fn endpoint_ids(&self) -> BTreeSet<u32> {
         self.written
