@@ -33,7 +33,10 @@ const STATEFUL_EVERY: usize = 5;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: generated_cluster DIR [options]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: generated_cluster DIR [options]")?,
+    );
     let mut shape = Shape {
         pods: PODS,
         policies: POLICIES,
@@ -44,7 +47,9 @@ fn main() -> anyhow::Result<()> {
     };
     while let Some(flag) = args.next() {
         let mut number = || -> anyhow::Result<usize> {
-            let v = args.next().with_context(|| format!("{flag} needs a number"))?;
+            let v = args
+                .next()
+                .with_context(|| format!("{flag} needs a number"))?;
             v.parse().with_context(|| format!("{flag} {v}"))
         };
         match flag.as_str() {
@@ -109,7 +114,11 @@ fn pod(pod: &Pod) -> Value {
         .iter()
         .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.to_string()}))
         .collect();
-    let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+    let ips: Vec<Value> = pod
+        .ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string()}))
+        .collect();
     json!({
         "apiVersion": "v1",
         "kind": "Pod",

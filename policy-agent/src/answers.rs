@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     plan::{
-        Host, Question, ServiceQuestion, ServiceTarget, probe, questions_to,
-        service_probe_verdict, service_questions_from,
+        Host, Question, ServiceQuestion, ServiceTarget, probe, questions_to, service_probe_verdict,
+        service_questions_from,
     },
     report::{Family, Probe, TableKey, Tables, Through, escape},
 };
@@ -48,7 +48,9 @@ impl Shown {
     ) -> Self {
         Self {
             sources: hosts.iter().map(source).collect(),
-            destinations: (0..hosts.len()).filter(|&i| destination(&hosts[i])).collect(),
+            destinations: (0..hosts.len())
+                .filter(|&i| destination(&hosts[i]))
+                .collect(),
             targets: targets.iter().map(target).collect(),
         }
     }
@@ -396,7 +398,9 @@ mod tests {
 
     /// Whether `label` is in the part of labels that `seed` picks (any subset may come out).
     fn picked(seed: u8, label: &str) -> bool {
-        let sum = label.bytes().fold(u32::from(seed), |a, b| a.wrapping_mul(31) + u32::from(b));
+        let sum = label
+            .bytes()
+            .fold(u32::from(seed), |a, b| a.wrapping_mul(31) + u32::from(b));
         sum % 3 != 0 || seed == 0
     }
 
@@ -441,7 +445,10 @@ mod tests {
         );
         [
             (String::from_utf8(json).unwrap(), restricted.to_json()),
-            (String::from_utf8(tables).unwrap(), restricted.render_table()),
+            (
+                String::from_utf8(tables).unwrap(),
+                restricted.render_table(),
+            ),
         ]
     }
 

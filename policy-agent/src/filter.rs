@@ -77,7 +77,9 @@ impl FromStr for Pattern {
             return Ok(Self::Block(net));
         }
         if t.contains(['=', '!', '(', ')']) {
-            return parse_selector(t).map(Self::Labels).map_err(|why| error(&why));
+            return parse_selector(t)
+                .map(Self::Labels)
+                .map_err(|why| error(&why));
         }
         if !t.contains('/') {
             // `shop` could mean the namespace or the label key: make the user say which.

@@ -200,7 +200,11 @@ pub fn questions_to<'a>(
 
 /// The questions from `hosts[from]` to `hosts[to]`: none between two external hosts,
 /// else one per family both have and port the destination serves.
-fn questions_between(hosts: &[Host], from: usize, to: usize) -> impl Iterator<Item = Question> + '_ {
+fn questions_between(
+    hosts: &[Host],
+    from: usize,
+    to: usize,
+) -> impl Iterator<Item = Question> + '_ {
     let (src, dst) = (&hosts[from], &hosts[to]);
     let asked = src.pod.is_some() || dst.pod.is_some();
     [Family::IPv4, Family::IPv6]

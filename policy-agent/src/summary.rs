@@ -16,8 +16,7 @@ use crate::{
     model::{Cluster, Protocol},
     plan::Host,
     report::{
-        ALLOWED, BACKEND_DEPENDENT, DENIED, Family, Probe, TableKey, Through, escape,
-        NodeFrontend,
+        ALLOWED, BACKEND_DEPENDENT, DENIED, Family, NodeFrontend, Probe, TableKey, Through, escape,
     },
     workload::Workload,
 };
@@ -279,9 +278,17 @@ impl Summary {
                 Through::Services => " through Services".to_owned(),
                 Through::Node(via) => format!(" through {}", via.as_str()),
             };
-            let title = format!("{}/{} {:?}{via} by workload", key.protocol, key.port, key.family);
+            let title = format!(
+                "{}/{} {:?}{via} by workload",
+                key.protocol, key.port, key.family
+            );
             let labels: Vec<String> = rows.keys().map(|r| escape(r).to_string()).collect();
-            let first = labels.iter().map(String::len).max().unwrap_or(0).max(title.len());
+            let first = labels
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                .max(title.len());
             let mut line = format!("{title:<first$}");
             for c in &columns {
                 let _ = write!(line, "  {c}");

@@ -217,7 +217,10 @@ fn a_filtered_matrix_is_the_whole_matrix_restricted_to_the_filter() {
     for (args, keep) in cases {
         let filtered = probes(&matrix(&dir, &args));
         let restricted: Vec<Value> = whole.iter().filter(|p| keep(p)).cloned().collect();
-        assert!(!restricted.is_empty(), "{args:?} keeps nothing: a weak case");
+        assert!(
+            !restricted.is_empty(),
+            "{args:?} keeps nothing: a weak case"
+        );
         assert!(restricted.len() < whole.len(), "{args:?} keeps everything");
         assert_eq!(filtered, restricted, "{args:?}");
     }
@@ -238,6 +241,9 @@ fn a_filter_that_is_no_selector_is_refused() {
     }
 }
 
+/// A workload pair of one table: from, to, protocol, port, family, Service.
+type PairKey = (String, String, String, u64, String, String);
+
 #[test]
 fn the_summary_is_the_whole_matrix_folded_by_workload() {
     let dir = dir("matrix-summary");
@@ -251,11 +257,13 @@ fn the_summary_is_the_whole_matrix_folded_by_workload() {
             .map_or(host.clone(), |w| (*w).to_owned())
     };
     // (from, to, protocol, port, family, service) -> [allowed, denied, backend-dependent]
-    let mut folded: BTreeMap<(String, String, String, u64, String, String), [u64; 3]> =
-        BTreeMap::new();
+    let mut folded: BTreeMap<PairKey, [u64; 3]> = BTreeMap::new();
     for p in &whole {
         let (to, service) = match p.get("service") {
-            Some(s) => (s.as_str().unwrap().to_owned(), s.as_str().unwrap().to_owned()),
+            Some(s) => (
+                s.as_str().unwrap().to_owned(),
+                s.as_str().unwrap().to_owned(),
+            ),
             None => (workload(text(p, "to")), String::new()),
         };
         let key = (

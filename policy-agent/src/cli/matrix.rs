@@ -92,11 +92,9 @@ pub fn run(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     // A filtered matrix compiles, and lints, only what it shows.
     let compiled_pods = (!filter.is_everything()).then(|| pods_met(&hosts, &targets, &shown));
     let rejected = scenario.report_policies(&cluster, |policies| {
-        compiled_pods
-            .as_ref()
-            .map(|(pods, destinations, dialled)| {
-                lint::Scope::of_flow(&cluster, policies, pods, destinations, dialled.clone())
-            })
+        compiled_pods.as_ref().map(|(pods, destinations, dialled)| {
+            lint::Scope::of_flow(&cluster, policies, pods, destinations, dialled.clone())
+        })
     });
     let summary = args.summary.then(|| Summary::new(&cluster, &hosts));
     let written = if args.reference {
@@ -152,7 +150,11 @@ fn pods_met(
     hosts: &[Host],
     targets: &[ServiceTarget],
     shown: &Shown,
-) -> (BTreeSet<ObjectRef>, BTreeSet<ObjectRef>, BTreeSet<ObjectRef>) {
+) -> (
+    BTreeSet<ObjectRef>,
+    BTreeSet<ObjectRef>,
+    BTreeSet<ObjectRef>,
+) {
     let backend_addresses: BTreeSet<IpAddr> = shown
         .targets()
         .flat_map(|i| targets[i].backends.iter().map(|b| b.address))

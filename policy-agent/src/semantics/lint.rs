@@ -846,8 +846,10 @@ status: {podIP: 10.0.0.1}
             unique_labels: unique,
             big_policy_peers: Some(20),
         };
-        let mut loaded = Loaded::default();
-        loaded.cluster = generate::cluster(&shape);
+        let mut loaded = Loaded {
+            cluster: generate::cluster(&shape),
+            ..Loaded::default()
+        };
         let mut extra = String::new();
         // A workload's replicas are spread over the namespaces, two per namespace here.
         for n in 0..shape.namespaces {
@@ -914,8 +916,11 @@ status: {podIP: 10.0.0.1}
                         assert_eq!(scope.policies.contains(&p.id), selects, "{}", p.id);
                     }
                     let scoped = lint_scoped(&cluster, &parsed, &scope);
-                    let expected: Vec<Warning> =
-                        whole.iter().filter(|w| concerns(&scope, w)).cloned().collect();
+                    let expected: Vec<Warning> = whole
+                        .iter()
+                        .filter(|w| concerns(&scope, w))
+                        .cloned()
+                        .collect();
                     assert_eq!(scoped, expected, "{from} -> {to} ({scope:?})");
                     policy_warnings += scoped
                         .iter()

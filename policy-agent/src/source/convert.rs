@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    ContainerPort, EndpointSlice, IpFamily, Namespace, Owner, Node, ObjectRef, Origin, Pod, Policy,
+    ContainerPort, EndpointSlice, IpFamily, Namespace, Node, ObjectRef, Origin, Owner, Pod, Policy,
     PolicyMeta, Protocol, SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort,
     TargetPort,
 };
