@@ -6,21 +6,77 @@
 //! The answers come in the order [`Reachability`](crate::report::Reachability) sorts them
 //! and tables lay them out, so that the output is the one an in-memory run would print
 //! (the tests compare the two).
+//!
+//! Only the questions between the hosts [`Shown`] (`matrix --from/--to/--namespace`) are
+//! asked: a filtered matrix costs what it shows, and prints what the whole matrix would
+//! with the other probes left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     plan::{
-        Host, Question, ServiceQuestion, ServiceTarget, probe, questions_from,
-        service_probe_verdict, service_questions_from,
+        Host, Question, ServiceQuestion, ServiceTarget, probe, questions_to, service_probe_verdict,
+        service_questions_from,
     },
     report::{Family, Probe, TableKey, Tables, Through, escape},
 };
+
+/// The sources, destinations and Service frontends a matrix shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    /// Whether each host is a source shown.
+    sources: Vec<bool>,
+    /// The hosts shown as destinations, in host order.
+    destinations: Vec<usize>,
+    /// Whether each Service target is shown.
+    targets: Vec<bool>,
+}
+
+impl Shown {
+    /// Every host and target.
+    pub fn all(hosts: &[Host], targets: &[ServiceTarget]) -> Self {
+        Self::new(hosts, targets, |_| true, |_| true, |_| true)
+    }
+
+    /// The hosts `source` and `destination` say yes to, and the targets `target` does.
+    pub fn new(
+        hosts: &[Host],
+        targets: &[ServiceTarget],
+        source: impl Fn(&Host) -> bool,
+        destination: impl Fn(&Host) -> bool,
+        target: impl Fn(&ServiceTarget) -> bool,
+    ) -> Self {
+        Self {
+            sources: hosts.iter().map(source).collect(),
+            destinations: (0..hosts.len())
+                .filter(|&i| destination(&hosts[i]))
+                .collect(),
+            targets: targets.iter().map(target).collect(),
+        }
+    }
+
+    /// The indices of the sources shown.
+    pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.sources.len()).filter(|&i| self.sources[i])
+    }
+
+    /// The indices of the destinations shown.
+    pub fn destinations(&self) -> &[usize] {
+        &self.destinations
+    }
+
+    /// The indices of the Service targets shown.
+    pub fn targets(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.targets.len()).filter(|&i| self.targets[i])
+    }
+}
 
 /// The answers of a scenario's questions, computed as they are asked for.
 pub struct Answers<'a, A, T> {
     hosts: &'a [Host],
     targets: &'a [ServiceTarget],
+    /// What is shown.
+    shown: Shown,
     /// The verdict on a question by address.
     allowed: A,
     /// The verdict on a question through a Service (`None`: it depends on the backend).
@@ -39,22 +95,34 @@ where
     /// The questions about `hosts` and through `targets`, answered by `allowed` (by
     /// address) and `through` (through a Service) when asked.
     pub fn new(hosts: &'a [Host], targets: &'a [ServiceTarget], allowed: A, through: T) -> Self {
-        let mut order: Vec<usize> = (0..hosts.len()).collect();
+        Self::shown(hosts, targets, Shown::all(hosts, targets), allowed, through)
+    }
+
+    /// The questions between the hosts and targets `shown`, as [`Answers::new`] asks them.
+    pub fn shown(
+        hosts: &'a [Host],
+        targets: &'a [ServiceTarget],
+        shown: Shown,
+        allowed: A,
+        through: T,
+    ) -> Self {
+        let mut order: Vec<usize> = shown.sources().collect();
         order.sort_by(|&a, &b| hosts[a].label.cmp(&hosts[b].label));
         let by_label = order
             .chunk_by(|&a, &b| hosts[a].label == hosts[b].label)
             .map(<[usize]>::to_vec)
             .collect();
         let mut by_row: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, host) in hosts.iter().enumerate() {
+        for i in shown.sources() {
             by_row
-                .entry(escape(&host.label).to_string())
+                .entry(escape(&hosts[i].label).to_string())
                 .or_default()
                 .push(i);
         }
         Self {
             hosts,
             targets,
+            shown,
             allowed,
             through,
             by_label,
@@ -77,13 +145,13 @@ where
         let wanted = |key: TableKey| table.is_none_or(|t| *t == key);
         let mut out = Vec::new();
         for &from in sources {
-            for q in questions_from(self.hosts, from) {
+            for q in questions_to(self.hosts, from, self.shown.destinations()) {
                 if wanted(address_key(&q)) {
                     out.push(probe(self.hosts, &q, (self.allowed)(&q)));
                 }
             }
             for q in service_questions_from(self.hosts, self.targets, from) {
-                if wanted(service_key(&self.targets[q.target])) {
+                if self.shown.targets[q.target] && wanted(service_key(&self.targets[q.target])) {
                     let verdict = (self.through)(&q);
                     out.push(service_probe_verdict(self.hosts, self.targets, &q, verdict));
                 }
@@ -92,19 +160,43 @@ where
         out
     }
 
-    /// Whether some pod has an address of `family`.
-    fn pods_of(&self, family: Family) -> bool {
-        self.hosts
-            .iter()
-            .any(|h| h.pod.is_some() && h.ip(family).is_some())
+    /// The sources shown with an address of `family`.
+    fn sources_of(&self, family: Family) -> impl Iterator<Item = &Host> {
+        self.shown
+            .sources()
+            .map(|i| &self.hosts[i])
+            .filter(move |h| h.ip(family).is_some())
     }
 
-    /// The hosts that serve a table's protocol and port on an address of its family.
-    fn serving(&self, key: &TableKey) -> Vec<&Host> {
-        self.hosts
+    /// Whether some source shown is a pod with an address of `family`.
+    fn source_pods_of(&self, family: Family) -> bool {
+        self.sources_of(family).any(|h| h.pod.is_some())
+    }
+
+    /// Whether some source shown has an address of `family`.
+    fn any_source_of(&self, family: Family) -> bool {
+        self.sources_of(family).next().is_some()
+    }
+
+    /// The destinations shown with an address of `family`.
+    fn destinations_of(&self, family: Family) -> impl Iterator<Item = &Host> {
+        self.shown
+            .destinations()
             .iter()
-            .filter(|h| h.ip(key.family).is_some() && h.serves.contains(&(key.protocol, key.port)))
-            .collect()
+            .map(|&i| &self.hosts[i])
+            .filter(move |h| h.ip(family).is_some())
+    }
+
+    /// Which destinations of `family` are asked about: a pod by any source of that
+    /// family, an external host by a pod (external to external is never asked).
+    fn asked_of(&self, family: Family) -> impl Fn(&Host) -> bool {
+        let (any, pods) = (self.any_source_of(family), self.source_pods_of(family));
+        move |dst: &Host| if dst.pod.is_some() { any } else { pods }
+    }
+
+    /// The Service targets shown.
+    fn targets_shown(&self) -> impl Iterator<Item = &ServiceTarget> {
+        self.shown.targets().map(|i| &self.targets[i])
     }
 }
 
@@ -137,7 +229,8 @@ fn sorted(mut labels: Vec<String>) -> Vec<String> {
 
 // Which tables, rows and columns hold a probe follows from `plan::questions_from` and
 // `plan::service_questions_from` without asking every question: a host to a host when one
-// of them is a pod and both have the family, a pod to a Service frontend of its family.
+// of them is a pod and both have the family, a pod to a Service frontend of its family;
+// among the sources, destinations and targets shown.
 impl<A, T> Tables for Answers<'_, A, T>
 where
     A: Fn(&Question) -> bool,
@@ -146,11 +239,8 @@ where
     fn keys(&self) -> Vec<TableKey> {
         let mut keys = BTreeSet::new();
         for family in [Family::IPv4, Family::IPv6] {
-            let pods = self.pods_of(family);
-            for dst in self.hosts.iter().filter(|h| h.ip(family).is_some()) {
-                if dst.pod.is_none() && !pods {
-                    continue;
-                }
+            let asked = self.asked_of(family);
+            for dst in self.destinations_of(family).filter(|h| asked(h)) {
                 keys.extend(dst.serves.iter().map(|&(protocol, port)| TableKey {
                     through: Through::Address,
                     protocol,
@@ -160,54 +250,49 @@ where
             }
         }
         keys.extend(
-            self.targets
-                .iter()
-                .filter(|t| self.pods_of(t.family()))
+            self.targets_shown()
+                .filter(|t| self.source_pods_of(t.family()))
                 .map(service_key),
         );
         keys.into_iter().collect()
     }
 
     fn layout(&self, key: &TableKey) -> (Vec<String>, Vec<String>) {
-        let pods = self.pods_of(key.family);
         let label = |h: &Host| escape(&h.label).to_string();
         match key.through {
             Through::Address => {
-                let serving = self.serving(key);
-                let pod_serves = serving.iter().any(|h| h.pod.is_some());
+                let asked = self.asked_of(key.family);
+                let columns: Vec<&Host> = self
+                    .destinations_of(key.family)
+                    .filter(|h| h.serves.contains(&(key.protocol, key.port)))
+                    .filter(|h| asked(h))
+                    .collect();
+                let pod_column = columns.iter().any(|h| h.pod.is_some());
                 let rows = self
-                    .hosts
-                    .iter()
-                    .filter(|h| h.ip(key.family).is_some())
+                    .sources_of(key.family)
                     .filter(|h| {
                         if h.pod.is_some() {
-                            !serving.is_empty()
+                            !columns.is_empty()
                         } else {
-                            pod_serves
+                            pod_column
                         }
                     })
                     .map(label)
                     .collect();
-                let columns = serving
-                    .into_iter()
-                    .filter(|h| h.pod.is_some() || pods)
-                    .map(label)
-                    .collect();
+                let columns = columns.into_iter().map(label).collect();
                 (sorted(rows), sorted(columns))
             }
             Through::Services => {
                 let targets: Vec<&ServiceTarget> = self
-                    .targets
-                    .iter()
+                    .targets_shown()
                     .filter(|t| service_key(t) == *key)
                     .collect();
                 let rows = self
-                    .hosts
-                    .iter()
-                    .filter(|h| h.pod.is_some() && h.ip(key.family).is_some())
-                    .filter(|_| !targets.is_empty())
+                    .sources_of(key.family)
+                    .filter(|h| h.pod.is_some() && !targets.is_empty())
                     .map(label)
                     .collect();
+                let pods = self.source_pods_of(key.family);
                 let columns = targets
                     .into_iter()
                     .filter(|_| pods)
@@ -311,6 +396,62 @@ mod tests {
         }
     }
 
+    /// Whether `label` is in the part of labels that `seed` picks (any subset may come out).
+    fn picked(seed: u8, label: &str) -> bool {
+        let sum = label
+            .bytes()
+            .fold(u32::from(seed), |a, b| a.wrapping_mul(31) + u32::from(b));
+        sum % 3 != 0 || seed == 0
+    }
+
+    /// Streamed output of a matrix showing the sources, destinations and Services whose
+    /// labels `seeds` pick, and that of the whole matrix's answers held in memory with the
+    /// other probes left out.
+    fn filtered_both_ways(
+        hosts: &[Host],
+        targets: &[ServiceTarget],
+        [from, to, through_seed]: [u8; 3],
+    ) -> [(String, String); 2] {
+        let allowed = |q: &Question| (q.from * 5 + q.to + usize::from(q.port)).is_multiple_of(2);
+        let through = |q: &ServiceQuestion| match (q.from * 3 + q.target) % 3 {
+            0 => None,
+            n => Some(n == 1),
+        };
+        let shown = Shown::new(
+            hosts,
+            targets,
+            |h| picked(from, &h.label),
+            |h| picked(to, &h.label),
+            |t| picked(through_seed, &t.label),
+        );
+        let answers = Answers::shown(hosts, targets, shown, allowed, through);
+        let mut json = Vec::new();
+        write_json(&mut json, answers.probes()).unwrap();
+        let mut tables = Vec::new();
+        write_tables(&mut tables, &answers).unwrap();
+        let whole: Reachability = answer_with_services(hosts, targets, allowed, through);
+        let restricted = Reachability::new(
+            whole
+                .probes
+                .into_iter()
+                .filter(|p| {
+                    picked(from, &p.from)
+                        && match &p.service {
+                            Some(s) => picked(through_seed, s),
+                            None => picked(to, &p.to),
+                        }
+                })
+                .collect(),
+        );
+        [
+            (String::from_utf8(json).unwrap(), restricted.to_json()),
+            (
+                String::from_utf8(tables).unwrap(),
+                restricted.render_table(),
+            ),
+        ]
+    }
+
     fn arbitrary_host() -> impl Strategy<Value = Host> {
         let protocol = prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)];
         (
@@ -347,6 +488,24 @@ mod tests {
                 .collect();
             for (streamed, held) in both_ways(&hosts, &targets) {
                 prop_assert_eq!(streamed, held);
+            }
+        }
+
+        #[test]
+        fn a_filtered_matrix_is_the_whole_one_restricted_to_the_filter(
+            hosts in proptest::collection::vec(arbitrary_host(), 0..8),
+            services in proptest::collection::vec((0u16..2, any::<bool>(), 79u16..82), 0..3),
+            seeds in any::<[u8; 3]>(),
+        ) {
+            let targets: Vec<ServiceTarget> = services
+                .iter()
+                .map(|&(n, v6, port)| {
+                    let address = if v6 { "fd00:96::1" } else { "10.96.0.1" };
+                    target(&format!("s/svc{n}"), address, Protocol::Tcp, port)
+                })
+                .collect();
+            for (filtered, restricted) in filtered_both_ways(&hosts, &targets, seeds) {
+                prop_assert_eq!(filtered, restricted);
             }
         }
     }

@@ -169,6 +169,18 @@ pub struct Pod {
     /// metadata.creationTimestamp, when known: of two running pods that claim one address,
     /// the newer keeps it.
     pub created: Option<jiff::Timestamp>,
+    /// The controller that owns it (the `metadata.ownerReferences` entry with `controller:
+    /// true`), which names its workload (see [`crate::workload`]).
+    pub owner: Option<Owner>,
+}
+
+/// A pod's controller, from its `metadata.ownerReferences`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// Its kind (`ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job`, ...).
+    pub kind: String,
+    /// Its name, in the pod's namespace.
+    pub name: String,
 }
 
 impl Pod {

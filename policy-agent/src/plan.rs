@@ -184,22 +184,41 @@ pub fn questions(hosts: &[Host]) -> Vec<Question> {
 
 /// The [`questions`] whose source is `hosts[from]`, in the same order.
 pub fn questions_from(hosts: &[Host], from: usize) -> impl Iterator<Item = Question> + '_ {
-    let src = &hosts[from];
-    hosts.iter().enumerate().flat_map(move |(to, dst)| {
-        let asked = src.pod.is_some() || dst.pod.is_some();
-        [Family::IPv4, Family::IPv6]
-            .into_iter()
-            .filter(move |&family| asked && src.ip(family).is_some() && dst.ip(family).is_some())
-            .flat_map(move |family| {
-                dst.serves.iter().map(move |&(protocol, port)| Question {
-                    from,
-                    to,
-                    family,
-                    protocol,
-                    port,
-                })
+    (0..hosts.len()).flat_map(move |to| questions_between(hosts, from, to))
+}
+
+/// The [`questions`] from `hosts[from]` to the hosts of `to` (indices in increasing
+/// order), in the same order: those of a matrix that shows only some destinations.
+pub fn questions_to<'a>(
+    hosts: &'a [Host],
+    from: usize,
+    to: &'a [usize],
+) -> impl Iterator<Item = Question> + 'a {
+    to.iter()
+        .flat_map(move |&to| questions_between(hosts, from, to))
+}
+
+/// The questions from `hosts[from]` to `hosts[to]`: none between two external hosts,
+/// else one per family both have and port the destination serves.
+fn questions_between(
+    hosts: &[Host],
+    from: usize,
+    to: usize,
+) -> impl Iterator<Item = Question> + '_ {
+    let (src, dst) = (&hosts[from], &hosts[to]);
+    let asked = src.pod.is_some() || dst.pod.is_some();
+    [Family::IPv4, Family::IPv6]
+        .into_iter()
+        .filter(move |&family| asked && src.ip(family).is_some() && dst.ip(family).is_some())
+        .flat_map(move |family| {
+            dst.serves.iter().map(move |&(protocol, port)| Question {
+                from,
+                to,
+                family,
+                protocol,
+                port,
             })
-    })
+        })
 }
 
 /// The report row of an answered question.

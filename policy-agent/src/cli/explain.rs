@@ -186,7 +186,17 @@ pub fn run(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     // Only the pods at the flow's ends (and the backends behind a Service) are compiled:
     // the answer is the same, for a fraction of a large cluster's work.
-    let compiled = CompiledEvaluator::for_pods(cluster, &ends(&hosts, &from, &to));
+    let ends = ends(&hosts, &from, &to);
+    let compiled = CompiledEvaluator::for_pods(cluster, &ends);
+    // Only the warnings about what concerns this flow: the whole cluster's would cost a
+    // large cluster's lint, and bury the few that matter here.
+    let scope = lint::Scope::of_flow(
+        cluster,
+        reference.policies(),
+        &ends,
+        &destinations(&ends, from.pod.as_ref(), &to),
+        dialled(&to),
+    );
     match to {
         Target::Host(to) => explain_flow(&args, &reference, &compiled, &from, &to)?,
         Target::Frontends(frontends) => {
@@ -198,7 +208,7 @@ pub fn run(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(ToString::to_string)
         .chain(
-            lint::lint(cluster, reference.policies())
+            lint::lint_scoped(cluster, reference.policies(), &scope)
                 .iter()
                 .map(ToString::to_string),
         )
@@ -233,6 +243,36 @@ fn ends(hosts: &[Host], from: &Host, to: &Target) -> BTreeSet<ObjectRef> {
         .chain(from.pod.clone())
         .chain(to_pod)
         .collect()
+}
+
+/// The pods at the receiving end of a flow: the destination pod, or the backends behind
+/// a Service (`ends` without the source, unless the source is also a destination).
+fn destinations(
+    ends: &BTreeSet<ObjectRef>,
+    from: Option<&ObjectRef>,
+    to: &Target,
+) -> BTreeSet<ObjectRef> {
+    match to {
+        Target::Host(h) => h.pod.iter().cloned().collect(),
+        Target::Frontends(frontends) => {
+            let backends: BTreeSet<&ObjectRef> = frontends
+                .iter()
+                .flat_map(|(_, t)| t.backends.iter().filter_map(|b| b.pod.as_ref()))
+                .collect();
+            ends.iter()
+                .filter(|p| Some(*p) != from || backends.contains(p))
+                .cloned()
+                .collect()
+        }
+    }
+}
+
+/// The Services a flow dials: those of the frontends it goes to.
+fn dialled(to: &Target) -> BTreeSet<ObjectRef> {
+    match to {
+        Target::Host(_) => BTreeSet::new(),
+        Target::Frontends(frontends) => frontends.iter().map(|(_, t)| t.service.clone()).collect(),
+    }
 }
 
 /// The family of the first of `from` and `to` that is an address.

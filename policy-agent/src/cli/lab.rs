@@ -68,7 +68,7 @@ pub struct LabArgs {
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.load()?;
-    let rejected = scenario.report_policies();
+    let rejected = scenario.report_policies(&scenario.loaded.cluster, |_| None);
     let (loaded, mut config) = (scenario.loaded, scenario.config);
     if let Some(n) = args.nodes {
         config.nodes = n;

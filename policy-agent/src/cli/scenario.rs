@@ -9,7 +9,7 @@ use policy_agent::{
         LabConfig,
         config::{ServiceProbes, parse_port},
     },
-    model::Protocol,
+    model::{Cluster, Protocol},
     report::escape_text,
     semantics::{ParsedPolicy, lint},
     source::manifests::{self, Loaded},
@@ -69,11 +69,17 @@ impl ScenarioArgs {
 impl Scenario {
     /// Prints rejected policies and lint warnings on stderr, and returns how many objects
     /// were rejected: those the manifests did not yield (reported by [`ScenarioArgs::load`])
-    /// and the policies that fail validation. Both are left out of the results.
-    pub fn report_policies(&self) -> usize {
+    /// and the policies of `cluster` (the scenario's) that fail validation. Both are left
+    /// out of the results. The warnings are about every object, or about those of the
+    /// scope `scope` makes of the valid policies.
+    pub fn report_policies(
+        &self,
+        cluster: &Cluster,
+        scope: impl FnOnce(&[ParsedPolicy]) -> Option<lint::Scope>,
+    ) -> usize {
         let mut valid = Vec::new();
         let mut rejected = self.loaded.errors.len();
-        for policy in self.loaded.cluster.policies.values() {
+        for policy in cluster.policies.values() {
             match ParsedPolicy::parse(policy) {
                 Ok(p) => valid.push(p),
                 Err(e) => {
@@ -82,7 +88,11 @@ impl Scenario {
                 }
             }
         }
-        for w in lint::lint(&self.loaded.cluster, &valid) {
+        let warnings = match scope(&valid) {
+            None => lint::lint(cluster, &valid),
+            Some(scope) => lint::lint_scoped(cluster, &valid, &scope),
+        };
+        for w in warnings {
             eprintln!("warning: {}", escape_text(&w.to_string()));
         }
         rejected

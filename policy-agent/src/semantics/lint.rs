@@ -3,7 +3,11 @@
 //! Services some clients cannot use because their egress allows some backends and not
 //! others.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use policy_common::maps::Direction;
 
@@ -61,10 +65,81 @@ impl fmt::Display for Warning {
     }
 }
 
+/// The objects whose warnings are wanted: what concerns one flow (see [`Scope::of_flow`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The NetworkPolicies.
+    pub policies: BTreeSet<ObjectRef>,
+    /// The Services.
+    pub services: BTreeSet<ObjectRef>,
+}
+
+impl Scope {
+    /// What concerns a flow between `pods` (its ends, and the backends behind a Service):
+    /// the policies that select one of them, which alone can decide the flow (a policy
+    /// decides only for the pods it selects), and the Services in front of the
+    /// destination: `dialled`, and every Service with a backend at an
+    /// address of one of `destinations`.
+    pub fn of_flow(
+        cluster: &Cluster,
+        policies: &[ParsedPolicy],
+        pods: &BTreeSet<ObjectRef>,
+        destinations: &BTreeSet<ObjectRef>,
+        dialled: BTreeSet<ObjectRef>,
+    ) -> Self {
+        let pods: Vec<&Pod> = pods.iter().filter_map(|id| cluster.pods.get(id)).collect();
+        let policies = policies
+            .iter()
+            .filter(|p| pods.iter().any(|pod| applies_to(p, pod)))
+            .map(|p| p.id.clone())
+            .collect();
+        let addresses: BTreeSet<IpAddr> = destinations
+            .iter()
+            .filter_map(|id| cluster.pods.get(id))
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        let mut in_front = dialled;
+        if !addresses.is_empty() {
+            in_front.extend(
+                cluster
+                    .services
+                    .values()
+                    .filter(|svc| {
+                        svc.ports.iter().any(|port| {
+                            services::backends(cluster, svc, port)
+                                .iter()
+                                .any(|b| addresses.contains(&b.address))
+                        })
+                    })
+                    .map(|svc| svc.id.clone()),
+            );
+        }
+        Self {
+            policies,
+            services: in_front,
+        }
+    }
+}
+
 /// Every warning about `policies` in `cluster`.
 pub fn lint(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
+    lint_in(cluster, policies, None)
+}
+
+/// The warnings of [`lint`] about the objects of `scope`, and only those: the same
+/// warnings the whole-cluster lint gives them, for the work of those objects alone (each
+/// warning depends on its object and the cluster, never on the other warnings).
+pub fn lint_scoped(cluster: &Cluster, policies: &[ParsedPolicy], scope: &Scope) -> Vec<Warning> {
+    lint_in(cluster, policies, Some(scope))
+}
+
+/// The warnings about every object, or about those of `scope`.
+fn lint_in(cluster: &Cluster, policies: &[ParsedPolicy], scope: Option<&Scope>) -> Vec<Warning> {
     let mut out = Vec::new();
-    for policy in policies {
+    for policy in policies
+        .iter()
+        .filter(|p| scope.is_none_or(|s| s.policies.contains(&p.id)))
+    {
         let warn = |out: &mut Vec<Warning>, field: String, message: String| {
             out.push(Warning {
                 subject: Subject::Policy(policy.id.clone()),
@@ -131,7 +206,9 @@ pub fn lint(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
             }
         }
     }
-    out.extend(lint_services(cluster, policies));
+    out.extend(lint_services(cluster, policies, |svc| {
+        scope.is_none_or(|s| s.services.contains(&svc.id))
+    }));
     out
 }
 
@@ -397,12 +474,25 @@ pub fn backends_differ<'a>(
     cluster: &'a Cluster,
     policies: &'a [ParsedPolicy],
 ) -> Vec<BackendsDiffer<'a>> {
-    let groups = egress_groups(cluster, policies);
+    backends_differ_of(cluster, policies, |_| true)
+}
+
+/// [`backends_differ`] for the Services `wanted` says yes to.
+fn backends_differ_of<'a>(
+    cluster: &'a Cluster,
+    policies: &'a [ParsedPolicy],
+    wanted: impl Fn(&Service) -> bool,
+) -> Vec<BackendsDiffer<'a>> {
     let mut out = Vec::new();
+    let services: Vec<&Service> = cluster.services.values().filter(|s| wanted(s)).collect();
+    if services.is_empty() {
+        return out;
+    }
+    let groups = egress_groups(cluster, policies);
     if groups.is_empty() {
         return out;
     }
-    for service in cluster.services.values() {
+    for service in services {
         for (index, port) in service.ports.iter().enumerate() {
             let all = services::backends(cluster, service, port);
             for v6 in [false, true] {
@@ -444,9 +534,13 @@ pub fn backends_differ<'a>(
 }
 
 /// Warnings about Service ports whose backends some clients' egress allows in part
-/// ([`backends_differ`]).
-fn lint_services(cluster: &Cluster, policies: &[ParsedPolicy]) -> Vec<Warning> {
-    backends_differ(cluster, policies)
+/// ([`backends_differ`]), for the Services `wanted` says yes to.
+fn lint_services(
+    cluster: &Cluster,
+    policies: &[ParsedPolicy],
+    wanted: impl Fn(&Service) -> bool,
+) -> Vec<Warning> {
+    backends_differ_of(cluster, policies, wanted)
         .iter()
         .map(|d| Warning {
             subject: Subject::Service(d.service.id.clone()),
@@ -737,5 +831,109 @@ status: {podIP: 10.0.0.1}
             "{w:?}"
         );
         assert!(w[1].message.contains("matches nothing"), "{}", w[1]);
+    }
+
+    /// A generated cluster (`unique`: a label set per pod), with what the generator has
+    /// none of: Services (one per workload and namespace) and an egress policy that allows
+    /// one tier only, so that some clients see the backends of a Service differ.
+    fn generated(unique: bool) -> Cluster {
+        use crate::generate::{self, Shape};
+        let shape = Shape {
+            pods: 150,
+            policies: 60,
+            namespaces: 5,
+            nodes: 2,
+            unique_labels: unique,
+            big_policy_peers: Some(20),
+        };
+        let mut loaded = Loaded {
+            cluster: generate::cluster(&shape),
+            ..Loaded::default()
+        };
+        let mut extra = String::new();
+        // A workload's replicas are spread over the namespaces, two per namespace here.
+        for n in 0..shape.namespaces {
+            let ns = generate::namespace_name(n);
+            for app in 0..shape.pods / 10 {
+                extra.push_str(&format!(
+                    "kind: Service\nmetadata: {{name: app-{app}, namespace: {ns}}}\n\
+                     spec: {{selector: {{app: app-{app}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+                ));
+            }
+        }
+        extra.push_str(&format!(
+            "kind: NetworkPolicy\nmetadata: {{name: to-tier0, namespace: {}}}\n\
+             spec: {{podSelector: {{matchLabels: {{tier: tier-1}}}}, policyTypes: [Egress], \
+             egress: [{{to: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{tier: tier-0}}}}}}]}}]}}\n",
+            generate::namespace_name(1)
+        ));
+        load_str(&extra, std::path::Path::new("extra.yaml"), &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        crate::source::control_plane::complete(&mut loaded.cluster);
+        loaded.cluster
+    }
+
+    /// Whether `w` is about an object of `scope`.
+    fn concerns(scope: &Scope, w: &Warning) -> bool {
+        match &w.subject {
+            Subject::Policy(id) => scope.policies.contains(id),
+            Subject::Service(id) => scope.services.contains(id),
+        }
+    }
+
+    #[test]
+    fn the_scoped_lint_gives_the_whole_lints_warnings_about_the_flows_objects() {
+        for unique in [false, true] {
+            let cluster = generated(unique);
+            let parsed: Vec<ParsedPolicy> = cluster
+                .policies
+                .values()
+                .map(|p| ParsedPolicy::parse(p).unwrap())
+                .collect();
+            let whole = lint(&cluster, &parsed);
+            let pods: Vec<&ObjectRef> = cluster.pods.keys().collect();
+            let (mut policy_warnings, mut service_warnings) = (0, 0);
+            // Flows pod to pod, and pod to the Services of a namespace, by a stride that
+            // meets every namespace, tier and workload.
+            for (i, from) in pods.iter().enumerate().step_by(7) {
+                let to = pods[(i * 13 + 5) % pods.len()];
+                let ends = BTreeSet::from([(*from).clone(), to.clone()]);
+                let flows = [
+                    (BTreeSet::from([to.clone()]), BTreeSet::new()),
+                    (
+                        BTreeSet::new(),
+                        BTreeSet::from([ObjectRef::new(
+                            to.namespace.clone(),
+                            cluster.pods[to].labels["app"].clone(),
+                        )]),
+                    ),
+                ];
+                for (destinations, dialled) in flows {
+                    let scope = Scope::of_flow(&cluster, &parsed, &ends, &destinations, dialled);
+                    // The policies that decide the flow are those selecting an end.
+                    for p in &parsed {
+                        let selects = ends.iter().any(|id| applies_to(p, &cluster.pods[id]));
+                        assert_eq!(scope.policies.contains(&p.id), selects, "{}", p.id);
+                    }
+                    let scoped = lint_scoped(&cluster, &parsed, &scope);
+                    let expected: Vec<Warning> = whole
+                        .iter()
+                        .filter(|w| concerns(&scope, w))
+                        .cloned()
+                        .collect();
+                    assert_eq!(scoped, expected, "{from} -> {to} ({scope:?})");
+                    policy_warnings += scoped
+                        .iter()
+                        .filter(|w| matches!(w.subject, Subject::Policy(_)))
+                        .count();
+                    service_warnings += scoped
+                        .iter()
+                        .filter(|w| matches!(w.subject, Subject::Service(_)))
+                        .count();
+                }
+            }
+            // The comparison met warnings of both kinds.
+            assert!(policy_warnings > 0 && service_warnings > 0, "{whole:?}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    ContainerPort, EndpointSlice, IpFamily, Namespace, Node, ObjectRef, Origin, Pod, Policy,
+    ContainerPort, EndpointSlice, IpFamily, Namespace, Node, ObjectRef, Origin, Owner, Pod, Policy,
     PolicyMeta, Protocol, SERVICE_NAME_LABEL, Service, ServicePort, SliceEndpoint, SlicePort,
     TargetPort,
 };
@@ -263,6 +263,16 @@ pub fn pod(pod: ApiPod) -> FieldResult<Pod> {
             Some(FINISHED_SUCCEEDED | FINISHED_FAILED)
         ),
         created: pod.metadata.creation_timestamp.map(|t| t.0),
+        owner: pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| Owner {
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+            }),
     })
 }
 
