@@ -5,8 +5,10 @@
 //!
 //! A sync has two halves around the compile, so that the agent can compile on a blocking
 //! thread while its task keeps answering: [`Reconciler::start`] hands out the compiler
-//! with a snapshot of the cluster ([`CompileJob`]), and [`Reconciler::finish`] writes what
-//! it produced. There is one compiler: while it is out no other sync can start, so two
+//! with the changes of the cluster since its last compile ([`CompileJob`]), and
+//! [`Reconciler::finish`] writes what it produced. The compiler follows the cluster
+//! ([`Incremental`]): a compile costs what the changes touch, not the cluster's size.
+//! There is one compiler: while it is out no other sync can start, so two
 //! compiles never race to write the maps out of order. [`Reconciler::reconcile`] runs both
 //! halves at once.
 
@@ -28,25 +30,32 @@ use super::{
     status::SyncStatus,
 };
 use crate::{
-    compiler::{Compiled, Compiler, NodeConfig},
+    compiler::{
+        Compiled, NodeConfig,
+        incremental::{Change, Incremental},
+    },
     datapath::{Datapath, SyncReport},
     model::{Cluster, ObjectRef},
     netns::NetNs,
 };
 
-/// The compile of one sync, to run anywhere: the compiler, and the cluster as it was when
-/// the sync started.
+/// The compile of one sync, to run anywhere: the compiler following the cluster, and the
+/// changes that bring it to the cluster as it was when the sync started.
 pub struct CompileJob {
-    compiler: Compiler,
-    cluster: Cluster,
+    compiler: Incremental,
+    changes: Vec<Change>,
     node: NodeConfig,
 }
 
 impl CompileJob {
-    /// Compiles, and names what flow records will refer to.
+    /// Takes the changes in, compiles, and names what flow records will refer to.
     pub fn run(mut self) -> CompileDone {
-        let compiled = self.compiler.compile(&self.cluster, &self.node);
-        let names = Names::new(&self.node.name, &self.cluster, &compiled);
+        for change in self.changes {
+            self.compiler.apply(change);
+        }
+        self.compiler.apply(Change::Node(self.node.clone()));
+        let compiled = self.compiler.take_compiled();
+        let names = Names::new(&self.node.name, self.compiler.cluster(), &compiled);
         CompileDone {
             compiler: self.compiler,
             compiled,
@@ -57,7 +66,7 @@ impl CompileJob {
 
 /// What a [`CompileJob`] produced, and its compiler back.
 pub struct CompileDone {
-    compiler: Compiler,
+    compiler: Incremental,
     compiled: Compiled,
     names: Names,
 }
@@ -65,8 +74,9 @@ pub struct CompileDone {
 /// The agent's enforcement state and the steps that change it (see the module).
 pub struct Reconciler<D> {
     datapath: D,
-    /// `None` while a compile runs elsewhere.
-    compiler: Option<Compiler>,
+    /// The compiler, following the cluster of the last compile; `None` while a compile
+    /// runs elsewhere.
+    compiler: Option<Incremental>,
     /// Where each local pod stands: waiting for its interface, refused, found, attached.
     pods: PodStates,
     /// What the last successful sync compiled.
@@ -93,7 +103,7 @@ impl<D: Datapath> Reconciler<D> {
     pub fn new(datapath: D, metrics: Arc<Metrics>) -> Self {
         Self {
             datapath,
-            compiler: Some(Compiler::new()),
+            compiler: Some(Incremental::new(NodeConfig::default())),
             pods: PodStates::default(),
             compiled: Compiled::default(),
             names: Names::default(),
@@ -245,9 +255,11 @@ impl<D: Datapath> Reconciler<D> {
             .compiler
             .take()
             .context("a compile is already out: one sync at a time")?;
+        // Only what changed goes with the job: no copy of the whole cluster.
+        let changes = compiler.changes_to(cluster);
         Ok(CompileJob {
             compiler,
-            cluster: cluster.clone(),
+            changes,
             node,
         })
     }
@@ -269,7 +281,9 @@ impl<D: Datapath> Reconciler<D> {
             .compiler
             .as_mut()
             .context("a compile is already out: one sync at a time")?;
-        compiler.adopt(cluster, &endpoints, &live.ipcache, rulesets);
+        compiler
+            .compiler()
+            .adopt(cluster, &endpoints, &live.ipcache, rulesets);
         if !endpoints.is_empty() {
             tracing::info!(
                 endpoints = endpoints.len(),
