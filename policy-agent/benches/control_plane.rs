@@ -331,7 +331,7 @@ fn measure(name: &'static str, shape: Shape, samples: usize) -> Case {
     kinds.push(("no-op status update", noops));
     let changes = kinds
         .iter()
-        .map(|(kind, list)| latency(*kind, time_changes(&mut state, list.clone())))
+        .map(|(kind, list)| latency(kind, time_changes(&mut state, list.clone())))
         .collect();
     drop(state);
 
