@@ -5,8 +5,10 @@
 //!
 //! A sync has two halves around the compile, so that the agent can compile on a blocking
 //! thread while its task keeps answering: [`Reconciler::start`] hands out the compiler
-//! with a snapshot of the cluster ([`CompileJob`]), and [`Reconciler::finish`] writes what
-//! it produced. There is one compiler: while it is out no other sync can start, so two
+//! with the changes of the cluster since its last compile ([`CompileJob`]), and
+//! [`Reconciler::finish`] writes what it produced. The compiler follows the cluster
+//! ([`Incremental`]): a compile costs what the changes touch, not the cluster's size.
+//! There is one compiler: while it is out no other sync can start, so two
 //! compiles never race to write the maps out of order. [`Reconciler::reconcile`] runs both
 //! halves at once.
 
@@ -28,25 +30,34 @@ use super::{
     status::SyncStatus,
 };
 use crate::{
-    compiler::{Compiled, Compiler, NodeConfig},
+    compiler::{
+        Compiled, NodeConfig,
+        incremental::{Change, Incremental},
+    },
     datapath::{Datapath, SyncReport},
     model::{Cluster, ObjectRef},
     netns::NetNs,
 };
 
-/// The compile of one sync, to run anywhere: the compiler, and the cluster as it was when
-/// the sync started.
+/// The compile of one sync, to run anywhere: the compiler following the cluster, and the
+/// cluster as it was when the sync started.
 pub struct CompileJob {
-    compiler: Compiler,
+    compiler: Incremental,
+    /// The cluster as the source described it, shared with the agent's task.
     cluster: Arc<Cluster>,
     node: NodeConfig,
 }
 
 impl CompileJob {
-    /// Compiles, and names what flow records will refer to.
+    /// Takes in what changed since the last compile (found here, off the agent's task),
+    /// compiles, and names what flow records will refer to.
     pub fn run(mut self) -> CompileDone {
-        let compiled = self.compiler.compile(&self.cluster, &self.node);
-        let names = Names::new(&self.node.name, &self.cluster, &compiled);
+        for change in self.compiler.changes_to(&self.cluster) {
+            self.compiler.apply(change);
+        }
+        self.compiler.apply(Change::Node(self.node.clone()));
+        let compiled = self.compiler.take_compiled();
+        let names = Names::new(&self.node.name, self.compiler.cluster(), &compiled);
         CompileDone {
             compiler: self.compiler,
             compiled,
@@ -57,7 +68,7 @@ impl CompileJob {
 
 /// What a [`CompileJob`] produced, and its compiler back.
 pub struct CompileDone {
-    compiler: Compiler,
+    compiler: Incremental,
     compiled: Compiled,
     names: Names,
 }
@@ -65,8 +76,9 @@ pub struct CompileDone {
 /// The agent's enforcement state and the steps that change it (see the module).
 pub struct Reconciler<D> {
     datapath: D,
-    /// `None` while a compile runs elsewhere.
-    compiler: Option<Compiler>,
+    /// The compiler, following the cluster of the last compile; `None` while a compile
+    /// runs elsewhere.
+    compiler: Option<Incremental>,
     /// Where each local pod stands: waiting for its interface, refused, found, attached.
     pods: PodStates,
     /// What the last successful sync compiled.
@@ -95,7 +107,7 @@ impl<D: Datapath> Reconciler<D> {
     pub fn new(datapath: D, metrics: Arc<Metrics>) -> Self {
         Self {
             datapath,
-            compiler: Some(Compiler::new()),
+            compiler: Some(Incremental::new(NodeConfig::default())),
             pods: PodStates::default(),
             compiled: Compiled::default(),
             names: Names::default(),
@@ -252,6 +264,7 @@ impl<D: Datapath> Reconciler<D> {
             .compiler
             .take()
             .context("a compile is already out: one sync at a time")?;
+        // The job finds what changed on its own thread: the task copies nothing.
         Ok(CompileJob {
             compiler,
             cluster: Arc::clone(cluster),
@@ -276,7 +289,9 @@ impl<D: Datapath> Reconciler<D> {
             .compiler
             .as_mut()
             .context("a compile is already out: one sync at a time")?;
-        compiler.adopt(cluster, &endpoints, &live.ipcache, rulesets);
+        compiler
+            .compiler()
+            .adopt(cluster, &endpoints, &live.ipcache, rulesets);
         if !endpoints.is_empty() {
             tracing::info!(
                 endpoints = endpoints.len(),
@@ -330,7 +345,7 @@ impl<D: Datapath> Reconciler<D> {
         let report = self.datapath.sync(&compiled)?;
         // The maps no longer use the ids this compile (and any before it) dropped.
         if let Some(compiler) = self.compiler.as_mut() {
-            compiler.written();
+            compiler.compiler().written();
         }
         // Only pods this compile wrote an entry for: one found while it ran waits for
         // the next sync.

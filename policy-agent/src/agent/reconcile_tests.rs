@@ -539,3 +539,47 @@ fn a_pod_is_attached_only_to_the_interface_its_written_entry_is_for() {
         "{errors}"
     );
 }
+
+#[test]
+fn each_sync_writes_what_a_full_compile_of_the_cluster_then_gives() {
+    // The reconciler's compiler follows the cluster by its differences; a compiler with
+    // the same history that compiles the whole cluster from nothing else each time says
+    // what the maps must hold after every sync.
+    let mut full = Compiler::new();
+    let mut r = reconciler();
+    let v1 = cluster(&allow("web", "b", 80));
+    let mut v2 = cluster(&format!(
+        "{}{}",
+        allow("web", "b", 80),
+        allow("db", "c", 5432)
+    ));
+    let mut v3 = v2.clone();
+    v3.pods
+        .get_mut(&pod("b"))
+        .unwrap()
+        .labels
+        .insert("app".into(), "c".into());
+    let mut v4 = v3.clone();
+    v4.policies.remove(&ObjectRef::new("shop", "web"));
+    v4.pods.remove(&pod("r"));
+    // A namespace the source never declared, as a relist of namespaces leaves it.
+    v2.namespaces.clear();
+    for (step, cluster) in [&v1, &v2, &v3, &v4, &v1].into_iter().enumerate() {
+        let lookups = if step == 0 {
+            own_interfaces()
+        } else {
+            Vec::new()
+        };
+        r.reconcile(cluster, node(), &local(), lookups, Instant::now())
+            .unwrap();
+        full.forget_caches();
+        let expected = full.compile(cluster, &node());
+        // The sync succeeded: ids dropped so far may be reused, as the reconciler's are.
+        full.written();
+        assert_eq!(r.compiled(), &expected, "step {step}");
+        let maps = &r.datapath().maps.contents;
+        assert_eq!(maps.policy, expected.policy, "step {step}");
+        assert_eq!(maps.ipcache, expected.ipcache, "step {step}");
+        assert_eq!(maps.cidr, expected.cidr, "step {step}");
+    }
+}

@@ -447,8 +447,10 @@ mod tests {
                 identities: BTreeMap::new(),
                 cidrs: nodes,
             };
+            let emitted = Compiler::new().emit(RULESET, &content);
             let mut out = Compiled::default();
-            Compiler::new().emit(RULESET, &content, &mut out);
+            out.policy.extend(emitted.policy);
+            out.cidr.extend(emitted.cidr);
             Self(out)
         }
 

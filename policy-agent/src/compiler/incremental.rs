@@ -7,6 +7,12 @@
 //! [`super::Compiler`]), so a change costs what it touches there; what it yields is
 //! always exactly what a compilation from the cluster alone yields (the property test
 //! below holds it to that after every change of random change sequences).
+//!
+//! A holder of the cluster that does not see changes one by one (the agent, whose source
+//! state it also changes itself) hands the whole cluster to [`Incremental::changes_to`],
+//! which finds the changes by comparing, object by object.
+
+use std::collections::BTreeMap;
 
 use super::{Compiled, Compiler, NodeConfig};
 use crate::{
@@ -103,6 +109,86 @@ impl Incremental {
             self.compiled = Some(self.compiler.compile(&self.cluster, &self.node));
         }
         self.compiled.as_ref().expect("just compiled")
+    }
+
+    /// The maps' contents for the cluster as it stands, given away (the next
+    /// [`Self::compiled`] compiles again, from the work the compiler kept).
+    pub fn take_compiled(&mut self) -> Compiled {
+        match self.compiled.take() {
+            Some(compiled) => compiled,
+            None => self.compiler.compile(&self.cluster, &self.node),
+        }
+    }
+
+    /// The changes that turn the cluster as it stands into `cluster`: applied in order,
+    /// they leave an equal cluster (namespaces last, since adding a pod or policy creates
+    /// its namespace where `cluster` may have none).
+    pub fn changes_to(&self, cluster: &Cluster) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let by_name = |name: &String| ObjectRef::new("", name);
+        differences(
+            &self.cluster.pods,
+            &cluster.pods,
+            |_, o| Object::Pod(o.clone()),
+            |id| (Kind::Pod, id.clone()),
+            &mut changes,
+        );
+        differences(
+            &self.cluster.policies,
+            &cluster.policies,
+            |_, o| Object::Policy(o.clone()),
+            |id| (Kind::Policy, id.clone()),
+            &mut changes,
+        );
+        differences(
+            &self.cluster.services,
+            &cluster.services,
+            |_, o| Object::Service(o.clone()),
+            |id| (Kind::Service, id.clone()),
+            &mut changes,
+        );
+        differences(
+            &self.cluster.endpoint_slices,
+            &cluster.endpoint_slices,
+            |_, o| Object::EndpointSlice(o.clone()),
+            |id| (Kind::EndpointSlice, id.clone()),
+            &mut changes,
+        );
+        differences(
+            &self.cluster.nodes,
+            &cluster.nodes,
+            |_, o| Object::Node(o.clone()),
+            |name| (Kind::Node, by_name(name)),
+            &mut changes,
+        );
+        differences(
+            &self.cluster.namespaces,
+            &cluster.namespaces,
+            |_, o| Object::Namespace(o.clone()),
+            |name| (Kind::Namespace, by_name(name)),
+            &mut changes,
+        );
+        changes
+    }
+}
+
+/// Appends the changes that turn `from` into `to`: the objects `to` has and `from` has
+/// not, or has otherwise, as applied (`object`); those only `from` has as deleted (`key`).
+fn differences<K: Ord, V: PartialEq>(
+    from: &BTreeMap<K, V>,
+    to: &BTreeMap<K, V>,
+    object: impl Fn(&K, &V) -> Object,
+    key: impl Fn(&K) -> (Kind, ObjectRef),
+    changes: &mut Vec<Change>,
+) {
+    for (k, v) in to {
+        if from.get(k) != Some(v) {
+            changes.push(Change::Applied(object(k, v)));
+        }
+    }
+    for k in from.keys().filter(|k| !to.contains_key(*k)) {
+        let (kind, id) = key(k);
+        changes.push(Change::Deleted(kind, id));
     }
 }
 
@@ -264,6 +350,43 @@ mod tests {
             prop_assert_eq!(incremental.compiled(), &expected, "after {:?}", op);
         }
         Ok(())
+    }
+
+    /// Follows the cluster of `shape` through `ops` by its differences only
+    /// ([`Incremental::changes_to`]), as the agent does: the cluster followed stays equal to
+    /// the one changed, and the contents to a full compilation of it.
+    fn check_following(shape: Shape, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut changed = Incremental::with_cluster(generate::cluster(&shape), node(&[]));
+        let mut follower = Incremental::new(node(&[]));
+        let mut full = Compiler::new();
+        for op in &ops {
+            let change = change(&shape, changed.cluster(), op);
+            changed.apply(change);
+            let target = changed.cluster().clone();
+            let changes = follower.changes_to(&target);
+            let any = !changes.is_empty();
+            let mut applied = false;
+            for c in changes {
+                applied |= follower.apply(c);
+            }
+            prop_assert_eq!(applied, any, "every difference is a change");
+            prop_assert_eq!(format!("{:?}", follower.cluster()), format!("{target:?}"));
+            prop_assert!(follower.changes_to(&target).is_empty());
+            full.forget_caches();
+            let expected = full.compile(&target, &node(&[]));
+            prop_assert_eq!(&follower.take_compiled(), &expected, "after {:?}", op);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Following a cluster by its differences ends where it is, and compiles as a
+        /// full compilation does.
+        #[test]
+        fn following_by_differences_equals_full_compile(shape in shape(), ops in prop::collection::vec(op(), 1..12)) {
+            check_following(shape, ops)?;
+        }
     }
 
     proptest! {

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod incremental;
 pub mod lookup;
 mod ports;
+mod rulesets;
 pub mod select;
 mod services;
 #[cfg(test)]
@@ -42,11 +43,15 @@ pub use self::{
     cidr::{CidrNode, ClassEntries},
     ports::{PortKey, PortMatch, PortSet},
 };
-use self::{ids::IdAllocator, ports::RulePorts, select::IdentityIndex};
+use self::{
+    ids::IdAllocator,
+    rulesets::{Emitted, KeptRulesets, RulesetKey},
+    select::IdentityIndex,
+};
 use crate::{
     capacity::{MapSizes, SizedMap, thousands},
     model::{AddressConflict, Cluster, Labels, ObjectRef, Pod, Policy, Protocol},
-    semantics::{self, IpBlock, ParsedPolicy, Peer, Peers, PolicyError, services::Forwarder},
+    semantics::{self, ParsedPolicy, PolicyError, services::Forwarder},
 };
 
 /// A key of an LPM-trie map: prefix length in bits, and the data it applies to.
@@ -171,16 +176,20 @@ pub struct Compiler {
 /// None of it changes what is compiled, only how fast.
 #[derive(Debug, Default)]
 struct Caches {
-    /// Each policy as last parsed, with the object it was parsed from.
-    parsed: BTreeMap<ObjectRef, (Policy, ParsedPolicy, Option<PolicyError>)>,
+    /// Each policy as last parsed, with the object it was parsed from and the version of
+    /// that parse.
+    parsed: BTreeMap<ObjectRef, ParsedVersion>,
+    /// The version the next parse gets.
+    next_version: u64,
     /// The identities of the last compilation, indexed, with the peers resolved on them.
     index: IdentityIndex,
+    /// The rulesets of the last compilation, with what they were worked out from.
+    rulesets: KeptRulesets,
 }
 
-/// What a local pod's ruleset in one direction depends on besides the cluster's
-/// identities and addresses: the policies selecting it and, for ingress, the named ports
-/// its rules resolve on the pod. Pods with equal keys have equal rulesets.
-type RulesetKey = (Direction, Vec<u32>, Vec<(String, Protocol, u16)>);
+/// A policy as parsed: the object, the parse, why it was rejected, and the version of
+/// the parse (unique: rulesets worked out from an equal version still hold).
+type ParsedVersion = (Policy, ParsedPolicy, Option<PolicyError>, u64);
 
 impl Default for Compiler {
     fn default() -> Self {
@@ -293,6 +302,7 @@ impl Compiler {
         self.endpoints.sweep();
         self.policies.sweep();
         self.frontends.sweep();
+        self.caches.rulesets.end_compilation();
         out
     }
 
@@ -331,24 +341,34 @@ impl Compiler {
         let parsed_cache = &mut self.caches.parsed;
         parsed_cache.retain(|id, _| cluster.policies.contains_key(id));
         let mut policies = Vec::new();
+        // The version of each policy's parse, as the rulesets' inputs record it.
+        let mut versions: BTreeMap<u32, u64> = BTreeMap::new();
         for policy in cluster.policies.values() {
             let cached = parsed_cache
                 .get(&policy.id)
-                .filter(|(source, _, _)| source == policy);
+                .filter(|(source, ..)| source == policy);
             if cached.is_none() {
                 // An invalid policy still isolates what it selects: never more open than
                 // a policy its author got right.
                 let (parsed, rejected) = ParsedPolicy::parse_or_fail_closed(policy);
-                parsed_cache.insert(policy.id.clone(), (policy.clone(), parsed, rejected));
+                let version = self.caches.next_version;
+                self.caches.next_version += 1;
+                parsed_cache.insert(
+                    policy.id.clone(),
+                    (policy.clone(), parsed, rejected, version),
+                );
             }
-            let (_, parsed, rejected) = &parsed_cache[&policy.id];
+            let (_, parsed, rejected, version) = &parsed_cache[&policy.id];
             out.rejected.extend(rejected.clone());
-            let parsed = if over.contains_key(&policy.id) {
+            // The fail-closed stand-in of a policy is another version of it.
+            let fail_closed = over.contains_key(&policy.id);
+            let parsed = if fail_closed {
                 ParsedPolicy::fail_closed(policy)
             } else {
                 parsed.clone()
             };
             let id = self.policies.id(&parsed.id);
+            versions.insert(id, version * 2 + u64::from(fail_closed));
             out.policy_names.insert(id, parsed.id.clone());
             policies.push((id, parsed));
         }
@@ -464,18 +484,16 @@ impl Compiler {
                         id
                     }
                     None => {
-                        let content = ruleset(
-                            &mut self.caches.index,
-                            &mut peers_used,
-                            &pods_by_ip,
-                            dir,
-                            pod,
+                        let id = self.ruleset_of(
+                            &key,
                             &selecting,
+                            &versions,
+                            pod,
+                            &pods_by_ip,
+                            &mut peers_used,
+                            &mut emitted,
+                            &mut out,
                         );
-                        let id = self.rulesets.id(&content);
-                        if emitted.insert(id) {
-                            self.emit(id, &content, &mut out);
-                        }
                         shared.insert(key, id);
                         id
                     }
@@ -511,8 +529,64 @@ impl Compiler {
         out
     }
 
-    /// Writes the policy and CIDR entries of ruleset `id`.
-    fn emit(&mut self, id: u32, content: &RulesetContent, out: &mut Compiled) {
+    /// The id of the ruleset of `key` (for `pod`, selected by `selecting`), its entries
+    /// written to `out` unless `emitted` says they are: the one the last compilation
+    /// worked out if nothing it came from changed, else worked out now (and kept).
+    #[allow(clippy::too_many_arguments)]
+    fn ruleset_of(
+        &mut self,
+        key: &RulesetKey,
+        selecting: &[(u32, &ParsedPolicy)],
+        versions: &BTreeMap<u32, u64>,
+        pod: &Pod,
+        pods_by_ip: &BTreeMap<IpAddr, &Pod>,
+        peers_used: &mut std::collections::HashSet<select::PeerKey>,
+        emitted: &mut BTreeSet<u32>,
+        out: &mut Compiled,
+    ) -> u32 {
+        let policy_versions: Vec<u64> = selecting.iter().map(|(id, _)| versions[id]).collect();
+        let caches = &mut self.caches;
+        if let Some(reused) =
+            caches
+                .rulesets
+                .reuse(key, &policy_versions, &caches.index, pods_by_ip)
+        {
+            let id = reused.id;
+            self.rulesets.touch(id);
+            peers_used.extend(reused.peers.iter().map(|(peer, _)| peer.clone()));
+            if emitted.insert(id) {
+                out.policy.extend(reused.emitted.policy.iter().copied());
+                out.cidr.extend(reused.emitted.cidr.iter().copied());
+                for &class in &reused.emitted.classes {
+                    self.classes.touch(class);
+                }
+            }
+            return id;
+        }
+        let (content, inputs) = rulesets::ruleset(
+            &mut caches.index,
+            pods_by_ip,
+            key.0,
+            pod,
+            selecting,
+            policy_versions,
+        );
+        peers_used.extend(inputs.peers.iter().map(|(peer, _)| peer.clone()));
+        let id = self.rulesets.id(&content);
+        // Emitted again even when another key's ruleset wrote the same entries: this key
+        // keeps them (the class ids exist already, so nothing new is numbered).
+        let entries = self.emit(id, &content);
+        if emitted.insert(id) {
+            out.policy.extend(entries.policy.iter().copied());
+            out.cidr.extend(entries.cidr.iter().copied());
+        }
+        self.caches.rulesets.keep(key.clone(), id, inputs, entries);
+        id
+    }
+
+    /// The policy and CIDR entries of ruleset `id`.
+    fn emit(&mut self, id: u32, content: &RulesetContent) -> Emitted {
+        let mut out = Emitted::default();
         for (&identity, ports) in &content.identities {
             out.policy
                 .extend(ports.entries(id, peer_kind::IDENTITY, identity));
@@ -529,88 +603,16 @@ impl Compiler {
                 .parent
                 .map_or(CIDR_NO_PARENT, |parent| cidr_key(id, &parent).0);
             out.cidr
-                .insert(LpmKey { prefix_len, data }, CidrValue { class, parent_len });
+                .push((LpmKey { prefix_len, data }, CidrValue { class, parent_len }));
             if class != CIDR_CLASS_NONE && classes.insert(class) {
                 let entries = node.entries.iter().map(|(&k, &v)| (k, v));
                 out.policy
                     .extend(ports::policy_entries(id, peer_kind::CIDR, class, entries));
             }
         }
+        out.classes = classes.into_iter().collect();
+        out
     }
-}
-
-/// The allowed (peer, ports) pairs for `pod` in `dir`, from the policies selecting it.
-fn ruleset(
-    index: &mut IdentityIndex,
-    peers_used: &mut std::collections::HashSet<select::PeerKey>,
-    pods_by_ip: &BTreeMap<IpAddr, &Pod>,
-    dir: Direction,
-    pod: &Pod,
-    selecting: &[(u32, &ParsedPolicy)],
-) -> RulesetContent {
-    // Ingress ports name the selected pod's ports; egress ports the remote pod's.
-    let destination = (dir == Direction::Ingress).then_some(pod);
-    let mut content = RulesetContent::default();
-    let mut blocks: Vec<(IpBlock, RulePorts)> = Vec::new();
-    for &(policy_id, policy) in selecting {
-        for rule in policy.rules(dir).unwrap_or_default() {
-            let ports = RulePorts::new(&rule.ports, policy_id, destination);
-            let peers = match &rule.peers {
-                // "If this field is empty or missing, this rule matches all sources" (or
-                // destinations): every address, pods included.
-                Peers::All => {
-                    for all in ["0.0.0.0/0", "::/0"] {
-                        blocks.push((
-                            IpBlock {
-                                cidr: all.parse().expect("valid literal"),
-                                except: Vec::new(),
-                            },
-                            ports.clone(),
-                        ));
-                    }
-                    continue;
-                }
-                Peers::Only(peers) => peers,
-            };
-            for peer in peers {
-                match peer {
-                    Peer::IpBlock(block) => blocks.push((block.clone(), ports.clone())),
-                    Peer::Pods { namespaces, pods } => {
-                        let peer = (
-                            policy.id.namespace.clone(),
-                            namespaces.clone(),
-                            pods.clone(),
-                        );
-                        let admitted = index
-                            .admitted(&policy.id.namespace, namespaces.as_ref(), pods)
-                            .to_vec();
-                        peers_used.insert(peer);
-                        // Without named ports every admitted identity gets the same ports.
-                        let unnamed = (!ports.has_named()).then(|| ports.resolve(None));
-                        for id in admitted {
-                            let allowed = match &unnamed {
-                                Some(allowed) => allowed.clone(),
-                                None => {
-                                    let key = index.get(id).expect("admitted identities exist");
-                                    let lookup = |name: &str, proto| key.named_port(name, proto);
-                                    ports.resolve(Some(&lookup))
-                                }
-                            };
-                            if !allowed.is_empty() {
-                                content.identities.entry(id).or_default().merge(&allowed);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    content.cidrs = cidr::classify(
-        &blocks,
-        |ip| pods_by_ip.get(&ip).copied(),
-        pods_by_ip.keys().copied(),
-    );
-    content
 }
 
 /// The addresses part of a pod's endpoint entry.

@@ -27,8 +27,11 @@ pub struct IdentityIndex {
     by_namespace: BTreeMap<String, BTreeMap<Labels, BTreeSet<u32>>>,
     /// Identities by (pod label key, value).
     by_label: HashMap<(String, String), BTreeSet<u32>>,
-    /// Peers resolved so far: the identities each admits.
-    resolved: HashMap<PeerKey, Vec<u32>>,
+    /// Peers resolved so far: the identities each admits, and the version of that
+    /// answer (see [`Self::version`]).
+    resolved: HashMap<PeerKey, (Vec<u32>, u64)>,
+    /// The version the next new or changed resolution gets.
+    next_version: u64,
 }
 
 impl IdentityIndex {
@@ -56,7 +59,7 @@ impl IdentityIndex {
                 .insert(id);
         }
         // A new identity joins exactly the resolved peers that admit it.
-        for ((policy_ns, namespaces, pods), ids) in &mut self.resolved {
+        for ((policy_ns, namespaces, pods), (ids, version)) in &mut self.resolved {
             if semantics::selector_peer_admits(
                 namespaces.as_ref(),
                 pods,
@@ -67,6 +70,8 @@ impl IdentityIndex {
             ) {
                 let at = ids.partition_point(|&i| i < id);
                 ids.insert(at, id);
+                *version = self.next_version;
+                self.next_version += 1;
             }
         }
         self.identities.insert(id, key);
@@ -97,9 +102,11 @@ impl IdentityIndex {
                 }
             }
         }
-        for ids in self.resolved.values_mut() {
+        for (ids, version) in self.resolved.values_mut() {
             if let Ok(at) = ids.binary_search(&id) {
                 ids.remove(at);
+                *version = self.next_version;
+                self.next_version += 1;
             }
         }
     }
@@ -128,9 +135,17 @@ impl IdentityIndex {
         );
         if !self.resolved.contains_key(&key) {
             let ids = self.resolve(policy_namespace, namespaces, pods);
-            self.resolved.insert(key.clone(), ids);
+            self.resolved.insert(key.clone(), (ids, self.next_version));
+            self.next_version += 1;
         }
-        &self.resolved[&key]
+        &self.resolved[&key].0
+    }
+
+    /// The version of the resolution of `peer`, if it is resolved: it changes whenever
+    /// the identities it admits do (and when it is resolved again after being dropped), so
+    /// what was worked out from an equal version still holds.
+    pub fn version(&self, peer: &PeerKey) -> Option<u64> {
+        self.resolved.get(peer).map(|(_, version)| *version)
     }
 
     /// Forgets the resolutions no longer asked for: keeps those in `keep`.
