@@ -277,6 +277,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         waiting: Vec::new(),
         in_sync: Vec::new(),
         events_synced: 0,
+        events_attaching: None,
         pending_since: None,
         last_change: Instant::now(),
         lookup_cursor: None,
@@ -330,6 +331,9 @@ struct Agent<D> {
     in_sync: Waiting,
     /// Events the last successful sync enforced (all those taken when it began).
     events_synced: u64,
+    /// Events a successful sync wrote whose found pods are still being attached (in force,
+    /// and so `events_synced`, once they all are).
+    events_attaching: Option<u64>,
     /// When the oldest change not yet synced arrived.
     pending_since: Option<Instant>,
     /// When the latest change arrived.

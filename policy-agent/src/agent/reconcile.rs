@@ -147,9 +147,10 @@ impl<D: Datapath> Reconciler<D> {
         &self.names
     }
 
-    /// Whether a first complete state is enforced.
+    /// Whether a first complete state is enforced: a sync written, and every pod it found
+    /// attached.
     pub fn ready(&self) -> bool {
-        self.adopted
+        self.adopted && !self.attaches_left
     }
 
     /// Successful syncs so far.
@@ -381,7 +382,7 @@ impl<D: Datapath> Reconciler<D> {
         self.names = names;
         self.compiled = compiled;
         self.syncs += 1;
-        self.metrics.set_ready(true);
+        self.metrics.set_ready(self.ready());
         Ok(report)
     }
 
@@ -398,6 +399,9 @@ impl<D: Datapath> Reconciler<D> {
         let compiled = std::mem::take(&mut self.compiled);
         self.attach_to(netns, &compiled, first, budget);
         self.compiled = compiled;
+        if self.retry.is_none() {
+            self.metrics.set_ready(self.ready());
+        }
     }
 
     /// Whether pods wait for [`Self::attach_found`].

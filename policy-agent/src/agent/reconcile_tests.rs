@@ -451,6 +451,10 @@ fn found_pods_are_attached_a_few_at_a_time_waiting_sandboxes_first() {
     };
     assert_eq!(attached(&r), ["a", "c"], "the waiting pod and one more");
     assert!(r.attaches_left());
+    assert!(
+        !r.ready(),
+        "ready while a pod the sync found is not attached"
+    );
     // Every endpoint entry is written before any attach: none waits for a later sync.
     let endpoints = &r.datapath().maps.contents.endpoints;
     for index in [11, 12, 13] {
@@ -459,6 +463,7 @@ fn found_pods_are_attached_a_few_at_a_time_waiting_sandboxes_first() {
     r.attach_found(None, &BTreeSet::new(), 1);
     assert_eq!(attached(&r), ["a", "b", "c"]);
     assert!(!r.attaches_left());
+    assert!(r.ready());
 }
 
 #[test]

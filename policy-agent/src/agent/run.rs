@@ -283,7 +283,8 @@ impl<D: Datapath> Agent<D> {
             // compiling, or waiting for a retry): then the sync of that says so.
             let settled = self.pending_since.is_none()
                 && !self.reconciler.compiling()
-                && self.reconciler.retry().is_none();
+                && self.reconciler.retry().is_none()
+                && self.events_attaching.is_none();
             if settled {
                 self.events_synced = self.source.events();
             }
@@ -363,7 +364,13 @@ impl<D: Datapath> Agent<D> {
                 .finish(done, self.netns.as_ref(), since, &first, ATTACHES_PER_ROUND);
         self.reconciler_errors();
         if outcome.is_ok() {
-            self.events_synced = events;
+            // In force once the pods the sync found are attached too.
+            if self.reconciler.attaches_left() {
+                self.events_attaching = Some(events);
+            } else {
+                self.events_attaching = None;
+                self.events_synced = events;
+            }
             // Records waiting were decided under the previous names (ids are reused at
             // once); those from now on are named after what was just written.
             self.forward_flows();
@@ -384,6 +391,12 @@ impl<D: Datapath> Agent<D> {
         let netns = self.netns.as_ref();
         self.reconciler
             .attach_found(netns, &BTreeSet::new(), ATTACHES_PER_ROUND);
+        if !self.reconciler.attaches_left()
+            && self.reconciler.retry().is_none()
+            && let Some(events) = self.events_attaching.take()
+        {
+            self.events_synced = self.events_synced.max(events);
+        }
         self.reconciler_errors();
         self.publish_due = true;
     }
