@@ -94,6 +94,8 @@ pub struct Reconciler<D> {
     retry: Option<SyncRetry>,
     /// Whether found pods wait to be attached (see [`Self::attach_found`]).
     attaches_left: bool,
+    /// Whether the pods the first successful sync found have all been attached.
+    first_attached: bool,
     /// Successful syncs so far.
     syncs: u64,
     last_sync: Option<SyncStatus>,
@@ -115,6 +117,7 @@ impl<D: Datapath> Reconciler<D> {
             full_resync_due: false,
             retry: None,
             attaches_left: false,
+            first_attached: false,
             syncs: 0,
             last_sync: None,
             metrics,
@@ -148,9 +151,9 @@ impl<D: Datapath> Reconciler<D> {
     }
 
     /// Whether a first complete state is enforced: a sync written, and every pod it found
-    /// attached.
+    /// attached (later syncs' attaches do not make the agent unready).
     pub fn ready(&self) -> bool {
-        self.adopted && !self.attaches_left
+        self.adopted && self.first_attached
     }
 
     /// Successful syncs so far.
@@ -428,6 +431,7 @@ impl<D: Datapath> Reconciler<D> {
             })
             .partition(|(pod, _)| first.contains(pod));
         self.attaches_left = others.len() > budget;
+        self.first_attached |= !self.attaches_left;
         for (pod, iface) in firsts.into_iter().chain(others.into_iter().take(budget)) {
             match self.datapath.attach(&pod, netns, &iface) {
                 Ok(_) => {
