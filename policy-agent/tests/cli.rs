@@ -67,15 +67,17 @@ fn torchpod_example_enforces_what_the_team_asked_for() {
 
 #[test]
 fn ctrl_c_tears_the_lab_down() {
-    let mut child = Command::new(AGENT)
-        .args(["lab", "--keep", "--manifests"])
-        .arg(example())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut child = InterruptOnDrop(
+        Command::new(AGENT)
+            .args(["lab", "--keep", "--manifests"])
+            .arg(example())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut waiting = false;
     for line in stderr.lines() {
         if line.unwrap().contains("press Ctrl-C") {
@@ -90,7 +92,7 @@ fn ctrl_c_tears_the_lab_down() {
     );
 
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(resources_of(pid), Vec::<std::path::PathBuf>::new());
 }
@@ -239,7 +241,11 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 
 #[test]
 fn the_agent_follows_an_edited_manifest_directory() {
-    let dir = std::env::temp_dir().join(format!("policy-agent-watch-{}", std::process::id()));
+    // Removed also if the test fails (declared before the lab, so dropped after it).
+    let watched = ManifestDir(
+        std::env::temp_dir().join(format!("policy-agent-watch-{}", std::process::id())),
+    );
+    let dir = watched.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(example()).unwrap() {
         let entry = entry.unwrap();
@@ -250,25 +256,27 @@ fn the_agent_follows_an_edited_manifest_directory() {
         .local_addr()
         .unwrap()
         .port();
-    let mut lab = Command::new(AGENT)
-        .args([
-            "lab",
-            "--watch",
-            "--metrics-port",
-            &port.to_string(),
-            "--manifests",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = lab.id();
+    let mut lab = InterruptOnDrop(
+        Command::new(AGENT)
+            .args([
+                "lab",
+                "--watch",
+                "--metrics-port",
+                &port.to_string(),
+                "--manifests",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = lab.0.id();
 
     // Wait for the agents and the first table; learn the socket. Stderr is drained to the
     // end, or the lab would die writing to a closed pipe.
     let (tx, stderr) = std::sync::mpsc::channel();
-    let lab_stderr = lab.stderr.take().unwrap();
+    let lab_stderr = lab.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(lab_stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -323,7 +331,7 @@ fn the_agent_follows_an_edited_manifest_directory() {
     let text = std::fs::read_to_string(&policies).unwrap();
     std::fs::write(&policies, text.replace("port: 5900}", "port: 5901}")).unwrap();
     let mut changed = None;
-    let mut lab_stdout = BufReader::new(lab.stdout.take().unwrap()).lines();
+    let mut lab_stdout = BufReader::new(lab.0.stdout.take().unwrap()).lines();
     for line in lab_stdout.by_ref() {
         let line = line.unwrap();
         if line.contains("verdict(s) changed") {
@@ -363,14 +371,35 @@ fn the_agent_follows_an_edited_manifest_directory() {
     let _ = flows.wait();
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
     let _rest: Vec<_> = lab_stdout.collect();
-    assert!(lab.wait().unwrap().success());
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(lab.0.wait().unwrap().success());
     assert_eq!(resources_of(pid), Vec::<std::path::PathBuf>::new());
     assert!(!Path::new(&socket).exists(), "the socket is removed");
 }
 
 /// A child process that does not outlive a failed test.
 struct KillOnDrop(std::process::Child);
+
+/// A `lab` process that is interrupted, and so tears its namespaces and pins down, if a
+/// failed test leaves it running (killed, it would leave them behind).
+struct InterruptOnDrop(std::process::Child);
+
+/// How long an interrupted lab may take to tear down before it is killed.
+const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+        let deadline = std::time::Instant::now() + TEARDOWN_WAIT;
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
