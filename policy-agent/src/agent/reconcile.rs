@@ -433,7 +433,7 @@ impl<D: Datapath> Reconciler<D> {
         self.attaches_left = others.len() > budget;
         self.first_attached |= !self.attaches_left;
         for (pod, iface) in firsts.into_iter().chain(others.into_iter().take(budget)) {
-            match self.datapath.attach(&pod, netns, &iface) {
+            match self.datapath.attach(&pod, netns, &iface.name, iface.index) {
                 Ok(_) => {
                     tracing::info!(%pod, interface = %iface.name, "attached");
                     self.pods.set_attached(&pod);

@@ -10,7 +10,7 @@ use policy_common::{
 };
 
 use super::{BpfDatapath, DatapathError, MapContents, SyncReport};
-use crate::{agent::interfaces::Interface, compiler::Compiled, model::ObjectRef, netns::NetNs};
+use crate::{compiler::Compiled, model::ObjectRef, netns::NetNs};
 
 /// A datapath the agent keeps in sync with the cluster.
 pub trait Datapath: Send + 'static {
@@ -25,16 +25,16 @@ pub trait Datapath: Send + 'static {
     /// What the maps hold (after a restart: the state an earlier agent left).
     fn live(&self) -> Result<MapContents, DatapathError>;
 
-    /// Attaches the programs to the pod's host-side interface `iface` (in `netns`, or the
-    /// current namespace), refusing if its name now belongs to another index than the one
-    /// the pod's entry was written for; returns the interface index. Write its endpoint
-    /// entry first.
+    /// Attaches the programs to the pod's host-side interface `ifname` (in `netns`, or the
+    /// current namespace), refusing if the name now belongs to another interface than
+    /// `ifindex`, the one the pod's entry was written for. Write its endpoint entry first.
     fn attach(
         &mut self,
         pod: &ObjectRef,
         netns: Option<&NetNs>,
-        iface: &Interface,
-    ) -> Result<u32, DatapathError>;
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError>;
 
     /// Whether the last sync wrote an endpoint entry for interface `ifindex`.
     fn has_endpoint(&self, ifindex: u32) -> bool;
@@ -94,9 +94,10 @@ impl Datapath for BpfDatapath {
         &mut self,
         pod: &ObjectRef,
         netns: Option<&NetNs>,
-        iface: &Interface,
-    ) -> Result<u32, DatapathError> {
-        BpfDatapath::attach_expecting(self, pod, netns, &iface.name, Some(iface.index))
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
+        BpfDatapath::attach_expecting(self, pod, netns, ifname, Some(ifindex)).map(|_| ())
     }
 
     fn has_endpoint(&self, ifindex: u32) -> bool {

@@ -17,10 +17,7 @@ use policy_common::{
 };
 
 use super::{Datapath, DatapathError, MapContents, MapOpError, MapStore, SyncReport, SyncState};
-use crate::{
-    agent::interfaces::Interface, capacity::MapSizes, compiler::Compiled, model::ObjectRef,
-    netns::NetNs,
-};
+use crate::{capacity::MapSizes, compiler::Compiled, model::ObjectRef, netns::NetNs};
 
 /// The errno a full kernel hash map answers an insert with.
 const MAP_FULL_ERRNO: i32 = nix::libc::E2BIG;
@@ -246,17 +243,17 @@ impl Datapath for MemoryDatapath {
         &mut self,
         pod: &ObjectRef,
         _netns: Option<&NetNs>,
-        iface: &Interface,
-    ) -> Result<u32, DatapathError> {
-        let ifname = iface.name.as_str();
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
         let index = *self
             .links
             .get(ifname)
             .ok_or_else(|| DatapathError::NoInterface(ifname.to_owned()))?;
-        if index != iface.index {
+        if index != ifindex {
             return Err(DatapathError::InterfaceMoved {
                 name: ifname.to_owned(),
-                expected: iface.index,
+                expected: ifindex,
                 found: index,
             });
         }
@@ -265,7 +262,7 @@ impl Datapath for MemoryDatapath {
         }
         self.attached.insert(index, pod.clone());
         self.state.attached(pod, index, None);
-        Ok(index)
+        Ok(())
     }
 
     fn detach(&mut self, pod: &ObjectRef) {
