@@ -34,6 +34,17 @@ use crate::{model::Protocol, netns::NetNs};
 pub const TCP_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Datagrams sent per UDP or SCTP probe before it counts as denied.
 pub const DATAGRAM_ATTEMPTS: u32 = 4;
+/// Flows (source ports) a UDP probe sends its datagrams on, [`DATAGRAMS_PER_FLOW`] each.
+///
+/// A flow the node masquerades (a pod reaching itself through its Service, a client of a
+/// node port) may be given one of the tunnel ports as its source port (kube-proxy's
+/// `--random-fully` picks any), and the answer to the node on that port is dropped as a
+/// tunnel to the node (README, "Security model"): that flow gets no answer until the node
+/// forgets it. A client that asks again from a new source port, as resolvers do, gets
+/// through; so does a probe.
+pub const UDP_FLOWS: u32 = 2;
+/// Datagrams a UDP probe sends on each of its flows.
+pub const DATAGRAMS_PER_FLOW: u32 = DATAGRAM_ATTEMPTS / UDP_FLOWS;
 /// How long to wait for each datagram's answer.
 pub const DATAGRAM_WAIT: Duration = Duration::from_millis(500);
 const LISTEN_BACKLOG: i32 = 1024;
@@ -270,6 +281,46 @@ pub(super) fn udp_client(from_ns: &NetNs, v6: bool) -> io::Result<UdpSocket> {
     UdpSocket::from_std(std::net::UdpSocket::from(s))
 }
 
+/// Sends `message` from `from_ns` to `dst` over UDP until a datagram comes back (read into
+/// `buf`) that `answer` takes: [`DATAGRAMS_PER_FLOW`] times on each of [`UDP_FLOWS`] flows,
+/// waiting [`DATAGRAM_WAIT`] each time. `Ok(None)`: nothing came back; `ConnectionRefused`:
+/// the destination's stack refused.
+pub(super) async fn udp_exchange<T>(
+    from_ns: &NetNs,
+    dst: SocketAddr,
+    message: &[u8],
+    buf: &mut [u8],
+    mut answer: impl FnMut(&[u8]) -> Option<T>,
+) -> io::Result<Option<T>> {
+    for _ in 0..UDP_FLOWS {
+        let s = udp_client(from_ns, dst.is_ipv6())?;
+        s.connect(dst).await?;
+        for _ in 0..DATAGRAMS_PER_FLOW {
+            s.send(message).await?;
+            let answered = timeout(DATAGRAM_WAIT, async {
+                loop {
+                    match s.recv(buf).await {
+                        Ok(n) => {
+                            if let Some(a) = answer(&buf[..n]) {
+                                return Ok(a);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
+                        // Another ICMP error (say, a host unreachable): wait this attempt
+                        // out and ask again.
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                }
+            })
+            .await;
+            if let Ok(answered) = answered {
+                return answered.map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
 static NONCE: AtomicU32 = AtomicU32::new(0);
 
 /// A value no other probe of this process uses.
@@ -315,21 +366,14 @@ pub async fn probe_with(
             Err(_) => false,
         }),
         Protocol::Udp => {
-            let s = udp_client(from_ns, v6)?;
-            s.connect(dst).await?;
             let token = nonce().to_be_bytes();
             let mut buf = [0u8; 16];
-            for _ in 0..DATAGRAM_ATTEMPTS {
-                s.send(&token).await?;
-                match timeout(DATAGRAM_WAIT, s.recv(&mut buf)).await {
-                    Ok(Ok(n)) if buf[..n] == token => return Ok(true),
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return Ok(refused);
-                    }
-                    _ => {}
-                }
+            let echoed = |answer: &[u8]| (answer == token).then_some(());
+            match udp_exchange(from_ns, dst, &token, &mut buf, echoed).await {
+                Ok(answered) => Ok(answered.is_some()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(refused),
+                Err(e) => Err(e),
             }
-            Ok(false)
         }
         Protocol::Sctp => {
             let raw = RawSctp::new(from_ns.run(|| RawSctp::open(v6))??)?;

@@ -19,7 +19,7 @@ use super::{
     records, service_name, service_ref,
 };
 use crate::{
-    lab::probe::{self, DATAGRAM_ATTEMPTS, DATAGRAM_WAIT, TCP_TIMEOUT},
+    lab::probe::{self, TCP_TIMEOUT},
     model::{Cluster, Protocol},
     netns::NetNs,
     report::Family,
@@ -50,8 +50,8 @@ pub async fn lookup(
     }
 }
 
-/// The query in one datagram, sent again as long as no response to it comes: as often and
-/// as patiently as a UDP probe does.
+/// The query in one datagram, sent again as long as no response to it comes: as a UDP
+/// probe sends its datagram (see [`probe::udp_exchange`]).
 async fn lookup_udp(
     from: &NetNs,
     server: SocketAddr,
@@ -59,25 +59,11 @@ async fn lookup_udp(
     id: u16,
     rtype: u16,
 ) -> io::Result<Option<Answer>> {
-    let socket = probe::udp_client(from, server.is_ipv6())?;
-    socket.connect(server).await?;
     let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-    for _ in 0..DATAGRAM_ATTEMPTS {
-        socket.send(query).await?;
-        let answered = timeout(DATAGRAM_WAIT, async {
-            loop {
-                let n = socket.recv(&mut buf).await?;
-                if let Some(answer) = decode_response(&buf[..n], id, rtype) {
-                    return io::Result::Ok(answer);
-                }
-            }
-        })
-        .await;
-        if let Ok(answer) = answered {
-            return answer.map(Some);
-        }
-    }
-    Ok(None)
+    probe::udp_exchange(from, server, query, &mut buf, |response| {
+        decode_response(response, id, rtype)
+    })
+    .await
 }
 
 /// The query over a TCP connection, length-prefixed; a connection that is not made in time,
