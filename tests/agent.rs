@@ -263,6 +263,31 @@ fn the_agent_follows_pods_namespaces_and_policies() {
         assert_eq!(record.isolated_by, ["y/b-trusted-only"]);
         assert_eq!(record.remote_pod.as_deref(), Some("x/b"));
 
+        // y/b's status loses its addresses (a controller rewrote it): y/b keeps its
+        // programs, and with no address of its own all it sends is dropped; detached, it
+        // would take anyone's traffic.
+        let mut y_b = pod_object(lab.cluster(), "y", "b");
+        y_b["status"] = json!({"phase": "Running"});
+        api.apply(y_b);
+        converge(&lab, |p| {
+            x_admits_y(p) && (to_self(p) || p.to != "y/b" && p.from != "y/b")
+        })
+        .await;
+        assert!(
+            agents[1]
+                .status
+                .borrow()
+                .endpoints
+                .iter()
+                .any(|e| e.pod == "y/b" && e.attached),
+            "y/b stays attached"
+        );
+        api.apply(pod_object(lab.cluster(), "y", "b"));
+        converge(&lab, |p| {
+            x_admits_y(p) && (p.to != "y/b" || to_self(p) || p.from == "y/a")
+        })
+        .await;
+
         // A pod goes: y/a is no longer a pod (its traffic is just an address's) nor enforced.
         api.delete("Pod", "y", "a");
         converge(&lab, |p| {

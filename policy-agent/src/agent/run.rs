@@ -228,6 +228,7 @@ impl<D: Datapath> Agent<D> {
                 .any(|p| self.reconciler.pods().interface(&p.id).is_none())
     }
 
+    /// The pods this node enforces (see [`Self::is_local`]).
     pub(super) fn local_pods(&self) -> impl Iterator<Item = &Pod> {
         self.source
             .cluster
@@ -236,11 +237,16 @@ impl<D: Datapath> Agent<D> {
             .filter(|p| self.is_local(p))
     }
 
-    /// Whether `pod` is one of [`Self::local_pods`].
+    /// Whether this node enforces `pod`: scheduled here on a network of its own, with an
+    /// address to find its interface by, or already holding one. A running pod whose
+    /// status loses its addresses (rewritten by a controller, or by hand) keeps its
+    /// programs: its endpoint then owns no address, so all it sends is dropped, instead of
+    /// its interface going unenforced. A finished pod's sandbox is going away.
     fn is_local(&self, pod: &Pod) -> bool {
         pod.node.as_deref() == Some(self.config.node_name.as_str())
             && !pod.host_network
-            && !pod.ips.is_empty()
+            && (!pod.ips.is_empty()
+                || !pod.finished && self.reconciler.pods().interface(&pod.id).is_some())
     }
 
     fn apply(&mut self, event: SourceEvent) {
