@@ -186,7 +186,7 @@ fn the_agent_follows_pods_namespaces_and_policies() {
             nodes: 2,
             ..LabConfig::default()
         };
-        let lab = Lab::network(&standard_with(""), &config).await.unwrap();
+        let mut lab = Lab::network(&standard_with(""), &config).await.unwrap();
         let api = FakeApi::start().await;
         // y/b is not known to the API yet: a pod the agent must pick up later.
         publish(&api, lab.cluster(), &["y/b"]);
@@ -283,10 +283,17 @@ fn the_agent_follows_pods_namespaces_and_policies() {
             "y/b stays attached"
         );
         api.apply(pod_object(lab.cluster(), "y", "b"));
-        converge(&lab, |p| {
-            x_admits_y(p) && (p.to != "y/b" || to_self(p) || p.from == "y/a")
-        })
-        .await;
+        let y_b_trusts_y_a =
+            |p: &Probe| x_admits_y(p) && (p.to != "y/b" || to_self(p) || p.from == "y/a");
+        converge(&lab, y_b_trusts_y_a).await;
+
+        // y/b's sandbox is made again (after a crash, say), with a new interface, and no
+        // CNI plugin tells the agent: it notices the old interface went and enforces the
+        // new one.
+        let y_b_id = ObjectRef::new("y", "b");
+        lab.stop_pod(&y_b_id).unwrap();
+        lab.start_pod_with(&y_b_id, None).unwrap();
+        converge(&lab, y_b_trusts_y_a).await;
 
         // A pod goes: y/a is no longer a pod (its traffic is just an address's) nor enforced.
         api.delete("Pod", "y", "a");

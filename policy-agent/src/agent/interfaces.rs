@@ -275,6 +275,18 @@ impl Interfaces {
         }
     }
 
+    /// Whether `iface` is gone: no interface has its index any more, or another name does
+    /// (the index was given to a new one). A netlink error says nothing is gone.
+    pub async fn is_gone(&self, iface: &Interface) -> bool {
+        let mut stream = self.handle.link().get().match_index(iface.index).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Link::from_message(msg).name != iface.name,
+            Ok(None) => true,
+            Err(rtnetlink::Error::NetlinkError(e)) => e.raw_code() == -libc::ENODEV,
+            Err(_) => false,
+        }
+    }
+
     /// The pod's interface among the host-side interfaces a CNI result names: the bridge
     /// plugin names the bridge and the pod's veth; the veth is the one.
     pub async fn named(&self, names: &[String]) -> Lookup {

@@ -69,6 +69,10 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MAX_SETTLE: Duration = Duration::from_millis(200);
 /// How often interfaces not found yet are looked for again.
 pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
+/// How often the interfaces pods hold are checked to still be there: a sandbox made again
+/// (a crash, a restart of the runtime) gives the pod a new interface, and a pod the CNI
+/// plugin did not announce would keep pointing at the old one, the new one unenforced.
+pub const INTERFACE_CHECK: Duration = Duration::from_secs(2);
 /// Pods whose interfaces are looked for in one go; more wait for the next round, after
 /// the requests that came meanwhile (each lookup is a few netlink round trips).
 pub const LOOKUPS_PER_ROUND: usize = 32;
@@ -285,6 +289,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         lookups_left: true,
         lookup_pass_done: false,
         looking_up: false,
+        checking_interfaces: false,
         publish_due: false,
         sync_started: None,
         warnings: Vec::new(),
@@ -347,6 +352,8 @@ struct Agent<D> {
     lookup_pass_done: bool,
     /// Whether a round of lookups runs.
     looking_up: bool,
+    /// Whether a check of the interfaces pods hold runs (see [`INTERFACE_CHECK`]).
+    checking_interfaces: bool,
     /// Whether status and metrics changed since they were last published (published at
     /// the end of the loop's turn: one turn, one snapshot).
     publish_due: bool,

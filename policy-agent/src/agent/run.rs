@@ -19,9 +19,9 @@ use tokio::{
 };
 
 use super::{
-    ATTACHES_PER_ROUND, Agent, Command, INTERFACE_RETRY, LOOKUPS_PER_ROUND, MAX_SETTLE, NEVER,
-    SETTLE, SNAPSHOT_INTERVAL, flows,
-    interfaces::{Interfaces, Lookup},
+    ATTACHES_PER_ROUND, Agent, Command, INTERFACE_CHECK, INTERFACE_RETRY, LOOKUPS_PER_ROUND,
+    MAX_SETTLE, NEVER, SETTLE, SNAPSHOT_INTERVAL, flows,
+    interfaces::{Interface, Interfaces, Lookup},
     reconcile::CompileDone,
     source_state::Applied,
 };
@@ -100,6 +100,7 @@ impl<D: Datapath> Agent<D> {
             None => None,
         };
         let mut interface_retry = interval(INTERFACE_RETRY);
+        let mut interface_check = interval(INTERFACE_CHECK);
         let mut snapshot = interval(SNAPSHOT_INTERVAL);
         let mut flush_flows = interval(flows::FLUSH_INTERVAL);
         let resync_every = self.config.full_resync;
@@ -113,6 +114,7 @@ impl<D: Datapath> Agent<D> {
         full_resync.reset();
         for t in [
             &mut interface_retry,
+            &mut interface_check,
             &mut snapshot,
             &mut full_resync,
             &mut flush_flows,
@@ -124,6 +126,7 @@ impl<D: Datapath> Agent<D> {
         let (linted_tx, mut linted_rx) = mpsc::channel(1);
         // One round of interface lookups at a time, on its own task.
         let (looked_up_tx, mut looked_up_rx) = mpsc::channel::<Lookups>(1);
+        let (checked_tx, mut checked_rx) = mpsc::channel::<Vec<(ObjectRef, Interface)>>(1);
         let mut source_open = true;
         loop {
             let due = self.sync_due();
@@ -157,6 +160,12 @@ impl<D: Datapath> Agent<D> {
                 }
                 Some(lookups) = looked_up_rx.recv() => {
                     busy!(self, "interface-lookup", self.looked_up(lookups))
+                }
+                _ = interface_check.tick(), if !self.checking_interfaces => {
+                    busy!(self, "interface-lookup", self.check_interfaces(&checked_tx))
+                }
+                Some(gone) = checked_rx.recv() => {
+                    busy!(self, "interface-lookup", self.interfaces_gone(gone))
                 }
                 guard = async { events.as_ref()?.readable().await.ok() }, if events.is_some() => {
                     if let Some(mut guard) = guard {
@@ -475,6 +484,49 @@ impl<D: Datapath> Agent<D> {
             let lookups = tokio::spawn(lookups).await.unwrap_or_default();
             let _ = done.send(lookups).await;
         });
+    }
+
+    /// Starts checking, on a task of its own, that the interfaces pods hold are still
+    /// there (see [`INTERFACE_CHECK`]); the ones gone come back through `done`.
+    fn check_interfaces(&mut self, done: &mpsc::Sender<Vec<(ObjectRef, Interface)>>) {
+        let held: Vec<(ObjectRef, Interface)> = (self.reconciler.pods().with_interfaces())
+            .map(|(pod, iface)| (pod.clone(), iface.clone()))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        self.checking_interfaces = true;
+        let interfaces = Arc::clone(&self.interfaces);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut gone = Vec::new();
+            for (pod, iface) in held {
+                // No answer in time says nothing is gone.
+                let check = tokio::time::timeout(LOOKUP_TIMEOUT, interfaces.is_gone(&iface));
+                if check.await.unwrap_or(false) {
+                    gone.push((pod, iface));
+                }
+            }
+            let _ = done.send(gone).await;
+        });
+    }
+
+    /// Forgets the interfaces a check found gone (if the pods still hold them): their
+    /// programs went with them; the pods are looked for again, and the next sync drops
+    /// the entries of the old interfaces.
+    fn interfaces_gone(&mut self, gone: Vec<(ObjectRef, Interface)>) {
+        self.checking_interfaces = false;
+        let mut forgot = false;
+        for (pod, iface) in gone {
+            if self.reconciler.pods().interface(&pod) == Some(&iface) {
+                tracing::info!(%pod, interface = %iface.name, "the pod's interface is gone: looking for its new one");
+                self.reconciler.forget_interface(&pod);
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.changed(Instant::now());
+        }
     }
 
     /// Looks up, at once, the interfaces of the pods whose sandboxes wait for this sync

@@ -636,9 +636,10 @@ impl Topology {
             };
             for (i, other) in self.nodes.iter().enumerate() {
                 if i != node {
+                    // Replaced: a pod whose sandbox is made again still has its route.
                     other
                         .netns
-                        .ip(&["route", "add", &host, "via", &via, "dev", dev, "onlink"])?;
+                        .ip(&["route", "replace", &host, "via", &via, "dev", dev, "onlink"])?;
                     if self.bridged.contains(&i) {
                         proxy_neighbour(&other.netns, ip)?;
                     }
