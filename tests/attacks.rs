@@ -40,6 +40,8 @@ use tokio::{
 const QUIET: Duration = Duration::from_millis(800);
 /// How long a flow record may take to reach a subscriber.
 const RECORD_WAIT: Duration = Duration::from_secs(3);
+/// How long the agent may take to read a new tunnel device's port (it reads them every 2 s).
+const TUNNEL_PORTS_READ: Duration = Duration::from_secs(10);
 const E4: &str = "203.0.113.5";
 const E6: &str = "2001:db8::5";
 /// PadN filling a 6-byte extension-header body.
@@ -380,6 +382,19 @@ fn a_node_address_does_not_make_an_outsider_the_node() {
 
 #[test]
 fn a_tunnel_to_the_node_unwraps_no_forged_source() {
+    tunnel_to_the_node(8472);
+}
+
+/// The node's VXLAN device on a port of its own (Calico's, Cilium's and flannel's ports
+/// are settings): the agent reads it from the node's links.
+#[test]
+fn a_tunnel_on_a_port_of_its_own_unwraps_no_forged_source_either() {
+    tunnel_to_the_node(9999);
+}
+
+/// x/a wraps a packet "from" x/b, whom y/a trusts, in VXLAN to the node's device on UDP
+/// `port`.
+fn tunnel_to_the_node(port: u16) {
     attack(&[Y_A_TRUSTS_X_B], LabConfig::default(), |lab| async move {
         let records = Records::watch(&lab, 0).await;
         let family = Family::IPv4;
@@ -397,11 +412,20 @@ fn a_tunnel_to_the_node_unwraps_no_forged_source() {
             "id",
             vni,
             "dstport",
-            "8472",
+            &port.to_string(),
             "nolearning",
         ])
         .unwrap();
         node.ip(&["link", "set", "vxlab", "up"]).unwrap();
+        let known = tokio::time::timeout(TUNNEL_PORTS_READ, async {
+            while !lab
+                .status(0)
+                .is_some_and(|s| s.tunnel_ports.contains(&port))
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        known.await.expect("the agent reads the device's port");
         let vtep = mac_of(&node_name, "vxlab").unwrap();
         // x/a wraps a packet "from" x/b, whom y/a trusts, and sends it to the node.
         let mark = marker("vxlan", family);
@@ -422,7 +446,7 @@ fn a_tunnel_to_the_node_unwraps_no_forged_source() {
             x_a,
             gateway(&lab, "x/a", family),
             40000,
-            8472,
+            port,
             &payload,
         ))
         .unwrap();

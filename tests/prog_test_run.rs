@@ -5,11 +5,11 @@
 //! The packet appears on the loopback interface (ifindex 1) of the test's namespace; the
 //! pod under test is registered there. Nothing is attached anywhere.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{Arrival, BpfDatapath, TableSizes},
+    datapath::{Arrival, BpfDatapath, Datapath as _, TableSizes},
     model::ObjectRef,
 };
 use policy_common::{
@@ -1250,6 +1250,40 @@ fn a_pod_cannot_make_the_node_unwrap_a_packet() {
         f.egress(&Packet::udp(ip(LOCAL), ip(NODE_IP), 40000, 53, b"q")),
         ALLOW
     );
+}
+
+#[test]
+fn the_ports_of_the_nodes_own_tunnel_devices_are_tunnels_too() {
+    let mut f = Fixture::new("");
+    let inner = Packet::udp(ip(PEER), ip("10.0.0.3"), 5555, 80, b"forged").ip_packet();
+    let to_node = |port| Packet::udp(ip(LOCAL), ip(NODE_IP), 40000, port, &inner);
+    let to_node6 = |port| Packet::udp(ip(LOCAL6), ip(NODE_IP6), 40000, port, &inner);
+    // A VXLAN device on a port of its own (Calico's, Cilium's and flannel's are settings):
+    // plain UDP until the agent reads it from the node's links.
+    assert_eq!(f.egress(&to_node(9999)), ALLOW);
+    f.datapath
+        .set_tunnel_ports(&BTreeSet::from([9999, u16::MAX]))
+        .unwrap();
+    for port in [9999, u16::MAX] {
+        assert_eq!(f.egress(&to_node(port)), DROP, "UDP {port}");
+        assert_eq!(f.egress(&to_node6(port)), DROP, "UDP {port} over IPv6");
+    }
+    assert_eq!(f.dropped(Direction::Egress, DropReason::TunnelToNode), 4);
+    // Its neighbours, TCP on that port and the same port elsewhere are not.
+    assert_eq!(f.egress(&to_node(9998)), ALLOW);
+    assert_eq!(f.egress(&to_node(10_000)), ALLOW);
+    assert_eq!(
+        f.egress(&Packet::tcp(ip(LOCAL), ip(NODE_IP), 40000, 9999, SYN)),
+        ALLOW
+    );
+    assert_eq!(
+        f.egress(&Packet::udp(ip(LOCAL), ip(WORLD), 40000, 9999, &inner)),
+        ALLOW
+    );
+    // A device that goes takes its port with it; the well-known ports stay.
+    f.datapath.set_tunnel_ports(&BTreeSet::new()).unwrap();
+    assert_eq!(f.egress(&to_node(9999)), ALLOW);
+    assert_eq!(f.egress(&to_node(8472)), DROP);
 }
 
 #[test]

@@ -35,9 +35,12 @@ pub mod names {
     pub const SERVICE_POLICY: &str = "SERVICE_POLICY";
     /// Endpoint id -> what the datapath created or lost for it (see [`super::EndpointCounters`]).
     pub const COUNTERS: &str = "COUNTERS";
+    /// UDP ports the node's own tunnel devices listen on, one bit each (see
+    /// [`super::tunnel_port_bit`]). Array.
+    pub const TUNNEL_PORTS: &str = "TUNNEL_PORTS";
 
     /// Every map, in a stable order (for pinning and status output).
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         ENDPOINTS,
         IPCACHE,
         POLICY,
@@ -49,6 +52,7 @@ pub mod names {
         FRONTENDS,
         SERVICE_POLICY,
         COUNTERS,
+        TUNNEL_PORTS,
     ];
 }
 
@@ -88,6 +92,14 @@ pub mod capacity {
     pub const FRONTENDS: u32 = 262_144;
     /// (egress ruleset, frontend) pairs where the ruleset allows a backend.
     pub const SERVICE_POLICY: u32 = 262_144;
+    /// Words of the TUNNEL_PORTS bitmap: a bit for every UDP port.
+    pub const TUNNEL_PORT_WORDS: u32 = (u16::MAX as u32 + 1) / u64::BITS;
+}
+
+/// Where UDP port `port` is in the TUNNEL_PORTS bitmap: the word's index and the bit's mask.
+#[inline(always)]
+pub const fn tunnel_port_bit(port: u16) -> (u32, u64) {
+    (port as u32 / u64::BITS, 1 << (port as u32 % u64::BITS))
 }
 
 /// Direction of a packet relative to the pod it is enforced for.

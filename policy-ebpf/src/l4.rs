@@ -2,11 +2,15 @@
 
 use aya_ebpf::programs::TcContext;
 use policy_common::{
+    maps::tunnel_port_bit,
     net::{icmp, icmpv6, proto, sctp, tunnel},
     reason::DropReason,
 };
 
-use crate::packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load, read};
+use crate::{
+    maps::TUNNEL_PORTS,
+    packet::{ECHO_NONE, ECHO_REPLY, ECHO_REQUEST, FRAG_LATER, Flow, load, read},
+};
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
@@ -159,8 +163,17 @@ pub const fn opens_connection(flow: &Flow) -> bool {
     is_trackable(flow) && flow.echo != ECHO_REPLY
 }
 
-/// Whether the flow is tunnel traffic (see `policy_common::net::tunnel`).
+/// Whether the flow is tunnel traffic: an encapsulation a node may unwrap (see
+/// `policy_common::net::tunnel`), or UDP to a port one of the node's own tunnel devices
+/// listens on (a VXLAN or Geneve device may take any port).
 #[inline(always)]
-pub const fn is_tunnel(flow: &Flow) -> bool {
+pub fn is_tunnel(flow: &Flow) -> bool {
     tunnel::is_tunnel(flow.proto, flow.dport)
+        || (flow.proto == proto::UDP && is_node_tunnel_port(flow.dport))
+}
+
+#[inline(always)]
+fn is_node_tunnel_port(port: u16) -> bool {
+    let (word, bit) = tunnel_port_bit(port);
+    TUNNEL_PORTS.get(word).is_some_and(|w| w & bit != 0)
 }

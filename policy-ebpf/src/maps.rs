@@ -3,7 +3,7 @@
 //! `/sys/fs/bpf/policy-agent/<instance>/`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use policy_common::{
@@ -78,3 +78,8 @@ pub static SERVICE_POLICY: HashMap<
     ServicePolicyValue,
     { capacity::SERVICE_POLICY as usize },
 > = HashMap::new();
+
+/// UDP ports of the node's own tunnel devices, a bit each: the agent reads them from the
+/// node's links (VXLAN and Geneve on any port, not only the well-known ones).
+#[btf_map]
+pub static TUNNEL_PORTS: Array<u64, { capacity::TUNNEL_PORT_WORDS as usize }> = Array::new();

@@ -15,7 +15,7 @@
 //! than one hardware address. Who else claims it is for the agent to check, which knows
 //! all local pods.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -23,7 +23,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressScope},
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        link::{InfoData, InfoGeneve, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAttribute, RouteMessage},
     },
@@ -273,6 +273,44 @@ impl Interfaces {
             Some(iface) => Lookup::Found(iface),
             None => Lookup::Missing(missing.unwrap_or_else(|| "the pod has no address".into())),
         }
+    }
+
+    /// The UDP ports the node's own VXLAN and Geneve devices listen on (any port, not only
+    /// the well-known ones); `None` if the links could not be read.
+    pub async fn tunnel_ports(&self) -> Option<BTreeSet<u16>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .ok()?;
+        let mut ports = BTreeSet::new();
+        for data in links
+            .iter()
+            .flat_map(|l| &l.attributes)
+            .filter_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(data) => Some(data),
+                    _ => None,
+                }),
+                _ => None,
+            })
+        {
+            match data {
+                InfoData::Vxlan(attrs) => ports.extend(attrs.iter().filter_map(|a| match a {
+                    InfoVxlan::Port(port) => Some(*port),
+                    _ => None,
+                })),
+                InfoData::Geneve(attrs) => ports.extend(attrs.iter().filter_map(|a| match a {
+                    InfoGeneve::Port(port) => Some(*port),
+                    _ => None,
+                })),
+                _ => {}
+            }
+        }
+        Some(ports)
     }
 
     /// Whether `iface` is gone: no interface has its index any more, or another name does

@@ -32,7 +32,7 @@ pub mod source_state;
 pub mod status;
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -69,9 +69,10 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MAX_SETTLE: Duration = Duration::from_millis(200);
 /// How often interfaces not found yet are looked for again.
 pub const INTERFACE_RETRY: Duration = Duration::from_millis(500);
-/// How often the interfaces pods hold are checked to still be there: a sandbox made again
-/// (a crash, a restart of the runtime) gives the pod a new interface, and a pod the CNI
-/// plugin did not announce would keep pointing at the old one, the new one unenforced.
+/// How often the interfaces pods hold are checked to still be there (a sandbox made again,
+/// after a crash or a restart of the runtime, gives the pod a new interface, and a pod the
+/// CNI plugin did not announce would keep pointing at the old one, the new one
+/// unenforced), and the node's tunnel ports read again.
 pub const INTERFACE_CHECK: Duration = Duration::from_secs(2);
 /// Pods whose interfaces are looked for in one go; more wait for the next round, after
 /// the requests that came meanwhile (each lookup is a few netlink round trips).
@@ -290,6 +291,7 @@ pub fn spawn(config: AgentConfig, source: impl Into<Source>) -> anyhow::Result<A
         lookup_pass_done: false,
         looking_up: false,
         checking_interfaces: false,
+        tunnel_ports: BTreeSet::new(),
         publish_due: false,
         sync_started: None,
         warnings: Vec::new(),
@@ -354,6 +356,8 @@ struct Agent<D> {
     looking_up: bool,
     /// Whether a check of the interfaces pods hold runs (see [`INTERFACE_CHECK`]).
     checking_interfaces: bool,
+    /// The node's tunnel ports the datapath was last told (read with that check).
+    tunnel_ports: BTreeSet<u16>,
     /// Whether status and metrics changed since they were last published (published at
     /// the end of the loop's turn: one turn, one snapshot).
     publish_due: bool,

@@ -156,6 +156,7 @@ impl<D: Datapath> Agent<D> {
                 }))
                 .collect(),
             map_sizes: self.config.map_sizes.to_string(),
+            tunnel_ports: self.tunnel_ports.iter().copied().collect(),
             full: self.reconciler.compiled().full.clone(),
             flows: self.flows.status(self.reconciler.datapath().events_lost()),
             maps: fill

@@ -34,7 +34,7 @@ use crate::{
         Compiled, NodeConfig,
         incremental::{Change, Incremental},
     },
-    datapath::{Datapath, SyncReport},
+    datapath::{Datapath, DatapathError, SyncReport},
     model::{Cluster, ObjectRef},
     netns::NetNs,
 };
@@ -208,6 +208,11 @@ impl<D: Datapath> Reconciler<D> {
     /// Forgets the pods not among `local` that hold no interface.
     pub fn retain_local(&mut self, local: &BTreeSet<ObjectRef>) {
         self.pods.retain_local(local);
+    }
+
+    /// Tells the datapath the node's tunnel ports (see [`Datapath::set_tunnel_ports`]).
+    pub fn set_tunnel_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), DatapathError> {
+        self.datapath.set_tunnel_ports(ports)
     }
 
     /// Detaches a pod and forgets its interface (it is looked for again).

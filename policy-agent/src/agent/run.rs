@@ -39,6 +39,14 @@ type Compiled = Result<CompileDone, JoinError>;
 /// What a round of interface lookups found, per pod, with what it looked for.
 type Lookups = Vec<(LookupInput, Lookup)>;
 
+/// What a check of the interfaces pods hold found (see [`INTERFACE_CHECK`]).
+struct InterfaceCheck {
+    /// Interfaces that are gone, with the pods that held them.
+    gone: Vec<(ObjectRef, Interface)>,
+    /// The node's tunnel ports (`None`: the links could not be read).
+    tunnel_ports: Option<BTreeSet<u16>>,
+}
+
 /// What a lookup of a pod's interface went by: a result is taken in only if the pod is
 /// still the same (uid), with the same addresses and recorded interface.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +134,7 @@ impl<D: Datapath> Agent<D> {
         let (linted_tx, mut linted_rx) = mpsc::channel(1);
         // One round of interface lookups at a time, on its own task.
         let (looked_up_tx, mut looked_up_rx) = mpsc::channel::<Lookups>(1);
-        let (checked_tx, mut checked_rx) = mpsc::channel::<Vec<(ObjectRef, Interface)>>(1);
+        let (checked_tx, mut checked_rx) = mpsc::channel::<InterfaceCheck>(1);
         let mut source_open = true;
         loop {
             let due = self.sync_due();
@@ -164,8 +172,8 @@ impl<D: Datapath> Agent<D> {
                 _ = interface_check.tick(), if !self.checking_interfaces => {
                     busy!(self, "interface-lookup", self.check_interfaces(&checked_tx))
                 }
-                Some(gone) = checked_rx.recv() => {
-                    busy!(self, "interface-lookup", self.interfaces_gone(gone))
+                Some(check) = checked_rx.recv() => {
+                    busy!(self, "interface-lookup", self.interfaces_checked(check))
                 }
                 guard = async { events.as_ref()?.readable().await.ok() }, if events.is_some() => {
                     if let Some(mut guard) = guard {
@@ -487,14 +495,12 @@ impl<D: Datapath> Agent<D> {
     }
 
     /// Starts checking, on a task of its own, that the interfaces pods hold are still
-    /// there (see [`INTERFACE_CHECK`]); the ones gone come back through `done`.
-    fn check_interfaces(&mut self, done: &mpsc::Sender<Vec<(ObjectRef, Interface)>>) {
+    /// there, and reading the node's tunnel ports (see [`INTERFACE_CHECK`]); what it finds
+    /// comes back through `done`.
+    fn check_interfaces(&mut self, done: &mpsc::Sender<InterfaceCheck>) {
         let held: Vec<(ObjectRef, Interface)> = (self.reconciler.pods().with_interfaces())
             .map(|(pod, iface)| (pod.clone(), iface.clone()))
             .collect();
-        if held.is_empty() {
-            return;
-        }
         self.checking_interfaces = true;
         let interfaces = Arc::clone(&self.interfaces);
         let done = done.clone();
@@ -507,17 +513,22 @@ impl<D: Datapath> Agent<D> {
                     gone.push((pod, iface));
                 }
             }
-            let _ = done.send(gone).await;
+            let tunnel_ports = tokio::time::timeout(LOOKUP_TIMEOUT, interfaces.tunnel_ports())
+                .await
+                .ok()
+                .flatten();
+            let _ = done.send(InterfaceCheck { gone, tunnel_ports }).await;
         });
     }
 
-    /// Forgets the interfaces a check found gone (if the pods still hold them): their
-    /// programs went with them; the pods are looked for again, and the next sync drops
-    /// the entries of the old interfaces.
-    fn interfaces_gone(&mut self, gone: Vec<(ObjectRef, Interface)>) {
+    /// Takes in what a check found: the interfaces gone are forgotten (if the pods still
+    /// hold them: their programs went with them; the pods are looked for again, and the
+    /// next sync drops the entries of the old interfaces), and the datapath learns the
+    /// node's tunnel ports if they changed.
+    fn interfaces_checked(&mut self, check: InterfaceCheck) {
         self.checking_interfaces = false;
         let mut forgot = false;
-        for (pod, iface) in gone {
+        for (pod, iface) in check.gone {
             if self.reconciler.pods().interface(&pod) == Some(&iface) {
                 tracing::info!(%pod, interface = %iface.name, "the pod's interface is gone: looking for its new one");
                 self.reconciler.forget_interface(&pod);
@@ -526,6 +537,19 @@ impl<D: Datapath> Agent<D> {
         }
         if forgot {
             self.changed(Instant::now());
+        }
+        if let Some(ports) = check.tunnel_ports.filter(|p| *p != self.tunnel_ports) {
+            match self.reconciler.set_tunnel_ports(&ports) {
+                Ok(()) => {
+                    tracing::info!(
+                        ?ports,
+                        "the node's tunnel ports: pods may not send the node anything there"
+                    );
+                    self.tunnel_ports = ports;
+                    self.publish_due = true;
+                }
+                Err(e) => self.error(format!("writing the node's tunnel ports: {e}")),
+            }
         }
     }
 

@@ -49,6 +49,10 @@ pub struct Status {
     /// The map size settings, as `--map-size` takes them.
     #[serde(default)]
     pub map_sizes: String,
+    /// UDP ports of the node's own tunnel devices: what pods send the node there is dropped
+    /// (`tunnel-to-node`), as to the well-known tunnel ports.
+    #[serde(default)]
+    pub tunnel_ports: Vec<u16>,
     /// Maps that are full, and what was left out of them.
     #[serde(default)]
     pub full: Vec<String>,
@@ -204,6 +208,10 @@ impl fmt::Display for Status {
         }
         for n in &self.not_enforced {
             let _ = writeln!(out, "  not enforced: {}", escape_text(n));
+        }
+        if !self.tunnel_ports.is_empty() {
+            let ports: Vec<String> = self.tunnel_ports.iter().map(u16::to_string).collect();
+            let _ = writeln!(out, "tunnel ports of the node (UDP): {}", ports.join(", "));
         }
         let _ = writeln!(out, "\nmaps:     {}", escape(&self.map_sizes));
         for m in &self.maps {

@@ -2,7 +2,11 @@
 //! ([`super::BpfDatapath`]), or plain maps in memory ([`super::MemoryDatapath`]) on which
 //! the agent's reconcile step is tested without root.
 
-use std::{collections::BTreeMap, os::fd::BorrowedFd, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::BorrowedFd,
+    path::Path,
+};
 
 use policy_common::{
     event::FlowEvent,
@@ -41,6 +45,10 @@ pub trait Datapath: Send + 'static {
 
     /// Detaches a pod's programs and forgets its interface.
     fn detach(&mut self, pod: &ObjectRef);
+
+    /// Tells the programs which UDP ports the node's own tunnel devices listen on: what a
+    /// pod sends the node there is dropped, as to the well-known tunnel ports.
+    fn set_tunnel_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), DatapathError>;
 
     /// Records that a pod's interface has `ifindex` without attaching (it already is).
     fn adopt_interface(&mut self, pod: &ObjectRef, ifindex: u32);
@@ -102,6 +110,10 @@ impl Datapath for BpfDatapath {
 
     fn has_endpoint(&self, ifindex: u32) -> bool {
         BpfDatapath::has_endpoint(self, ifindex)
+    }
+
+    fn set_tunnel_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), DatapathError> {
+        Ok(self.maps.set_tunnel_ports(ports)?)
     }
 
     fn detach(&mut self, pod: &ObjectRef) {

@@ -13,12 +13,14 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
 };
 use policy_common::maps::{
     CidrKey, CidrValue, EndpointInfo, FrontendKey, FrontendValue, IpKey, IpcacheValue, PolicyKey,
-    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, names,
+    PolicyValue, ServicePolicyKey, ServicePolicyValue, StatsKey, StatsValue, capacity, names,
+    tunnel_port_bit,
 };
 
 use super::tables::{EndpointTables, TableSizes};
@@ -60,6 +62,8 @@ pub struct Maps {
     pub stats: PerCpuHashMap<MapData, StatsKey, StatsValue>,
     /// Flow records.
     pub events: RingBuf<MapData>,
+    /// The node's tunnel ports, a bit each.
+    pub tunnel_ports: Array<MapData, u64>,
     /// `max_entries` of each map the agent fills, as the kernel reports it.
     pub capacities: BTreeMap<&'static str, u32>,
 }
@@ -213,6 +217,7 @@ impl Maps {
             )?,
             stats: PerCpuHashMap::try_from(take(names::STATS)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
+            tunnel_ports: Array::try_from(take(names::TUNNEL_PORTS)?)?,
             capacities: BTreeMap::new(),
         };
         let max_entries = |map: &MapData| map.info().map(|i| i.max_entries());
@@ -229,6 +234,18 @@ impl Maps {
         ]);
         maps.tables.set_capacity(maps.capacities[names::ENDPOINTS]);
         Ok(maps)
+    }
+
+    /// Sets TUNNEL_PORTS to `ports`, writing only the words that change.
+    pub fn set_tunnel_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), MapOpError> {
+        for (word, desired) in tunnel_port_words(ports).into_iter().enumerate() {
+            let word = u32::try_from(word).expect("fewer words than u32::MAX");
+            let current = op(names::TUNNEL_PORTS, self.tunnel_ports.get(&word, 0))?;
+            if current != desired {
+                op(names::TUNNEL_PORTS, self.tunnel_ports.set(word, desired, 0))?;
+            }
+        }
+        Ok(())
     }
 
     /// The capacity of `map` (one the agent fills), as the kernel reports it.
@@ -466,4 +483,14 @@ fn sum_stats(
         out.insert(key, total);
     }
     Ok(out)
+}
+
+/// The TUNNEL_PORTS bitmap of `ports`.
+pub fn tunnel_port_words(ports: &BTreeSet<u16>) -> Vec<u64> {
+    let mut words = vec![0u64; capacity::TUNNEL_PORT_WORDS as usize];
+    for &port in ports {
+        let (word, bit) = tunnel_port_bit(port);
+        words[word as usize] |= bit;
+    }
+    words
 }

@@ -162,6 +162,8 @@ pub struct MemoryDatapath {
     attached: BTreeMap<u32, ObjectRef>,
     /// Per-endpoint tables made ahead of need.
     prepared_tables: usize,
+    /// The node's tunnel ports, as last set.
+    pub tunnel_ports: BTreeSet<u16>,
     pin_dir: PathBuf,
 }
 
@@ -180,6 +182,7 @@ impl MemoryDatapath {
             refuse_attach: BTreeSet::new(),
             attached: BTreeMap::new(),
             prepared_tables: 0,
+            tunnel_ports: BTreeSet::new(),
             pin_dir: PathBuf::from("memory"),
         }
     }
@@ -233,6 +236,11 @@ impl Datapath for MemoryDatapath {
 
     fn has_endpoint(&self, ifindex: u32) -> bool {
         self.state.has_endpoint(ifindex)
+    }
+
+    fn set_tunnel_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), DatapathError> {
+        self.tunnel_ports.clone_from(ports);
+        Ok(())
     }
 
     fn live(&self) -> Result<MapContents, DatapathError> {

@@ -13,7 +13,7 @@ pub mod oracle;
 pub mod view;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -21,7 +21,7 @@ use std::{
 
 use policy_agent::{
     compiler::{Compiled, Compiler, NodeConfig},
-    datapath::{BpfDatapath, TableSizes},
+    datapath::{BpfDatapath, Datapath as _, TableSizes},
     model::{Cluster, ObjectRef},
     semantics,
 };
@@ -51,6 +51,9 @@ pub const NODE_NAME: &str = "fuzz";
 /// The node's own addresses in every scenario (its link-local one too: a pod must never
 /// claim it).
 pub const NODE_ADDRESSES: [&str; 3] = ["10.0.255.254", "fd00:ff::fe", "fe80::fe"];
+/// The UDP port of the node's own tunnel device, not a well-known one (as an agent reads
+/// it from the node's links): one of the ports frames go to.
+pub const NODE_TUNNEL_PORT: u16 = 9000;
 /// The link-local address of `pod`'s interface, as the agent would have read it: one per
 /// pod name, and none (not read yet) for about a quarter of them.
 pub fn pod_link_local(pod: &ObjectRef) -> Option<Ipv6Addr> {
@@ -163,6 +166,9 @@ impl Harness {
         let cluster = on_node(cluster);
         self.compiled = self.compiler.compile(&cluster, &node);
         self.datapath.sync(&self.compiled).expect("maps sync");
+        self.datapath
+            .set_tunnel_ports(&BTreeSet::from([NODE_TUNNEL_PORT]))
+            .expect("tunnel ports written");
         self.datapath.clear_conntrack().expect("tables clear");
         self.datapath.drain_events();
         self.endpoint = None;

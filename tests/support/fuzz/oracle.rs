@@ -81,7 +81,8 @@ struct Conn {
 }
 
 /// Protocols and UDP ports of tunnels a node unwraps: IP-in-IP, 6in4, GRE, EtherIP,
-/// L2TPv3; VXLAN (IANA and Linux), VXLAN-GPE, Geneve.
+/// L2TPv3; VXLAN (IANA and Linux), VXLAN-GPE, Geneve; and the port of the node's own
+/// tunnel device ([`super::NODE_TUNNEL_PORT`]).
 const TUNNEL_PROTOCOLS: [u8; 5] = [4, 41, 47, 97, 115];
 const TUNNEL_PORTS: [u16; 4] = [4789, 8472, 4790, 6081];
 
@@ -288,7 +289,10 @@ impl Model {
         }
         let v6 = ip.src.is_ipv6();
         let tunnel = TUNNEL_PROTOCOLS.contains(&t.proto)
-            || (t.proto == proto::UDP && t.ports.is_some_and(|(_, d)| TUNNEL_PORTS.contains(&d)));
+            || (t.proto == proto::UDP
+                && t.ports.is_some_and(|(_, d)| {
+                    TUNNEL_PORTS.contains(&d) || d == super::NODE_TUNNEL_PORT
+                }));
         if egress && tunnel && self.node.contains(&remote) {
             return Expect::Drop("tunnel traffic to the node, which would unwrap it");
         }
