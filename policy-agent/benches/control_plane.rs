@@ -224,23 +224,7 @@ fn latency(change: &'static str, mut times: Vec<Duration>) -> ChangeLatency {
 
 /// The changes per kind to measure: `--samples N` if given, else [`SAMPLES`].
 fn samples() -> anyhow::Result<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == "--samples") {
-        None => Ok(SAMPLES),
-        Some(i) => {
-            let value = args
-                .get(i + 1)
-                .ok_or_else(|| anyhow::anyhow!("--samples needs a number"))?;
-            let n: usize = value
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--samples {value}: {e}"))?;
-            anyhow::ensure!(
-                (1..=PODS).contains(&n),
-                "--samples {n}: between 1 and {PODS}"
-            );
-            Ok(n)
-        }
-    }
+    support::count_arg("samples", SAMPLES, 1..=PODS)
 }
 
 fn measure(name: &'static str, shape: Shape, samples: usize) -> Case {

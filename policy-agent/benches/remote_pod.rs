@@ -4,7 +4,9 @@
 //! A two-node lab runs two real agents, each watching an in-process fake API server
 //! (tests/support/fake_api.rs: the real list/watch protocol) through the real kube-rs
 //! client, as `policy-agent run --source kubernetes` does. The cluster also holds 1,000
-//! pods on other nodes and 101 policies. For every new pod, as a real node creates it:
+//! pods on other nodes and 101 policies (`-- --pods N --policies M --samples K` for other
+//! sizes: the CNI ADD at 10,000 pods and 1,000 policies is one of the control plane's
+//! targets). For every new pod, as a real node creates it:
 //! 1. the scheduler's pod (with `spec.nodeName`, no address) is applied to the API server
 //!    and both agents sync it;
 //! 2. the runtime creates the sandbox through `ptp` and `policy-agent-cni` (CNI ADD): the
@@ -57,16 +59,23 @@ use policy_common::maps::{FIRST_POD_IDENTITY, IpKey, IpcacheValue, names};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// Measured new pods of each kind.
+/// Measured new pods of each kind (`-- --samples N` measures N).
 const SAMPLES: usize = 50;
+/// The most samples the new pods' addresses cover.
+const MAX_SAMPLES: usize = 1_000;
 /// New pods of each kind created first and not measured.
 const WARMUP: usize = 3;
-/// Pods of the cluster on nodes outside the lab (remote to both agents).
+/// Pods of the cluster on nodes outside the lab, remote to both agents (`-- --pods N`:
+/// N instead).
 const BACKGROUND_PODS: usize = 1_000;
+/// The most background pods the bench's addresses cover.
+const MAX_BACKGROUND_PODS: usize = 60_000;
 /// Namespaces the background pods and policies are spread over.
 const NAMESPACES: usize = 10;
-/// Policies besides the one of the new pods' namespace.
+/// Policies besides the one of the new pods' namespace (`-- --policies N`: N instead).
 const POLICIES: usize = 100;
+/// The most policies the bench's egress prefixes (`10.128.0.0/9`, a /24 each) cover.
+const MAX_POLICIES: usize = 32_768;
 /// Distinct `app` and `role` labels of the background pods.
 const APPS: usize = 20;
 const ROLES: usize = 7;
@@ -212,8 +221,27 @@ fn pod_object(
     pod
 }
 
+/// The cluster's size besides the lab, and the samples to take.
+#[derive(Clone, Copy)]
+struct Shape {
+    background_pods: usize,
+    policies: usize,
+    samples: usize,
+}
+
+impl Shape {
+    /// The defaults, or what the command line says.
+    fn from_args() -> anyhow::Result<Self> {
+        Ok(Self {
+            background_pods: support::count_arg("pods", BACKGROUND_PODS, 0..=MAX_BACKGROUND_PODS)?,
+            policies: support::count_arg("policies", POLICIES, 0..=MAX_POLICIES)?,
+            samples: support::count_arg("samples", SAMPLES, 1..=MAX_SAMPLES)?,
+        })
+    }
+}
+
 /// The rest of the cluster: namespaces, pods on nodes outside the lab, policies.
-fn background() -> Vec<Value> {
+fn background(shape: Shape) -> Vec<Value> {
     let mut out = vec![json!({"kind": "Namespace", "metadata": {"name": NAMESPACE,
         "labels": {"kubernetes.io/metadata.name": NAMESPACE}}})];
     for n in 0..NAMESPACES {
@@ -229,7 +257,7 @@ fn background() -> Vec<Value> {
         "node-remote-0",
         Some(REFERENCE_IP),
     ));
-    for i in 0..BACKGROUND_PODS {
+    for i in 0..shape.background_pods {
         let ip = format!("10.250.{}.{}", i / 250, 1 + i % 250);
         out.push(pod_object(
             &format!("ns-{}", i % NAMESPACES),
@@ -249,7 +277,7 @@ fn background() -> Vec<Value> {
             "ports": [{"port": "http"}],
         }]},
     }));
-    for i in 0..POLICIES {
+    for i in 0..shape.policies {
         out.push(json!({
             "kind": "NetworkPolicy",
             "metadata": {"name": format!("pol-{i}"), "namespace": format!("ns-{}", i % NAMESPACES)},
@@ -264,7 +292,7 @@ fn background() -> Vec<Value> {
                     ],
                     "ports": [{"port": 1000 + i}, {"port": "http"}],
                 }],
-                "egress": [{"to": [{"ipBlock": {"cidr": format!("192.168.{i}.0/24")}}],
+                "egress": [{"to": [{"ipBlock": {"cidr": format!("10.{}.{}.0/24", 128 + i / 256, i % 256)}}],
                             "ports": [{"port": 443}]}],
             },
         }));
@@ -380,8 +408,8 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1e3
 }
 
-async fn measure() -> anyhow::Result<Vec<Sample>> {
-    let pods = 2 * (WARMUP + SAMPLES);
+async fn measure(shape: Shape) -> anyhow::Result<Vec<Sample>> {
+    let pods = 2 * (WARMUP + shape.samples);
     let mut loaded = Loaded::default();
     manifests::load_str(&lab_manifests(pods), Path::new("bench.yaml"), &mut loaded);
     anyhow::ensure!(loaded.errors.is_empty(), "{:?}", loaded.errors);
@@ -394,14 +422,19 @@ async fn measure() -> anyhow::Result<Vec<Sample>> {
         ..LabConfig::default()
     };
     let mut lab = Lab::network(&loaded.cluster, &config).await?;
-    let result = run(&mut lab, &new, &config).await;
+    let result = run(&mut lab, &new, &config, shape).await;
     lab.shutdown().await;
     result
 }
 
-async fn run(lab: &mut Lab, new: &[ObjectRef], config: &LabConfig) -> anyhow::Result<Vec<Sample>> {
+async fn run(
+    lab: &mut Lab,
+    new: &[ObjectRef],
+    config: &LabConfig,
+    shape: Shape,
+) -> anyhow::Result<Vec<Sample>> {
     let api = FakeApi::start().await;
-    for object in background() {
+    for object in background(shape) {
         api.apply(object);
     }
     for node in lab.cluster().nodes.values() {
@@ -575,7 +608,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let samples = runtime.block_on(measure())?;
+    let shape = Shape::from_args()?;
+    let samples = runtime.block_on(measure(shape))?;
     let cases: Vec<Case> = [Kind::Existing, Kind::New]
         .into_iter()
         .map(|k| case(&samples, k))
@@ -609,8 +643,8 @@ fn main() -> anyhow::Result<()> {
     }
     let report = Report {
         kernel: support::kernel(),
-        background_pods: BACKGROUND_PODS,
-        policies: POLICIES + 1,
+        background_pods: shape.background_pods,
+        policies: shape.policies + 1,
         poll_interval_us: POLL.as_micros(),
         settle_ms: agent::SETTLE.as_millis(),
         cases,

@@ -14,6 +14,32 @@ pub fn listing() -> bool {
     std::env::args().any(|a| a == "--list")
 }
 
+/// The value of `--<name> N` on the command line (after `cargo xtask bench <bench> --`),
+/// or `default`; an error if it is not a number in `range`.
+#[allow(dead_code, reason = "not every bench takes counts")]
+pub fn count_arg(
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<usize> {
+    let flag = format!("--{name}");
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| *a == flag) else {
+        return Ok(default);
+    };
+    let value = args
+        .get(i + 1)
+        .with_context(|| format!("{flag} needs a number"))?;
+    let n: usize = value.parse().with_context(|| format!("{flag} {value}"))?;
+    anyhow::ensure!(
+        range.contains(&n),
+        "{flag} {n}: between {} and {}",
+        range.start(),
+        range.end()
+    );
+    Ok(n)
+}
+
 /// The running kernel's release.
 pub fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
