@@ -10,6 +10,11 @@
 //! the rules do not admit checks that the filter is in place (and that no filter is left
 //! over for "no filter").
 //!
+//! Each variant is also timed from its start until it enforces ("ready"): the agent from
+//! its spawn (a fresh pin directory: maps made, the policy compiled and written, programs
+//! attached) to `/readyz`, a netfilter variant from its load (`iptables-restore`, `ipset
+//! restore`, `nft -f`) to the tool's exit.
+//!
 //! `--full` measures longer and more often. Prints a table, writes
 //! `target/bench/veth.json` and charts next to it.
 
@@ -22,7 +27,7 @@ mod load;
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -55,6 +60,8 @@ const FULL: Settings = Settings {
 const TARGET_THROUGHPUT: f64 = 0.95;
 const TARGET_PACKET_RATE: f64 = 0.95;
 const TARGET_CONNECTIONS: f64 = 0.90;
+/// The control plane's target: this datapath enforces 10,000 rules within this of its start.
+const TARGET_READY: Duration = Duration::from_secs(2);
 /// How long the agent may take to enforce the policy.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -105,6 +112,8 @@ struct Sample {
     repetition: usize,
     #[serde(flatten)]
     figures: Figures,
+    /// From the variant's start or load until it enforces (no filter: 0).
+    ready_ms: f64,
 }
 
 /// A variant at a rule count: medians, and median ratios to no filter.
@@ -114,6 +123,8 @@ struct Summary {
     variant: Variant,
     median: Figures,
     ratio_to_no_filter: Figures,
+    /// Median time to enforce.
+    ready_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -233,6 +244,7 @@ fn measure_rules(
         for k in 0..Variant::ALL.len() {
             let variant = Variant::ALL[(k + repetition) % Variant::ALL.len()];
             *sequence += 1;
+            let started = Instant::now();
             let enforcer = match variant {
                 Variant::Datapath => {
                     Some(runtime.block_on(Enforcer::start(lab, &cluster, *sequence))?)
@@ -241,6 +253,11 @@ fn measure_rules(
             };
             filters::install(variant, node, filters::v4(server_ip)?, &rule_list)
                 .with_context(|| format!("installing {} with {rules} rules", variant.name()))?;
+            let ready_ms = if variant == Variant::NoFilter {
+                0.0
+            } else {
+                started.elapsed().as_secs_f64() * 1e3
+            };
             let figures = (|| -> anyhow::Result<Figures> {
                 let passes = load::denied_port_passes(client, server_ip)?;
                 if passes != (variant == Variant::NoFilter) {
@@ -266,7 +283,7 @@ fn measure_rules(
             }
             let figures = figures?;
             eprintln!(
-                "  {rules:>6} rules, repetition {}, {:<14} {:>7.2} Gbit/s {:>8.1} kpps {:>8.0} conn/s",
+                "  {rules:>6} rules, repetition {}, {:<14} {:>7.2} Gbit/s {:>8.1} kpps {:>8.0} conn/s, ready in {ready_ms:.0} ms",
                 repetition + 1,
                 variant.name(),
                 figures.tcp_gbit_s,
@@ -278,6 +295,7 @@ fn measure_rules(
                 variant,
                 repetition,
                 figures,
+                ready_ms,
             });
         }
     }
@@ -331,6 +349,7 @@ fn summarise(samples: &[Sample]) -> Vec<Summary> {
                     udp_kpps: ratio(|f| f.udp_kpps),
                     connections_per_s: ratio(|f| f.connections_per_s),
                 },
+                ready_ms: median(mine.iter().map(|s| s.ready_ms).collect()),
             });
         }
     }
@@ -365,6 +384,71 @@ fn target(summaries: &[Summary]) -> Target {
         connections: TARGET_CONNECTIONS,
         met: misses.is_empty(),
         misses,
+    }
+}
+
+/// Time to enforce, by rule count: this datapath's start against the netfilter loads.
+fn print_ready(summaries: &[Summary]) {
+    println!(
+        "\nready (ms from start or load to enforced, median):\n{:>6}  {}",
+        "rules",
+        Variant::ALL[1..]
+            .iter()
+            .map(|v| format!("{:>14}", v.name()))
+            .collect::<String>()
+    );
+    for rules in RULE_COUNTS {
+        let cells: String = Variant::ALL[1..]
+            .iter()
+            .map(|&variant| {
+                summaries
+                    .iter()
+                    .find(|s| s.rules == rules && s.variant == variant)
+                    .map_or_else(
+                        || format!("{:>14}", "-"),
+                        |s| format!("{:>14.0}", s.ready_ms),
+                    )
+            })
+            .collect();
+        println!("{rules:>6}  {cells}");
+    }
+    let datapath_at_most = summaries
+        .iter()
+        .filter(|s| s.variant == Variant::Datapath && s.rules == RULE_COUNTS[RULE_COUNTS.len() - 1])
+        .all(|s| s.ready_ms <= TARGET_READY.as_secs_f64() * 1e3);
+    println!(
+        "target (this datapath ready within {TARGET_READY:?} at {} rules): {}",
+        RULE_COUNTS[RULE_COUNTS.len() - 1],
+        if datapath_at_most { "met" } else { "NOT met" }
+    );
+}
+
+/// Time to enforce of every filter, by rule count.
+fn ready_chart(summaries: &[Summary]) -> Bars {
+    Bars {
+        title: "veth: time from start or load until enforced (lower is better)".to_owned(),
+        x_label: "rules admitting the server pod's peers".to_owned(),
+        y_label: "ms (median)".to_owned(),
+        groups: RULE_COUNTS.iter().map(|n| n.to_string()).collect(),
+        series: Variant::ALL[1..]
+            .iter()
+            .map(|&variant| Series {
+                name: variant.name().to_owned(),
+                values: RULE_COUNTS
+                    .iter()
+                    .map(|&rules| {
+                        summaries
+                            .iter()
+                            .find(|s| s.rules == rules && s.variant == variant)
+                            .map(|s| s.ready_ms)
+                    })
+                    .collect(),
+            })
+            .collect(),
+        lines: vec![Line {
+            name: format!("target for this datapath ({TARGET_READY:?})"),
+            y: TARGET_READY.as_secs_f64() * 1e3,
+        }],
     }
 }
 
@@ -489,6 +573,7 @@ fn main() -> anyhow::Result<()> {
     let samples = result?;
     let summaries = summarise(&samples);
     print_table(&summaries);
+    print_ready(&summaries);
     let target = target(&summaries);
     if target.met {
         println!(
@@ -500,7 +585,8 @@ fn main() -> anyhow::Result<()> {
             println!("  {miss}");
         }
     }
-    let chart_list = charts(&summaries);
+    let mut chart_list = charts(&summaries);
+    chart_list.push(("ready", ready_chart(&summaries)));
     let report = Report {
         kernel: support::kernel(),
         settings,
