@@ -423,6 +423,25 @@ fn print_ready(summaries: &[Summary]) {
     );
 }
 
+/// A series per filter (every variant but no filter) of `value`, by rule count.
+fn filter_series(summaries: &[Summary], value: impl Fn(&Summary) -> f64) -> Vec<Series> {
+    Variant::ALL[1..]
+        .iter()
+        .map(|&variant| Series {
+            name: variant.name().to_owned(),
+            values: RULE_COUNTS
+                .iter()
+                .map(|&rules| {
+                    summaries
+                        .iter()
+                        .find(|s| s.rules == rules && s.variant == variant)
+                        .map(&value)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// Time to enforce of every filter, by rule count.
 fn ready_chart(summaries: &[Summary]) -> Bars {
     Bars {
@@ -430,21 +449,7 @@ fn ready_chart(summaries: &[Summary]) -> Bars {
         x_label: "rules admitting the server pod's peers".to_owned(),
         y_label: "ms (median)".to_owned(),
         groups: RULE_COUNTS.iter().map(|n| n.to_string()).collect(),
-        series: Variant::ALL[1..]
-            .iter()
-            .map(|&variant| Series {
-                name: variant.name().to_owned(),
-                values: RULE_COUNTS
-                    .iter()
-                    .map(|&rules| {
-                        summaries
-                            .iter()
-                            .find(|s| s.rules == rules && s.variant == variant)
-                            .map(|s| s.ready_ms)
-                    })
-                    .collect(),
-            })
-            .collect(),
+        series: filter_series(summaries, |s| s.ready_ms),
         lines: vec![Line {
             name: format!("target for this datapath ({TARGET_READY:?})"),
             y: TARGET_READY.as_secs_f64() * 1e3,
@@ -496,21 +501,7 @@ fn charts(summaries: &[Summary]) -> Vec<(&'static str, Bars)> {
     measures
         .into_iter()
         .map(|(suffix, title, wanted, field)| {
-            let series = Variant::ALL[1..]
-                .iter()
-                .map(|&variant| Series {
-                    name: variant.name().to_owned(),
-                    values: RULE_COUNTS
-                        .iter()
-                        .map(|&rules| {
-                            summaries
-                                .iter()
-                                .find(|s| s.rules == rules && s.variant == variant)
-                                .map(|s| field(&s.ratio_to_no_filter))
-                        })
-                        .collect(),
-                })
-                .collect();
+            let series = filter_series(summaries, |s| field(&s.ratio_to_no_filter));
             (
                 suffix,
                 Bars {
